@@ -1,0 +1,4 @@
+"""Pure Flax models and their registry."""
+from facejax.models.heads import Classifier, FaceNet, l2_normalize
+from facejax.models.registry import (MODELS, PREPROCESSING, Preprocessing, build_backbone, build_classifier,
+                                     build_model, count_params, default_image_size)

@@ -1,0 +1,110 @@
+"""Model registry: name -> backbone constructor, its default input size and preprocessing.
+
+Preprocessing belongs to the weights: a converted Keras VGG16 expects BGR minus the Caffe means, a
+torchvision net RGB in [0, 1] normalised by ImageNet mean/std, and nets trained in facejax RGB scaled to
+[-1, 1]. `Preprocessing.apply` turns `[B, H, W, 3]` uint8/float RGB in [0, 255] into model input.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from facejax.models.heads import Classifier, FaceNet
+from facejax.models.resnet import ResNet18, ResNet50
+from facejax.models.students import MobileFaceNet
+from facejax.models.vgg import VGG
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+  """x_model = (x[..., order] / 255 - mean) / std for RGB input in [0, 255]."""
+  mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+  std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+  bgr: bool = False
+
+  def apply(self, images):
+    x = jnp.asarray(images, jnp.float32) / 255.0
+    if self.bgr:
+      x = x[..., ::-1]
+    return (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+FACEJAX = Preprocessing()  # nets trained here: RGB, [-1, 1]
+TORCHVISION = Preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# keras.applications 'caffe' mode: BGR, minus per-channel means in [0, 255], no scaling.
+KERAS_CAFFE = Preprocessing((103.939 / 255, 116.779 / 255, 123.68 / 255), (1 / 255,) * 3, bgr=True)
+PREPROCESSING = {'facejax': FACEJAX, 'torchvision': TORCHVISION, 'keras': KERAS_CAFFE}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  backbone: Callable[..., nn.Module]
+  image_size: int
+  doc: str
+
+
+_VGG16 = dict(stage_sizes=(2, 2, 3, 3, 3), widths=(64, 128, 256, 512, 512))
+_SMALL = dict(stage_sizes=(1, 1, 2, 2), widths=(32, 64, 128, 256))
+
+MODELS: dict[str, ModelSpec] = {
+    # Teachers.
+    'vgg16': ModelSpec(functools.partial(VGG, **_VGG16, fc_dims=(4096, 4096)), 224,
+                       'VGG-16 with fc6/fc7 (138.4M params with the ImageNet head).'),
+    'vgg16_gap': ModelSpec(functools.partial(VGG, **_VGG16, fc_dims=()), 224,
+                           'VGG-16 convs + global average pooling instead of fc6/fc7.'),
+    'resnet50': ModelSpec(ResNet50, 224, 'ResNet-50, torchvision v1.5 layout (25.6M with the ImageNet head).'),
+    'resnet50_keras': ModelSpec(functools.partial(ResNet50, stride_in_1x1=True, conv_bias=True, bn_eps=1.001e-5), 224,
+                                'ResNet-50, keras.applications v1 layout (stride in the 1x1, conv biases).'),
+    'vgg_small': ModelSpec(functools.partial(VGG, **_SMALL, fc_dims=(1024,), norm=True, dropout=0.3), 64,
+                           'Demo teacher: 6 convs + one fc layer, BN, for 64x64 synthetic faces.'),
+    # Students.
+    'student_vgg': ModelSpec(functools.partial(VGG, **_SMALL, fc_dims=(), norm=True, width=0.5), 64,
+                             'Paper-style compressed student: thin VGG (half the demo teacher width), global pooling.'),
+    'mobilefacenet': ModelSpec(MobileFaceNet, 112, 'MobileFaceNet: depthwise-separable, ~1M params at 112x112.'),
+    'resnet18': ModelSpec(ResNet18, 112, 'ResNet-18 (torchvision layout).'),
+    'resnet18_w050': ModelSpec(functools.partial(ResNet18, width=0.5), 112, 'ResNet-18 at half width.'),
+}
+
+
+def _spec(name: str) -> ModelSpec:
+  if name not in MODELS:
+    raise ValueError(f'unknown model {name!r}; expected one of: {", ".join(sorted(MODELS))}')
+  return MODELS[name]
+
+
+def build_backbone(name: str, dtype: Any = jnp.float32, **overrides) -> nn.Module:
+  """Backbone module `[B, H, W, 3] -> [B, F]`; `overrides` set module fields (e.g. width=0.25)."""
+  ctor = _spec(name).backbone
+  fields = {f.name for f in dataclasses.fields(ctor.func if isinstance(ctor, functools.partial) else ctor)}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(f'model {name!r} has no field(s) {unknown}; known: {sorted(fields - {"parent", "name"})}')
+  return ctor(dtype=dtype, **overrides)
+
+
+def build_model(name: str, num_classes: int, embed_dim: int = 128, dropout: float = 0.0, dtype: Any = jnp.float32,
+                **overrides) -> FaceNet:
+  """Face model: backbone + embedding head + identity classifier (num_classes=0: embedding only)."""
+  return FaceNet(build_backbone(name, dtype, **overrides), num_classes, embed_dim, dropout, dtype)
+
+
+def build_classifier(name: str, num_classes: int = 1000, dtype: Any = jnp.float32, **overrides) -> Classifier:
+  """Source-task classifier (the shape of an ImageNet checkpoint)."""
+  return Classifier(build_backbone(name, dtype, **overrides), num_classes, dtype)
+
+
+def default_image_size(name: str) -> int:
+  return _spec(name).image_size
+
+
+def count_params(tree) -> int:
+  import jax
+  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
