@@ -21,13 +21,15 @@ def l2_normalize(x: jnp.ndarray, eps: float = 1e-10) -> jnp.ndarray:
 class EmbeddingHead(nn.Module):
   embed_dim: int = 128
   dropout: float = 0.0
+  bn_axis: str | None = None
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = nn.Dense(self.embed_dim, dtype=self.dtype, name='dense')(x)
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name='bn')(x)
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name='bn',
+                        axis_name=self.bn_axis)(x)
 
 
 class FaceNet(nn.Module):
@@ -37,10 +39,11 @@ class FaceNet(nn.Module):
   num_classes: int
   embed_dim: int = 128
   dropout: float = 0.0
+  bn_axis: str | None = None
   dtype: Dtype = jnp.float32
 
   def setup(self):
-    self.embedding = EmbeddingHead(self.embed_dim, self.dropout, self.dtype)
+    self.embedding = EmbeddingHead(self.embed_dim, self.dropout, self.bn_axis, self.dtype)
     if self.num_classes:
       self.classifier = nn.Dense(self.num_classes, dtype=self.dtype)
 

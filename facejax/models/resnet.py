@@ -67,13 +67,14 @@ class ResNet(nn.Module):
   conv_bias: bool = False
   bn_eps: float = 1e-5
   stem_pool: bool = True  # small-input nets (demo) skip the stem max-pool
+  bn_axis: str | None = None  # pmap axis for cross-device BatchNorm statistics
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     conv = functools.partial(nn.Conv, use_bias=self.conv_bias, dtype=self.dtype)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=self.bn_eps,
-                             dtype=self.dtype)
+                             dtype=self.dtype, axis_name=self.bn_axis)
     f0 = scaled(self.num_filters, self.width)
     x = conv(f0, (7, 7), (2, 2), padding=pad(7), name='conv1')(x.astype(self.dtype))
     x = nn.relu(norm(name='bn1')(x))

@@ -22,12 +22,14 @@ class VGG(nn.Module):
   width: float = 1.0
   norm: bool = False  # BatchNorm after every conv (small demo/student nets train faster with it)
   dropout: float = 0.5  # after each fc layer, as in the original
+  bn_axis: str | None = None  # pmap axis for cross-device BatchNorm statistics
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=pad(3), dtype=self.dtype, use_bias=not self.norm)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+                             axis_name=self.bn_axis)
     x = x.astype(self.dtype)
     for s, (n, w) in enumerate(zip(self.stage_sizes, self.widths), start=1):
       for i in range(1, n + 1):
