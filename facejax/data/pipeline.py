@@ -1,0 +1,246 @@
+"""grain input pipelines: sample -> read/decode -> crop/augment -> batch -> [devices, per_device, ...].
+
+Every stage is a grain `MapDataset`, so batch n is a pure function of (seed, n): the iterator state is just
+the next batch position (JSON), resuming is exact, and worker threads/processes only change speed.
+Pixels stay uint8 RGB in [0, 255]; each model normalises inside its jitted code (models.registry.Preprocessing).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Iterator
+
+import grain
+import numpy as np
+from PIL import Image
+
+from facejax.data.decode import decode_image
+
+_INFINITE = sys.maxsize
+
+
+def record_labels(source) -> np.ndarray:
+  """int32 [N] labels of a record source: its `labels` attribute, else read from every record."""
+  labels = getattr(source, 'labels', None)
+  if labels is None:
+    labels = [source[i]['label'] for i in range(len(source))]
+  labels = np.asarray(labels, np.int32)
+  if labels.shape != (len(source),):
+    raise ValueError(f'{source!r}: expected labels of shape ({len(source)},), got {labels.shape}')
+  return labels
+
+
+class RandomPositions(grain.MapDataset):
+  """Infinite record indices: position n of this process -> one epoch-wise shuffle of all records.
+
+  Global position g = n * process_count + process_index walks through a fresh permutation every epoch, so the
+  processes read disjoint records of the same global stream.
+  """
+
+  def __init__(self, num_records: int, seed: int, process_index: int = 0, process_count: int = 1):
+    super().__init__()
+    if num_records < 1:
+      raise ValueError('RandomPositions: expected a non-empty source, got 0 records')
+    self._n, self._seed = num_records, seed
+    self._pi, self._pc = process_index, process_count
+    self._perm_epoch, self._perm = -1, None
+
+  def __len__(self) -> int:
+    return _INFINITE
+
+  def __str__(self) -> str:
+    return f'RandomPositions(num_records={self._n}, seed={self._seed})'
+
+  def __getitem__(self, n):
+    if isinstance(n, slice):
+      return self.slice(n)
+    epoch, k = divmod(n * self._pc + self._pi, self._n)
+    if epoch != self._perm_epoch:  # one permutation cached per worker; positions are read nearly in order
+      self._perm = np.random.default_rng([self._seed, epoch, 0xE9]).permutation(self._n)
+      self._perm_epoch = epoch
+    return int(self._perm[k])
+
+
+class IdentityPositions(grain.MapDataset):
+  """Infinite record indices in P x K blocks: each block of `batch_size` positions holds P = batch_size / K
+  distinct identities with K images each (drawn without replacement when the identity has >= K images).
+
+  Identities are visited in an epoch-wise shuffle; an epoch uses floor(U / P) * P of the U identities so a
+  batch never straddles two epochs (and never repeats an identity).
+  """
+
+  def __init__(self, labels: np.ndarray, batch_size: int, images_per_identity: int, seed: int,
+               process_index: int = 0, process_count: int = 1):
+    super().__init__()
+    k = images_per_identity
+    if k < 1 or batch_size % k:
+      raise ValueError(f'identity sampler: expected batch_size ({batch_size}) divisible by images_per_identity '
+                       f'({k})')
+    self._k, self._p, self._b = k, batch_size // k, batch_size
+    uniq, inverse = np.unique(labels, return_inverse=True)
+    if len(uniq) < self._p:
+      raise ValueError(f'identity sampler: a batch needs {self._p} distinct identities (batch_size / '
+                       f'images_per_identity = {batch_size} / {k}), the source has {len(uniq)}')
+    order = np.argsort(inverse, kind='stable')
+    self._members = np.split(order, np.cumsum(np.bincount(inverse))[:-1])
+    self._per_epoch = len(uniq) // self._p * self._p
+    self._seed, self._pi, self._pc = seed, process_index, process_count
+    self._perm_epoch, self._perm = -1, None
+
+  def __len__(self) -> int:
+    return _INFINITE
+
+  def __str__(self) -> str:
+    return f'IdentityPositions(P={self._p}, K={self._k}, identities={len(self._members)}, seed={self._seed})'
+
+  def __getitem__(self, n):
+    if isinstance(n, slice):
+      return self.slice(n)
+    batch, slot = divmod(n, self._b)
+    p, j = divmod(slot, self._k)
+    g = (batch * self._pc + self._pi) * self._p + p  # global identity position
+    epoch, k = divmod(g, self._per_epoch)
+    if epoch != self._perm_epoch:
+      self._perm = np.random.default_rng([self._seed, epoch, 0x1D]).permutation(len(self._members))
+      self._perm_epoch = epoch
+    members = self._members[self._perm[k]]
+    rng = np.random.default_rng([self._seed, g, 0x1E])
+    if len(members) >= self._k:
+      return int(members[rng.permutation(len(members))[j]])
+    return int(members[rng.integers(len(members), size=self._k)[j]])
+
+
+class ReadRecord:
+  """Record index -> {'image': uint8 [H, W, 3], 'label': int32, 'index': int32} (decoding bytes if needed)."""
+
+  def __init__(self, source):
+    self.source = source
+
+  def __call__(self, index: int) -> dict:
+    record = self.source[index]
+    return {'image': as_rgb_array(record['image']), 'label': np.int32(record['label']), 'index': np.int32(index)}
+
+
+def as_rgb_array(image) -> np.ndarray:
+  """uint8 [H, W, 3] array, or encoded bytes -> uint8 [H, W, 3] RGB."""
+  if isinstance(image, (bytes, np.bytes_)):
+    return decode_image(bytes(image))
+  image = np.asarray(image)
+  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+    raise ValueError(f'expected a uint8 [H, W, 3] RGB image or encoded bytes, got {image.dtype} {image.shape}')
+  return image
+
+
+def resize_box(image: np.ndarray, box: tuple[float, float, float, float], size: int) -> np.ndarray:
+  """Crop box (x0, y0, x1, y1) in pixels of uint8 [H, W, 3] and resize it to [size, size, 3] (antialiased)."""
+  h, w = image.shape[:2]
+  if box == (0, 0, w, h) and h == w == size:
+    return image
+  return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR, box=box))
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+  """uint8 [H, W, 3] -> its central square, resized to [size, size, 3]."""
+  h, w = image.shape[:2]
+  side = min(h, w)
+  x0, y0 = (w - side) / 2, (h - side) / 2
+  return resize_box(image, (x0, y0, x0 + side, y0 + side), size)
+
+
+class CenterCrop:
+  """grain map: record -> record with the image center-cropped and resized to [S, S, 3]."""
+
+  def __init__(self, image_size: int):
+    self.image_size = image_size
+
+  def __call__(self, record: dict) -> dict:
+    return {**record, 'image': center_crop(record['image'], self.image_size)}
+
+
+class Augment:
+  """grain random_map: random-resized crop (mild for faces), horizontal flip, light colour jitter -> [S, S, 3].
+
+  area: fraction of the central square kept; ratio: aspect ratio range; jitter: max relative change of
+  brightness, contrast and saturation.
+  """
+
+  def __init__(self, image_size: int, area=(0.75, 1.0), ratio=(0.9, 1.1), jitter: float = 0.2):
+    self.image_size, self.area, self.ratio, self.jitter = image_size, area, ratio, jitter
+
+  def __call__(self, record: dict, rng: np.random.Generator) -> dict:
+    image = record['image']
+    h, w = image.shape[:2]
+    side = min(h, w)
+    area = side * side * rng.uniform(*self.area)
+    ratio = np.exp(rng.uniform(np.log(self.ratio[0]), np.log(self.ratio[1])))
+    cw, ch = min(np.sqrt(area * ratio), w), min(np.sqrt(area / ratio), h)
+    x0, y0 = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
+    out = resize_box(image, (x0, y0, x0 + cw, y0 + ch), self.image_size)
+    if rng.uniform() < 0.5:
+      out = out[:, ::-1]
+    j = self.jitter
+    if j:
+      brightness, contrast, saturation = rng.uniform(1 - j, 1 + j, 3).astype(np.float32)
+      x = out.astype(np.float32)
+      grey = x @ np.array([0.299, 0.587, 0.114], np.float32)
+      x = grey[..., None] + saturation * (x - grey[..., None])
+      x = (x - grey.mean()) * contrast + grey.mean() * brightness
+      out = np.clip(x + 0.5, 0, 255).astype(np.uint8)
+    return {**record, 'image': np.ascontiguousarray(out)}
+
+
+class ShardForDevices:
+  """Batched record [B, ...] -> [D, B / D, ...] for pmap."""
+
+  def __init__(self, num_devices: int):
+    self.num_devices = num_devices
+
+  def __call__(self, batch: dict) -> dict:
+    d = self.num_devices
+    return {k: v.reshape((d, v.shape[0] // d) + v.shape[1:]) for k, v in batch.items()}
+
+
+def train_loader(source, *, global_batch_size: int, image_size: int, seed: int, num_devices: int,
+                 augment: bool = True, sampler: str = 'random', images_per_identity: int = 4,
+                 process_index: int = 0, process_count: int = 1, num_threads: int = 2, prefetch: int = 4,
+                 num_workers: int = 0) -> grain.DatasetIterator:
+  """Infinite training batches from a record source (len, source[i] -> {'image', 'label', ...}).
+
+  next(it) -> {'image': uint8 [D, B/D, S, S, 3] RGB, 'label': int32 [D, B/D], 'index': int32 [D, B/D]} with
+  D = num_devices and B = global_batch_size / process_count (this process's share). sampler: 'random'
+  (epoch-wise shuffles) or 'identity' (P identities x K = images_per_identity images per batch).
+  it.get_state() is a JSON-serialisable dict; it.set_state(state) resumes bit-exactly. num_threads and
+  num_workers (processes, grain mp_prefetch) change throughput only, never the batches.
+  """
+  if global_batch_size % process_count:
+    raise ValueError(f'train_loader: global_batch_size {global_batch_size} is not divisible by process_count '
+                     f'{process_count}')
+  batch_size = global_batch_size // process_count
+  if batch_size % num_devices:
+    raise ValueError(f'train_loader: per-process batch {batch_size} is not divisible by num_devices '
+                     f'{num_devices}')
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'train_loader: expected 0 <= process_index < {process_count}, got {process_index}')
+  if sampler == 'random':
+    ds = RandomPositions(len(source), seed, process_index, process_count)
+  elif sampler == 'identity':
+    ds = IdentityPositions(record_labels(source), batch_size, images_per_identity, seed, process_index,
+                           process_count)
+  else:
+    raise ValueError(f"train_loader: unknown sampler {sampler!r}; expected 'random' or 'identity'")
+  ds = ds.map(ReadRecord(source))
+  # Distinct streams per process: the crop/flip/jitter of a record depends on its global position.
+  ds = ds.random_map(Augment(image_size), seed=seed * 1000003 + process_index) if augment else ds.map(
+      CenterCrop(image_size))
+  ds = ds.batch(batch_size, drop_remainder=True).map(ShardForDevices(num_devices))
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
+  if num_workers > 0:
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return iter(it_ds)
+
+
+def eval_batches(images, batch_size: int, image_size: int) -> Iterator[np.ndarray]:
+  """Deterministic center-crop/resize of a random-access image source (images[k] -> uint8 [H, W, 3] or encoded
+  bytes); yields uint8 [b, S, S, 3] in order (the last batch may be smaller)."""
+  for start in range(0, len(images), batch_size):
+    stop = min(start + batch_size, len(images))
+    yield np.stack([center_crop(as_rgb_array(images[k]), image_size) for k in range(start, stop)])
