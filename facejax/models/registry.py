@@ -52,7 +52,7 @@ class ModelSpec:
 
 
 _VGG16 = dict(stage_sizes=(2, 2, 3, 3, 3), widths=(64, 128, 256, 512, 512))
-_SMALL = dict(stage_sizes=(1, 1, 2, 2), widths=(32, 64, 128, 256))
+_SMALL = dict(stage_sizes=(1, 1, 2, 2), widths=(16, 32, 64, 128))
 
 MODELS: dict[str, ModelSpec] = {
     # Teachers.
@@ -63,10 +63,10 @@ MODELS: dict[str, ModelSpec] = {
     'resnet50': ModelSpec(ResNet50, 224, 'ResNet-50, torchvision v1.5 layout (25.6M with the ImageNet head).'),
     'resnet50_keras': ModelSpec(functools.partial(ResNet50, stride_in_1x1=True, conv_bias=True, bn_eps=1.001e-5), 224,
                                 'ResNet-50, keras.applications v1 layout (stride in the 1x1, conv biases).'),
-    'vgg_small': ModelSpec(functools.partial(VGG, **_SMALL, fc_dims=(1024,), norm=True, dropout=0.3), 64,
-                           'Demo teacher: 6 convs + one fc layer, BN, for 64x64 synthetic faces.'),
+    'vgg_small': ModelSpec(functools.partial(VGG, **_SMALL, fc_dims=(512,), norm=True, dropout=0.3), 48,
+                           'Demo teacher: 6 convs (16-128 channels) + one fc layer, BN, for 48x48 synthetic faces.'),
     # Students.
-    'student_vgg': ModelSpec(functools.partial(VGG, **_SMALL, fc_dims=(), norm=True, width=0.5), 64,
+    'student_vgg': ModelSpec(functools.partial(VGG, **_SMALL, fc_dims=(), norm=True, width=0.5), 48,
                              'Paper-style compressed student: thin VGG (half the demo teacher width), global pooling.'),
     'mobilefacenet': ModelSpec(MobileFaceNet, 112, 'MobileFaceNet: depthwise-separable, ~1M params at 112x112.'),
     'resnet18': ModelSpec(ResNet18, 112, 'ResNet-18 (torchvision layout).'),
