@@ -151,11 +151,11 @@ def render_face(traits: dict, rng: np.random.Generator, size: int, difficulty: f
   squash = 1 - 0.18 * abs(yaw)
   shift = 0.12 * yaw
   # Background: a random flat colour with a gradient; clothes: a random colour.
-  img[:] = rng.uniform(20, 235, 3).astype(np.float32)
+  img[:] = 128 + d * (rng.uniform(20, 235, 3) - 128)
   w, h = t['w'] * squash, t['h']
   hair = t['hair'] + rng.normal(0, 6 * d, 3)
   skin = t['skin']
-  cv.blob(0, h + 0.75, w * 2.3, 0.6, rng.uniform(0, 255, 3))
+  cv.blob(0, h + 0.75, w * 2.3, 0.6, 100 + d * (rng.uniform(0, 255, 3) - 100))
   # Hair behind the head, down to hair_len.
   win = cv.window(0, -0.12, 1.3 * h * t['hair_volume'])
   back = cv.ellipse(win, 0, -0.12, w * t['hair_volume'] * 1.08, h * t['hair_volume'])
@@ -222,7 +222,9 @@ def render_face(traits: dict, rng: np.random.Generator, size: int, difficulty: f
   img -= mean
   img *= np.float32(np.exp(rng.normal(0, 0.15 * d)))
   img += mean
-  img += _noise(rng, size) * np.float32(rng.uniform(0, 8 * d) + 0.5)
+  sigma = rng.uniform(0, 8 * d)
+  if sigma > 0:
+    img += _noise(rng, size) * np.float32(sigma)
   img += 0.5
   return np.clip(img, 0, 255).astype(np.uint8)
 

@@ -1,0 +1,139 @@
+"""Synthetic data and grain loaders: determinism, exact resume, shapes, P x K balance, sharding."""
+import json
+
+import numpy as np
+import pytest
+
+from facejax.data import SyntheticFaces, SyntheticObjects, eval_batches, synthetic_pairs, train_loader
+from facejax.data.pipeline import center_crop
+from facejax.data.synthetic import SourceImages
+
+
+def test_synthetic_faces_records_are_deterministic_and_typed():
+  src = SyntheticFaces(4, 3, image_size=32, seed=7)
+  assert len(src) == 12 and src.num_classes == 4
+  r = src[5]
+  assert r['image'].shape == (32, 32, 3) and r['image'].dtype == np.uint8
+  assert r['label'] == 1 and r['label'].dtype == np.int32 and r['index'] == 5 and isinstance(r['identity'], str)
+  np.testing.assert_array_equal(r['image'], SyntheticFaces(4, 3, image_size=32, seed=7)[5]['image'])
+  assert not np.array_equal(r['image'], SyntheticFaces(4, 3, image_size=32, seed=8)[5]['image'])
+  np.testing.assert_array_equal(src.labels, [src[i]['label'] for i in range(len(src))])
+  with pytest.raises(IndexError):
+    src[12]
+
+
+def test_identity_traits_depend_only_on_global_identity():
+  full = SyntheticFaces(6, 2, image_size=32, seed=1)
+  shifted = SyntheticFaces(3, 2, image_size=32, seed=1, identity_offset=3)
+  np.testing.assert_array_equal(full[3 * 2 + 1]['image'], shifted[1]['image'])
+  assert shifted[1]['label'] == 0 and shifted[1]['identity'] == full[7]['identity']
+
+
+def test_difficulty_scales_nuisance():
+  same = SyntheticFaces(2, 3, image_size=32, difficulty=0.0)
+  np.testing.assert_array_equal(same[0]['image'], same[2]['image'])  # no nuisance: identical images
+  hard = SyntheticFaces(2, 3, image_size=32, difficulty=1.0)
+  assert not np.array_equal(hard[0]['image'], hard[2]['image'])
+
+
+def test_synthetic_objects():
+  src = SyntheticObjects(5, 2, image_size=24)
+  assert len(src) == 10 and src.num_classes == 5
+  r = src[9]
+  assert r['image'].shape == (24, 24, 3) and r['label'] == 4
+  np.testing.assert_array_equal(r['image'], SyntheticObjects(5, 2, image_size=24)[9]['image'])
+
+
+def test_synthetic_pairs_follow_lfw_layout():
+  pairs = synthetic_pairs(20, 3, image_size=16, num_folds=4, pairs_per_fold=6, identity_offset=100)
+  assert len(pairs) == 24 and pairs.left.dtype == np.int32 and pairs.fold.dtype == np.int32
+  np.testing.assert_array_equal(pairs.fold, np.repeat(np.arange(4), 6))
+  np.testing.assert_array_equal(pairs.issame, np.tile([True] * 3 + [False] * 3, 4))
+  ident = lambda k: pairs.names[k].split('/')[0]
+  for l, r, same in zip(pairs.left, pairs.right, pairs.issame):
+    assert l != r and (ident(l) == ident(r)) == same
+  folds_of = {}
+  for f, l, r in zip(pairs.fold, pairs.left, pairs.right):
+    for k in (l, r):
+      folds_of.setdefault(ident(k), set()).add(int(f))
+  assert all(len(v) == 1 for v in folds_of.values())  # no identity spans two folds
+  assert all(int(name.split('_')[1]) >= 100 for name in folds_of)  # disjoint from training ids [0, 100)
+  assert pairs.images[0].shape == (16, 16, 3) and len(pairs.images) == len(pairs.names) == 60
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def _assert_batches_equal(a, b):
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys()
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+
+
+@pytest.mark.parametrize('sampler', ['random', 'identity'])
+def test_train_loader_shapes_determinism_and_exact_resume(sampler):
+  src = SyntheticFaces(6, 4, image_size=24)
+  kw = dict(global_batch_size=8, image_size=16, seed=3, num_devices=2, sampler=sampler, images_per_identity=2)
+  it = train_loader(src, **kw)
+  first = _take(it, 2)
+  b = first[0]
+  assert b['image'].shape == (2, 4, 16, 16, 3) and b['image'].dtype == np.uint8
+  assert b['label'].shape == (2, 4) and b['label'].dtype == np.int32 and b['index'].dtype == np.int32
+  np.testing.assert_array_equal(b['label'], src.labels[b['index']])
+  state = json.loads(json.dumps(it.get_state()))
+  rest = _take(it, 5)  # crosses an epoch boundary (24 records, 8 per batch)
+  _assert_batches_equal(first, _take(train_loader(src, **kw), 2))
+  resumed = train_loader(src, **kw)
+  resumed.set_state(state)
+  _assert_batches_equal(rest, _take(resumed, 5))
+  other = next(train_loader(src, **{**kw, 'seed': 4}))
+  assert not np.array_equal(other['image'], b['image'])
+
+
+def test_random_sampler_visits_every_record_once_per_epoch():
+  src = SyntheticFaces(5, 4, image_size=8)
+  it = train_loader(src, global_batch_size=4, image_size=8, seed=0, num_devices=1, augment=False)
+  seen = np.concatenate([next(it)['index'].ravel() for _ in range(5)])
+  assert sorted(seen) == list(range(20))
+  nxt = np.concatenate([next(it)['index'].ravel() for _ in range(5)])
+  assert sorted(nxt) == list(range(20)) and not np.array_equal(seen, nxt)  # new shuffle each epoch
+
+
+def test_identity_sampler_is_balanced():
+  src = SyntheticFaces(10, 5, image_size=8)
+  it = train_loader(src, global_batch_size=12, image_size=8, seed=0, num_devices=2, sampler='identity',
+                    images_per_identity=3, augment=False)
+  for _ in range(6):
+    b = next(it)
+    labels, idx = b['label'].ravel(), b['index'].ravel()
+    ids, counts = np.unique(labels, return_counts=True)
+    assert len(ids) == 4 and set(counts) == {3}  # P=4 distinct identities x K=3 images
+    assert len(set(idx)) == 12  # K images drawn without replacement (each identity has 5)
+    np.testing.assert_array_equal(labels.reshape(4, 3), np.repeat(labels.reshape(4, 3)[:, :1], 3, axis=1))
+  with pytest.raises(ValueError, match='divisible by images_per_identity'):
+    train_loader(src, global_batch_size=10, image_size=8, seed=0, num_devices=1, sampler='identity',
+                 images_per_identity=3)
+
+
+def test_process_sharding_is_disjoint():
+  src = SyntheticFaces(8, 4, image_size=8)
+  kw = dict(global_batch_size=8, image_size=8, seed=5, num_devices=1, augment=False)
+  p0 = train_loader(src, process_index=0, process_count=2, **kw)
+  p1 = train_loader(src, process_index=1, process_count=2, **kw)
+  i0 = np.concatenate([next(p0)['index'].ravel() for _ in range(4)])
+  i1 = np.concatenate([next(p1)['index'].ravel() for _ in range(4)])
+  assert next(train_loader(src, process_index=0, process_count=2, **kw))['image'].shape[1] == 4
+  assert not set(i0) & set(i1) and sorted(np.concatenate([i0, i1])) == list(range(32))
+
+
+def test_no_augment_is_center_crop_and_eval_batches():
+  src = SyntheticFaces(3, 2, image_size=20)
+  b = next(train_loader(src, global_batch_size=2, image_size=12, seed=0, num_devices=1, augment=False))
+  np.testing.assert_array_equal(b['image'][0, 0], center_crop(src[int(b['index'][0, 0])]['image'], 12))
+  batches = list(eval_batches(SourceImages(src), batch_size=4, image_size=12))
+  assert [x.shape for x in batches] == [(4, 12, 12, 3), (2, 12, 12, 3)]
+  np.testing.assert_array_equal(batches[1][1], center_crop(src[5]['image'], 12))
+  rect = np.arange(10 * 6 * 3, dtype=np.uint8).reshape(10, 6, 3)
+  np.testing.assert_array_equal(center_crop(rect, 6), rect[2:8])
