@@ -58,10 +58,12 @@ def plot_roc(results: Mapping[str, dict], path, title: str = 'ROC', min_far: flo
     min_far = min(positive) if positive else 1e-4
   for name, r in results.items():
     fpr, tpr = np.asarray(r['roc']['fpr']), np.asarray(r['roc']['tpr'])
-    line, = ax.step(np.maximum(fpr, min_far), tpr, where='post',
+    # The ROC points already form the staircase (ties give diagonals), so join them directly.
+    line, = ax.plot(np.maximum(fpr, min_far), tpr, linewidth=1.2,
                     label=f'{name} (AUC {r["auc"]:.4f}, EER {100 * r["eer"]:.2f}%)')
     ax.plot([max(r['eer'], min_far)], [1 - r['eer']], 'o', color=line.get_color(), markersize=5)
-  ax.plot([min_far, 1], [1 - min_far, 0], ':', color='gray', linewidth=0.8, label='FAR = FRR')
+  far = np.logspace(np.log10(min_far), 0, 200)  # FAR = FRR is curved on a log axis
+  ax.plot(far, 1 - far, ':', color='gray', linewidth=0.8, label='FAR = FRR')
   ax.set_xscale('log')
   ax.set_xlim(min_far, 1)
   ax.set_ylim(0, 1.005)

@@ -22,6 +22,7 @@ Protocol (what `evaluate` computes, so numbers from different runs are comparabl
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Sequence
 
@@ -86,7 +87,7 @@ def evaluate(emb1, emb2, issame, num_folds: int = 10, distance: str = 'euclidean
   Returns a dict: accuracy, accuracy_std (ddof=0), accuracy_sem, fold_accuracies, fold_thresholds, threshold,
   auc, eer, tar_at_far {far: tar}, tar_at_far_std, far_achieved {far: mean held-out FAR},
   roc {'fpr', 'tpr', 'thresholds'} (ascending thresholds), distance, num_pairs, num_folds, fold_sizes,
-  threshold_search ('exact' or 'grid').
+  folds_digest (fingerprint of folds + labels, checked by `compare`), threshold_search ('exact' or 'grid').
   """
   dist = pair_distances(emb1, emb2, distance)
   result = evaluate_distances(dist, issame, num_folds=num_folds, thresholds=thresholds, folds=folds,
@@ -160,6 +161,7 @@ def evaluate_distances(dist, issame, num_folds: int = 10, thresholds=None, folds
       'num_pairs': n,
       'num_folds': int(fold_names.size),
       'fold_sizes': [int(np.sum(folds == f)) for f in fold_names],
+      'folds_digest': _folds_digest(folds, issame),
       'threshold_search': 'exact' if thresholds is None else 'grid',
   }
 
@@ -201,7 +203,7 @@ def compare(result_a: dict, result_b: dict, name_a: str = 'A', name_b: str = 'B'
   a, b = np.asarray(result_a['fold_accuracies']), np.asarray(result_b['fold_accuracies'])
   if a.shape != b.shape or a.size < 2:
     raise ValueError(f'compare: expected the same number (>= 2) of fold accuracies, got {a.size} and {b.size}')
-  for key in ('num_pairs', 'fold_sizes'):
+  for key in ('num_pairs', 'fold_sizes', 'folds_digest'):
     if key in result_a and key in result_b and result_a[key] != result_b[key]:
       raise ValueError(f'compare: results must come from the same pairs and folds, {key} differs: '
                        f'{result_a[key]} vs {result_b[key]}')
@@ -285,6 +287,12 @@ def _exact_counts(dist: np.ndarray, issame: np.ndarray):
   low = low if low < values[0] else np.nextafter(values[0], -np.inf)
   high = high if high > values[-1] else np.nextafter(values[-1], np.inf)
   return np.concatenate([[low], mid, [high]]), tp, fp
+
+
+def _folds_digest(folds: np.ndarray, issame: np.ndarray) -> str:
+  """Fingerprint of the fold assignment and labels, so `compare` can refuse results from different splits."""
+  fold_index = np.unique(folds, return_inverse=True)[1].astype(np.int64)
+  return hashlib.sha1(fold_index.tobytes() + issame.astype(np.uint8).tobytes()).hexdigest()[:16]
 
 
 def _as_float(x, name: str) -> np.ndarray:
