@@ -1,0 +1,211 @@
+"""AOT-compiled inference timing: compile once, time the executable only.
+
+`benchmark(fn, args)` lowers and compiles `fn` ahead of time (compile time reported on its own), warms up,
+then times `runs` calls with `block_until_ready` (so it is correct on GPU too) and returns median/p90
+milliseconds and the per-call FLOPs from XLA's cost analysis. `benchmark_model` builds the embedding network
+of a registry model (or takes one), picks the reference or the optimized forward, and returns the DESIGN.md
+benchmark record.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def compiled_flops(compiled) -> float | None:
+  """FLOPs per call from `compiled.cost_analysis()` (a dict, or a list of one dict on older jax); None when
+  the backend reports none."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # some backends do not implement it
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  if not cost or 'flops' not in cost:
+    return None
+  return float(cost['flops'])
+
+
+def num_threads() -> int:
+  """CPU threads this process may use (the XLA CPU thread pool is sized from the same affinity mask)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
+def peak_rss_mb() -> float:
+  """Peak resident set size of this process so far, MiB (Linux reports ru_maxrss in KiB)."""
+  return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def benchmark(fn: Callable, example_args: Sequence[Any], *, warmup: int = 3, runs: int = 15) -> dict:
+  """AOT-compile `fn(*example_args)` and time the compiled executable.
+
+  -> {'compile_s', 'ms_median', 'ms_p90', 'ms_min', 'gflops' (per call, None if unknown), 'backend', 'runs'}.
+  """
+  if runs < 1:
+    raise ValueError(f'runs: expected >= 1, got {runs}')
+  example_args = tuple(example_args)
+  t0 = time.perf_counter()
+  compiled = jax.jit(fn).lower(*example_args).compile()
+  compile_s = time.perf_counter() - t0
+  for _ in range(warmup):
+    jax.block_until_ready(compiled(*example_args))
+  times = []
+  for _ in range(runs):
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(*example_args))
+    times.append(time.perf_counter() - t0)
+  ms = np.asarray(times) * 1e3
+  flops = compiled_flops(compiled)
+  return {
+      'compile_s': round(compile_s, 3),
+      'ms_median': round(float(np.median(ms)), 3),
+      'ms_p90': round(float(np.percentile(ms, 90)), 3),
+      'ms_min': round(float(ms.min()), 3),
+      'gflops': None if flops is None else round(flops / 1e9, 4),
+      'backend': jax.default_backend(),
+      'runs': runs,
+  }
+
+
+def random_variables(model, image_size: int, seed: int = 0, randomize_batch_stats: bool = True):
+  """`model.init` on a [1, S, S, 3] input; BN running statistics and scales randomised (mean ~ N(0, .1),
+  var ~ U(.5, 1.5), scale ~ U(.5, 1.5)) so BN folding is exercised by something other than the identity and
+  zero-initialised residual-branch scales do not hide half of a ResNet."""
+  x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+  variables = jax.jit(lambda k: model.init(k, x, method=model.embed))(jax.random.PRNGKey(seed))
+  variables = jax.tree_util.tree_map(np.asarray, dict(variables))
+  if randomize_batch_stats and 'batch_stats' in variables:
+    rng = np.random.default_rng(seed)
+
+    def stat(path, v):
+      name = getattr(path[-1], 'key', str(path[-1]))
+      if name == 'mean':
+        return (rng.standard_normal(v.shape) * 0.1).astype(v.dtype)
+      if name == 'var':
+        return rng.uniform(0.5, 1.5, v.shape).astype(v.dtype)
+      return v
+
+    variables['batch_stats'] = jax.tree_util.tree_map_with_path(stat, variables['batch_stats'])
+
+    def bn_scale(path, v):
+      name = getattr(path[-1], 'key', str(path[-1]))
+      return rng.uniform(0.5, 1.5, v.shape).astype(v.dtype) if name == 'scale' else v
+
+    variables['params'] = jax.tree_util.tree_map_with_path(bn_scale, variables['params'])
+  return variables
+
+
+def inference_params(variables) -> int:
+  """Parameters the embedder uses: everything except the identity classifier (which inference never runs)."""
+  from facejax.models import count_params
+  params = dict(variables['params'])
+  params.pop('classifier', None)
+  return count_params(params)
+
+
+def benchmark_model(name_or_model, variables=None, *, batch_size: int = 1, image_size: int | None = None,
+                    optimize: bool | dict = False, embed_dim: int = 128, seed: int = 0, warmup: int = 3,
+                    runs: int = 15, variant: str | None = None, **overrides) -> dict:
+  """Time the embedding forward (float model input [B, S, S, 3] -> [B, D] L2-normalised) of one model.
+
+  `name_or_model`: a registry name (a FaceNet with `embed_dim` and no classifier is built with `overrides`
+  and random weights) or a FaceNet module, then `variables` and `image_size` are required.
+  `optimize`: False -> the reference flax forward with variables as jit arguments (what a user writes);
+  True or a dict of `optimize_for_inference` options -> the rewritten inference forward.
+  -> {"model", "params", "gflops", "batch_size", "image_size", "ms_median", "ms_p90", "compile_s", "backend",
+      "ms_per_image", "threads", "peak_rss_mb", "variant", ...}.
+  """
+  from facejax.models import build_model, default_image_size
+  if isinstance(name_or_model, str):
+    name = name_or_model
+    model = build_model(name, num_classes=0, embed_dim=embed_dim, **overrides)
+    image_size = image_size or default_image_size(name)
+    if variables is None:
+      variables = random_variables(model, image_size, seed)
+  else:
+    model = name_or_model
+    name = getattr(getattr(model, 'backbone', model), '__class__').__name__
+    if variables is None or image_size is None:
+      raise ValueError('benchmark_model(module, ...): variables and image_size are required with a module')
+  x = jnp.asarray(np.random.default_rng(seed).uniform(-1, 1, (batch_size, image_size, image_size, 3)), jnp.float32)
+  if optimize:
+    from facejax.inference.optimize import optimize_for_inference
+    options = dict(optimize) if isinstance(optimize, dict) else {}
+    fn = optimize_for_inference(model, variables, image_size=image_size, **options)
+    result = benchmark(fn, (x,), warmup=warmup, runs=runs)
+    variant = variant or 'optimized' + ''.join(f',{k}={v}' for k, v in sorted(options.items()))
+  else:
+    fn = lambda v, x: model.apply(v, x, method=model.embed)
+    result = benchmark(fn, (variables, x), warmup=warmup, runs=runs)
+    variant = variant or 'plain'
+  return {
+      'model': name,
+      'params': inference_params(variables),
+      'gflops': result['gflops'],
+      'batch_size': batch_size,
+      'image_size': image_size,
+      'ms_median': result['ms_median'],
+      'ms_p90': result['ms_p90'],
+      'compile_s': result['compile_s'],
+      'backend': result['backend'],
+      'ms_per_image': round(result['ms_median'] / batch_size, 3),
+      'ms_min': result['ms_min'],
+      'threads': num_threads(),
+      'peak_rss_mb': peak_rss_mb(),
+      'variant': variant,
+      'runs': result['runs'],
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
+  }
+
+
+# The variants --all times per model and batch size: the reference apply and the default optimized forward.
+ALL_VARIANTS = {'plain': False, 'optimized': {}}
+
+
+def benchmark_all(batch_sizes=(1, 8), names=None, variants=None, log=None, **kwargs) -> list[dict]:
+  """benchmark_model for every registry model (default input size) x batch size x variant."""
+  from facejax.models import MODELS
+  from facejax.models import build_model, default_image_size
+  records = []
+  for name in names or sorted(MODELS):
+    size = default_image_size(name)
+    model = build_model(name, num_classes=0, embed_dim=kwargs.get('embed_dim', 128))
+    variables = random_variables(model, size, kwargs.get('seed', 0))
+    for b in batch_sizes:
+      for variant, opt in (variants or ALL_VARIANTS).items():
+        r = benchmark_model(model, variables, batch_size=b, image_size=size, optimize=opt, variant=variant,
+                            warmup=kwargs.get('warmup', 3), runs=kwargs.get('runs', 15))
+        r['model'] = name
+        records.append(r)
+        if log:
+          log(r)
+  return records
+
+
+def markdown_table(records: list[dict]) -> str:
+  """One row per (model, variant): params, GFLOPs/image, ms at batch 1, ms/image at the largest batch."""
+  rows = {}
+  for r in records:
+    key = (r['model'], r['variant'])
+    row = rows.setdefault(key, {'params': r['params'], 'gflops': None, 'b1': None, 'batched': None, 'bmax': 0})
+    if r['batch_size'] == 1:
+      row['b1'] = r['ms_median']
+      row['gflops'] = r['gflops']
+    if r['batch_size'] > 1 and r['batch_size'] >= row['bmax']:
+      row['batched'], row['bmax'] = r['ms_per_image'], r['batch_size']
+  fmt = lambda v, f='{:.2f}': '-' if v is None else f.format(v)
+  lines = ['| model | variant | params (M) | GFLOPs | ms b1 | ms/img batched |', '|---|---|---:|---:|---:|---:|']
+  for (model, variant), row in rows.items():
+    batched = f"{fmt(row['batched'])} (b{row['bmax']})" if row['batched'] is not None else '-'
+    lines.append(f"| {model} | {variant} | {row['params'] / 1e6:.2f} | {fmt(row['gflops'])} | {fmt(row['b1'])} | "
+                 f"{batched} |")
+  return '\n'.join(lines)
