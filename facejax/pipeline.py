@@ -1,0 +1,81 @@
+"""The paper end to end: pretrain (ImageNet stand-in) -> transfer (teacher) -> compress (student) -> Siamese ->
+verification + CPU benchmark -> report. Every stage is a normal run in `<workdir>/<stage>`, so re-running the
+pipeline resumes unfinished stages and skips finished ones."""
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+from absl import logging
+
+from facejax import data as fdata
+from facejax.evaluation.pairs import evaluate_pairs
+from facejax.evaluation.report import jsonable, plot_roc, results_markdown, summary_row
+from facejax.evaluation.verification import compare
+from facejax.inference.benchmark import benchmark_model
+from facejax.train import checkpoint as ckpt
+from facejax.train import train
+from facejax.train.tasks import ModelIO
+
+STAGES = ('pretrain', 'teacher', 'student', 'siamese')
+# Report name -> stage run directory.
+REPORTED = {'teacher': 'teacher', 'student': 'student', 'student_siamese': 'siamese'}
+
+
+def stage_configs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, ml_collections.ConfigDict]:
+  """Link the stages: teacher <- pretrain backbone (unless teacher.init.path is given), student <- distil the
+  teacher, siamese <- all of the student."""
+  stages = {s: ml_collections.ConfigDict(config[s]) for s in STAGES}
+  run = lambda s: os.path.join(workdir, s)
+  if stages['teacher'].init.path:
+    del stages['pretrain']  # real pretrained weights given: no stand-in pretraining
+  else:
+    stages['teacher'].init.path = run('pretrain')
+  stages['student'].distill.teacher_workdir = stages['student'].distill.teacher_workdir or run('teacher')
+  stages['siamese'].init.path = stages['siamese'].init.path or run('student')
+  return stages
+
+
+def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Run every stage, evaluate and benchmark teacher / student / student_siamese, write the report files."""
+  os.makedirs(workdir, exist_ok=True)
+  for name, stage in stage_configs(config, workdir).items():
+    logging.info('stage %s -> %s', name, os.path.join(workdir, name))
+    print(f'== stage {name}: {stage.task} {stage.model.name}, {stage.total_steps} steps', flush=True)
+    train(stage, os.path.join(workdir, name))
+
+  print('== evaluate + benchmark', flush=True)
+  pairs = fdata.make_source(config.eval.source, **config.eval.kwargs.to_dict())
+  rows, results = {}, {}
+  for name, stage in REPORTED.items():
+    model, variables, info = ckpt.load_run(os.path.join(workdir, stage))
+    io = ModelIO(model, info['preprocessing_obj'], info['image_size'])
+    results[name] = evaluate_pairs(io, variables, pairs, batch_size=config.eval.batch_size,
+                                   flip=config.eval.flip or None, distance=config.eval.distance)
+    bench = benchmark_model(model, variables, batch_size=config.benchmark.batch_size, image_size=io.image_size,
+                            warmup=config.benchmark.warmup, runs=config.benchmark.runs)
+    rows[name] = summary_row(results[name], params=bench['params'], gflops=bench['gflops'],
+                             cpu_ms_b1=bench['ms_median'], threshold=results[name]['threshold'])
+  teacher, student = rows['teacher'], rows['student']
+  report = {
+      'models': rows,
+      'compression': {'param_ratio': teacher['params'] / student['params'],
+                      'cpu_speedup': teacher['cpu_ms_b1'] / student['cpu_ms_b1']},
+      'comparisons': {f'{a} vs teacher': compare(results[a], results['teacher'], a, 'teacher')
+                      for a in ('student', 'student_siamese')},
+      'protocol': {'pairs': len(pairs.issame), 'folds': int(pairs.fold.max()) + 1, 'distance': config.eval.distance,
+                   'accuracy_std': 'std over folds, ddof=0', 'params': 'embedding network (no classifier)',
+                   'cpu_ms_b1': f'median of {config.benchmark.runs} AOT-compiled runs, batch 1, compile excluded'},
+  }
+  with open(os.path.join(workdir, 'results.json'), 'w') as f:
+    json.dump(jsonable(report), f, indent=2)
+  table = results_markdown(rows)
+  c = report['compression']
+  summary = (f'\nstudent: {c["param_ratio"]:.1f}x fewer parameters, {c["cpu_speedup"]:.1f}x faster on CPU (batch 1)\n'
+             + ''.join(f'{k}: {v["summary"]}\n' for k, v in report['comparisons'].items()))
+  with open(os.path.join(workdir, 'results.md'), 'w') as f:
+    f.write(f'# facejax pipeline: {workdir}\n\n{table}{summary}')
+  plot_roc({k: v for k, v in results.items()}, os.path.join(workdir, 'roc.png'))
+  print(table + summary, flush=True)
+  return report

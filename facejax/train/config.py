@@ -1,0 +1,52 @@
+"""Defaults for one training run. Config files start from `base_config()` and change what they need."""
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = 'classify'  # 'classify' | 'distill' | 'siamese'
+  c.seed = 0
+  c.total_steps = 1000
+  c.batch_size = 64  # global, split over processes and local devices
+  c.half_precision = False  # bf16 compute, fp32 params and optimizer state
+  c.resume = 'auto'  # 'auto': a workdir holding a different config is refused; 'override': resume anyway
+  c.log_every = 50
+  c.checkpoint_every = 200
+  c.keep_checkpoints = 2
+  c.eval_every = 0  # verification on config.val pairs every N steps (0: never)
+  c.max_nonfinite_streak = 20  # consecutive skipped (non-finite) steps before the run stops
+  c.progress = True
+
+  c.model = ml_collections.ConfigDict(dict(
+      name='vgg_small', embed_dim=128, dropout=0.0, image_size=64,
+      preprocessing='facejax',  # facejax.models.registry.PREPROCESSING key (or taken from the init checkpoint)
+      kwargs=ml_collections.ConfigDict()))  # module field overrides, e.g. width=0.25
+
+  c.data = ml_collections.ConfigDict(dict(
+      source='synthetic_faces',  # facejax.data.make_source name
+      kwargs=ml_collections.ConfigDict(dict(num_identities=100, images_per_identity=30, image_size=64)),
+      augment=True, sampler='random', images_per_identity=4))  # sampler 'identity': P x K batches
+
+  # Where the weights start: '' (random), a facejax run dir, or a converted checkpoint dir (launch.convert).
+  # mode 'backbone' copies the backbone only (transfer: new embedding + classifier); 'all' copies every matching tensor.
+  c.init = ml_collections.ConfigDict(dict(path='', mode='backbone'))
+
+  c.optim = ml_collections.ConfigDict(dict(
+      name='sgd', learning_rate=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4,
+      schedule='cosine', warmup_steps=50, decay_boundaries=(0.5, 0.75), decay_factor=0.1, clip_norm=5.0,
+      lr_mult=ml_collections.ConfigDict(),  # path prefix -> multiplier, e.g. {'backbone': 0.1}
+      freeze=()))  # path prefixes with zero updates, e.g. ('backbone/conv1_', 'backbone/conv2_')
+
+  c.classify = ml_collections.ConfigDict(dict(label_smoothing=0.0, bn='train'))  # bn: 'train' | 'frozen'
+  c.distill = ml_collections.ConfigDict(dict(
+      teacher_workdir='', embed_weight=1.0, embed_kind='l2', soft_weight=0.0, temperature=4.0, hard_weight=0.0))
+  c.siamese = ml_collections.ConfigDict(dict(loss='contrastive', margin=1.0))
+
+  # Held-out verification pairs for periodic validation (and for the pipeline's evaluation).
+  c.val = ml_collections.ConfigDict(dict(
+      source='synthetic_pairs', kwargs=ml_collections.ConfigDict(dict(
+          num_identities=40, images_per_identity=10, image_size=64, identity_offset=100000, num_folds=10,
+          pairs_per_fold=60))))
+  return c

@@ -1,0 +1,189 @@
+"""train(config, workdir): one loop for every task. Resumes from the latest checkpoint of `workdir`."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from flax import jax_utils
+from tqdm import tqdm
+
+from facejax import data as fdata
+from facejax.train import checkpoint as ckpt
+from facejax.train.state import TrainState, create_train_state, make_optimizer
+from facejax.train.steps import make_p_train_step
+from facejax.train.tasks import ModelIO, make_task
+
+# Fields that may change between a run and its resumption without changing what is computed.
+RUNTIME_FIELDS = ('resume', 'log_every', 'progress', 'eval_every', 'keep_checkpoints', 'checkpoint_every')
+
+
+def _config_diff(a: dict, b: dict, prefix: str = '') -> list[str]:
+  keys = sorted(set(a) | set(b))
+  out = []
+  for k in keys:
+    if not prefix and k in RUNTIME_FIELDS:
+      continue
+    va, vb = a.get(k, '<missing>'), b.get(k, '<missing>')
+    if isinstance(va, dict) and isinstance(vb, dict):
+      out += _config_diff(va, vb, f'{prefix}{k}.')
+    elif va != vb:
+      out.append(f'{prefix}{k}: {va!r} -> {vb!r}')
+  return out
+
+
+def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Write config.json, or refuse a workdir whose saved config differs (unless config.resume='override')."""
+  path = os.path.join(workdir, 'config.json')
+  current = json.loads(config.to_json_best_effort())
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    diff = _config_diff(saved, current)
+    if diff and config.resume != 'override':
+      raise ValueError(f'{workdir} holds a run with a different config ({"; ".join(diff[:8])}). '
+                       'Use a new --workdir, or --config.resume=override to resume it with the new config.')
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(path, 'w') as f:
+      json.dump(current, f, indent=2, sort_keys=True)
+
+
+def _model_io(config, num_classes: int, bn_axis=None) -> ModelIO:
+  from facejax.models import PREPROCESSING, build_model
+  m = config.model
+  if m.preprocessing not in PREPROCESSING:
+    raise ValueError(f'config.model.preprocessing={m.preprocessing!r}: expected one of {sorted(PREPROCESSING)}')
+  model = build_model(m.name, num_classes, m.embed_dim, m.dropout,
+                      dtype=jnp.bfloat16 if config.half_precision else jnp.float32, bn_axis=bn_axis,
+                      **m.kwargs.to_dict())
+  return ModelIO(model, PREPROCESSING[m.preprocessing], m.image_size)
+
+
+def _initial_variables(config, model_io: ModelIO, rng):
+  """Fresh init, then (config.init.path) copy pretrained tensors in: a facejax run dir or a converted checkpoint."""
+  x = jnp.zeros((1, model_io.image_size, model_io.image_size, 3))
+  variables = jax.jit(lambda r: model_io.model.init({'params': r, 'dropout': r}, x, method='forward'))(rng)
+  path = config.init.path
+  if not path:
+    return variables, None
+  if os.path.isfile(os.path.join(path, 'model.json')):
+    source = ckpt.restore_variables(path)
+  else:
+    from facejax.convert import load_converted  # converted ImageNet/dlib weights (launch.convert)
+    _, source, _ = load_converted(path)
+  if config.init.mode not in ('backbone', 'all'):
+    raise ValueError(f"config.init.mode={config.init.mode!r}: expected 'backbone' or 'all'")
+  subtrees = ('backbone',) if config.init.mode == 'backbone' else None
+  return ckpt.copy_matching(variables, source, subtrees, f'config.init.path={path}')
+
+
+def _teacher(config):
+  """(ModelIO, variables) of the distillation teacher run, frozen in fp32 (or bf16 with half_precision)."""
+  wd = config.distill.teacher_workdir
+  info = ckpt.read_model_info(wd)
+  model, pre, size = ckpt.build_from_info(info, dtype=jnp.bfloat16 if config.half_precision else jnp.float32)
+  return ModelIO(model, pre, size), ckpt.restore_variables(wd)
+
+
+def _write_metrics(workdir: str, record: dict) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
+      f.write(json.dumps(record) + '\n')
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Train `config.task` to `config.total_steps` in `workdir`; returns the last logged metrics.
+
+  Re-running on the same workdir resumes from its latest checkpoint (params, BN stats, optimizer state, step,
+  RNG and the data iterator position), so an interrupted run ends bitwise identical to an uninterrupted one."""
+  config = ml_collections.ConfigDict(config)
+  source = fdata.make_source(config.data.source, **config.data.kwargs.to_dict())
+  with config.unlocked():
+    config.model.num_classes = int(source.num_classes)  # identities of the training data
+  check_workdir_config(config, workdir)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'model.json'), 'w') as f:
+      json.dump(ckpt.model_info(config), f, indent=2)
+
+  n_dev, n_proc = jax.local_device_count(), jax.process_count()
+  if config.batch_size % (n_dev * n_proc):
+    raise ValueError(f'config.batch_size={config.batch_size} must divide evenly over {n_proc} process(es) x '
+                     f'{n_dev} local device(s)')
+  num_classes = config.model.num_classes
+  student = _model_io(config, num_classes)  # host-side twin: init and evaluation
+  teacher, teacher_vars = _teacher(config) if config.task == 'distill' else (None, None)
+  task = make_task(config, _model_io(config, num_classes, bn_axis='batch'), teacher, teacher_vars)
+
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, state_rng = jax.random.split(rng)
+  variables, init_report = _initial_variables(config, student, init_rng)
+  if init_report and jax.process_index() == 0:
+    logging.info('init from %s: %d tensors loaded, %d initialised, %d skipped', config.init.path,
+                 len(init_report['loaded']), len(init_report['initialised']), len(init_report['skipped']))
+  tx, schedule = make_optimizer(config.optim, config.total_steps, variables['params'])
+  state = create_train_state(state_rng, student.model, tx, student.image_size, variables)
+
+  loader = fdata.train_loader(source, global_batch_size=config.batch_size, image_size=student.image_size,
+                              seed=config.seed, num_devices=n_dev, augment=config.data.augment,
+                              sampler=config.data.sampler, images_per_identity=config.data.images_per_identity,
+                              process_index=jax.process_index(), process_count=n_proc)
+  manager = ckpt.checkpoint_manager(workdir, config.keep_checkpoints)
+  start = manager.latest_step()
+  if start is not None:
+    restored = manager.restore(start, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(state.to_checkpoint()), data=ocp.args.JsonRestore()))
+    state = TrainState(**restored['state'])
+    loader.set_state(restored['data'])
+    logging.info('resumed %s at step %d', workdir, start)
+  start = int(start or 0)
+  if start >= config.total_steps:
+    manager.close()
+    return {'step': start, 'resumed_finished': True}
+
+  p_step = make_p_train_step(task.loss_fn, tx, schedule)
+  frozen = jax_utils.replicate(task.frozen())
+  pstate = jax_utils.replicate(state)
+  last, t0, seen = {}, time.perf_counter(), 0
+  bar = tqdm(total=config.total_steps, initial=start, desc=f'{config.task} {os.path.basename(workdir)}',
+             disable=not config.progress or jax.process_index() != 0, dynamic_ncols=True)
+  for step in range(start + 1, config.total_steps + 1):
+    batch = next(loader)
+    pstate, metrics = p_step(pstate, {k: batch[k] for k in ('image', 'label')}, frozen)
+    seen += config.batch_size
+    bar.update(1)
+    if step % config.log_every == 0 or step == config.total_steps:
+      m = {k: float(v) for k, v in jax_utils.unreplicate(metrics).items()}
+      dt = time.perf_counter() - t0
+      streak = int(jax_utils.unreplicate(pstate.nonfinite_streak))
+      last = dict(step=step, **m, img_per_s=seen / dt, nonfinite_total=int(jax_utils.unreplicate(pstate.nonfinite_total)))
+      _write_metrics(workdir, last)
+      bar.set_postfix(loss=f'{m["loss"]:.4f}', refresh=False)
+      t0, seen = time.perf_counter(), 0
+      if streak >= config.max_nonfinite_streak:
+        raise FloatingPointError(f'{workdir}: step {step}: {streak} consecutive non-finite steps (loss or gradients '
+                                 f'NaN/Inf), limit config.max_nonfinite_streak={config.max_nonfinite_streak}; '
+                                 'lower the learning rate or check the data')
+    if config.eval_every and step % config.eval_every == 0:
+      _validate(config, student, jax_utils.unreplicate(pstate), workdir, step)
+    if step % config.checkpoint_every == 0 or step == config.total_steps:
+      host_state = jax.device_get(jax_utils.unreplicate(pstate))
+      manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host_state.to_checkpoint()),
+                                                 data=ocp.args.JsonSave(loader.get_state())))
+  bar.close()
+  manager.wait_until_finished()
+  manager.close()
+  return last
+
+
+def _validate(config, student: ModelIO, state: TrainState, workdir: str, step: int) -> None:
+  from facejax.evaluation.pairs import evaluate_pairs
+  pairs = fdata.make_source(config.val.source, **config.val.kwargs.to_dict())
+  result = evaluate_pairs(student, {'params': state.params, 'batch_stats': state.batch_stats}, pairs)
+  _write_metrics(workdir, {'step': step, 'val_accuracy': result['accuracy'], 'val_auc': result['auc']})

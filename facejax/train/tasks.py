@@ -1,0 +1,142 @@
+"""The three tasks. Each is a pure `loss_fn(params, batch_stats, batch, frozen, rng) -> (loss, (metrics, batch_stats))`
+plus what it needs from outside the step (`frozen`: e.g. the teacher's variables, passed replicated).
+Adding a task means adding a class here and a name in TASKS; the step and the loop stay untouched.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from facejax import losses
+from facejax.models import FaceNet, Preprocessing
+
+
+def model_input(images, preprocessing: Preprocessing, image_size: int):
+  """uint8 [B, H, W, 3] RGB -> normalised float32 [B, S, S, 3], resized in-graph when H != S."""
+  x = preprocessing.apply(images)
+  if x.shape[1] != image_size or x.shape[2] != image_size:
+    x = jax.image.resize(x, (x.shape[0], image_size, image_size, 3), 'linear', antialias=True)
+  return x
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelIO:
+  """A model with how it reads pixels: what a task calls, and what a run directory describes."""
+  model: FaceNet
+  preprocessing: Preprocessing
+  image_size: int
+
+  def __call__(self, params, batch_stats, images, *, train: bool, rng=None, update_stats: bool = True):
+    """-> (outputs dict from FaceNet.forward, new batch_stats)."""
+    variables = {'params': params, 'batch_stats': batch_stats}
+    x = model_input(images, self.preprocessing, self.image_size)
+    if not train:
+      return self.model.apply(variables, x, train=False, method='forward'), batch_stats
+    out, mutated = self.model.apply(variables, x, train=True, method='forward', mutable=['batch_stats'],
+                                    rngs={'dropout': rng})
+    return out, (mutated['batch_stats'] if update_stats else batch_stats)
+
+
+def _accuracy(logits, labels):
+  return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Classify:
+  """Identity classification (fine-tuning): softmax CE with optional label smoothing.
+  `bn='frozen'` keeps BatchNorm running statistics fixed (and uses them), as is common for small-data transfer."""
+  student: ModelIO
+  label_smoothing: float = 0.0
+  bn: str = 'train'
+
+  def frozen(self) -> dict:
+    return {}
+
+  def loss_fn(self, params, batch_stats, batch, frozen, rng):
+    out, batch_stats = self.student(params, batch_stats, batch['image'], train=self.bn == 'train', rng=rng)
+    loss = losses.softmax_cross_entropy(out['logits'], batch['label'], self.label_smoothing)
+    return loss, ({'loss': loss, 'accuracy': _accuracy(out['logits'], batch['label'])}, batch_stats)
+
+
+@dataclasses.dataclass(frozen=True)
+class Distill:
+  """Teacher -> student: w_embed * mimic(student emb, teacher emb) + w_soft * KL_T(teacher || student) + w_hard * CE.
+  The teacher is frozen (eval mode) and its variables arrive through `frozen`."""
+  student: ModelIO
+  teacher: ModelIO
+  teacher_variables: Any = dataclasses.field(repr=False, default=None)
+  embed_weight: float = 1.0
+  embed_kind: str = 'l2'
+  soft_weight: float = 0.0
+  temperature: float = 4.0
+  hard_weight: float = 0.0
+
+  def frozen(self) -> dict:
+    return {'teacher': self.teacher_variables}
+
+  def loss_fn(self, params, batch_stats, batch, frozen, rng):
+    t = frozen['teacher']
+    t_out, _ = self.teacher(t['params'], t['batch_stats'], batch['image'], train=False)
+    t_out = jax.lax.stop_gradient(t_out)
+    out, batch_stats = self.student(params, batch_stats, batch['image'], train=True, rng=rng)
+    metrics = {}
+    loss = 0.0
+    if self.embed_weight:
+      metrics['embed_loss'] = losses.embedding_mimic(out['embedding'], t_out['embedding'], self.embed_kind)
+      loss += self.embed_weight * metrics['embed_loss']
+    if self.soft_weight:
+      metrics['soft_loss'] = losses.soft_target_kl(out['logits'], t_out['logits'], self.temperature)
+      loss += self.soft_weight * metrics['soft_loss']
+    if self.hard_weight:
+      metrics['hard_loss'] = losses.softmax_cross_entropy(out['logits'], batch['label'])
+      loss += self.hard_weight * metrics['hard_loss']
+    if 'logits' in out:
+      metrics['accuracy'] = _accuracy(out['logits'], batch['label'])
+    metrics['loss'] = loss
+    return loss, (metrics, batch_stats)
+
+
+@dataclasses.dataclass(frozen=True)
+class Siamese:
+  """Metric learning on P x K identity batches: balanced contrastive loss (margin) or batch-hard triplet."""
+  student: ModelIO
+  loss: str = 'contrastive'
+  margin: float = 1.0
+
+  def frozen(self) -> dict:
+    return {}
+
+  def loss_fn(self, params, batch_stats, batch, frozen, rng):
+    out, batch_stats = self.student(params, batch_stats, batch['image'], train=True, rng=rng)
+    if self.loss == 'contrastive':
+      loss, metrics = losses.contrastive(out['embedding'], batch['label'], self.margin)
+    elif self.loss == 'triplet':
+      loss, metrics = losses.batch_hard_triplet(out['embedding'], batch['label'], self.margin)
+    else:
+      raise ValueError(f"config.siamese.loss={self.loss!r}: expected 'contrastive' or 'triplet'")
+    return loss, (dict(metrics, loss=loss), batch_stats)
+
+
+TASKS = ('classify', 'distill', 'siamese')
+
+
+def make_task(config: ml_collections.ConfigDict, student: ModelIO, teacher: ModelIO | None = None,
+              teacher_variables=None):
+  """Build the task named by `config.task` from its config section."""
+  if config.task == 'classify':
+    c = config.classify
+    return Classify(student, c.label_smoothing, c.bn)
+  if config.task == 'distill':
+    c = config.distill
+    if teacher is None:
+      raise ValueError('config.task=distill needs config.distill.teacher_workdir (a finished classify run)')
+    return Distill(student, teacher, teacher_variables, c.embed_weight, c.embed_kind, c.soft_weight, c.temperature,
+                   c.hard_weight)
+  if config.task == 'siamese':
+    c = config.siamese
+    return Siamese(student, c.loss, c.margin)
+  raise ValueError(f'config.task={config.task!r}: expected one of {TASKS}')

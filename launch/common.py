@@ -1,0 +1,19 @@
+"""Flags shared by launch scripts: multi-host initialisation through jax.distributed."""
+from absl import flags
+
+FLAGS = flags.FLAGS
+
+
+def define_distributed_flags() -> None:
+  flags.DEFINE_string('jax_coordinator', None, 'host:port of process 0 (multi-host runs only).')
+  flags.DEFINE_integer('jax_num_processes', 1, 'Number of processes (hosts).')
+  flags.DEFINE_integer('jax_process_id', 0, 'This process index in [0, jax_num_processes).')
+
+
+def init_distributed() -> None:
+  """jax.distributed.initialize when a coordinator is given; each process then reads its own data shard."""
+  if FLAGS.jax_coordinator:
+    import jax
+    jax.distributed.initialize(FLAGS.jax_coordinator, FLAGS.jax_num_processes, FLAGS.jax_process_id)
+  elif FLAGS.jax_num_processes != 1:
+    raise flags.ValidationError('--jax_num_processes > 1 needs --jax_coordinator=host:port')
