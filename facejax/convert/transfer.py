@@ -1,0 +1,52 @@
+"""Pretrained source-task classifier -> face model: copy the backbone, keep the new heads."""
+from __future__ import annotations
+
+import numpy as np
+
+from facejax.convert.plan import ConversionReport, _listing, flatten, unflatten
+
+COLLECTIONS = ('params', 'batch_stats')
+
+
+def transfer_backbone(face_variables: dict, pretrained_variables: dict) -> tuple[dict, ConversionReport]:
+  """Copies `pretrained_variables[col]['backbone']` (params and batch_stats) into a FaceNet variable tree.
+
+  face_variables: {'params': {'backbone', 'embedding', 'classifier'}, 'batch_stats': {...}} (e.g. fresh init).
+  pretrained_variables: a `Classifier` tree from `load_pretrained` / `load_converted`.
+  Returns (new variables, report): the source classifier (and any source tensor outside the face backbone,
+  e.g. fc6/fc7 when transferring into `vgg16_gap`) is skipped; embedding and identity heads stay as initialised.
+  Raises ValueError naming the tensor path and both shapes on a mismatch, and listing every face-backbone
+  tensor the pretrained tree lacks: never a partial load.
+  """
+  new, report = {}, ConversionReport()
+  missing = []
+  for col in sorted(set(face_variables) | set(pretrained_variables)):
+    dst = flatten(dict(face_variables.get(col, {})))
+    src = flatten(dict(pretrained_variables.get(col, {})))
+    out = dict(dst)
+    for path, target in dst.items():
+      full = f'{col}/{path}'
+      if not path.startswith('backbone/'):
+        report.initialised.append((full, tuple(np.shape(target)), 'not part of the backbone: kept as initialised'))
+        continue
+      if path not in src:
+        missing.append(f'{full} {list(np.shape(target))}')
+        continue
+      value = src[path]
+      if tuple(np.shape(value)) != tuple(np.shape(target)):
+        raise ValueError(f'transfer_backbone: pretrained {full} has shape {list(np.shape(value))}, the face model '
+                         f'expects {list(np.shape(target))}')
+      out[path] = np.asarray(value, dtype=getattr(target, 'dtype', np.float32))
+      report.loaded.append((full, full, tuple(np.shape(target))))
+    for path in src:
+      if path not in dst:
+        why = ('source-task head, replaced by the face heads' if not path.startswith('backbone/')
+               else 'the face backbone has no such tensor')
+        report.skipped.append((f'{col}/{path}', why))
+    if col in face_variables:
+      new[col] = unflatten(out)
+  if missing:
+    raise ValueError(f'transfer_backbone: pretrained weights lack tensors of the face backbone: {_listing(missing)}')
+  if not report.loaded:
+    raise ValueError('transfer_backbone: the face variables have no backbone subtree to fill')
+  return new, report

@@ -1,0 +1,34 @@
+"""Convert pretrained Keras / torchvision weights into a facejax checkpoint directory.
+
+  python -m launch.convert --from=keras_h5 --arch=vgg16 --src=vgg16.weights.h5 --out=runs/pretrained/vgg16
+  python -m launch.convert --from=torchvision --arch=resnet50 --src=resnet50.pth --out=runs/pretrained/resnet50
+
+Writes OUT/checkpoint (orbax: {'params', 'batch_stats'}) and OUT/metadata.json (arch, source, preprocessing,
+report); prints which tensors were loaded, skipped and newly initialised.
+"""
+import json
+
+from absl import app, flags
+
+from facejax.convert import ConversionReport, convert_to_checkpoint
+
+flags.DEFINE_enum('from', None, ['keras_h5', 'torchvision'], 'Source framework of --src.')
+flags.DEFINE_string('arch', None, 'facejax arch: vgg16, vgg16_gap, resnet50, resnet50_keras, resnet18.')
+flags.DEFINE_string('src', None, 'Weights file: .h5/.keras (Keras), .pth/.pt/.bin/.safetensors (torchvision).')
+flags.DEFINE_string('out', None, 'Output directory.')
+flags.DEFINE_bool('overwrite', False, 'Replace weights already converted into --out.')
+flags.DEFINE_bool('verbose', True, 'List every loaded tensor, not just the counts.')
+flags.mark_flags_as_required(['from', 'arch', 'src', 'out'])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  meta = convert_to_checkpoint(FLAGS['from'].value, FLAGS.arch, FLAGS.src, FLAGS.out, overwrite=FLAGS.overwrite)
+  print(ConversionReport.from_dict(meta['report']).format(verbose=FLAGS.verbose))
+  print(json.dumps({k: v for k, v in meta.items() if k != 'report'}, indent=1))
+  print(f'wrote {FLAGS.out}')
+
+
+if __name__ == '__main__':
+  app.run(main)
