@@ -1,0 +1,226 @@
+"""Identity folders (`root/<identity>/<image>`, FaceScrub / MSRA-CFW / CASIA-WebFace style) -> TFDS ArrayRecord.
+
+Preparation decodes every file once (robustly, see decode.py), skips and counts unreadable ones, drops
+identities with fewer than `min_images` usable images, splits train/val by identity or by image, and writes
+records {'image': encoded JPEG/PNG, 'label', 'identity', 'filename'} with tensorflow-datasets (no TensorFlow).
+Train labels are [0, num_train_identities); with split_by='identity' the val identities follow them.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import io
+import json
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from facejax.data.decode import MAX_PIXELS, DecodeSummary, UnreadableImage, decode_image
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm', '.pgm')
+_KEEP_AS_IS = ('JPEG', 'PNG')  # formats stored with their original bytes when already RGB
+
+
+@dataclasses.dataclass(frozen=True)
+class ScannedImage:
+  path: str  # relative to the root: <identity>/<file>
+  identity: str
+  reencode: bool  # True: store the converted RGB as PNG instead of the original bytes
+
+
+def _check_file(root: str, rel: str, max_pixels: int, min_side: int):
+  """-> (rel, source mode or None, reencode) or (rel, UnreadableImage)."""
+  with open(os.path.join(root, rel), 'rb') as f:
+    data = f.read()
+  try:
+    decode_image(data, max_pixels=max_pixels, min_side=min_side)
+  except UnreadableImage as e:
+    return rel, e
+  img = Image.open(io.BytesIO(data))
+  return rel, img.mode, not (img.format in _KEEP_AS_IS and img.mode == 'RGB')
+
+
+def scan_identity_folders(root: str, *, min_images: int = 1, max_pixels: int = MAX_PIXELS, min_side: int = 16,
+                          num_threads: int = 4) -> tuple[list[ScannedImage], dict, DecodeSummary]:
+  """Walk root/<identity>/<image>, decode every image once; -> (usable images of kept identities, sorted;
+  counts; decode summary). Files with other extensions or outside identity folders are counted as ignored."""
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f'identity-folder root {root} does not exist (expected {root}/<identity>/<image>.jpg)')
+  candidates, ignored = [], 0
+  for entry in sorted(os.scandir(root), key=lambda e: e.name):
+    if entry.name.startswith('.'):
+      continue
+    if not entry.is_dir():
+      ignored += 1
+      continue
+    for dirpath, dirnames, filenames in os.walk(entry.path):
+      dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
+      for fn in sorted(filenames):
+        if fn.startswith('.'):
+          continue
+        rel = os.path.relpath(os.path.join(dirpath, fn), root)
+        if os.path.splitext(fn)[1].lower() in IMAGE_EXTENSIONS:
+          candidates.append(rel)
+        else:
+          ignored += 1
+  if not candidates:
+    raise ValueError(f'{root}: no image files found; expected {root}/<identity>/<image>.jpg')
+  summary = DecodeSummary()
+  usable: dict[str, list[ScannedImage]] = {}
+  with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:  # Pillow decodes without the GIL
+    for result in pool.map(lambda rel: _check_file(root, rel, max_pixels, min_side), candidates):
+      rel = result[0]
+      if isinstance(result[1], UnreadableImage):
+        summary.add_skipped(rel, result[1])
+        continue
+      summary.add_ok(result[1])
+      identity = rel.split(os.sep)[0]
+      usable.setdefault(identity, []).append(ScannedImage(rel, identity, result[2]))
+  kept = {k: v for k, v in usable.items() if len(v) >= min_images}
+  counts = {
+      'identity_folders': sum(1 for e in os.scandir(root) if e.is_dir() and not e.name.startswith('.')),
+      'identities_with_usable_images': len(usable),
+      'identities_kept': len(kept),
+      'identities_below_min_images': len(usable) - len(kept),
+      'images_below_min_images': sum(len(v) for k, v in usable.items() if k not in kept),
+      'files_ignored': ignored,
+  }
+  return [im for k in sorted(kept) for im in kept[k]], counts, summary
+
+
+def split_images(images: list[ScannedImage], split_by: str, val_fraction: float, seed: int):
+  """-> (identity names in label order, {'train': [...], 'val': [...]}); train identities come first."""
+  identities = sorted({im.identity for im in images})
+  by_identity = {k: [] for k in identities}
+  for im in images:
+    by_identity[im.identity].append(im)
+  rng = np.random.default_rng(seed)
+  if split_by == 'identity':
+    n_val = int(round(val_fraction * len(identities)))
+    if val_fraction > 0 and len(identities) >= 2:
+      n_val = min(max(n_val, 1), len(identities) - 1)
+    perm = rng.permutation(len(identities))
+    val_ids = sorted(identities[i] for i in perm[:n_val])
+    train_ids = sorted(set(identities) - set(val_ids))
+    return train_ids + val_ids, {'train': [im for k in train_ids for im in by_identity[k]],
+                                 'val': [im for k in val_ids for im in by_identity[k]]}
+  if split_by == 'image':
+    train, val = [], []
+    for k in identities:
+      group = by_identity[k]
+      n_val = min(int(val_fraction * len(group)), len(group) - 1)  # every identity keeps >= 1 training image
+      perm = rng.permutation(len(group))
+      val += [group[i] for i in sorted(perm[:n_val])]
+      train += [group[i] for i in sorted(perm[n_val:])]
+    return identities, {'train': train, 'val': val}
+  raise ValueError(f"split_by: expected 'identity' or 'image', got {split_by!r}")
+
+
+@dataclasses.dataclass
+class FoldersConfig(tfds.core.BuilderConfig):
+  """How to turn a folder tree into splits; `name` names the prepared dataset (e.g. 'casia')."""
+  split_by: str = 'identity'
+  val_fraction: float = 0.1
+  min_images: int = 2
+  min_side: int = 16
+  max_pixels: int = MAX_PIXELS
+  seed: int = 0
+
+
+class FacejaxFolders(tfds.core.GeneratorBasedBuilder):
+  """Identity folders from --manual_dir -> ArrayRecord shards (see module docstring)."""
+  VERSION = tfds.core.Version('1.0.0')
+  BUILDER_CONFIGS = [FoldersConfig(name='default')]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = 'Pass the identity-folder root (root/<identity>/<image>.jpg) as manual_dir.'
+
+  # No download checksums to locate (tfds would look for them next to the code, which needs the optional
+  # importlib_resources package).
+  code_path = None
+
+  def __init__(self, *, manual_dir: str | None = None, **kwargs):
+    self._facejax_manual_dir = manual_dir
+    super().__init__(**kwargs)
+
+  def _info(self):
+    self._plan()
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(shape=(None, None, 3)),
+            'label': tfds.features.ClassLabel(names=self._label_names or ['none']),
+            'identity': tfds.features.Text(),
+            'filename': tfds.features.Text(),
+        }),
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def _plan(self):
+    """Scan manual_dir once (the label names are part of the features, so _info needs them)."""
+    if getattr(self, '_splits_plan', None) is not None:
+      return
+    self._label_names, self._splits_plan, self.summary = None, None, None
+    manual_dir = getattr(self, '_facejax_manual_dir', None)
+    if manual_dir is None:
+      return  # reading an existing dataset: features come from dataset_info.json
+    c = self.builder_config
+    images, counts, decode_summary = scan_identity_folders(manual_dir, min_images=c.min_images,
+                                                           max_pixels=c.max_pixels, min_side=c.min_side)
+    if not images:
+      raise ValueError(f'{manual_dir}: no identity has >= {c.min_images} usable images ({counts})')
+    self._label_names, self._splits_plan = split_images(images, c.split_by, c.val_fraction, c.seed)
+    self._manual_dir = manual_dir
+    splits = {name: {'identities': len({im.identity for im in ims}), 'images': len(ims)}
+              for name, ims in self._splits_plan.items() if ims}
+    self.summary = {'root': manual_dir, 'config': {k: getattr(c, k) for k in ('name', 'split_by', 'val_fraction', 'min_images', 'min_side',
+                                                              'max_pixels', 'seed')}, **counts,
+                    'decode': decode_summary.to_dict(), 'splits': splits,
+                    'num_classes': {'train': splits['train']['identities'], 'val': len(self._label_names)}}
+    self.decode_summary = decode_summary
+
+  def _split_generators(self, dl_manager):
+    self.info.metadata['summary'] = self.summary
+    return {name: self._generate_examples(ims) for name, ims in self._splits_plan.items() if ims}
+
+  def _generate_examples(self, images):
+    for im in images:
+      path = os.path.join(self._manual_dir, im.path)
+      with open(path, 'rb') as f:
+        data = f.read()
+      if im.reencode:
+        buf = io.BytesIO()
+        Image.fromarray(decode_image(data, max_pixels=self.builder_config.max_pixels)).save(buf, format='PNG')
+        data = buf.getvalue()
+      yield im.path, {'image': data, 'label': im.identity, 'identity': im.identity, 'filename': im.path}
+
+
+def prepared_dir(data_dir: str, name: str = 'default') -> str:
+  """Where `prepare_folders(..., name=name)` writes: data_dir/facejax_folders/<name>/<version>."""
+  return os.path.join(data_dir, FacejaxFolders.name, name, str(FacejaxFolders.VERSION))
+
+
+def read_summary(dataset_dir: str) -> dict | None:
+  """The preparation summary stored with a prepared dataset (metadata.json), None if absent."""
+  path = os.path.join(dataset_dir, 'metadata.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f).get('summary')
+
+
+def prepare_folders(manual_dir: str, data_dir: str, *, name: str = 'default', split_by: str = 'identity',
+                    val_fraction: float = 0.1, min_images: int = 2, min_side: int = 16,
+                    max_pixels: int = MAX_PIXELS, seed: int = 0) -> tuple[str, dict, DecodeSummary | None]:
+  """Prepare identity folders once -> (dataset dir for `TfdsSource`, summary dict, decode summary).
+
+  An already prepared dataset is reused (its stored summary is returned, decode summary None).
+  """
+  out = prepared_dir(data_dir, name)
+  if os.path.exists(os.path.join(out, 'dataset_info.json')):
+    return out, read_summary(out), None
+  config = FoldersConfig(name=name, split_by=split_by, val_fraction=val_fraction, min_images=min_images,
+                         min_side=min_side, max_pixels=max_pixels, seed=seed)
+  builder = FacejaxFolders(manual_dir=manual_dir, config=config, data_dir=data_dir, file_format='array_record')
+  tfds.disable_progress_bar()
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  return str(builder.data_dir), builder.summary, builder.decode_summary
