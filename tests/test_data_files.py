@@ -1,0 +1,230 @@
+"""Real files: robust decoding, identity folders -> TFDS ArrayRecord -> grain, LFW trees and pairs.txt."""
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facejax.data import lfw_pairs, make_source, read_pairs, train_loader
+from facejax.data.decode import UnreadableImage, decode_image
+from facejax.data.pipeline import as_rgb_array
+
+
+def _encode(array_or_image, fmt='JPEG', **kw) -> bytes:
+  img = array_or_image if isinstance(array_or_image, Image.Image) else Image.fromarray(array_or_image)
+  buf = io.BytesIO()
+  img.save(buf, format=fmt, **kw)
+  return buf.getvalue()
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+  return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def bomb_png(side: int = 40000) -> bytes:
+  """A PNG whose header claims side x side RGB pixels (a decompression bomb); the pixel data is a stub."""
+  ihdr = struct.pack('>IIBBBBB', side, side, 8, 2, 0, 0, 0)
+  return (b'\x89PNG\r\n\x1a\n' + _png_chunk(b'IHDR', ihdr) + _png_chunk(b'IDAT', zlib.compress(b'\0' * 64))
+          + _png_chunk(b'IEND', b''))
+
+
+def _rgb(seed, h=40, w=32):
+  return np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+BAD_FILES = {  # file name -> (bytes, expected category or None if it must be converted and kept)
+    'truncated.jpg': (_encode(_rgb(1, 120, 100))[:6000], 'truncated'),
+    'empty.jpg': (b'', 'empty'),
+    'not_an_image.jpg': (b'<html>404 not found</html>\n', 'not-an-image'),
+    'gray.jpg': (_encode(_rgb(2)[..., 0]), None),
+    'cmyk.jpg': (_encode(Image.fromarray(_rgb(3)).convert('CMYK')), None),
+    'rgba.png': (_encode(np.dstack([_rgb(4), np.full((40, 32), 128, np.uint8)]), 'PNG'), None),
+    'sixteen_bit.png': (_encode(Image.fromarray((np.arange(40 * 32, dtype=np.uint16) * 50).reshape(40, 32)),
+                                'PNG'), None),
+    'tiny_5x5.jpg': (_encode(_rgb(5, 5, 5)), 'too-small'),
+    'bomb.png': (bomb_png(), 'too-large'),
+}
+
+
+def make_identity_tree(root, num_identities=4, images_per_identity=3, bad_files=True):
+  """root/<person_k>/<j>.jpg plus every bad case in person_0 (and one identity with a single image)."""
+  for k in range(num_identities):
+    os.makedirs(os.path.join(root, f'person_{k}'), exist_ok=True)
+    for j in range(images_per_identity):
+      with open(os.path.join(root, f'person_{k}', f'{j}.jpg'), 'wb') as f:
+        f.write(_encode(_rgb(100 * k + j)))
+  if bad_files:
+    for name, (data, _) in BAD_FILES.items():
+      with open(os.path.join(root, 'person_0', name), 'wb') as f:
+        f.write(data)
+    os.makedirs(os.path.join(root, 'lonely'), exist_ok=True)
+    with open(os.path.join(root, 'lonely', '0.jpg'), 'wb') as f:
+      f.write(_encode(_rgb(999)))
+    with open(os.path.join(root, 'person_1', 'notes.txt'), 'w') as f:
+      f.write('not an image extension: ignored and counted\n')
+
+
+@pytest.mark.parametrize('name', sorted(BAD_FILES))
+def test_decode_each_bad_case(name):
+  data, category = BAD_FILES[name]
+  if category is not None:
+    with pytest.raises(UnreadableImage) as e:
+      decode_image(data, min_side=16)
+    assert e.value.category == category
+  else:
+    x = decode_image(data, min_side=16)
+    assert x.dtype == np.uint8 and x.shape == (40, 32, 3)
+
+
+def test_decode_conversions_are_faithful():
+  rgba = decode_image(BAD_FILES['rgba.png'][0])  # alpha 128 over white
+  expected = (_rgb(4).astype(np.float32) * 128 + 255 * 127) / 255
+  assert np.abs(rgba.astype(np.float32) - expected).max() <= 1.5
+  sixteen = decode_image(BAD_FILES['sixteen_bit.png'][0])
+  ref = (np.arange(40 * 32, dtype=np.float64) * 50).reshape(40, 32) / 65535 * 255
+  assert np.abs(sixteen[..., 0] - ref).max() <= 1 and (sixteen[..., 0] == sixteen[..., 2]).all()
+  with pytest.raises(UnreadableImage, match='too-large'):
+    decode_image(_encode(_rgb(6)), max_pixels=100)  # header check, before decoding
+
+
+def test_folders_builder_tfds_source_and_loader(tmp_path):
+  root, data_dir = str(tmp_path / 'faces'), str(tmp_path / 'tfds')
+  make_identity_tree(root)
+  from facejax.data.folders import prepare_folders
+  path, summary, decode_summary = prepare_folders(root, data_dir, name='t', val_fraction=0.25, min_images=2)
+  d = summary['decode']
+  assert d['skipped_by_reason'] == {'truncated': 1, 'empty': 1, 'not-an-image': 1, 'too-small': 1, 'too-large': 1}
+  assert d['converted_from'] == {'L': 1, 'CMYK': 1, 'RGBA': 1, 'I;16': 1}
+  assert d['total'] == 4 * 3 + len(BAD_FILES) + 1 and d['ok'] == d['total'] - 5
+  assert summary['identities_kept'] == 4 and summary['identities_below_min_images'] == 1
+  assert summary['files_ignored'] == 1
+  splits = summary['splits']
+  assert splits['train']['identities'] == 3 and splits['val']['identities'] == 1
+  assert splits['train']['images'] + splits['val']['images'] == 4 * 3 + 4  # + gray, cmyk, rgba, 16-bit
+  text = decode_summary.format()
+  for category in ('truncated', 'empty', 'not-an-image', 'too-small', 'too-large', 'from CMYK'):
+    assert category in text
+  train = make_source('folders', data_dir=data_dir, name='t', split='train')
+  val = make_source('folders', data_dir=data_dir, name='t', split='val')
+  assert len(train) + len(val) == 16 and train.num_classes == 3
+  assert set(train.labels) == {0, 1, 2} and set(val.labels) == {3}  # train labels first, val identities after
+  assert not {train[i]['identity'] for i in range(len(train))} & {val[i]['identity'] for i in range(len(val))}
+  for i in range(len(train)):
+    assert as_rgb_array(train[i]['image']).shape == (40, 32, 3)
+  it = train_loader(train, global_batch_size=4, image_size=24, seed=0, num_devices=2, sampler='identity',
+                    images_per_identity=2)
+  b = next(it)
+  assert b['image'].shape == (2, 2, 24, 24, 3) and set(np.unique(b['label'], return_counts=True)[1]) == {2}
+  np.testing.assert_array_equal(b['label'].ravel(), train.labels[b['index'].ravel()])
+  again, _, none = prepare_folders(root, data_dir, name='t')  # reused, not rebuilt
+  assert again == path and none is None
+
+
+def test_folders_split_by_image(tmp_path):
+  from facejax.data.folders import prepare_folders
+  root = str(tmp_path / 'faces')
+  make_identity_tree(root, num_identities=3, images_per_identity=4, bad_files=False)
+  _, summary, _ = prepare_folders(root, str(tmp_path / 'tfds'), name='img', split_by='image', val_fraction=0.25)
+  assert summary['splits'] == {'train': {'identities': 3, 'images': 9}, 'val': {'identities': 3, 'images': 3}}
+  train = make_source('folders', data_dir=str(tmp_path / 'tfds'), name='img')
+  assert train.num_classes == 3 and sorted(set(train.labels)) == [0, 1, 2]
+
+
+def test_prepare_data_cli_prints_summary(tmp_path):
+  root = str(tmp_path / 'faces')
+  make_identity_tree(root)
+  out = subprocess.run([sys.executable, '-m', 'launch.prepare_data', '--dataset=folders', f'--manual_dir={root}',
+                        f'--data_dir={tmp_path / "tfds"}', '--name=cli', f'--summary_json={tmp_path / "s.json"}'],
+                       capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)), check=False)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert 'skipped 1 truncated' in out.stdout and 'converted 1 from CMYK to RGB' in out.stdout
+  assert json.load(open(tmp_path / 's.json'))['decode']['skipped'] == 5
+
+
+def test_synthetic_tfds_roundtrip_is_exact(tmp_path):
+  from facejax.data import SyntheticFaces
+  src = make_source('synthetic_tfds', data_dir=str(tmp_path), num_identities=3, images_per_identity=2,
+                    image_size=16, num_val_identities=2)
+  ref = SyntheticFaces(3, 2, image_size=16)
+  assert len(src) == 6 and src.num_classes == 3
+  got = {r['identity'] + str(as_rgb_array(r['image']).tobytes()) for r in (src[i] for i in range(6))}
+  assert got == {r['identity'] + str(r['image'].tobytes()) for r in (ref[i] for i in range(6))}
+  val = make_source('synthetic_tfds', data_dir=str(tmp_path), num_identities=3, images_per_identity=2,
+                    image_size=16, num_val_identities=2, split='val')
+  assert len(val) == 4 and val[0]['identity'] not in {ref[i]['identity'] for i in range(6)}
+
+
+# LFW.
+
+LFW_NAMES = {'Ann_Smith': 2, 'Bob_Jones': 3, 'Cy_Young': 1, 'Di_Ross': 2}
+
+
+def make_lfw_tree(root):
+  for name, n in LFW_NAMES.items():
+    os.makedirs(os.path.join(root, name), exist_ok=True)
+    for i in range(1, n + 1):
+      with open(os.path.join(root, name, f'{name}_{i:04d}.jpg'), 'wb') as f:
+        f.write(_encode(_rgb(hash(name) % 1000 + i, 25, 25)))
+
+
+GOOD_PAIRS = """2\t2
+Ann_Smith\t1\t2
+Bob_Jones\t1\t3
+Ann_Smith\t1\tCy_Young\t1
+Bob_Jones\t2\tDi_Ross\t1
+Di_Ross\t1\t2
+Bob_Jones\t2\t3
+Cy_Young\t1\tDi_Ross\t2
+Ann_Smith\t2\tBob_Jones\t1
+"""
+
+
+def _write(path, text):
+  with open(path, 'w') as f:
+    f.write(text)
+  return str(path)
+
+
+@pytest.mark.parametrize('layout', ['lfw', 'lfw-deepfunneled/lfw-deepfunneled'])
+def test_lfw_pairs(tmp_path, layout):
+  make_lfw_tree(str(tmp_path / layout))
+  pairs = lfw_pairs(str(tmp_path / layout.split('/')[0]), _write(tmp_path / 'pairs.txt', GOOD_PAIRS))
+  assert len(pairs) == 8 and pairs.num_folds == 2
+  np.testing.assert_array_equal(pairs.fold, [0, 0, 0, 0, 1, 1, 1, 1])
+  np.testing.assert_array_equal(pairs.issame, [1, 1, 0, 0, 1, 1, 0, 0])
+  assert pairs.names[pairs.left[0]] == os.path.join('Ann_Smith', 'Ann_Smith_0001.jpg')
+  assert pairs.names[pairs.right[3]] == os.path.join('Di_Ross', 'Di_Ross_0001.jpg')
+  assert pairs.left[2] == pairs.left[0]  # one image, one entry
+  assert len(pairs.images) == len(set(pairs.names)) == 8
+  assert pairs.images[0].shape == (25, 25, 3)
+
+
+@pytest.mark.parametrize('text, error', [
+    ('2 2\nAnn_Smith 1\n', 'pairs.txt: header `2 2` promises 2 x 2 x 2 = 8 pair lines, found 1'),
+    ('1 1\nAnn_Smith 1\nAnn_Smith 1 Bob_Jones 1\n', 'pairs.txt line 2: expected 3 or 4 fields, got 2'),
+    ('1 1\nAnn_Smith 1 x\nAnn_Smith 1 Bob_Jones 1\n', "pairs.txt line 2: expected an image number, got 'x'"),
+    ('1 1\nAnn_Smith 1 2\nAnn_Smith 0 Bob_Jones 1\n', 'pairs.txt line 3: expected an image number >= 1'),
+    ('1 1\nAnn_Smith 1 Bob_Jones 1\nAnn_Smith 1 2\n', 'pairs.txt line 2: expected a matched `name i j` pair'),
+    ('ten\n', 'pairs.txt line 1: expected a header'),
+])
+def test_read_pairs_errors_name_the_line(tmp_path, text, error):
+  with pytest.raises(ValueError) as e:
+    read_pairs(_write(tmp_path / 'pairs.txt', text))
+  assert error in str(e.value)
+
+
+def test_lfw_missing_images_name_the_line(tmp_path):
+  make_lfw_tree(str(tmp_path / 'lfw'))
+  missing = GOOD_PAIRS.replace('Bob_Jones\t2\t3', 'Bob_Jones\t2\t9')
+  with pytest.raises(FileNotFoundError, match=r'pairs.txt line 7: no such image: expected .*Bob_Jones_0009.jpg'):
+    lfw_pairs(str(tmp_path / 'lfw'), _write(tmp_path / 'pairs.txt', missing))
+  unknown = GOOD_PAIRS.replace('Cy_Young\t1\tDi_Ross\t2', 'Zed_Nobody\t1\tDi_Ross\t2')
+  with pytest.raises(FileNotFoundError, match=r'pairs.txt line 8: unknown name: expected .*Zed_Nobody_0001.jpg'):
+    lfw_pairs(str(tmp_path / 'lfw'), _write(tmp_path / 'pairs.txt', unknown))
+  assert len(read_pairs(_write(tmp_path / 'dev.txt', '1\nAnn_Smith 1 2\nAnn_Smith 1 Bob_Jones 2\n'))) == 2
