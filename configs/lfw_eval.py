@@ -1,0 +1,57 @@
+"""Verification of one trained run (10-fold protocol), and the threshold `launch.verify` applies.
+
+  python -m launch.evaluate --config=configs/lfw_eval.py --workdir=RUN                  # synthetic pairs
+  python -m launch.evaluate --config=configs/lfw_eval.py --workdir=RUN \
+      --config.data.lfw_dir=data/lfw --config.data.pairs=data/lfw/pairs.txt          # LFW View 2
+  python -m launch.evaluate --config=configs/lfw_eval.py:lfw,classic --workdir=RUN      # classic LFW numbers
+
+`arg`: comma-separated switches. `lfw` sets data.source='lfw' (paths default to data/lfw and data/lfw/pairs.txt);
+`synthetic` forces the synthetic pairs; `classic` searches the classic grid np.arange(0, 4, 0.01) instead of the
+exact thresholds; `flip` turns on flip test-time augmentation (sum).
+
+Writes RUN/eval/<name>/{config.json, results.json, results.md, roc.png} (name: config.name, default the data
+source) and, with calibrate=True, RUN/threshold.json (see facejax/evaluation/cli.py).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+SWITCHES = ('lfw', 'synthetic', 'classic', 'flip')
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  switches = [s for s in (arg or '').split(',') if s]
+  unknown = [s for s in switches if s not in SWITCHES]
+  if unknown:
+    raise ValueError(f'configs/lfw_eval.py:{arg}: unknown switch(es) {unknown}, expected some of {SWITCHES}')
+
+  c = ml_collections.ConfigDict()
+  c.name = ''  # eval/<name>/ subdirectory of the run; '' -> the resolved data source ('lfw' or 'synthetic_pairs')
+  c.data = ml_collections.ConfigDict(dict(
+      # 'auto': 'lfw' when lfw_dir is set, else 'synthetic_pairs' (so the bare config runs out of the box).
+      source='auto',
+      lfw_dir='',  # <lfw_dir>/<Name>/<Name>_0001.jpg (plain, funneled or deep-funneled tree)
+      pairs='',  # pairs.txt (View 2: 10 folds of 300 matched + 300 mismatched pairs); '' -> <lfw_dir>/pairs.txt
+      # synthetic_pairs(**kwargs); identities disjoint from the training ones (offset), 10 folds of 60 pairs.
+      # image_size=0: render at the run's input size.
+      synthetic=ml_collections.ConfigDict(dict(
+          num_identities=300, images_per_identity=8, image_size=0, difficulty=1.0, seed=0,
+          identity_offset=100_000, num_folds=10, pairs_per_fold=60)),
+  ))
+  c.batch_size = 64
+  c.flip = ''  # '' | 'sum' | 'concat': flip test-time augmentation (facejax.inference.embed.flip_tta)
+  c.distance = 'euclidean'  # 'euclidean' (squared L2 of normalised embeddings) | 'cosine' (1 - cos)
+  c.thresholds = 'exact'  # 'exact': every distinct split | 'classic': np.arange(0, 4, 0.01), the classic scripts'
+  c.calibrate = True  # write RUN/threshold.json (the best-accuracy threshold over all pairs) for launch.verify
+  c.progress = True
+
+  if 'lfw' in switches:
+    c.data.source = 'lfw'
+    c.data.lfw_dir = 'data/lfw'
+  if 'synthetic' in switches:
+    c.data.source = 'synthetic_pairs'
+  if 'classic' in switches:
+    c.thresholds = 'classic'
+  if 'flip' in switches:
+    c.flip = 'sum'
+  return c

@@ -1,0 +1,36 @@
+"""Verify a trained run on LFW (View 2) or synthetic pairs and calibrate its threshold.
+
+  python -m launch.evaluate --config=configs/lfw_eval.py --workdir=RUN \
+      [--config.data.lfw_dir=data/lfw --config.data.pairs=data/lfw/pairs.txt]
+
+Writes RUN/eval/<name>/{config.json, results.json, results.md, roc.png} and RUN/threshold.json (for
+launch.verify); see facejax/evaluation/cli.py.
+"""
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Evaluation config file (configs/lfw_eval.py).', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Run directory of launch.train (model.json + checkpoints/).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from facejax.evaluation import cli
+  try:
+    out = cli.evaluate_run(FLAGS.config, FLAGS.workdir)
+  except (OSError, ValueError) as e:
+    sys.exit(f'launch.evaluate: error: {e}')
+  with open(f'{out["out_dir"]}/results.md') as f:
+    print(f.read(), end='')
+  print(f'wrote {out["out_dir"]}/{{results.json,results.md,roc.png}}')
+  if out['calibration']:
+    print(f'calibrated threshold {out["calibration"]["threshold"]:.6g} -> {FLAGS.workdir}/{cli.THRESHOLD_FILE}')
+
+
+if __name__ == '__main__':
+  app.run(main)

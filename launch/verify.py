@@ -1,0 +1,27 @@
+"""Same person or not: python -m launch.verify --workdir=RUN IMG_A IMG_B
+
+Prints the distance, the calibrated threshold (RUN/threshold.json, written by launch.evaluate) and, on the last
+line, `same` or `different`. Exit status 0 either way; 1 for errors (unreadable image, missing run or threshold).
+"""
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Run directory, evaluated by launch.evaluate (holds threshold.json).')
+flags.mark_flags_as_required(['workdir'])
+
+
+def main(argv):
+  if len(argv) != 3:
+    raise app.UsageError(f'expected two image paths IMG_A IMG_B, got {len(argv) - 1} argument(s)')
+  from facejax.evaluation import cli
+  try:
+    result = cli.verify_pair(FLAGS.workdir, argv[1], argv[2])
+  except (OSError, ValueError) as e:
+    sys.exit(f'launch.verify: error: {e}')
+  print(cli.format_verification(result))
+
+
+if __name__ == '__main__':
+  app.run(main)

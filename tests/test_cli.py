@@ -1,0 +1,194 @@
+"""launch.evaluate / launch.embed / launch.verify on a tiny trained run and a fake LFW tree (2 folds)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from facejax.data.synthetic import SyntheticFaces
+from facejax.evaluation import cli
+from facejax.train import base_config, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAMES = ('Ada_Lovelace', 'Alan_Turing', 'Grace_Hopper', 'John_von_Neumann')
+IMAGES_PER_NAME = 3
+
+
+def launch(script, *args):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, XLA_FLAGS='')
+  return subprocess.run([sys.executable, '-m', f'launch.{script}', *args], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=120)
+
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory):
+  """A 2-step classify run of student_vgg (width 0.25) at 48 px."""
+  c = base_config()
+  c.task = 'classify'
+  c.total_steps = 2
+  c.batch_size = 8
+  c.progress = False
+  c.log_every = 1
+  c.model.name = 'student_vgg'
+  c.model.image_size = 48
+  c.model.embed_dim = 16
+  c.model.kwargs = ml_collections.ConfigDict(dict(width=0.25))
+  c.data.kwargs = ml_collections.ConfigDict(dict(num_identities=4, images_per_identity=4, image_size=48))
+  c.optim.warmup_steps = 1
+  workdir = str(tmp_path_factory.mktemp('run'))
+  train(c, workdir)
+  return workdir
+
+
+@pytest.fixture(scope='module')
+def lfw_dir(tmp_path_factory):
+  """<dir>/<Name>/<Name>_000k.jpg (64 px synthetic faces, so evaluation resizes) + pairs.txt: 2 folds of 3
+  matched then 3 mismatched pairs, folds over disjoint names as in View 2."""
+  root = tmp_path_factory.mktemp('lfw')
+  faces = SyntheticFaces(len(NAMES), IMAGES_PER_NAME, image_size=64, seed=3, identity_offset=5000)
+  for n, name in enumerate(NAMES):
+    os.makedirs(root / name)
+    for j in range(IMAGES_PER_NAME):
+      Image.fromarray(faces[n * IMAGES_PER_NAME + j]['image']).save(root / name / f'{name}_{j + 1:04d}.jpg',
+                                                                    quality=90)
+  a, b, c, d = NAMES
+  lines = ['2\t3',
+           f'{a}\t1\t2', f'{a}\t2\t3', f'{b}\t1\t3', f'{a}\t1\t{b}\t2', f'{a}\t3\t{b}\t1', f'{b}\t2\t{a}\t2',
+           f'{c}\t1\t2', f'{d}\t1\t3', f'{d}\t2\t3', f'{c}\t1\t{d}\t1', f'{c}\t2\t{d}\t3', f'{d}\t2\t{c}\t3']
+  (root / 'pairs.txt').write_text('\n'.join(lines) + '\n')
+  return str(root)
+
+
+@pytest.fixture(scope='module')
+def evaluated(run_dir, lfw_dir):
+  """launch.evaluate on the fake LFW tree (a subprocess: the real command line)."""
+  proc = launch('evaluate', '--config=configs/lfw_eval.py', f'--workdir={run_dir}',
+                f'--config.data.lfw_dir={lfw_dir}', f'--config.data.pairs={lfw_dir}/pairs.txt', '--config.batch_size=8')
+  assert proc.returncode == 0, proc.stderr
+  return proc
+
+
+def test_evaluate_writes_results_and_threshold(run_dir, evaluated):
+  out = os.path.join(run_dir, 'eval', 'lfw')
+  for f in ('results.json', 'results.md', 'roc.png', 'config.json'):
+    assert os.path.getsize(os.path.join(out, f)) > 0, f
+  with open(os.path.join(out, 'results.json')) as f:
+    results = json.load(f)
+  row = results['models'][os.path.basename(run_dir)]
+  assert set(row) >= {'accuracy', 'accuracy_std', 'auc', 'eer', 'tar_at_far_1e-3', 'threshold'}
+  assert results['protocol']['source'] == 'lfw'
+  assert results['protocol']['pairs_total'] == 12 and results['protocol']['folds'] == 2
+  assert results['protocol']['images'] == 16  # every image some pair uses, embedded once
+  assert len(results['result']['fold_accuracies']) == 2
+  with open(os.path.join(run_dir, 'threshold.json')) as f:
+    calibration = json.load(f)
+  assert calibration['threshold'] == pytest.approx(row['threshold'])
+  assert (calibration['distance'], calibration['flip'], calibration['step']) == ('euclidean', '', 2)
+  assert calibration['evaluation'] == os.path.join('eval', 'lfw')
+  assert '| model |' in evaluated.stdout and 'threshold.json' in evaluated.stdout
+
+
+def test_verify_prints_distance_threshold_and_decision(run_dir, lfw_dir, evaluated):
+  img = os.path.join(lfw_dir, NAMES[0], f'{NAMES[0]}_0001.jpg')
+  other = os.path.join(lfw_dir, NAMES[2], f'{NAMES[2]}_0002.jpg')
+  proc = launch('verify', f'--workdir={run_dir}', img, other)
+  assert proc.returncode == 0, proc.stderr
+  lines = proc.stdout.strip().splitlines()
+  distance = float(lines[0].split()[1])
+  threshold = float(lines[1].split()[1])
+  assert lines[-1] == ('same' if distance < threshold else 'different')
+  assert 'threshold.json' in lines[1]
+  # Both decisions, through the library with the calibrated rule moved (exit code and format are covered above).
+  with open(os.path.join(run_dir, 'threshold.json')) as f:
+    calibration = json.load(f)
+  v = cli.verify_pair(run_dir, img, img)
+  assert v['distance'] == pytest.approx(0, abs=1e-6)
+  assert v['same'] == (v['distance'] < calibration['threshold'])
+  try:
+    for thr, expected in ((-1.0, 'different'), (4.5, 'same')):
+      cli.write_threshold(run_dir, dict(calibration, threshold=thr))
+      assert cli.format_verification(cli.verify_pair(run_dir, img, other)).splitlines()[-1] == expected
+  finally:
+    cli.write_threshold(run_dir, calibration)
+
+
+def test_verify_errors(run_dir, lfw_dir, evaluated, tmp_path):
+  img = os.path.join(lfw_dir, NAMES[0], f'{NAMES[0]}_0001.jpg')
+  bad = tmp_path / 'bad.jpg'
+  bad.write_bytes(b'not a jpeg')
+  proc = launch('verify', f'--workdir={run_dir}', img, str(bad))
+  assert proc.returncode == 1 and 'bad.jpg' in proc.stderr and 'not-an-image' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+  proc = launch('verify', f'--workdir={run_dir}', img)
+  assert proc.returncode != 0 and 'IMG_A IMG_B' in proc.stderr
+
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    cli.verify_pair(str(tmp_path / 'no_run'), img, img)
+  with pytest.raises(FileNotFoundError, match='no such image'):
+    cli.verify_pair(run_dir, img, str(tmp_path / 'missing.jpg'))
+  uncalibrated = tmp_path / 'uncalibrated'
+  shutil.copytree(run_dir, uncalibrated, ignore=shutil.ignore_patterns('threshold.json', 'eval'))
+  with pytest.raises(FileNotFoundError, match='run `python -m launch.evaluate'):
+    cli.verify_pair(str(uncalibrated), img, img)
+  with pytest.raises(FileNotFoundError, match='not a facejax run directory'):
+    cli.load_embedder(str(tmp_path))
+
+
+def test_embed_writes_names_and_skips_unreadable(run_dir, lfw_dir, evaluated, tmp_path):
+  images = tmp_path / 'images'
+  shutil.copytree(lfw_dir, images, ignore=shutil.ignore_patterns('pairs.txt'))
+  (images / NAMES[1] / 'truncated.jpg').write_bytes((images / NAMES[1] / f'{NAMES[1]}_0001.jpg').read_bytes()[:200])
+  (images / 'empty.png').write_bytes(b'')
+  out = tmp_path / 'emb' / 'embeddings.npz'
+  proc = launch('embed', f'--workdir={run_dir}', f'--images={images}', f'--out={out}', '--batch_size=8')
+  assert proc.returncode == 0, proc.stderr
+  assert '2 skipped' in proc.stdout
+  with np.load(out) as z:
+    names, emb, skipped, meta = list(z['names']), z['embeddings'], list(z['skipped']), json.loads(str(z['meta']))
+  assert len(names) == len(NAMES) * IMAGES_PER_NAME == emb.shape[0]
+  assert names[0] == os.path.join(NAMES[0], f'{NAMES[0]}_0001.jpg') and names == sorted(names)
+  assert sorted(skipped) == ['Alan_Turing/truncated.jpg', 'empty.png']
+  np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1, rtol=1e-5)
+  assert meta['flip'] == 'none' and meta['skipped'] == 2 and meta['step'] == 2
+
+  # A glob, in-process: same embeddings for the same files (batching and padding do not change them).
+  glob_result = cli.embed_paths(run_dir, str(images / 'A*' / '*.jpg'), str(tmp_path / 'a.npz'), batch_size=4,
+                                progress=False)
+  assert glob_result.names == [n for n in names if n.startswith('A')]
+  np.testing.assert_allclose(glob_result.embeddings, emb[:len(glob_result.names)], atol=1e-5)
+  with pytest.raises(FileNotFoundError, match='no image files found'):
+    cli.embed_paths(run_dir, str(tmp_path / 'nothing' / '*.jpg'), str(tmp_path / 'x.npz'))
+
+
+def test_evaluate_synthetic_default_without_calibration(run_dir, evaluated):
+  from configs.lfw_eval import get_config
+  c = get_config('classic')
+  c.data.synthetic.update(num_identities=8, images_per_identity=2, num_folds=2, pairs_per_fold=4)
+  c.calibrate = False
+  c.progress = False
+  before = open(os.path.join(run_dir, 'threshold.json')).read()
+  out = cli.evaluate_run(c, run_dir)
+  assert out['out_dir'] == os.path.join(run_dir, 'eval', 'synthetic_pairs')
+  assert out['result']['threshold_search'] == 'grid' and out['calibration'] is None
+  assert out['protocol']['images'] <= 16  # only the images the 8 pairs use
+  assert open(os.path.join(run_dir, 'threshold.json')).read() == before
+
+
+def test_config_switches():
+  from configs.lfw_eval import get_config
+  c = get_config('lfw,classic,flip')
+  assert (c.data.source, c.thresholds, c.flip) == ('lfw', 'classic', 'sum')
+  assert cli.resolve_source(get_config().data) == 'synthetic_pairs'
+  c = get_config()
+  c.data.lfw_dir = '/data/lfw'
+  assert cli.resolve_source(c.data) == 'lfw'
+  with pytest.raises(ValueError, match='unknown switch'):
+    get_config('lfw,bogus')
+  c.flip = 'mirror'
+  with pytest.raises(ValueError, match="flip='mirror'"):
+    cli.evaluate_run(c, '/nonexistent')
