@@ -137,3 +137,16 @@ def test_no_augment_is_center_crop_and_eval_batches():
   np.testing.assert_array_equal(batches[1][1], center_crop(src[5]['image'], 12))
   rect = np.arange(10 * 6 * 3, dtype=np.uint8).reshape(10, 6, 3)
   np.testing.assert_array_equal(center_crop(rect, 6), rect[2:8])
+
+
+def test_worker_processes_give_the_same_batches_and_resume():
+  src = SyntheticFaces(6, 4, image_size=16)
+  kw = dict(global_batch_size=4, image_size=16, seed=2, num_devices=1)
+  ref = _take(train_loader(src, **kw), 4)
+  it = train_loader(src, num_workers=1, **kw)
+  _assert_batches_equal(ref[:2], _take(it, 2))
+  state = json.loads(json.dumps(it.get_state()))
+  resumed = train_loader(src, num_workers=1, **kw)
+  resumed.set_state(state)
+  _assert_batches_equal(ref[2:], _take(resumed, 2))
+  it.close(), resumed.close()

@@ -11,6 +11,7 @@ from typing import Iterator
 
 import grain
 import numpy as np
+from absl import flags
 from PIL import Image
 
 from facejax.data.decode import decode_image
@@ -179,12 +180,16 @@ class Augment:
       out = out[:, ::-1]
     j = self.jitter
     if j:
-      brightness, contrast, saturation = rng.uniform(1 - j, 1 + j, 3).astype(np.float32)
+      b, c, s = (float(v) for v in rng.uniform(1 - j, 1 + j, 3))
+      # saturation (blend with grey), contrast (around the mean grey), brightness: one affine map
+      # y = c*s*x + c*(1-s)*grey + mean*(b - c), evaluated in place in float32.
       x = out.astype(np.float32)
       grey = x @ np.array([0.299, 0.587, 0.114], np.float32)
-      x = grey[..., None] + saturation * (x - grey[..., None])
-      x = (x - grey.mean()) * contrast + grey.mean() * brightness
-      out = np.clip(x + 0.5, 0, 255).astype(np.uint8)
+      offset = grey * np.float32(c * (1 - s))
+      offset += np.float32(grey.mean() * (b - c) + 0.5)
+      x *= np.float32(c * s)
+      x += offset[..., None]
+      out = np.clip(x, 0, 255, out=x).astype(np.uint8)
     return {**record, 'image': np.ascontiguousarray(out)}
 
 
@@ -208,8 +213,9 @@ def train_loader(source, *, global_batch_size: int, image_size: int, seed: int, 
   next(it) -> {'image': uint8 [D, B/D, S, S, 3] RGB, 'label': int32 [D, B/D], 'index': int32 [D, B/D]} with
   D = num_devices and B = global_batch_size / process_count (this process's share). sampler: 'random'
   (epoch-wise shuffles) or 'identity' (P identities x K = images_per_identity images per batch).
-  it.get_state() is a JSON-serialisable dict; it.set_state(state) resumes bit-exactly. num_threads and
-  num_workers (processes, grain mp_prefetch) change throughput only, never the batches.
+  it.get_state() is a JSON-serialisable dict; it.set_state(state) resumes bit-exactly (on a loader built with
+  the same arguments; the state's layout depends on num_workers). num_threads and num_workers (processes,
+  grain mp_prefetch; close() the iterator to stop them) change throughput only, never the batches.
   """
   if global_batch_size % process_count:
     raise ValueError(f'train_loader: global_batch_size {global_batch_size} is not divisible by process_count '
@@ -234,6 +240,8 @@ def train_loader(source, *, global_batch_size: int, image_size: int, seed: int, 
   ds = ds.batch(batch_size, drop_remainder=True).map(ShardForDevices(num_devices))
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
   if num_workers > 0:
+    if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags; outside absl.app use defaults
+      flags.FLAGS.mark_as_parsed()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return iter(it_ds)
 
