@@ -150,3 +150,14 @@ def test_worker_processes_give_the_same_batches_and_resume():
   resumed.set_state(state)
   _assert_batches_equal(ref[2:], _take(resumed, 2))
   it.close(), resumed.close()
+
+
+def test_make_source_and_make_pairs_by_name():
+  from facejax.data import make_pairs, make_source
+  assert len(make_source('synthetic', num_identities=3, images_per_identity=2)) == 6
+  assert make_source('synthetic_objects', num_classes=4, images_per_class=2).num_classes == 4
+  assert len(make_pairs('synthetic', num_identities=20, images_per_identity=2, num_folds=10, pairs_per_fold=4)) == 40
+  with pytest.raises(ValueError, match="unknown data source 'nope'; expected one of: synthetic"):
+    make_source('nope')
+  with pytest.raises(ValueError, match='unknown pairs source'):
+    make_pairs('nope')
