@@ -23,7 +23,7 @@ class UnreadableImage(ValueError):
 
   def __init__(self, category: str, detail: str):
     super().__init__(f'{category}: {detail}')
-    self.category = category
+    self.category, self.detail = category, detail
 
 
 def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, min_side: int = 1) -> np.ndarray:
@@ -37,7 +37,9 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, min_side: int = 1
       img = Image.open(io.BytesIO(data))
   except Image.DecompressionBombError as e:
     raise UnreadableImage('too-large', str(e)) from None
-  except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ... for non-images
+  except Image.UnidentifiedImageError:
+    raise UnreadableImage('not-an-image', f'no known image format (starts with {data[:12]!r})') from None
+  except Exception as e:  # OSError, SyntaxError, ... from a recognised but broken header
     raise UnreadableImage('not-an-image', f'{type(e).__name__}: {e}') from None
   w, h = img.size
   if w * h > max_pixels:  # checked from the header, before any pixel is decoded
@@ -87,7 +89,7 @@ class DecodeSummary:
   def add_skipped(self, path: str, error: UnreadableImage):
     self.total += 1
     self.skipped[error.category] += 1
-    self.examples.setdefault(error.category, (path, str(error)))
+    self.examples.setdefault(error.category, (path, error.detail))
 
   def to_dict(self) -> dict:
     return {'total': self.total, 'ok': self.ok, 'skipped': sum(self.skipped.values()),

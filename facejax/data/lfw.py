@@ -52,7 +52,7 @@ class ImageFiles:
     try:
       return decode_image(data)
     except UnreadableImage as e:
-      raise UnreadableImage(e.category, f'{path}: {e}') from None
+      raise UnreadableImage(e.category, f'{path}: {e.detail}') from None
 
 
 @dataclasses.dataclass(frozen=True)
