@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from facejax.models.dlib_resnet import DlibResNet
 from facejax.models.heads import Classifier, FaceNet
 from facejax.models.resnet import ResNet18, ResNet50
 from facejax.models.students import MobileFaceNet
@@ -71,6 +72,8 @@ MODELS: dict[str, ModelSpec] = {
     'mobilefacenet': ModelSpec(MobileFaceNet, 112, 'MobileFaceNet: depthwise-separable, ~1M params at 112x112.'),
     'resnet18': ModelSpec(ResNet18, 112, 'ResNet-18 (torchvision layout).'),
     'resnet18_w050': ModelSpec(functools.partial(ResNet18, width=0.5), 112, 'ResNet-18 at half width.'),
+    'dlib_resnet': ModelSpec(DlibResNet, 150, "dlib's face recognition ResNet (29 convs, 256-d pooled features; "
+                             'converted weights: facejax.convert.dlib, input: dlib_resnet.dlib_preprocessing()).'),
 }
 
 
