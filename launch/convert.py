@@ -7,6 +7,7 @@ Writes OUT/checkpoint (orbax: {'params', 'batch_stats'}) and OUT/metadata.json (
 report); prints which tensors were loaded, skipped and newly initialised.
 """
 import json
+import sys
 
 from absl import app, flags
 
@@ -24,9 +25,14 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  meta = convert_to_checkpoint(FLAGS['from'].value, FLAGS.arch, FLAGS.src, FLAGS.out, overwrite=FLAGS.overwrite)
+  try:
+    meta = convert_to_checkpoint(FLAGS['from'].value, FLAGS.arch, FLAGS.src, FLAGS.out, overwrite=FLAGS.overwrite)
+  except (ValueError, OSError, ImportError) as e:  # user errors: the message says what is wrong, no traceback
+    sys.exit(f'launch.convert: {e}')
   print(ConversionReport.from_dict(meta['report']).format(verbose=FLAGS.verbose))
-  print(json.dumps({k: v for k, v in meta.items() if k != 'report'}, indent=1))
+  for k, v in meta.items():
+    if k not in ('report', 'preprocessing_spec'):
+      print(f'{k}: {json.dumps(v)}')
   print(f'wrote {FLAGS.out}')
 
 

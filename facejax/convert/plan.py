@@ -69,7 +69,10 @@ class ConversionReport:
     lines = [self.summary()]
     if verbose:
       lines += ['loaded:'] + [f'  {s} -> {d} {list(shape)}' for s, d, shape in self.loaded]
-    lines += ['skipped:'] + [f'  {s}: {why}' for s, why in self.skipped]
+    by_reason: dict[str, list[str]] = {}
+    for s, why in self.skipped:
+      by_reason.setdefault(why, []).append(s)
+    lines += ['skipped:'] + [f'  {why}: {_listing(srcs, 4)}' for why, srcs in by_reason.items()]
     lines += ['newly initialised:'] + [f'  {d} {list(shape)}: {why}' for d, shape, why in self.initialised]
     return '\n'.join(lines)
 

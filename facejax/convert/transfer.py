@@ -20,7 +20,8 @@ def transfer_backbone(face_variables: dict, pretrained_variables: dict) -> tuple
   """
   new, report = {}, ConversionReport()
   missing = []
-  for col in sorted(set(face_variables) | set(pretrained_variables)):
+  cols = sorted(set(face_variables) | set(pretrained_variables), key=lambda c: (c != 'params', c))
+  for col in cols:
     dst = flatten(dict(face_variables.get(col, {})))
     src = flatten(dict(pretrained_variables.get(col, {})))
     out = dict(dst)
@@ -39,10 +40,10 @@ def transfer_backbone(face_variables: dict, pretrained_variables: dict) -> tuple
       out[path] = np.asarray(value, dtype=getattr(target, 'dtype', np.float32))
       report.loaded.append((full, full, tuple(np.shape(target))))
     for path in src:
-      if path not in dst:
-        why = ('source-task head, replaced by the face heads' if not path.startswith('backbone/')
-               else 'the face backbone has no such tensor')
-        report.skipped.append((f'{col}/{path}', why))
+      if not path.startswith('backbone/'):
+        report.skipped.append((f'{col}/{path}', 'source-task head, replaced by the face heads'))
+      elif path not in dst:
+        report.skipped.append((f'{col}/{path}', 'the face backbone has no such tensor'))
     if col in face_variables:
       new[col] = unflatten(out)
   if missing:
