@@ -5,14 +5,14 @@ Writes names [N] (paths relative to the directory / the glob's common folder), e
 """
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Run directory of launch.train (model.json + checkpoints/).')
 flags.DEFINE_string('images', None, 'A directory (searched recursively) or a glob pattern, e.g. "faces/**/*.jpg".')
 flags.DEFINE_string('out', 'embeddings.npz', 'Output .npz path.')
 flags.DEFINE_enum('flip', 'auto', ['auto', 'none', 'sum', 'concat'],
-                  'Flip test-time augmentation; auto: the mode the run was calibrated with (threshold.json), else none.')
+                  'Flip test-time augmentation; auto: the run\'s calibrated mode (threshold.json), else none.')
 flags.DEFINE_integer('batch_size', 64, 'Images per compiled call.')
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 flags.mark_flags_as_required(['workdir', 'images'])
@@ -21,6 +21,8 @@ flags.mark_flags_as_required(['workdir', 'images'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not FLAGS['verbosity'].present:  # library INFO logs (orbax, backends) would bury the answer
+    logging.set_verbosity(logging.WARNING)
   from facejax.evaluation import cli
   try:
     result = cli.embed_paths(FLAGS.workdir, FLAGS.images, FLAGS.out, flip=FLAGS.flip, batch_size=FLAGS.batch_size,

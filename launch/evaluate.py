@@ -8,7 +8,7 @@ launch.verify); see facejax/evaluation/cli.py.
 """
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -20,6 +20,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not FLAGS['verbosity'].present:  # library INFO logs (orbax, backends) would bury the answer
+    logging.set_verbosity(logging.WARNING)
   from facejax.evaluation import cli
   try:
     out = cli.evaluate_run(FLAGS.config, FLAGS.workdir)

@@ -83,7 +83,7 @@ def test_evaluate_writes_results_and_threshold(run_dir, evaluated):
   assert set(row) >= {'accuracy', 'accuracy_std', 'auc', 'eer', 'tar_at_far_1e-3', 'threshold'}
   assert results['protocol']['source'] == 'lfw'
   assert results['protocol']['pairs_total'] == 12 and results['protocol']['folds'] == 2
-  assert results['protocol']['images'] == 16  # every image some pair uses, embedded once
+  assert results['protocol']['images'] == 12  # the distinct images the pairs use, each embedded once
   assert len(results['result']['fold_accuracies']) == 2
   with open(os.path.join(run_dir, 'threshold.json')) as f:
     calibration = json.load(f)
@@ -137,6 +137,12 @@ def test_verify_errors(run_dir, lfw_dir, evaluated, tmp_path):
     cli.verify_pair(str(uncalibrated), img, img)
   with pytest.raises(FileNotFoundError, match='not a facejax run directory'):
     cli.load_embedder(str(tmp_path))
+  stale = tmp_path / 'stale'
+  shutil.copytree(run_dir, stale)
+  calibration = json.loads((stale / 'threshold.json').read_text())
+  cli.write_threshold(str(stale), dict(calibration, step=99))
+  with pytest.raises(FileNotFoundError, match='calibrated on checkpoint step 99, which is gone'):
+    cli.verify_pair(str(stale), img, img)
 
 
 def test_embed_writes_names_and_skips_unreadable(run_dir, lfw_dir, evaluated, tmp_path):

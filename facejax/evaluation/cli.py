@@ -66,8 +66,8 @@ def load_embedder(path: str, flip: str | None = '', step: int | None = None) -> 
   from facejax.inference.embed import make_embed_fn
   from facejax.train.checkpoint import load_run
   model, variables, info = load_run(path, step)
-  return make_embed_fn(model, variables, info['preprocessing_obj'], info['image_size'], flip=_flip(flip)), \
-      int(info['image_size'])
+  image_size = int(info['image_size'])
+  return make_embed_fn(model, variables, info['preprocessing_obj'], image_size, flip=_flip(flip)), image_size
 
 
 # ---- Pairs. ----
@@ -248,17 +248,21 @@ def read_threshold(workdir: str) -> dict:
 
 # ---- Images. ----
 
+def _decode_file(path: str) -> np.ndarray:
+  from facejax.data.decode import decode_image
+  with open(path, 'rb') as f:
+    return decode_image(f.read())
+
+
 def read_image(path: str) -> np.ndarray:
   """Image file -> uint8 [H, W, 3] RGB; FileNotFoundError / UnreadableImage naming the file."""
-  from facejax.data.decode import UnreadableImage, decode_image
+  from facejax.data.decode import UnreadableImage
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path}: no such image file')
-  with open(path, 'rb') as f:
-    data = f.read()
   try:
-    return decode_image(data)
-  except UnreadableImage as e:
-    raise UnreadableImage(e.category, f'{path}: {e}') from None
+    return _decode_file(path)
+  except UnreadableImage as e:  # str(e) is 'category: detail'; put the file between them
+    raise UnreadableImage(e.category, f'{path}: {str(e)[len(e.category) + 2:]}') from None
 
 
 def find_images(images: str) -> tuple[list[str], str]:
@@ -308,7 +312,7 @@ def embed_files(embed_fn, image_size: int, paths: list[str], batch_size: int = 6
   for path in files:
     name = os.path.relpath(path, root) if root else path
     try:
-      image = read_image(path)
+      image = _decode_file(path)
     except (UnreadableImage, OSError) as e:
       summary.add_skipped(name, e if isinstance(e, UnreadableImage) else UnreadableImage('io-error', str(e)))
       skipped.append(name)
