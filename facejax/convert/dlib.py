@@ -343,6 +343,11 @@ def check_architecture(net: DlibNet) -> None:
 def dlib_variables(net: DlibNet) -> dict:
   """Parsed net -> {'params', 'batch_stats'} of `build_dlib_model()` (numpy float32)."""
   check_architecture(net)
+  for i, l in enumerate(net.layers):
+    for name, t in l.tensors.items():
+      if not np.all(np.isfinite(t)):
+        raise DlibFormatError(f'{net.path}: layer {i} from the input ({l.describe()}, byte {l.offset}): '
+                              f'{int(np.sum(~np.isfinite(t)))} non-finite values in {name}; corrupted file?')
   comp = [l for l in net.layers if l.kind in ('con', 'affine', 'fc')]
   cons = [l for l in comp if l.kind == 'con']
   affines = [l for l in comp if l.kind == 'affine']
