@@ -440,7 +440,8 @@ def test_transfer_backbone_errors():
   with pytest.raises(ValueError, match=r'pretrained params/backbone/bn1/bias has shape \[32\], '
                      r'the face model expects \[64\]'):
     transfer_backbone(zeros('resnet18'), zeros('resnet18', width=0.5))
-  with pytest.raises(ValueError, match=r'lack tensors of the face backbone: params/backbone/fc6/kernel \[512, 4096\]'):
+  with pytest.raises(ValueError, match=r'lack tensors of the face backbone: params/backbone/fc6/bias \[4096\], '
+                     r'params/backbone/fc6/kernel \[512, 4096\]'):
     transfer_backbone(zeros('vgg16'), zeros('vgg16_gap'))
   new, report = transfer_backbone(zeros('vgg16_gap'), zeros('vgg16'))  # fc6/fc7 dropped, reported
   assert {s for s, _ in report.skipped} >= {'params/backbone/fc6/kernel', 'params/backbone/fc7/bias'}

@@ -1,0 +1,91 @@
+"""Every registry model builds at its input sizes (shapes via jax.eval_shape: no compute), a few small ones run
+for real, and the teachers have the reference parameter counts."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from facejax.models import MODELS, build_backbone, build_classifier, build_model, count_params, default_image_size
+
+STUDENTS = ('student_vgg', 'mobilefacenet', 'resnet18', 'resnet18_w050')
+STUDENT_SIZES = (112, 96)  # aligned-face crops the students must take besides their default
+
+
+def cases():
+  for name in MODELS:
+    for size in sorted({default_image_size(name)} | (set(STUDENT_SIZES) if name in STUDENTS else set())):
+      yield name, size
+
+
+def abstract_init(model, size, batch=1, **kw):
+  x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+  return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False, **kw), x)
+
+
+@pytest.mark.parametrize('name,size', list(cases()))
+def test_builds_at_input_size(name, size):
+  model = build_model(name, num_classes=5, embed_dim=16)
+  variables = abstract_init(model, size)
+  assert set(variables['params']) == {'backbone', 'embedding', 'classifier'}
+  x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+  out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False, method='forward'), variables, x)
+  assert out['logits'].shape == (2, 5) and out['embedding'].shape == (2, 16)
+  assert out['embedding'].dtype == jnp.float32
+
+
+def params_of(name, size=None, **kw):
+  return count_params(abstract_init(build_classifier(name, 1000, **kw), size or default_image_size(name))['params'])
+
+
+def test_teacher_param_counts():
+  assert params_of('vgg16') == 138_357_544  # torchvision / Keras VGG16 with the ImageNet head
+  assert params_of('resnet50') == 25_557_032  # torchvision resnet50
+  assert params_of('resnet50_keras') == 25_583_592  # Keras ResNet50 trainable (+53,120 BN moving stats)
+  vgg16_convs = count_params(abstract_init(build_backbone('vgg16_gap'), 224)['params'])
+  assert vgg16_convs == 14_714_688  # Keras VGG16(include_top=False)
+
+
+def test_student_sizes():
+  backbone = lambda n: count_params(abstract_init(build_backbone(n), default_image_size(n))['params'])
+  assert 9 * backbone('student_vgg') <= backbone('vgg16')
+  assert 0.8e6 <= backbone('mobilefacenet') <= 1.3e6  # ~1M at 112x112
+  assert 2 * backbone('resnet18_w050') <= backbone('resnet18')
+
+
+@pytest.mark.parametrize('name,size', [('student_vgg', 48), ('mobilefacenet', 96), ('resnet18_w050', 96)])
+def test_student_runs(name, size):
+  model = build_model(name, num_classes=4, embed_dim=8)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (2, size, size, 3), minval=-1, maxval=1)
+
+  @jax.jit  # one compile: init, a train-mode step and the eval embedding
+  def run(x):
+    # 'rbg' keys compile several times faster than threefry on CPU; the init distribution is the same.
+    variables = model.init(jax.random.key(0, impl='rbg'), x, train=False)
+    out, updates = model.apply(variables, x, train=True, method='forward', mutable=['batch_stats'],
+                               rngs={'dropout': jax.random.key(2, impl='rbg')})
+    changed = jax.tree.map(lambda a, b: jnp.any(a != b), updates['batch_stats'], variables['batch_stats'])
+    return out, jnp.any(jnp.stack(jax.tree.leaves(changed))), model.apply(variables, x, method='embed')
+
+  out, changed, emb = run(x)
+  assert np.all(np.isfinite(out['logits'])) and out['logits'].shape == (2, 4)
+  np.testing.assert_allclose(np.linalg.norm(out['embedding'], axis=-1), 1.0, rtol=1e-5)
+  assert changed, 'train mode must update BatchNorm statistics'
+  assert emb.shape == (2, 8) and np.all(np.isfinite(emb))
+  np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, rtol=1e-5)
+
+
+def test_embedding_only_model():
+  model = build_model('resnet18_w050', num_classes=0, embed_dim=32)
+  variables = abstract_init(model, 96, method='forward')
+  assert set(variables['params']) == {'backbone', 'embedding'}
+  out = jax.eval_shape(lambda v, x: model.apply(v, x, method='forward'), variables,
+                       jax.ShapeDtypeStruct((3, 96, 96, 3), jnp.float32))
+  assert 'logits' not in out and out['embedding'].shape == (3, 32)
+
+
+def test_model_zoo_row():
+  from launch.model_zoo import markdown, zoo_row
+  row = zoo_row('resnet18_w050', embed_dim=128)
+  assert row['image_size'] == 112 and row['features'] == 256 and row['params_backbone'] == 2_798_880
+  assert 0.1 < row['gflops'] < 1.0
+  assert '| resnet18_w050 | 112 | 256 | 2,798,880 |' in markdown([row])
