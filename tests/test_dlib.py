@@ -163,8 +163,8 @@ def test_descriptors_equal_dlibs(dat_path, converted, chips):
   ref = _dlib_descriptors(dat_path, chips)
   out = np.asarray(converted[2](chips), np.float64)
   cos = np.sum(out * ref, 1) / np.linalg.norm(out, axis=1) / np.linalg.norm(ref, axis=1)
-  print(f'\ndescriptor agreement over {len(chips)} chips: min cosine {cos.min():.9f}, '
-        f'(1 - cos {1 - cos.min():.2g}), max abs diff {np.abs(out - ref).max():.3g}, dlib norms {np.linalg.norm(ref, axis=1).round(3)}')
+  print(f'\ndescriptor agreement over {len(chips)} chips: min cosine {cos.min():.9f} (1 - cos {1 - cos.min():.2g}), '
+        f'max abs diff {np.abs(out - ref).max():.3g}, dlib norms {np.linalg.norm(ref, axis=1).round(3)}')
   assert cos.min() >= 0.99999
   assert np.abs(out - ref).max() <= 1e-4
   # The real photo against its mirror image: same person under dlib's rule.

@@ -442,8 +442,8 @@ def convert_dlib(src: str, out: str, overwrite: bool = False) -> dict:
   checkpointer.save(state, variables, force=overwrite)
   checkpointer.wait_until_finished()
   checkpointer.close()
-  meta = {'source': 'dlib', 'src': os.path.abspath(src), 'sha256': digest, 'bytes': size, 'loss': net.loss, 'input': net.input,
-          'layers': [l.describe() for l in net.layers if l.kind != 'tag'],
+  meta = {'source': 'dlib', 'src': os.path.abspath(src), 'sha256': digest, 'bytes': size, 'loss': net.loss,
+          'input': net.input, 'layers': [l.describe() for l in net.layers if l.kind != 'tag'],
           'params': int(sum(np.prod(v.shape) for v in _flat(variables['params']).values()))}
   with open(os.path.join(out, 'config.json'), 'w') as f:
     json.dump({'task': 'convert', 'source': 'dlib', 'src': meta['src'], 'sha256': meta['sha256']}, f, indent=2)
