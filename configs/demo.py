@@ -70,7 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if micro:
       stage.progress = False
 
-  c.eval = ml_collections.ConfigDict(dict(source='synthetic_pairs', kwargs=pairs, batch_size=64, distance='euclidean',
+  c.eval = ml_collections.ConfigDict(dict(source='synthetic', kwargs=pairs, batch_size=64, distance='euclidean',
                                           flip=''))
   c.benchmark = ml_collections.ConfigDict(dict(batch_size=1, warmup=2 if micro else 5, runs=3 if micro else 30))
   return c

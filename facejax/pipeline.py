@@ -46,7 +46,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train(stage, os.path.join(workdir, name))
 
   print('== evaluate + benchmark', flush=True)
-  pairs = fdata.make_source(config.eval.source, **config.eval.kwargs.to_dict())
+  pairs = fdata.make_pairs(config.eval.source, **config.eval.kwargs.to_dict())
   rows, results = {}, {}
   for name, stage in REPORTED.items():
     model, variables, info = ckpt.load_run(os.path.join(workdir, stage))

@@ -38,22 +38,6 @@ def make_source(name: str, /, **kwargs):
   raise ValueError(f'unknown data source {name!r}; expected one of: {", ".join(SOURCES)}')
 
 
-PAIR_SOURCES = ('synthetic', 'lfw')
-
-
-def make_pairs(name: str, **kwargs) -> VerificationPairs:
-  """Verification pairs by name:
-    'synthetic'  synthetic_pairs(num_identities, images_per_identity, image_size, difficulty, seed, identity_offset,
-                 num_folds, pairs_per_fold): identities disjoint from training ones via identity_offset
-    'lfw'        lfw_pairs(lfw_dir, pairs_path): an LFW tree and its View 2 pairs.txt
-  """
-  if name == 'synthetic':
-    return synthetic_pairs(**kwargs)
-  if name == 'lfw':
-    return lfw_pairs(**kwargs)
-  raise ValueError(f'unknown pairs source {name!r}; expected one of: {", ".join(PAIR_SOURCES)}')
-
-
 PAIRS = ('synthetic', 'lfw')
 
 

@@ -25,7 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
       kwargs=ml_collections.ConfigDict()))  # module field overrides, e.g. width=0.25
 
   c.data = ml_collections.ConfigDict(dict(
-      source='synthetic_faces',  # facejax.data.make_source name
+      source='synthetic',  # facejax.data.make_source name
       kwargs=ml_collections.ConfigDict(dict(num_identities=100, images_per_identity=30, image_size=64)),
       augment=True, sampler='random', images_per_identity=4))  # sampler 'identity': P x K batches
 
@@ -44,9 +44,9 @@ def base_config() -> ml_collections.ConfigDict:
       teacher_workdir='', embed_weight=1.0, embed_kind='l2', soft_weight=0.0, temperature=4.0, hard_weight=0.0))
   c.siamese = ml_collections.ConfigDict(dict(loss='contrastive', margin=1.0))
 
-  # Held-out verification pairs for periodic validation (and for the pipeline's evaluation).
+  # Held-out verification pairs (facejax.data.make_pairs) for periodic validation.
   c.val = ml_collections.ConfigDict(dict(
-      source='synthetic_pairs', kwargs=ml_collections.ConfigDict(dict(
+      source='synthetic', kwargs=ml_collections.ConfigDict(dict(
           num_identities=40, images_per_identity=10, image_size=64, identity_offset=100000, num_folds=10,
           pairs_per_fold=60))))
   return c

@@ -184,6 +184,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _validate(config, student: ModelIO, state: TrainState, workdir: str, step: int) -> None:
   from facejax.evaluation.pairs import evaluate_pairs
-  pairs = fdata.make_source(config.val.source, **config.val.kwargs.to_dict())
+  pairs = fdata.make_pairs(config.val.source, **config.val.kwargs.to_dict())
   result = evaluate_pairs(student, {'params': state.params, 'batch_stats': state.batch_stats}, pairs)
   _write_metrics(workdir, {'step': step, 'val_accuracy': result['accuracy'], 'val_auc': result['auc']})

@@ -41,7 +41,7 @@ def train_step(state: TrainState, batch: dict, frozen: dict, *, loss_fn: Callabl
       opt_state=keep(opt_state, state.opt_state),
       nonfinite_total=state.nonfinite_total + skipped,
       nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1))
-  metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=schedule(state.step), skipped=skipped)
+  metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=schedule(state.step), skipped=skipped)
   return new_state, metrics
 
 
