@@ -42,7 +42,8 @@ def zoo_row(name: str, embed_dim: int = 128) -> dict:
   face, _ = _abstract_variables(build_model(name, num_classes=0, embed_dim=embed_dim), size, method='forward')
   return {'model': name, 'image_size': size, 'features': int(features),
           'params_backbone': count_params(bvars['params']), 'params_imagenet_head': count_params(imagenet['params']),
-          f'params_face_d{embed_dim}': count_params(face['params']), 'gflops': round(compiled_gflops(backbone, bvars, x), 3),
+          f'params_face_d{embed_dim}': count_params(face['params']),
+          'gflops': round(compiled_gflops(backbone, bvars, x), 3),
           'doc': MODELS[name].doc}
 
 

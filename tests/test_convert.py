@@ -19,19 +19,17 @@ import pytest
 from facejax.convert import (convert_pretrained, convert_to_checkpoint, load_converted, load_pretrained,
                              read_keras_h5, transfer_backbone)
 from facejax.convert.plan import flatten
-from facejax.models import PREPROCESSING, build_model, count_params
+from facejax.models import PREPROCESSING, build_classifier, build_model, count_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RTOL = 1e-4
 pytestmark = pytest.mark.filterwarnings('ignore::DeprecationWarning')  # keras' numpy-2 __array__ notice
-DIFFS = {}  # name -> (max abs diff, logit scale), printed at the end (-s) for the resolve note
 
 
 def assert_same_logits(name, out, ref):
   out, ref = np.asarray(out), np.asarray(ref)
   assert out.shape == ref.shape, f'{name}: logits {out.shape} vs reference {ref.shape}'
   scale, diff = float(np.abs(ref).max()), float(np.abs(out - ref).max())
-  DIFFS[name] = (diff, scale)
   print(f'\n{name}: max abs diff {diff:.3g} (logit scale {scale:.3g}, relative {diff / scale:.2g})')
   assert diff <= RTOL * scale, f'{name}: max abs diff {diff} > {RTOL} * scale {scale}'
   np.testing.assert_array_equal(out.argmax(-1), ref.argmax(-1))
@@ -85,7 +83,7 @@ def keras_resnet50(keras, tmp_path_factory):
   m.save_weights(paths['weights_h5'])
   m.save(paths['legacy_h5'])
   x = np.asarray(PREPROCESSING['keras'].apply(images(32)))
-  return paths, x, np.asarray(m(x, training=False)), m.count_params()
+  return paths, x, np.asarray(m.predict(x, verbose=0)), m.count_params()
 
 
 @pytest.mark.parametrize('layout', ['weights_h5', 'legacy_h5'])
@@ -150,7 +148,7 @@ def keras_vgg16_notop(keras, tmp_path_factory):
   path = str(tmp_path_factory.mktemp('keras_vgg16') / 'vgg16_notop.h5')
   m.save(path)
   x = np.asarray(PREPROCESSING['keras'].apply(images(32)))
-  return path, x, np.asarray(m(x, training=False))
+  return path, x, np.asarray(m.predict(x, verbose=0))
 
 
 def test_keras_vgg16_gap_matches(keras_vgg16_notop):
@@ -229,26 +227,33 @@ def torch_vgg16(torch, num_classes=1000):
   return VGG()
 
 
-def torch_resnet50(torch, num_classes=1000):
-  """torchvision.models.resnet50 (v1.5: stride in the 3x3), same module tree and state-dict names."""
+def torch_resnet(torch, blocks=(3, 4, 6, 3), bottleneck=True, num_classes=1000):
+  """torchvision.models.resnet50 (v1.5: stride in the 3x3) / resnet18, same module tree and state-dict names."""
   nn = torch.nn
+  expansion = 4 if bottleneck else 1
 
-  class Bottleneck(nn.Module):
+  class Block(nn.Module):
 
     def __init__(self, cin, width, stride):
       super().__init__()
-      self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width)
-      self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
-      self.conv3, self.bn3 = nn.Conv2d(width, width * 4, 1, bias=False), nn.BatchNorm2d(width * 4)
+      if bottleneck:
+        self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = nn.Conv2d(width, width * 4, 1, bias=False), nn.BatchNorm2d(width * 4)
+      else:
+        self.conv1, self.bn1 = nn.Conv2d(cin, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width)
       self.relu = nn.ReLU(inplace=True)
       self.downsample = None
-      if stride != 1 or cin != width * 4:
-        self.downsample = nn.Sequential(nn.Conv2d(cin, width * 4, 1, stride, bias=False), nn.BatchNorm2d(width * 4))
+      if stride != 1 or cin != width * expansion:
+        self.downsample = nn.Sequential(nn.Conv2d(cin, width * expansion, 1, stride, bias=False),
+                                        nn.BatchNorm2d(width * expansion))
 
     def forward(self, x):
       y = self.relu(self.bn1(self.conv1(x)))
-      y = self.relu(self.bn2(self.conv2(y)))
-      y = self.bn3(self.conv3(y))
+      y = self.bn2(self.conv2(y))
+      if bottleneck:
+        y = self.bn3(self.conv3(self.relu(y)))
       return self.relu(y + (x if self.downsample is None else self.downsample(x)))
 
   class ResNet(nn.Module):
@@ -258,13 +263,13 @@ def torch_resnet50(torch, num_classes=1000):
       self.conv1, self.bn1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
       self.relu, self.maxpool = nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
       cin = 64
-      for i, (n, w) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512)), start=1):
-        blocks = []
+      for i, (n, w) in enumerate(zip(blocks, (64, 128, 256, 512)), start=1):
+        layer = []
         for j in range(n):
-          blocks.append(Bottleneck(cin, w, 2 if i > 1 and j == 0 else 1))
-          cin = w * 4
-        setattr(self, f'layer{i}', nn.Sequential(*blocks))
-      self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(2048, num_classes)
+          layer.append(Block(cin, w, 2 if i > 1 and j == 0 else 1))
+          cin = w * expansion
+        setattr(self, f'layer{i}', nn.Sequential(*layer))
+      self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(512 * expansion, num_classes)
 
     def forward(self, x):
       x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -306,9 +311,9 @@ def save_state_dict(torch, state_dict, path):
 
 
 @pytest.fixture(scope='module')
-def torch_resnet(torch, tmp_path_factory):
+def torch_resnet50(torch, tmp_path_factory):
   d = tmp_path_factory.mktemp('torch_resnet50')
-  m = randomize_torch(torch, torch_resnet50(torch), seed=3)
+  m = randomize_torch(torch, torch_resnet(torch), seed=3)
   sd = m.state_dict()
   paths = {'pth': save_state_dict(torch, sd, str(d / 'resnet50.pth')),
            'safetensors': save_state_dict(torch, sd, str(d / 'resnet50.safetensors'))}
@@ -317,14 +322,24 @@ def torch_resnet(torch, tmp_path_factory):
 
 
 @pytest.mark.parametrize('fmt', ['pth', 'safetensors'])
-def test_torchvision_resnet50_matches(torch_resnet, fmt):
-  paths, x, ref, _ = torch_resnet
+def test_torchvision_resnet50_matches(torch_resnet50, fmt):
+  paths, x, ref, _ = torch_resnet50
   c = convert_pretrained('resnet50', paths[fmt])
   assert c.metadata['arch'] == 'resnet50' and c.metadata['preprocessing'] == 'torchvision'
   assert len(c.report.loaded) == 267 and not c.report.initialised  # 53 convs (no bias), 53 BNs, fc
   assert {why for _, why in c.report.skipped} == {'BatchNorm step counter'}
   assert count_params(c.variables['params']) == 25_557_032
   assert_same_logits(f'torchvision resnet50 (.{fmt})', c.model.apply(c.variables, x, train=False), ref)
+
+
+def test_torchvision_resnet18_matches(torch, tmp_path):
+  """BasicBlock ResNets (the registry's resnet18 student) load from torchvision too."""
+  m = randomize_torch(torch, torch_resnet(torch, blocks=(2, 2, 2, 2), bottleneck=False, num_classes=10), seed=5)
+  x = np.asarray(PREPROCESSING['torchvision'].apply(images(32)))
+  path = save_state_dict(torch, m.state_dict(), str(tmp_path / 'resnet18.pth'))
+  model, variables = load_pretrained('resnet18', path)
+  assert_same_logits('torchvision resnet18 (.pth, 10 classes)', model.apply(variables, x, train=False),
+                     torch_logits(torch, m, x))
 
 
 def test_torchvision_vgg16_224_matches(torch, tmp_path):
@@ -342,15 +357,16 @@ def test_torchvision_vgg16_224_matches(torch, tmp_path):
   del c
   # The same file as vgg16_gap: convs only, fc6/fc7/head skipped, a new head.
   c = convert_pretrained('vgg16_gap', path)
-  assert sorted(k for k, _ in c.report.skipped) == [f'classifier.{i}.{p}' for i in (0, 3, 6) for p in ('bias', 'weight')]
+  skipped = [f'classifier.{i}.{p}' for i in (0, 3, 6) for p in ('bias', 'weight')]
+  assert sorted(k for k, _ in c.report.skipped) == skipped
   assert len(c.report.initialised) == 2
   assert_same_logits('torchvision vgg16 convs, global pool (32)', backbone_features(c.model, c.variables, x32),
                      ref_features)
 
 
-def test_torchvision_wrapped_state_dict(torch, torch_resnet, tmp_path):
+def test_torchvision_wrapped_state_dict(torch, torch_resnet50, tmp_path):
   """{'state_dict': {'module.' + name: tensor}} as DataParallel training scripts save it."""
-  _, x, ref, sd = torch_resnet
+  _, x, ref, sd = torch_resnet50
   path = str(tmp_path / 'wrapped.pth')
   torch.save({'epoch': 3, 'state_dict': {f'module.{k}': torch.from_numpy(v) for k, v in sd.items()}}, path)
   model, variables = load_pretrained('resnet50', path)
@@ -371,8 +387,8 @@ def _edited(tmp_path, sd, name, **edits):
   return path
 
 
-def test_torchvision_errors(torch_resnet, tmp_path):
-  paths, _, _, sd = torch_resnet
+def test_torchvision_errors(torch_resnet50, tmp_path):
+  paths, _, _, sd = torch_resnet50
   with pytest.raises(ValueError, match=r'holds torchvision resnet50 weights, not vgg16'):
     convert_pretrained('vgg16', paths['safetensors'])
   with pytest.raises(ValueError, match=r"v1.5: use arch 'resnet50'"):
@@ -395,8 +411,8 @@ def test_torchvision_errors(torch_resnet, tmp_path):
 
 # ------------------------------------------------------------------------------------ checkpoint + transfer
 
-def test_convert_cli_checkpoint_and_transfer(torch_resnet, tmp_path):
-  paths, x, ref, _ = torch_resnet
+def test_convert_cli_checkpoint_and_transfer(torch_resnet50, tmp_path):
+  paths, x, ref, _ = torch_resnet50
   out = str(tmp_path / 'converted')
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   proc = subprocess.run([sys.executable, '-m', 'launch.convert', '--from=torchvision', '--arch=resnet50',
@@ -412,7 +428,7 @@ def test_convert_cli_checkpoint_and_transfer(torch_resnet, tmp_path):
 
   arch, variables, meta = load_converted(out)
   assert arch == 'resnet50' and meta['preprocessing'] == 'torchvision' and meta['source'] == 'torchvision'
-  model, _ = load_pretrained('resnet50', paths['safetensors'])
+  model = build_classifier(arch, meta['num_classes'])
   assert_same_logits('torchvision resnet50 (launch.convert checkpoint)', model.apply(variables, x, train=False), ref)
   with pytest.raises(FileExistsError, match='already holds converted weights'):
     convert_to_checkpoint('torchvision', 'resnet50', paths['pth'], out)
@@ -424,12 +440,13 @@ def test_convert_cli_checkpoint_and_transfer(torch_resnet, tmp_path):
   assert len(report.loaded) == 265 and [s for s, _ in report.skipped] == ['params/classifier/bias',
                                                                           'params/classifier/kernel']
   assert {d.split('/')[1] for d, _, _ in report.initialised} == {'embedding', 'classifier'}
+  flat_new = flatten(new)
   for path, v in flatten(variables).items():
     if path.split('/')[1] == 'backbone':
-      np.testing.assert_array_equal(flatten(new)[path], v)
-  features = backbone_features(model, variables, x[:1])
-  emb = face.apply(new, x[:1], method=lambda m, x: m.backbone(x, train=False))
-  np.testing.assert_allclose(emb, features, rtol=1e-6)
+      np.testing.assert_array_equal(flat_new[path], v)
+  np.testing.assert_array_equal(flat_new['params/embedding/dense/kernel'], 0)  # heads untouched
+  features = face.apply(new, x, method=lambda m, x: m.backbone(x, train=False))
+  np.testing.assert_allclose(features, backbone_features(model, variables, x), rtol=1e-6)
 
 
 def test_transfer_backbone_errors():
