@@ -52,7 +52,8 @@ def test_student_sizes():
   assert 2 * backbone('resnet18_w050') <= backbone('resnet18')
 
 
-@pytest.mark.parametrize('name,size', [('student_vgg', 48), ('mobilefacenet', 96), ('resnet18_w050', 96)])
+# ResNets run for real in test_convert (resnet18/resnet50 against torch); these are the other two families.
+@pytest.mark.parametrize('name,size', [('student_vgg', 48), ('mobilefacenet', 96)])
 def test_student_runs(name, size):
   model = build_model(name, num_classes=4, embed_dim=8)
   x = jax.random.uniform(jax.random.PRNGKey(1), (2, size, size, 3), minval=-1, maxval=1)
