@@ -92,6 +92,12 @@ def _teacher(config):
   return ModelIO(model, pre, size), ckpt.restore_variables(wd)
 
 
+def first_replica(tree):
+  """Replicated (pmapped) arrays -> numpy copies of this process's first replica. Reads a shard directly:
+  indexing `x[0]` would compile a gather per leaf shape."""
+  return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
+
+
 def _write_metrics(workdir: str, record: dict) -> None:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
@@ -159,10 +165,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     seen += config.batch_size
     bar.update(1)
     if step % config.log_every == 0 or step == config.total_steps:
-      m = {k: float(v) for k, v in jax_utils.unreplicate(metrics).items()}
+      m = {k: float(v) for k, v in first_replica(metrics).items()}
       dt = time.perf_counter() - t0
-      streak = int(jax_utils.unreplicate(pstate.nonfinite_streak))
-      last = dict(step=step, **m, img_per_s=seen / dt, nonfinite_total=int(jax_utils.unreplicate(pstate.nonfinite_total)))
+      streak, total = first_replica((pstate.nonfinite_streak, pstate.nonfinite_total))
+      last = dict(step=step, **m, img_per_s=seen / dt, nonfinite_total=int(total))
       _write_metrics(workdir, last)
       bar.set_postfix(loss=f'{m["loss"]:.4f}', refresh=False)
       t0, seen = time.perf_counter(), 0
@@ -171,10 +177,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                  f'NaN/Inf), limit config.max_nonfinite_streak={config.max_nonfinite_streak}; '
                                  'lower the learning rate or check the data')
     if config.eval_every and step % config.eval_every == 0:
-      _validate(config, student, jax_utils.unreplicate(pstate), workdir, step)
+      _validate(config, student, first_replica(pstate), workdir, step)
     if step % config.checkpoint_every == 0 or step == config.total_steps:
-      host_state = jax.device_get(jax_utils.unreplicate(pstate))
-      manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host_state.to_checkpoint()),
+      manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(first_replica(pstate).to_checkpoint()),
                                                  data=ocp.args.JsonSave(loader.get_state())))
   bar.close()
   manager.wait_until_finished()

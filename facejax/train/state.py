@@ -90,5 +90,6 @@ def create_train_state(rng, model, tx, image_size: int, variables: dict | None =
                                              train=False, method='forward'))(init_rng)
   params, batch_stats = variables['params'], variables.get('batch_stats', {})
   zero = jnp.zeros((), jnp.int32)
-  return TrainState(step=zero, params=params, batch_stats=batch_stats, opt_state=tx.init(params), rng=state_rng,
-                    nonfinite_total=zero, nonfinite_streak=zero)
+  # One compiled call: optax's init run eagerly would compile one tiny program per parameter shape.
+  return TrainState(step=zero, params=params, batch_stats=batch_stats, opt_state=jax.jit(tx.init)(params),
+                    rng=state_rng, nonfinite_total=zero, nonfinite_streak=zero)
