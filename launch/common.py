@@ -1,5 +1,5 @@
-"""Flags shared by launch scripts: multi-host initialisation through jax.distributed."""
-from absl import flags
+"""Shared by launch scripts: quiet library logs, multi-host initialisation through jax.distributed."""
+from absl import flags, logging
 
 FLAGS = flags.FLAGS
 
@@ -17,3 +17,9 @@ def init_distributed() -> None:
     jax.distributed.initialize(FLAGS.jax_coordinator, FLAGS.jax_num_processes, FLAGS.jax_process_id)
   elif FLAGS.jax_num_processes != 1:
     raise flags.ValidationError('--jax_num_processes > 1 needs --jax_coordinator=host:port')
+
+
+def quiet_library_logs() -> None:
+  """Library INFO logs (orbax, backends) would bury the progress and the answer; --verbosity=0 brings them back."""
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)

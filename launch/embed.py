@@ -5,7 +5,9 @@ Writes names [N] (paths relative to the directory / the glob's common folder), e
 """
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
+
+from launch import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Run directory of launch.train (model.json + checkpoints/).')
@@ -21,8 +23,7 @@ flags.mark_flags_as_required(['workdir', 'images'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not FLAGS['verbosity'].present:  # library INFO logs (orbax, backends) would bury the answer
-    logging.set_verbosity(logging.WARNING)
+  common.quiet_library_logs()
   from facejax.evaluation import cli
   try:
     result = cli.embed_paths(FLAGS.workdir, FLAGS.images, FLAGS.out, flip=FLAGS.flip, batch_size=FLAGS.batch_size,

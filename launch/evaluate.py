@@ -8,7 +8,8 @@ launch.verify); see facejax/evaluation/cli.py.
 """
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
+from launch import common
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -20,8 +21,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not FLAGS['verbosity'].present:  # library INFO logs (orbax, backends) would bury the answer
-    logging.set_verbosity(logging.WARNING)
+  common.quiet_library_logs()
   from facejax.evaluation import cli
   try:
     out = cli.evaluate_run(FLAGS.config, FLAGS.workdir)

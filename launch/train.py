@@ -16,6 +16,7 @@ common.define_distributed_flags()
 
 def main(argv):
   del argv
+  common.quiet_library_logs()
   common.init_distributed()
   from facejax.train import train
   train(FLAGS.config, FLAGS.workdir)

@@ -5,7 +5,9 @@ line, `same` or `different`. Exit status 0 either way; 1 for errors (unreadable 
 """
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
+
+from launch import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Run directory, evaluated by launch.evaluate (holds threshold.json).')
@@ -15,8 +17,7 @@ flags.mark_flags_as_required(['workdir'])
 def main(argv):
   if len(argv) != 3:
     raise app.UsageError(f'expected two image paths IMG_A IMG_B, got {len(argv) - 1} argument(s)')
-  if not FLAGS['verbosity'].present:  # library INFO logs (orbax, backends) would bury the answer
-    logging.set_verbosity(logging.WARNING)
+  common.quiet_library_logs()
   from facejax.evaluation import cli
   try:
     result = cli.verify_pair(FLAGS.workdir, argv[1], argv[2])

@@ -50,3 +50,28 @@ def base_config() -> ml_collections.ConfigDict:
           num_identities=40, images_per_identity=10, image_size=64, identity_offset=100000, num_folds=10,
           pairs_per_fold=60))))
   return c
+
+
+def set_data(c: ml_collections.ConfigDict, kind: str, image_size: int) -> ml_collections.ConfigDict:
+  """Point a run at its training data by `get_config` arg: 'synthetic' (default, runs anywhere) or 'folders'
+  (identity folders prepared by `launch.prepare_data --dataset=folders --data_dir=D --name=N`; then pass
+  `--config.data.kwargs.data_dir=D --config.data.kwargs.name=N`)."""
+  if kind in ('', 'synthetic'):
+    c.data.source = 'synthetic'
+    c.data.kwargs = ml_collections.ConfigDict(dict(num_identities=500, images_per_identity=40, image_size=image_size))
+  elif kind == 'folders':
+    c.data.source = 'folders'
+    c.data.kwargs = ml_collections.ConfigDict(dict(data_dir='', name='default', split='train'))
+  else:
+    raise ValueError(f"config arg data={kind!r}: expected 'synthetic' or 'folders'")
+  c.val.kwargs.image_size = image_size
+  return c
+
+
+def parse_arg(arg: str | None) -> dict[str, str]:
+  """big_vision-style 'key=value,key2=value2' (a bare word sets data=word)."""
+  out = {}
+  for part in filter(None, (arg or '').split(',')):
+    key, _, value = part.partition('=')
+    out[key if value else 'data'] = value or key
+  return out
