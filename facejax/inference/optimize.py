@@ -13,8 +13,8 @@ exactly the output of which Conv/Dense. From that plan:
   its matmul speed); 1x1 convs as a plain matmul (strided slice first); depthwise convs as k*k shifted
   multiply-adds. `conv='xla'` keeps `lax.conv_general_dilated` with the folded weights.
 - **Dtype policy.** `dtype='float32'` (reference accuracy), `'bfloat16'` (weights and activations in bf16),
-  `'int8'` (per-output-channel symmetric int8 weights, activations quantised per tensor at run time, int8 x
-  int8 -> int32 matmuls; depthwise convs stay float32).
+  `'int8'` (per-output-channel symmetric int8 weights, activations quantised per example at run time,
+  int8 x int8 -> int32 matmuls; depthwise convs stay float32).
 - **Weights as constants or arguments.** `weights='const'` closes the folded tree into the jitted function so
   XLA sees compile-time constants; `weights='args'` passes it as an argument (`fn.forward(fn.params, x)`).
 
@@ -55,6 +55,7 @@ class LayerPlan:
   fold_into: str | None = None  # for 'bn': the conv/dense path it folds into
   folded_bn: str | None = None  # for 'conv'/'dense': the BN folded into it
   in_shape: tuple = ()
+  out_shape: tuple = ()
 
 
 _KINDS = {nn.Conv: 'conv', nn.Dense: 'dense', nn.BatchNorm: 'bn'}
@@ -87,6 +88,7 @@ def trace_plan(model, variables, image_size: int, method: Callable = _raw_embed)
     entry = LayerPlan(path, kind, module.clone(parent=None), in_shape=tuple(x.shape))
     plan[path] = entry
     out = next_fun(*args, **kwargs)
+    entry.out_shape = tuple(out.shape)
     if kind == 'bn':
       producer = producers.pop(id(x), None)
       if producer is not None and module.axis in (-1, x.ndim - 1):
@@ -103,6 +105,20 @@ def trace_plan(model, variables, image_size: int, method: Callable = _raw_embed)
   x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
   jax.eval_shape(run, variables, x)
   return plan
+
+
+def layer_flops(plan: dict[str, LayerPlan]) -> int:
+  """2 x multiply-accumulates of every conv and dense layer in the plan (at the traced batch size): the model's
+  FLOPs independent of how they are lowered (XLA's cost analysis counts im2col copies and BN arithmetic too)."""
+  total = 0
+  for entry in plan.values():
+    if entry.kind == 'conv':
+      c = entry.module
+      total += int(np.prod(entry.out_shape)) * int(np.prod(c.kernel_size)) * (entry.in_shape[-1] //
+                                                                             c.feature_group_count)
+    elif entry.kind == 'dense':
+      total += int(np.prod(entry.out_shape)) * entry.in_shape[-1]
+  return 2 * total
 
 
 def _get(tree, path: str):
@@ -179,12 +195,18 @@ def _conv_pads(conv: nn.Conv, x_shape) -> list[tuple[int, int]] | None:
   return [tuple(p) for p in padding]
 
 
-def _is_plain(conv: nn.Conv, x) -> bool:
-  dil = conv.kernel_dilation
-  idil = conv.input_dilation
-  ones = lambda d: d is None or d == 1 or all(v == 1 for v in np.atleast_1d(d))
-  return (x.ndim == 4 and len(conv.kernel_size) == 2 and ones(dil) and ones(idil) and conv.mask is None and
-          _conv_pads(conv, x.shape) is not None)
+def conv_lowering(conv: nn.Conv, in_shape: tuple) -> str:
+  """How conv='im2col' runs this conv: 'matmul' (any plain 2-D conv), 'depthwise' (one filter per input channel)
+  or 'xla' (dilations, masks, circular/causal padding, non-2-D: lax.conv with the folded weights)."""
+  ones = lambda d: d is None or all(v == 1 for v in np.atleast_1d(d))
+  if not (len(in_shape) == 4 and len(conv.kernel_size) == 2 and ones(conv.kernel_dilation) and
+          ones(conv.input_dilation) and conv.mask is None and _conv_pads(conv, in_shape) is not None):
+    return 'xla'
+  if conv.feature_group_count == 1:
+    return 'matmul'
+  if conv.feature_group_count == in_shape[-1] == conv.features:
+    return 'depthwise'
+  return 'xla'
 
 
 def _strides(conv: nn.Conv) -> tuple[int, int]:
@@ -210,8 +232,9 @@ def _matmul(x, w):
 
 
 def _quantize_activations(x):
-  """float x -> (int8 q, float32 scale) with x ~= q * scale, one symmetric scale per tensor."""
-  amax = jnp.max(jnp.abs(x)).astype(jnp.float32)
+  """float x [B, ...] -> (int8 q, float32 scale [B, 1, ...]) with x ~= q * scale: one symmetric scale per
+  example (never per batch, so an image's embedding does not depend on what it is batched with)."""
+  amax = jnp.max(jnp.abs(x), axis=tuple(range(1, x.ndim)), keepdims=True).astype(jnp.float32)
   scale = jnp.maximum(amax, 1e-12) / 127.0
   q = jnp.clip(jnp.round(x.astype(jnp.float32) / scale), -127, 127).astype(jnp.int8)
   return q, scale
@@ -223,46 +246,42 @@ def _int8_matmul(xq_and_scale, wq, wscale):
   return acc.astype(jnp.float32) * (xscale * wscale)
 
 
-def conv_forward(conv: nn.Conv, p: dict, x, impl: str):
-  """Folded conv: `p = {'kernel': [kh, kw, Cin/g, F] (or (int8, scale)), 'bias': [F]}` on NHWC `x`."""
-  kernel, bias = p['kernel'], p['bias']
-  quantized = isinstance(kernel, tuple)  # (int8 [kh, kw, Cin, F], float32 scale [F])
-  groups = conv.feature_group_count
-  kh, kw, cin_g, f = kernel[0].shape if quantized else kernel.shape
-  if impl == 'xla' or not _is_plain(conv, x) or (groups != 1 and not (cin_g == 1 and f == x.shape[-1])):
-    w = kernel if not isinstance(kernel, tuple) else kernel[0].astype(jnp.float32) * kernel[1]
-    return _xla_conv(conv, x.astype(w.dtype), w) + bias.astype(w.dtype)
+def _im2col(x, kh, kw, sh, sw, pads):
+  """[B, H, W, C] -> [B, Ho, Wo, kh*kw*C] in (i, j, c) order, which is an HWIO kernel reshaped to 2-D."""
+  if kh == kw == 1 and all(p == (0, 0) for p in pads):
+    return x[:, ::sh, ::sw, :] if (sh, sw) != (1, 1) else x
+  return jnp.concatenate(_shifted_slices(x, kh, kw, sh, sw, pads), axis=-1)
+
+
+def conv_forward(entry: LayerPlan, p: dict, x):
+  """Folded conv on NHWC `x`. `p['kernel']`: [kh*kw*Cin, F] for 'matmul' lowering (or (int8, scale[F])),
+  [kh, kw, Cin/g, F] otherwise; `p['bias']`: [F]."""
+  conv, kernel, bias = entry.module, p['kernel'], p['bias']
+  lowering = p.get('lowering', 'xla')
+  if lowering == 'xla':
+    return _xla_conv(conv, x.astype(kernel.dtype), kernel) + bias.astype(kernel.dtype)
+  kh, kw = conv.kernel_size
   pads = _conv_pads(conv, x.shape)
   sh, sw = _strides(conv)
-  if groups != 1:  # depthwise (channel multiplier 1): k*k shifted multiply-adds, float
-    w = kernel if not isinstance(kernel, tuple) else kernel[0].astype(jnp.float32) * kernel[1]
-    x = x.astype(w.dtype)
+  if lowering == 'depthwise':  # k*k shifted multiply-adds
+    x = x.astype(kernel.dtype)
     slices = _shifted_slices(x, kh, kw, sh, sw, pads)
     if slices[0].shape[1:3] == (1, 1) and kh * kw > 9:  # global depthwise conv (GDConv): one reduction
       xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0))) if any(p != (0, 0) for p in pads) else x
-      y = jnp.einsum('bhwc,hwc->bc', xp[:, :kh, :kw, :], w[:, :, 0, :])[:, None, None, :]
+      y = jnp.einsum('bhwc,hwc->bc', xp[:, :kh, :kw, :], kernel[:, :, 0, :])[:, None, None, :]
     else:
-      y = functools.reduce(lambda a, b: a + b, [s * w[i // kw, i % kw, 0, :] for i, s in enumerate(slices)])
-    return y + bias.astype(w.dtype)
-  if quantized:
-    xq, xscale = _quantize_activations(x)  # quantise before im2col: the slices then move 4x fewer bytes
-    if kh == kw == 1 and all(p == (0, 0) for p in pads):
-      cols = xq[:, ::sh, ::sw, :] if (sh, sw) != (1, 1) else xq
-    else:
-      cols = jnp.concatenate(_shifted_slices(xq, kh, kw, sh, sw, pads), axis=-1)
-    wq, wscale = kernel
-    return _int8_matmul((cols, xscale), wq.reshape(kh * kw * cin_g, f), wscale) + bias
+      y = functools.reduce(lambda a, b: a + b, [t * kernel[i // kw, i % kw, 0, :] for i, t in enumerate(slices)])
+    return y + bias.astype(kernel.dtype)
+  if isinstance(kernel, tuple):  # int8: quantise before im2col, so the slices move 4x fewer bytes
+    xq, xscale = _quantize_activations(x)
+    return _int8_matmul((_im2col(xq, kh, kw, sh, sw, pads), xscale), *kernel) + bias
   x = x.astype(kernel.dtype)
-  if kh == kw == 1 and all(p == (0, 0) for p in pads):
-    cols = x[:, ::sh, ::sw, :] if (sh, sw) != (1, 1) else x
-  else:
-    cols = jnp.concatenate(_shifted_slices(x, kh, kw, sh, sw, pads), axis=-1)
-  return _matmul(cols, kernel.reshape(kh * kw * cin_g, f)) + bias.astype(kernel.dtype)
+  return _matmul(_im2col(x, kh, kw, sh, sw, pads), kernel) + bias.astype(kernel.dtype)
 
 
 def _xla_conv(conv: nn.Conv, x, kernel):
   pads = _conv_pads(conv, x.shape) if x.ndim == 4 else None
-  if pads is None or not _is_plain(conv, x):  # anything exotic: the module's own code with the folded weights
+  if pads is None or conv_lowering(conv, x.shape) == 'xla':  # anything exotic: the module's own code with the folded weights
     return conv.clone(use_bias=False, dtype=kernel.dtype, param_dtype=kernel.dtype).apply(
         {'params': {'kernel': kernel}}, x)
   return lax.conv_general_dilated(x, kernel, _strides(conv), pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
@@ -289,20 +308,26 @@ def _quantize_weights(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return q, scale.astype(np.float32)
 
 
-def cast_folded(folded: dict, plan: dict[str, LayerPlan], dtype: str) -> dict:
-  if dtype == 'float32':
-    return folded
+def prepare_layers(folded: dict, plan: dict[str, LayerPlan], conv: str, dtype: str) -> dict:
+  """Folded float32 tree -> what the forward consumes: per layer its lowering, matmul kernels already 2-D
+  (reshaped here in numpy, not by XLA's constant folder), cast or quantised per the dtype policy."""
   layers = {}
   for path, p in folded['layers'].items():
     entry = plan[path]
-    depthwise = entry.kind == 'conv' and entry.module.feature_group_count != 1
-    if dtype == 'bfloat16':
-      layers[path] = {'kernel': jnp.asarray(p['kernel'], jnp.bfloat16), 'bias': jnp.asarray(p['bias'], jnp.bfloat16)}
-    elif dtype == 'int8' and not depthwise and not (entry.kind == 'conv' and p['kernel'].shape[2] * np.prod(
-        p['kernel'].shape[:2]) < 16):  # tiny reductions (e.g. a 1-channel input) keep float
-      layers[path] = {'kernel': _quantize_weights(p['kernel']), 'bias': p['bias']}
+    kernel, bias = np.asarray(p['kernel'], np.float32), np.asarray(p['bias'], np.float32)
+    lowering = 'matmul' if entry.kind == 'dense' else (
+        conv_lowering(entry.module, entry.in_shape) if conv == 'im2col' else 'xla')
+    if lowering == 'matmul':
+      kernel = kernel.reshape(-1, kernel.shape[-1])
+    out = {'lowering': lowering}
+    # int8 only where a matmul does the work and the reduction is long enough to average rounding errors.
+    if dtype == 'int8' and lowering == 'matmul' and kernel.shape[0] >= 16:
+      out.update(kernel=_quantize_weights(kernel), bias=bias)
+    elif dtype == 'bfloat16':
+      out.update(kernel=kernel.astype(jnp.bfloat16), bias=bias.astype(jnp.bfloat16))
     else:
-      layers[path] = p
+      out.update(kernel=kernel, bias=bias)
+    layers[path] = out
   return {**folded, 'layers': layers}
 
 
@@ -360,7 +385,8 @@ def optimize_for_inference(model, variables, *, image_size: int, conv: str = 'im
     raise ValueError(f'weights={weights!r}: expected one of {WEIGHTS}')
   variables = jax.tree_util.tree_map(np.asarray, dict(variables))
   plan = trace_plan(model, variables, image_size, method)
-  folded = cast_folded(fold_batch_norm(model, variables, image_size, plan), plan, dtype)
+  folded = prepare_layers(fold_batch_norm(model, variables, image_size, plan), plan, conv, dtype)
+  lowerings = {path: p.pop('lowering') for path, p in folded['layers'].items()}  # static, not a pytree leaf
   if weights == 'const':
     folded = jax.tree_util.tree_map(jnp.asarray, folded)
   act_dtype = jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32
@@ -382,7 +408,7 @@ def optimize_for_inference(model, variables, *, image_size: int, conv: str = 'im
         return h * a['scale'].astype(h.dtype) + a['shift'].astype(h.dtype)
       if entry.kind == 'dense':
         return dense_forward(params['layers'][path], h)
-      return conv_forward(entry.module, params['layers'][path], h, conv)
+      return conv_forward(entry, dict(params['layers'][path], lowering=lowerings[path]), h)
 
     with nn.intercept_methods(interceptor):
       return model.apply(params['rest'], x.astype(act_dtype), method=method)

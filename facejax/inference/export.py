@@ -1,0 +1,102 @@
+"""Serialized embedders: a `jax.export` artifact that runs without the model code.
+
+`export_embedder` traces the full embedding path, uint8 RGB `[b, S, S, 3]` -> preprocessing -> (optimized)
+network -> optional flip TTA -> L2-normalised float32 `[b, D]`, with the (BN-folded) weights baked in as
+constants and the batch dimension symbolic. `save_exported` writes the `Exported.serialize()` bytes as is
+(`jax.export.deserialize(open(path, 'rb').read())` is all a consumer needs) plus a small JSON sidecar
+`<path>.json` describing it. `load_exported` needs only jax and numpy: this module imports nothing from
+facejax at import time, and `facejax.inference` resolves its names lazily, so a serving process never
+imports `facejax.models`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+FORMAT = 'facejax.embedder/1'
+
+
+def export_embedder(model, variables, preprocessing, image_size: int, *, flip: str | None = None,
+                    optimize: bool | dict = True, platforms: Sequence[str] = ('cpu',)) -> jax.export.Exported:
+  """-> `jax.export.Exported` of fn(uint8 [b, image_size, image_size, 3]) -> float32 [b, D] L2-normalised
+  ([b, 2D] for flip='concat'), polymorphic in b.
+
+  `optimize`: True (default) or a dict of `optimize_for_inference` options (weights are always constants
+  here: the artifact must be self-contained); False exports the reference flax forward.
+  """
+  from facejax.inference.embed import flip_tta, raw_embed_forward
+  if optimize:
+    from facejax.inference.optimize import inference_forward
+    options = dict(optimize) if isinstance(optimize, dict) else {}
+    options['weights'] = 'const'
+    raw_fn = inference_forward(model, variables, image_size=image_size, **options)
+  else:
+    raw_fn = raw_embed_forward(model, jax.tree_util.tree_map(jnp.asarray, variables))
+
+  def embed(images):
+    return flip_tta(raw_fn, preprocessing.apply(images), flip)
+
+  (b,) = jax.export.symbolic_shape('b')
+  spec = jax.ShapeDtypeStruct((b, image_size, image_size, 3), jnp.uint8)
+  return jax.export.export(jax.jit(embed), platforms=tuple(platforms))(spec)
+
+
+def save_exported(exported: jax.export.Exported, path: str, metadata: dict | None = None) -> dict:
+  """Write `exported.serialize()` to `path` and a JSON description to `path + '.json'`; returns the latter."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  blob = exported.serialize()
+  with open(path, 'wb') as f:
+    f.write(blob)
+  (aval,) = exported.in_avals
+  (out,) = exported.out_avals
+  info = {
+      'format': FORMAT,
+      'input': {'shape': [None, *[int(d) for d in aval.shape[1:]]], 'dtype': str(aval.dtype), 'layout': 'NHWC RGB'},
+      'output': {'shape': [None, int(out.shape[-1])], 'dtype': str(out.dtype), 'l2_normalised': True},
+      'platforms': list(exported.platforms),
+      'bytes': len(blob),
+      **(metadata or {}),
+  }
+  with open(path + '.json', 'w') as f:
+    json.dump(info, f, indent=2)
+  return info
+
+
+class ExportedEmbedder:
+  """`embedder(images)`: uint8 [B, S, S, 3] RGB -> np.float32 [B, D] L2-normalised. Compiles once per batch
+  size. `image_size`, `embed_dim` and `metadata` (the JSON sidecar, when present) describe it."""
+
+  def __init__(self, exported: jax.export.Exported, metadata: dict | None = None):
+    self.exported = exported
+    self.metadata = metadata or {}
+    (aval,) = exported.in_avals
+    self.image_size = int(aval.shape[1])
+    self.embed_dim = int(exported.out_avals[0].shape[-1])
+    self._call = jax.jit(exported.call)
+
+  def __call__(self, images: Any) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim == 3:
+      images = images[None]
+    expected = (self.image_size, self.image_size, 3)
+    if images.ndim != 4 or images.shape[1:] != expected:
+      raise ValueError(f'images: expected [B, {", ".join(map(str, expected))}] uint8, got {images.shape}')
+    if images.dtype != np.uint8:
+      raise ValueError(f'images: expected uint8 RGB in [0, 255], got dtype {images.dtype}')
+    return np.asarray(self._call(images))
+
+
+def load_exported(path: str) -> ExportedEmbedder:
+  """Read an artifact written by `save_exported` (or any serialized `jax.export` embedder) -> ExportedEmbedder."""
+  with open(path, 'rb') as f:
+    exported = jax.export.deserialize(bytearray(f.read()))
+  metadata = None
+  if os.path.isfile(path + '.json'):
+    with open(path + '.json') as f:
+      metadata = json.load(f)
+  return ExportedEmbedder(exported, metadata)

@@ -1,0 +1,39 @@
+"""Export a trained run's embedder as a self-contained jax.export artifact.
+
+  python -m launch.export --workdir=RUN --out=model.jaxexport [--flip=sum] [--dtype=float32] [--nooptimize]
+
+Writes OUT (the serialized `jax.export.Exported`, batch-polymorphic, uint8 RGB [b, S, S, 3] -> float32 [b, D]
+L2-normalised) and OUT.json (shapes, model name, preprocessing, options). Load it with
+`facejax.inference.load_exported(OUT)`, which does not need the model code.
+"""
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Run directory (model.json + checkpoints/).')
+flags.DEFINE_string('out', None, 'Artifact path, e.g. model.jaxexport.')
+flags.DEFINE_integer('step', None, 'Checkpoint step (default: latest).')
+flags.DEFINE_enum('flip', None, ['sum', 'concat'], 'Flip test-time augmentation baked into the artifact.')
+flags.DEFINE_bool('optimize', True, 'Export the optimized inference forward (BN folded, im2col convs).')
+flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16', 'int8'], 'Dtype policy of the optimized forward.')
+flags.DEFINE_enum('conv', 'im2col', ['im2col', 'xla'], 'Conv lowering of the optimized forward.')
+flags.DEFINE_list('platforms', ['cpu'], 'Platforms to lower for (e.g. cpu,cuda).')
+flags.mark_flags_as_required(['workdir', 'out'])
+
+
+def main(argv):
+  del argv
+  import json
+  from facejax.inference.export import export_embedder, save_exported
+  from facejax.train.checkpoint import load_run
+  model, variables, info = load_run(FLAGS.workdir, FLAGS.step)
+  options = {'dtype': FLAGS.dtype, 'conv': FLAGS.conv} if FLAGS.optimize else False
+  exported = export_embedder(model, variables, info['preprocessing_obj'], int(info['image_size']), flip=FLAGS.flip,
+                             optimize=options, platforms=FLAGS.platforms)
+  meta = {'model': info['name'], 'embed_dim': info['embed_dim'], 'image_size': int(info['image_size']),
+          'preprocessing': info['preprocessing'], 'flip': FLAGS.flip, 'optimize': options or None,
+          'workdir': FLAGS.workdir, 'step': info.get('step')}
+  print(json.dumps(save_exported(exported, FLAGS.out, meta)))
+
+
+if __name__ == '__main__':
+  app.run(main)

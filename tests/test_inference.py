@@ -1,0 +1,250 @@
+"""Inference: rewrites equal the reference forward, embedders, AOT benchmark, export round trip.
+
+Tolerances (random weights, randomised BN statistics and scales, L2-normalised embeddings):
+float32 rewrites max |diff| <= 1e-4 (float32 reassociation only; typically ~1e-6); bfloat16 and int8 cosine
+similarity to the reference >= 0.98 for every example (typically >= 0.999).
+"""
+import json
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from facejax.inference.benchmark import benchmark, benchmark_model, markdown_table, random_variables
+from facejax.inference.embed import embed_images, make_embed_fn
+from facejax.inference.export import export_embedder, load_exported, save_exported
+from facejax.inference.optimize import fold_batch_norm, optimize_for_inference, trace_plan
+from facejax.models import MODELS, build_model
+from facejax.models.registry import FACEJAX
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+F32_TOL = 1e-4
+LOW_PRECISION_MIN_COS = 0.98
+
+# Every registry model, shrunk (width) to keep compiles cheap; the layer types and topology are the real ones.
+SMALL = {
+    'vgg16': dict(width=0.125), 'vgg16_gap': dict(width=0.125), 'resnet50': dict(width=0.25),
+    'resnet50_keras': dict(width=0.25), 'vgg_small': {}, 'student_vgg': {}, 'mobilefacenet': dict(width=0.25),
+    'resnet18': dict(width=0.25), 'resnet18_w050': dict(width=0.25), 'dlib_resnet': dict(width=0.25),
+}
+SIZES = {'dlib_resnet': 112}  # its unpadded stride-2 layers need a larger input
+SIZE = 32
+
+
+def _model(name, size=SIZE):
+  model = build_model(name, num_classes=0, embed_dim=16, **SMALL.get(name, {}))
+  return model, random_variables(model, size, seed=1)
+
+
+def _inputs(batch=3, size=SIZE, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).uniform(-1, 1, (batch, size, size, 3)), jnp.float32)
+
+
+def _reference(model, variables, x):
+  return np.asarray(jax.jit(lambda v, x: model.apply(v, x, method=model.embed))(variables, x))
+
+
+def test_small_table_covers_the_registry():
+  assert set(SMALL) == set(MODELS), 'add new registry models to SMALL so the rewrites are tested on them'
+
+
+@pytest.mark.parametrize('name', sorted(SMALL))
+def test_float32_rewrite_matches_reference(name):
+  size = SIZES.get(name, SIZE)
+  model, variables = _model(name, size)
+  x = _inputs(size=size)
+  ref = _reference(model, variables, x)
+  out = jax.jit(optimize_for_inference(model, variables, image_size=size))(x)
+  np.testing.assert_allclose(out, ref, atol=F32_TOL, err_msg=name)
+
+
+@pytest.mark.parametrize('name', ['vgg_small', 'mobilefacenet'])
+def test_low_precision_rewrites_keep_embeddings(name):
+  model, variables = _model(name)
+  x = _inputs()
+  ref = _reference(model, variables, x)
+  for dtype in ('bfloat16', 'int8'):
+    out = np.asarray(jax.jit(optimize_for_inference(model, variables, image_size=SIZE, dtype=dtype))(x))
+    assert out.dtype == np.float32
+    cos = np.sum(out * ref, axis=-1)
+    assert cos.min() >= LOW_PRECISION_MIN_COS, (name, dtype, cos)
+
+
+def test_int8_does_not_mix_examples_of_a_batch():
+  model, variables = _model('student_vgg')
+  fn = jax.jit(optimize_for_inference(model, variables, image_size=SIZE, dtype='int8'))
+  x = _inputs(4)
+  loud = x.at[1:].multiply(0).at[1:].add(50.0)  # other examples with a much larger range
+  np.testing.assert_allclose(fn(x)[:1], fn(loud)[:1], atol=1e-6)
+
+
+def test_xla_conv_lowering_with_weights_as_arguments():
+  model, variables = _model('mobilefacenet')  # plain, depthwise and global-depthwise convs, PReLU
+  x = _inputs()
+  fn = optimize_for_inference(model, variables, image_size=SIZE, conv='xla', weights='args')
+  np.testing.assert_allclose(jax.jit(fn.forward)(fn.params, x), _reference(model, variables, x), atol=F32_TOL)
+
+
+def test_bn_folding_math_on_conv_and_dense():
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.BatchNorm(use_running_average=True, epsilon=1e-3)(nn.Conv(5, (3, 3), strides=2, use_bias=True)(x))
+      x = nn.relu(x).reshape(x.shape[0], -1)
+      return nn.BatchNorm(use_running_average=True, use_scale=False)(nn.Dense(4, use_bias=False)(x))
+
+  net = Net()
+  x = _inputs(2, 8)
+  variables = jax.tree_util.tree_map(np.asarray, net.init(jax.random.PRNGKey(0), x))
+  rng = np.random.default_rng(0)
+  variables['batch_stats'] = jax.tree_util.tree_map(lambda v: rng.uniform(0.5, 2, v.shape).astype(np.float32),
+                                                    variables['batch_stats'])
+  variables['params']['BatchNorm_0'] = {k: rng.normal(size=v.shape).astype(np.float32)
+                                        for k, v in variables['params']['BatchNorm_0'].items()}
+  method = lambda m, x: m(x)
+  plan = trace_plan(net, variables, 8, method)
+  assert plan['BatchNorm_0'].fold_into == 'Conv_0' and plan['BatchNorm_1'].fold_into == 'Dense_0'
+  folded = fold_batch_norm(net, variables, 8, plan)
+  bn = variables['batch_stats']['BatchNorm_0']
+  g = variables['params']['BatchNorm_0']
+  s = g['scale'] / np.sqrt(bn['var'] + 1e-3)
+  np.testing.assert_allclose(folded['layers']['Conv_0']['kernel'], variables['params']['Conv_0']['kernel'] * s,
+                             rtol=1e-6)
+  np.testing.assert_allclose(folded['layers']['Conv_0']['bias'],
+                             (variables['params']['Conv_0']['bias'] - bn['mean']) * s + g['bias'], rtol=1e-5,
+                             atol=1e-6)
+  ref = net.apply(variables, x)
+  for conv in ('im2col', 'xla'):
+    fn = optimize_for_inference(net, variables, image_size=8, conv=conv, method=method)
+    np.testing.assert_allclose(jax.jit(fn.raw)(x), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_make_embed_fn_flip_modes_and_optimized_path():
+  model, variables = _model('student_vgg')
+  images = np.random.default_rng(0).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
+  plain = np.asarray(make_embed_fn(model, variables, FACEJAX, SIZE)(images))
+  assert plain.shape == (2, 16) and plain.dtype == np.float32
+  np.testing.assert_allclose(np.linalg.norm(plain, axis=-1), 1, atol=1e-5)
+  np.testing.assert_allclose(make_embed_fn(model, variables, FACEJAX, SIZE, optimize=True)(images), plain,
+                             atol=F32_TOL)
+  concat = np.asarray(make_embed_fn(model, variables, FACEJAX, SIZE, flip='concat')(images))
+  assert concat.shape == (2, 32)
+  np.testing.assert_allclose(concat[:, :16] * np.sqrt(2), plain, atol=1e-5)
+  symmetric = np.concatenate([images[:, :, :SIZE // 2], images[:, :, :SIZE // 2][:, :, ::-1]], axis=2)
+  np.testing.assert_allclose(make_embed_fn(model, variables, FACEJAX, SIZE, flip='sum')(symmetric),
+                             make_embed_fn(model, variables, FACEJAX, SIZE)(symmetric), atol=1e-5)
+  with pytest.raises(ValueError, match='flip'):
+    make_embed_fn(model, variables, FACEJAX, SIZE, flip='mirror')
+  with pytest.raises(ValueError, match=r'images: expected \[B, 32, 32, 3\]'):
+    make_embed_fn(model, variables, FACEJAX, SIZE)(images[:, :16])
+
+
+def test_embed_images_pads_the_tail_and_resizes():
+  model, variables = _model('student_vgg')
+  calls = []
+  fn = make_embed_fn(model, variables, FACEJAX, SIZE)
+
+  def counting(batch):
+    calls.append(batch.shape)
+    return fn(batch)
+
+  rng = np.random.default_rng(0)
+  images = [rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(5)]
+  images.append(rng.integers(0, 256, (50, 40, 3), dtype=np.uint8))  # resized/cropped on the way
+  out = embed_images(counting, images, SIZE, batch_size=4)
+  assert out.shape == (6, 16) and calls == [(4, SIZE, SIZE, 3)] * 2
+  np.testing.assert_allclose(out[:4], fn(np.stack(images[:4])), atol=1e-6)
+
+
+def test_benchmark_reports_aot_timing_and_flops():
+  a = jnp.ones((64, 64))
+  r = benchmark(lambda a: a @ a, (a,), warmup=1, runs=3)
+  assert {'compile_s', 'ms_median', 'ms_p90', 'gflops', 'backend', 'runs'} <= set(r)
+  assert r['runs'] == 3 and r['ms_p90'] >= r['ms_median'] > 0 and r['backend'] == 'cpu'
+  assert r['gflops'] == pytest.approx(2 * 64**3 / 1e9, rel=0.01)
+
+
+def test_benchmark_model_record_and_table():
+  model, variables = _model('student_vgg')
+  keys = {'model', 'params', 'gflops', 'batch_size', 'image_size', 'ms_median', 'ms_p90', 'compile_s', 'backend',
+          'ms_per_image', 'threads', 'peak_rss_mb', 'variant'}
+  plain = benchmark_model(model, variables, batch_size=2, image_size=SIZE, runs=2, warmup=1)
+  opt = benchmark_model(model, variables, batch_size=2, image_size=SIZE, runs=2, warmup=1, optimize=True)
+  assert keys <= set(plain) and keys <= set(opt)
+  assert plain['variant'] == 'plain' and opt['variant'].startswith('optimized')
+  assert plain['params'] == opt['params'] > 0 and plain['gflops'] == opt['gflops'] > 0
+  assert plain['ms_per_image'] == pytest.approx(plain['ms_median'] / 2, abs=1e-3)
+  table = markdown_table([dict(plain, model='student_vgg'), dict(opt, model='student_vgg')])
+  assert table.count('| student_vgg |') == 2
+
+
+def test_launch_benchmark_writes_the_design_json(tmp_path):
+  out = tmp_path / 'b.json'
+  subprocess.run([sys.executable, '-m', 'launch.benchmark', '--model=student_vgg', '--batch_size=2', '--image_size=24',
+                  '--optimize', '--runs=2', '--warmup=1', f'--json_out={out}'], cwd=REPO, check=True,
+                 capture_output=True)
+  record = json.loads(out.read_text())
+  assert {'model', 'params', 'gflops', 'batch_size', 'image_size', 'ms_median', 'ms_p90', 'compile_s',
+          'backend'} <= set(record)
+  assert record['model'] == 'student_vgg' and record['batch_size'] == 2 and record['image_size'] == 24
+
+
+@pytest.mark.parametrize('flip,dtype', [(None, 'float32'), ('sum', 'int8')])
+def test_export_round_trip_is_batch_polymorphic(tmp_path, flip, dtype):
+  model, variables = _model('student_vgg')
+  path = str(tmp_path / 'model.jaxexport')
+  exported = export_embedder(model, variables, FACEJAX, SIZE, flip=flip, optimize={'dtype': dtype})
+  info = save_exported(exported, path, {'model': 'student_vgg'})
+  assert info['input']['shape'] == [None, SIZE, SIZE, 3] and info['output']['shape'] == [None, 16]
+  loaded = load_exported(path)
+  assert loaded.image_size == SIZE and loaded.embed_dim == 16 and loaded.metadata['model'] == 'student_vgg'
+  images = np.random.default_rng(0).integers(0, 256, (5, SIZE, SIZE, 3), dtype=np.uint8)
+  reference = np.asarray(make_embed_fn(model, variables, FACEJAX, SIZE, flip=flip,
+                                       optimize={'dtype': dtype})(images))
+  np.testing.assert_allclose(loaded(images), reference, atol=1e-5)
+  np.testing.assert_allclose(loaded(images[:2]), reference[:2], atol=1e-5)
+  if dtype == 'float32':
+    np.testing.assert_allclose(loaded(images), make_embed_fn(model, variables, FACEJAX, SIZE, flip=flip)(images),
+                               atol=F32_TOL)
+
+
+def _fake_run(tmp_path, name='resnet18_w050'):
+  """A run directory in facejax.train's format: model.json + an orbax checkpoint of {'params', 'batch_stats'}."""
+  import orbax.checkpoint as ocp
+  model = build_model(name, num_classes=7, embed_dim=16, width=0.25)
+  variables = random_variables(model, SIZE, seed=2)
+  run = tmp_path / 'run'
+  (run / 'checkpoints' / '3').mkdir(parents=True)
+  info = {'name': name, 'num_classes': 7, 'embed_dim': 16, 'dropout': 0.0, 'kwargs': {'width': 0.25},
+          'image_size': SIZE, 'preprocessing': FACEJAX.to_dict(), 'task': 'classify'}
+  (run / 'model.json').write_text(json.dumps(info))
+  ckpt = ocp.StandardCheckpointer()
+  ckpt.save(str(run / 'checkpoints' / '3' / 'state'), {'params': variables['params'],
+                                                        'batch_stats': variables['batch_stats']})
+  ckpt.wait_until_finished()
+  return run, model, variables
+
+
+def test_launch_export_and_loader_without_model_code(tmp_path):
+  run, model, variables = _fake_run(tmp_path)
+  out = tmp_path / 'model.jaxexport'
+  subprocess.run([sys.executable, '-m', 'launch.export', f'--workdir={run}', f'--out={out}'], cwd=REPO, check=True,
+                 capture_output=True)
+  images = np.random.default_rng(0).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
+  np.save(tmp_path / 'images.npy', images)
+  loader = (
+      'import sys, numpy as np\n'
+      'from facejax.inference import load_exported\n'
+      f'emb = load_exported({str(out)!r})(np.load({str(tmp_path / "images.npy")!r}))\n'
+      f'np.save({str(tmp_path / "emb.npy")!r}, emb)\n'
+      'print(sorted(m for m in sys.modules if m.startswith("facejax")))\n'
+      'assert "facejax.models" not in sys.modules and "flax" not in sys.modules\n')
+  proc = subprocess.run([sys.executable, '-c', loader], cwd=REPO, capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  reference = make_embed_fn(model, variables, FACEJAX, SIZE)(images)
+  np.testing.assert_allclose(np.load(tmp_path / 'emb.npy'), reference, atol=F32_TOL)
