@@ -33,6 +33,7 @@ import hashlib
 import json
 import math
 import os
+
 import numpy as np
 
 from facejax.models import dlib_resnet as dr
