@@ -185,3 +185,23 @@ def test_device_count_does_not_change_training(tmp_path):
     assert p.wait() == 0, output(p)
     runs[n] = ckpt.restore_variables(str(tmp_path / f'dev{n}'), 4)
   assert_trees_equal(runs[1], runs[8], rtol=1e-4, atol=1e-5)
+
+
+def test_two_processes_agree_with_one(tmp_path):
+  """2 processes (jax.distributed on 127.0.0.1, 1 CPU device each, disjoint data shards) vs 1 process with
+  2 devices: same global batches, same params up to summation order. (Augmentation off: its random streams
+  are per process.)"""
+  steps = ['--config.total_steps=4', '--config.data.augment=False']
+  p = run_train(tmp_path / 'single', overrides=steps, device_count=2)
+  assert p.wait() == 0, output(p)
+  import socket
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  procs = [run_train(tmp_path / 'multi', overrides=steps + [f'--jax_coordinator=127.0.0.1:{port}',
+                                                             '--jax_num_processes=2', f'--jax_process_id={i}'],
+                     device_count=1, log=f'{tmp_path}/multi{i}.log') for i in range(2)]
+  for q in procs:
+    assert q.wait(timeout=600) == 0, output(q)
+  assert_trees_equal(ckpt.restore_variables(str(tmp_path / 'single'), 4),
+                     ckpt.restore_variables(str(tmp_path / 'multi'), 4), rtol=1e-4, atol=1e-5)
