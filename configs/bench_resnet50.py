@@ -1,0 +1,17 @@
+"""Training throughput: ResNet-50 identity classification at 224x224, bf16 compute, global batch 256,
+10,575 identities (CASIA-WebFace's count) -- the issue-8 reference point (torch.compile ~5,570 img/s on one H100).
+
+  python -m launch.benchmark_train --config=configs/bench_resnet50.py --data=device
+  python -m launch.benchmark_train --prepare_data=/tmp/fj_bench            # once: 1,600 JPEG faces -> ArrayRecord
+  python -m launch.benchmark_train --config=configs/bench_resnet50.py:data_dir=/tmp/fj_bench --data=pipeline
+
+Arg (comma-separated key=value): model=resnet50, batch=256, size=224, classes=10575, data_dir='' (prepared bench
+folders; '' reads the on-the-fly synthetic faces), tiny (CPU smoke: same code at 1/16 width, 32x32, batch 8).
+"""
+from facejax.train.benchmark import benchmark_config, parse_arg
+
+
+def get_config(arg=None):
+  a = parse_arg(arg, model='resnet50', batch=256, size=224, classes=10575, data_dir='', tiny=False)
+  return benchmark_config('classify', a.model, image_size=a.size, batch_size=a.batch, num_classes=a.classes,
+                          data_dir=a.data_dir, tiny=a.tiny)

@@ -1,0 +1,682 @@
+"""Training throughput of the trainer's own step: images/s, step time, compile time, MFU and device memory.
+
+`benchmark_training(config, steps=30, warmup=5, data='device')` builds what `facejax.train.train` builds (the
+task, the optimizer, the TrainState, the pmapped step with the state donated) and times it on
+
+  data='device'    one random uint8 batch already sharded over the local devices, reused every step: pure
+                   compute, the ceiling the input pipeline has to reach;
+  data='pipeline'  the real grain `train_loader` over `config.data` (a prepared ArrayRecord dataset or the
+                   synthetic source), moved to the devices ahead of the step by `DeviceFeed`.
+
+Timing dispatches `window` steps back to back and blocks once at the end of each window (no host sync per
+step); the step time is the median over windows, so start-up transients (grain buffers filled during
+compilation) show in `window_ms` but not in the median. FLOPs come from the compiled step's cost analysis,
+which for a pmapped step describes one device's program; MFU = those FLOPs / step time / the chip's dense bf16
+peak (`PEAK_BF16_TFLOPS`, or `peak_tflops=`). They are the FLOPs XLA executes (forward, backward, optimizer,
+BN), not an analytic 6ND model count.
+
+The `bench` config section (`bench_section()`) holds what only the benchmark needs: a fixed class count (so the
+device and pipeline runs compile the same program), a randomly initialised distillation teacher named by
+registry name (no teacher run directory needed), and the input-pipeline knobs.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import io
+import os
+import queue
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from facejax.train.state import create_train_state, make_optimizer
+from facejax.train.steps import AXIS, make_p_train_step
+from facejax.train.tasks import ModelIO, make_task
+
+# Dense bf16 peak per chip, TFLOP/s (vendor datasheets, no sparsity). Matched as substrings of device_kind,
+# longest first: 'NVIDIA H100 PCIe' must not read as the SXM part.
+PEAK_BF16_TFLOPS = {
+    'H100 PCIe': 756.0,
+    'H100 NVL': 835.0,
+    'H100': 989.0,  # SXM5 (device_kind 'NVIDIA H100 80GB HBM3')
+    'H200': 989.0,
+    'GH200': 989.0,
+    'A100': 312.0,
+    'L4': 121.0,
+    'TPU v4': 275.0,
+    'TPU v5 lite': 197.0,
+    'TPU v5e': 197.0,
+    'TPU v5p': 459.0,
+    'TPU v6 lite': 918.0,
+    'TPU v6e': 918.0,
+}
+
+
+def peak_tflops_for(device_kind: str) -> float | None:
+  """Dense bf16 TFLOP/s of one chip of this `device_kind`, None when unknown (CPU, unlisted chips)."""
+  for name in sorted(PEAK_BF16_TFLOPS, key=len, reverse=True):
+    if name.lower() in device_kind.lower():
+      return PEAK_BF16_TFLOPS[name]
+  return None
+
+
+def bench_section() -> ml_collections.ConfigDict:
+  """The `config.bench` defaults (benchmark-only fields; `train` never reads them)."""
+  return ml_collections.ConfigDict(dict(
+      # Classifier size; 0: from the data source, as `train` does. Fixed, the device and pipeline runs compile
+      # the same step (and share the persistent compilation cache) whatever the prepared dataset holds.
+      num_classes=0,
+      # Distillation teacher with random weights when config.distill.teacher_workdir is '' (speed does not
+      # depend on the weights): a registry name, its embedding size, input size and preprocessing.
+      teacher=ml_collections.ConfigDict(dict(name='', embed_dim=128, image_size=224, preprocessing='facejax',
+                                             kwargs=ml_collections.ConfigDict())),
+      # 'numpy': random variables drawn on the host (facejax.inference.benchmark.random_variables), no init
+      # compile; 'trainer': the trainer's own initialisation (jitted init, config.init.path honoured).
+      init='numpy',
+      window=5,  # steps dispatched between two host syncs
+      peak_tflops=0.0,  # per chip; 0: PEAK_BF16_TFLOPS by device kind
+      # Input pipeline (data='pipeline').
+      prefetch='thread',  # 'thread' | 'device_put' | 'none' (see DeviceFeed)
+      prefetch_depth=2,  # batches on the devices ahead of the step
+      num_workers=-1,  # grain worker processes; -1: cpu_count - 4 (at least 0)
+      num_threads=2,  # grain read threads per process
+      grain_prefetch=2,  # grain prefetch buffer (batches) per process
+      cache='none',  # 'none' | 'decoded': decode every record once into memory first (threads only)
+      loader_seconds=3.0,  # loader-only throughput measured this long before training (0: skip)
+  ))
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """'key=value,key=value' (a config file's `:arg`) -> ConfigDict over `defaults`, each value cast to its
+  default's type; a bare 'key' sets a bool to True. Unknown keys are refused."""
+  out = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or '').split(',')):
+    key, eq, value = item.partition('=')
+    if key not in defaults:
+      raise ValueError(f'config arg {item!r}: unknown key {key!r}; expected one of {sorted(defaults)}')
+    kind = type(defaults[key])
+    if kind is bool:
+      out[key] = (value.lower() in ('1', 'true', 'yes')) if eq else True
+    else:
+      out[key] = kind(value)
+  return out
+
+
+# Models shrunk for CPU smoke runs (`:tiny`): same registry names and code paths, 1/16-1/8 of the width.
+TINY_KWARGS = {'resnet50': dict(width=0.0625), 'vgg16': dict(width=0.0625, fc_dims=(32, 32)),
+               'mobilefacenet': dict(width=0.125, out_dim=32), 'resnet18': dict(width=0.125)}
+
+
+def benchmark_config(task: str, model: str, *, image_size: int, batch_size: int = 256, num_classes: int = 10575,
+                     data_dir: str = '', teacher: str = '', teacher_image_size: int = 224,
+                     tiny: bool = False) -> ml_collections.ConfigDict:
+  """A training config for benchmark_training: bf16 compute, the trainer's default optimizer, a fixed class
+  count (CASIA-WebFace's 10,575 by default) and data from the bench folders prepared under `data_dir`
+  (`prepare_bench_folders`), else the on-the-fly synthetic faces at 250x250.
+
+  tiny: the same models (and dtype) at a fraction of their width, 32x32 inputs, batch 8, 16 classes: a CPU
+  smoke run of the same code paths."""
+  from facejax.train.config import base_config
+  c = base_config()
+  c.task = task
+  c.half_precision = True
+  c.batch_size = batch_size
+  c.total_steps = 10_000  # the schedule's length only; the benchmark runs what it is told
+  c.progress = False
+  c.model.name = model
+  c.model.image_size = image_size
+  c.bench = bench_section()
+  c.bench.num_classes = num_classes
+  if data_dir:
+    c.data.source = 'folders'
+    c.data.kwargs = ml_collections.ConfigDict(dict(data_dir=data_dir, name='bench'))
+  else:
+    c.data.kwargs = ml_collections.ConfigDict(dict(num_identities=200, images_per_identity=8, image_size=250))
+  if teacher:
+    c.bench.teacher.name = teacher
+    c.bench.teacher.image_size = teacher_image_size
+  if tiny:
+    c.batch_size = 8
+    c.model.image_size = 32
+    c.model.kwargs = ml_collections.ConfigDict(TINY_KWARGS.get(model, {}))
+    c.bench.num_classes = 16
+    c.bench.teacher.image_size = 32
+    c.bench.teacher.kwargs = ml_collections.ConfigDict(TINY_KWARGS.get(teacher, {}))
+    c.bench.num_workers = 0
+    c.bench.loader_seconds = 0.5
+    if not data_dir:
+      c.data.kwargs = ml_collections.ConfigDict(dict(num_identities=8, images_per_identity=4, image_size=40))
+  return c
+
+
+# ---------------------------------------------------------------------------------------------------- setup
+
+
+@dataclasses.dataclass
+class TrainingSetup:
+  """What `train` would build, ready to step: the task, host state, the pmapped step and the frozen inputs."""
+  task: Any
+  student: ModelIO
+  teacher: ModelIO | None
+  state: Any
+  p_step: Callable
+  frozen: dict
+  num_classes: int
+  params: int
+  teacher_params: int | None
+
+
+def _count(tree) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def _dtype(config):
+  return jnp.bfloat16 if config.half_precision else jnp.float32
+
+
+def random_teacher(config: ml_collections.ConfigDict, num_classes: int) -> tuple[ModelIO, dict]:
+  """The distillation teacher `config.bench.teacher` names, with random weights (host-drawn, no compile)."""
+  from facejax.inference.benchmark import random_variables
+  from facejax.models import PREPROCESSING, build_model
+  t = config.bench.teacher
+  if t.preprocessing not in PREPROCESSING:
+    raise ValueError(f'config.bench.teacher.preprocessing={t.preprocessing!r}: expected one of '
+                     f'{sorted(PREPROCESSING)}')
+  model = build_model(t.name, num_classes, t.embed_dim, dtype=_dtype(config), **t.kwargs.to_dict())
+  variables = random_variables(model, t.image_size, config.seed + 1, method='forward')
+  return ModelIO(model, PREPROCESSING[t.preprocessing], t.image_size), variables
+
+
+def build_training(config: ml_collections.ConfigDict, num_classes: int) -> TrainingSetup:
+  """The trainer's pieces for `config` (facejax.train.loop.train, minus data, checkpoints and logging)."""
+  from facejax.train import loop  # the trainer's own model/teacher/init builders
+  student = loop._model_io(config, num_classes)  # pylint: disable=protected-access
+  teacher, teacher_vars = None, None
+  if config.task == 'distill':
+    if config.distill.teacher_workdir:
+      teacher, teacher_vars = loop._teacher(config)  # pylint: disable=protected-access
+    elif config.bench.teacher.name:
+      teacher, teacher_vars = random_teacher(config, num_classes)
+    else:
+      raise ValueError('config.task=distill: set config.distill.teacher_workdir (a classify run) or '
+                       'config.bench.teacher.name (a registry model with random weights)')
+  task = make_task(config, loop._model_io(config, num_classes, bn_axis=AXIS), teacher, teacher_vars)  # pylint: disable=protected-access
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, state_rng = jax.random.split(rng)
+  if config.bench.init == 'numpy':
+    from facejax.inference.benchmark import random_variables
+    variables = random_variables(student.model, student.image_size, config.seed, method='forward')
+  elif config.bench.init == 'trainer':
+    variables, _ = loop._initial_variables(config, student, init_rng)  # pylint: disable=protected-access
+  else:
+    raise ValueError(f"config.bench.init={config.bench.init!r}: expected 'numpy' or 'trainer'")
+  tx, schedule = make_optimizer(config.optim, config.total_steps, variables['params'])
+  state = create_train_state(state_rng, student.model, tx, student.image_size, variables)
+  return TrainingSetup(task=task, student=student, teacher=teacher, state=state,
+                       p_step=make_p_train_step(task.loss_fn, tx, schedule), frozen=task.frozen(),
+                       num_classes=num_classes, params=_count(variables['params']),
+                       teacher_params=None if teacher_vars is None else _count(teacher_vars['params']))
+
+
+def batch_sharding(devices=None) -> NamedSharding:
+  """Leading axis split over the local devices: what the pmapped step reads ([D, B/D, ...])."""
+  devices = devices or jax.local_devices()
+  return NamedSharding(Mesh(np.asarray(devices), (AXIS,)), PartitionSpec(AXIS))
+
+
+def replicate(tree, sharding):
+  """A copy of `tree` on every device of `sharding`, stacked on a new leading axis (what pmap expects)."""
+  n = len(sharding.device_set)
+  return jax.tree_util.tree_map(
+      lambda x: jax.device_put(np.broadcast_to(np.asarray(x)[None], (n,) + np.shape(x)), sharding), tree)
+
+
+def device_batch(config: ml_collections.ConfigDict, image_size: int, num_classes: int, sharding) -> dict:
+  """One random batch, already on the devices: {'image': uint8 [D, B/D, S, S, 3], 'label': int32 [D, B/D]}.
+  Labels follow the configured sampler (P x K identity blocks for 'identity', so contrastive pairs exist)."""
+  n_dev = len(sharding.device_set)
+  batch = config.batch_size // jax.process_count()
+  rng = np.random.default_rng(config.seed)
+  images = rng.integers(0, 256, (n_dev, batch // n_dev, image_size, image_size, 3), dtype=np.uint8)
+  if config.data.sampler == 'identity':
+    labels = (np.arange(batch) // config.data.images_per_identity) % num_classes
+  else:
+    labels = rng.integers(0, num_classes, batch)
+  return jax.device_put({'image': images, 'label': labels.reshape(n_dev, -1).astype(np.int32)}, sharding)
+
+
+# ----------------------------------------------------------------------------------------------- input feed
+
+
+class DeviceFeed:
+  """Host batches ({'image', 'label', ...} numpy [D, B/D, ...]) -> the step's input, `depth` batches ahead.
+
+  mode 'thread'      a background thread pulls host batches and `jax.device_put`s them (async copies) into a
+                     queue of `depth`: the training thread only dispatches steps.
+  mode 'device_put'  flax's prefetch_to_device: `depth` batches put on the devices ahead, pulled and put by
+                     the training thread between dispatches.
+  mode 'none'        numpy straight into the step (pmap copies it to the devices inside the call).
+  `wait_s` collects the seconds the training thread waited in each `next()`.
+  """
+
+  def __init__(self, iterator: Iterator[dict], sharding, *, mode: str = 'thread', depth: int = 2,
+               keys: tuple[str, ...] = ('image', 'label')):
+    if mode not in ('thread', 'device_put', 'none'):
+      raise ValueError(f"DeviceFeed: mode={mode!r}: expected 'thread', 'device_put' or 'none'")
+    self._it, self._sharding, self.mode, self._depth, self._keys = iterator, sharding, mode, max(1, depth), keys
+    self.wait_s: list[float] = []
+    self._ahead: list = []
+    self._stop = threading.Event()
+    if mode == 'thread':
+      self._queue: queue.Queue = queue.Queue(maxsize=self._depth)
+      self._thread = threading.Thread(target=self._fill, name='DeviceFeed', daemon=True)
+      self._thread.start()
+
+  def _host(self) -> dict:
+    batch = next(self._it)
+    return {k: batch[k] for k in self._keys}
+
+  def _put(self, batch: dict):
+    return jax.device_put(batch, self._sharding)
+
+  def _fill(self):
+    try:
+      while not self._stop.is_set():
+        item = self._put(self._host())
+        while not self._stop.is_set():
+          try:
+            self._queue.put(item, timeout=0.1)
+            break
+          except queue.Full:
+            pass
+    except BaseException as e:  # pylint: disable=broad-except  # re-raised in the training thread
+      self._queue.put(e)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    t0 = time.perf_counter()
+    if self.mode == 'thread':
+      item = self._queue.get()
+      if isinstance(item, BaseException):
+        raise item
+    elif self.mode == 'device_put':
+      try:
+        while len(self._ahead) < self._depth:
+          self._ahead.append(self._put(self._host()))
+      except StopIteration:
+        if not self._ahead:
+          raise
+      item = self._ahead.pop(0)
+    else:
+      item = self._host()
+    self.wait_s.append(time.perf_counter() - t0)
+    return item
+
+  def close(self):
+    self._stop.set()
+    if self.mode == 'thread':
+      self._thread.join(timeout=5)
+
+
+class ConstantFeed:
+  """The same on-device batch every step (data='device')."""
+
+  def __init__(self, batch: dict):
+    self.batch, self.wait_s = batch, []
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    return self.batch
+
+  def close(self):
+    pass
+
+
+class DecodedRecords:
+  """A record source with every image decoded once into memory (uint8 [H, W, 3]); decoding runs on `threads`
+  threads (PIL releases the GIL). The loader then only crops, augments and batches."""
+
+  def __init__(self, source, threads: int = 8):
+    from facejax.data.pipeline import as_rgb_array
+    self.num_classes = source.num_classes
+    self._labels = None if getattr(source, 'labels', None) is None else np.asarray(source.labels)
+
+    def read(i):
+      r = source[i]
+      return {**r, 'image': as_rgb_array(r['image'])}
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
+      self._records = list(pool.map(read, range(len(source))))
+    self.nbytes = int(sum(r['image'].nbytes for r in self._records))
+
+  @property
+  def labels(self):
+    if self._labels is None:
+      self._labels = np.asarray([r['label'] for r in self._records], np.int32)
+    return self._labels
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def __getitem__(self, i) -> dict:
+    return self._records[int(i)]
+
+  def __getstate__(self):
+    raise TypeError('DecodedRecords holds the decoded images in this process: use it with num_workers=0 '
+                    '(grain threads), not worker processes')
+
+
+def loader_throughput(iterator, batch_size: int, seconds: float, max_batches: int = 400) -> float | None:
+  """Images/s of a host loader on its own. Counts only after the first batch it had to wait for (> 2 ms):
+  batches buffered while the step compiled would otherwise inflate the rate."""
+  if seconds <= 0:
+    return None
+  stamps, steady = [], None
+  start = time.perf_counter()
+  for n in range(max_batches):
+    t0 = time.perf_counter()
+    next(iterator)
+    t1 = time.perf_counter()
+    if steady is None and t1 - t0 > 2e-3:
+      steady = n
+    stamps.append(t1)
+    if t1 - start > seconds and len(stamps) >= 4:
+      break
+  first = steady if steady is not None and len(stamps) - steady >= 3 else 0
+  if len(stamps) - first < 2:
+    return None
+  return (len(stamps) - first - 1) * batch_size / (stamps[-1] - stamps[first])
+
+
+def _auto_workers(n: int) -> int:
+  return max(0, (os.cpu_count() or 1) - 4) if n < 0 else n
+
+
+def _pipeline(config, image_size: int, num_classes: int, sharding, log) -> tuple[DeviceFeed, dict, Any]:
+  """The trainer's grain loader over config.data, optionally with decoded records cached, behind a DeviceFeed."""
+  from facejax import data as fdata
+  b = config.bench
+  t0 = time.perf_counter()
+  source = fdata.make_source(config.data.source, **config.data.kwargs.to_dict())
+  if int(source.num_classes) > num_classes:
+    raise ValueError(f'config.bench.num_classes={num_classes}: the data source has {source.num_classes} '
+                     'identities; raise it or set 0 (from the source)')
+  info = {'data_source': config.data.source, 'records': len(source), 'identities': int(source.num_classes),
+          'dataset_dir': getattr(source, 'dataset_dir', None), 'cache': b.cache,
+          'encoded': hasattr(source, 'dataset_dir')}  # TfdsSource: JPEG/PNG bytes decoded on every read
+  workers = _auto_workers(b.num_workers)
+  if b.cache == 'decoded':
+    if workers:
+      raise ValueError('config.bench.cache=decoded keeps the images in this process: set '
+                       'config.bench.num_workers=0 and raise config.bench.num_threads instead')
+    source = DecodedRecords(source, threads=max(b.num_threads, 2))
+    info['cache_bytes'] = source.nbytes
+  elif b.cache != 'none':
+    raise ValueError(f"config.bench.cache={b.cache!r}: expected 'none' or 'decoded'")
+  info['source_s'] = round(time.perf_counter() - t0, 2)
+  n_dev = len(sharding.device_set)
+  loader = fdata.train_loader(source, global_batch_size=config.batch_size, image_size=image_size, seed=config.seed,
+                              num_devices=n_dev, augment=config.data.augment, sampler=config.data.sampler,
+                              images_per_identity=config.data.images_per_identity,
+                              process_index=jax.process_index(), process_count=jax.process_count(),
+                              num_threads=b.num_threads, prefetch=b.grain_prefetch, num_workers=workers)
+  info.update(num_workers=workers, num_threads=b.num_threads, grain_prefetch=b.grain_prefetch,
+              prefetch=b.prefetch, prefetch_depth=b.prefetch_depth, augment=bool(config.data.augment),
+              sampler=config.data.sampler)
+  if b.loader_seconds > 0:
+    ips = loader_throughput(loader, config.batch_size // jax.process_count(), b.loader_seconds)
+    info['loader_img_per_s'] = None if ips is None else round(ips, 1)
+    log(f'loader alone: {info["loader_img_per_s"]} img/s ({workers} workers x {b.num_threads} threads)')
+  return DeviceFeed(loader, sharding, mode=b.prefetch, depth=b.prefetch_depth), info, loader
+
+
+# ------------------------------------------------------------------------------------------------- timing
+
+
+def _memory(devices, compiled) -> dict:
+  out = {}
+  stats = [d.memory_stats() for d in devices]
+  if all(stats):
+    out['peak_bytes_in_use'] = int(max(s.get('peak_bytes_in_use', 0) for s in stats))
+    out['bytes_limit'] = int(max(s.get('bytes_limit', 0) for s in stats))
+  try:
+    m = compiled.memory_analysis()
+    for k in ('argument_size_in_bytes', 'output_size_in_bytes', 'alias_size_in_bytes', 'temp_size_in_bytes',
+              'generated_code_size_in_bytes'):
+      if hasattr(m, k):
+        out[f'compiled_{k.replace("_size_in_bytes", "_bytes")}'] = int(getattr(m, k))
+  except Exception:  # pylint: disable=broad-except  # not every backend implements it
+    pass
+  return out
+
+
+def _first(tree):
+  return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
+
+
+def _label(config) -> str:
+  if config.task == 'distill':
+    teacher = config.bench.teacher.name or os.path.basename(config.distill.teacher_workdir.rstrip('/'))
+    return f'{teacher}->{config.model.name}'
+  return config.model.name
+
+
+def benchmark_training(config: ml_collections.ConfigDict, *, steps: int = 30, warmup: int = 5,
+                       data: str = 'device', window: int | None = None, peak_tflops: float | None = None,
+                       log: Callable[[str], None] | None = None) -> dict:
+  """Time `steps` training steps of `config` after `warmup`; -> one JSON-serialisable record (module doc).
+
+  data: 'device' (one on-device batch reused: pure compute) or 'pipeline' (the grain loader of config.data,
+  fed ahead of the step by DeviceFeed(config.bench.prefetch)). window: steps per host sync (default
+  config.bench.window). peak_tflops: per-chip dense bf16 peak for MFU (default config.bench.peak_tflops, then
+  PEAK_BF16_TFLOPS by device kind).
+  """
+  if data not in ('device', 'pipeline'):
+    raise ValueError(f"data={data!r}: expected 'device' or 'pipeline'")
+  if steps < 1 or warmup < 0:
+    raise ValueError(f'steps={steps}, warmup={warmup}: expected steps >= 1 and warmup >= 0')
+  log = log or (lambda s: None)
+  config = ml_collections.ConfigDict(config)
+  if 'bench' not in config:
+    with config.unlocked():
+      config.bench = bench_section()
+  window = max(1, min(window or config.bench.window, steps))
+  devices = jax.local_devices()
+  n_dev = len(devices)
+  if config.batch_size % (n_dev * jax.process_count()):
+    raise ValueError(f'config.batch_size={config.batch_size} must divide evenly over {jax.process_count()} '
+                     f'process(es) x {n_dev} local device(s)')
+  t_start = time.perf_counter()
+  num_classes = int(config.bench.num_classes)
+  if num_classes <= 0:
+    from facejax import data as fdata
+    num_classes = int(fdata.make_source(config.data.source, **config.data.kwargs.to_dict()).num_classes)
+  setup = build_training(config, num_classes)
+  sharding = batch_sharding(devices)
+  image_size = setup.student.image_size
+  pstate = replicate(setup.state, sharding)
+  frozen = replicate(setup.frozen, sharding)
+  example = device_batch(config, image_size, num_classes, sharding)
+  jax.block_until_ready((pstate, frozen, example))
+  setup_s = time.perf_counter() - t_start
+  log(f'setup {setup_s:.1f}s: {_label(config)} {config.task}, {setup.params / 1e6:.2f}M params, '
+      f'batch {config.batch_size} on {n_dev} x {devices[0].device_kind}')
+
+  t_lower = time.perf_counter()
+  lowered = setup.p_step.lower(pstate, example, frozen)
+  t_compile = time.perf_counter()
+  compiled = lowered.compile()
+  compile_s, lower_s = time.perf_counter() - t_lower, t_compile - t_lower
+  log(f'compiled in {compile_s:.1f}s (trace+lower {lower_s:.1f}s)')
+
+  from facejax.inference.benchmark import compiled_flops
+  flops = compiled_flops(compiled)  # one device's program (pmap compiles the per-device computation)
+
+  record: dict = {}
+  loader = None
+  if data == 'device':
+    feed = ConstantFeed(example)
+    record.update(data_source='device: one random uint8 batch, on the devices, reused every step', cache=None)
+  else:
+    del example
+    feed, info, loader = _pipeline(config, image_size, num_classes, sharding, log)
+    record.update(info)
+
+  try:
+    for _ in range(warmup):
+      pstate, metrics = compiled(pstate, next(feed), frozen)
+    if warmup:
+      jax.block_until_ready(metrics)
+    feed.wait_s.clear()
+    window_s, done = [], 0
+    while done < steps:
+      n = min(window, steps - done)
+      t0 = time.perf_counter()
+      for _ in range(n):
+        pstate, metrics = compiled(pstate, next(feed), frozen)
+      jax.block_until_ready(metrics)
+      window_s.append((time.perf_counter() - t0, n))
+      done += n
+  finally:
+    feed.close()
+    if loader is not None and hasattr(loader, 'close'):
+      loader.close()
+
+  per_step = np.asarray([s / n for s, n in window_s])
+  step_s = float(np.median(per_step))
+  total_s = sum(s for s, _ in window_s)
+  last = {k: float(v) for k, v in _first(metrics).items()}
+  nonfinite = int(_first(pstate.nonfinite_total))
+  kind = devices[0].device_kind
+  peak = peak_tflops or config.bench.peak_tflops or peak_tflops_for(kind)
+  per_device_batch = config.batch_size // jax.process_count() // n_dev
+  teacher = setup.teacher
+  record = {
+      'task': config.task,
+      'model': config.model.name,
+      'teacher': (config.bench.teacher.name or config.distill.teacher_workdir) if teacher else None,
+      'label': _label(config),
+      'data': data,
+      **record,
+      'batch_size': int(config.batch_size),
+      'per_device_batch': per_device_batch,
+      'image_size': image_size,
+      'teacher_image_size': teacher.image_size if teacher else None,
+      'dtype': 'bfloat16' if config.half_precision else 'float32',
+      'num_classes': num_classes,
+      'params': setup.params,
+      'teacher_params': setup.teacher_params,
+      'steps': steps,
+      'warmup': warmup,
+      'window': window,
+      'img_per_s': round(config.batch_size / step_s, 1),
+      'img_per_s_mean': round(steps * config.batch_size / total_s, 1),
+      'step_ms_median': round(step_s * 1e3, 3),
+      'step_ms_min': round(float(per_step.min()) * 1e3, 3),
+      'step_ms_max': round(float(per_step.max()) * 1e3, 3),
+      'window_ms': [round(float(x) * 1e3, 2) for x in per_step],
+      'host_wait_ms_median': round(float(np.median(feed.wait_s)) * 1e3, 3) if feed.wait_s else 0.0,
+      'host_wait_frac': round(float(np.sum(feed.wait_s)) / total_s, 4) if feed.wait_s else 0.0,
+      'compile_s': round(compile_s, 2),
+      'lower_s': round(lower_s, 2),
+      'setup_s': round(setup_s, 2),
+      'gflops_per_step_per_device': None if flops is None else round(flops / 1e9, 3),
+      'train_gflops_per_image': None if flops is None else round(flops / per_device_batch / 1e9, 3),
+      'tflops_per_s_per_device': None if flops is None else round(flops / step_s / 1e12, 2),
+      'peak_tflops': peak,
+      'mfu': None if (flops is None or not peak) else round(flops / step_s / (peak * 1e12), 4),
+      'memory': _memory(devices, compiled),
+      'final_loss': last.get('loss'),
+      'metrics': last,
+      'nonfinite_total': nonfinite,
+      'backend': jax.default_backend(),
+      'device_kind': kind,
+      'num_devices': n_dev,
+      'process_count': jax.process_count(),
+      'jax_version': jax.__version__,
+      'cpu_count': os.cpu_count(),
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
+  }
+  log(f'{record["label"]} {config.task} [{data}]: {record["img_per_s"]} img/s, {record["step_ms_median"]} ms/step, '
+      f'MFU {record["mfu"]}, compile {record["compile_s"]}s')
+  return record
+
+
+# --------------------------------------------------------------------------------------- data and reports
+
+
+def _render_folder_chunk(root: str, num_identities: int, images_per_identity: int, image_size: int,
+                         indices: list[int]) -> int:
+  from PIL import Image
+
+  from facejax.data import SyntheticFaces
+  faces = SyntheticFaces(num_identities, images_per_identity, image_size=image_size, cache_bytes=0)
+  for i in indices:
+    r = faces[i]
+    folder = os.path.join(root, r['identity'])
+    os.makedirs(folder, exist_ok=True)
+    buf = io.BytesIO()
+    Image.fromarray(r['image']).save(buf, format='JPEG', quality=90)
+    with open(os.path.join(folder, f'{i:06d}.jpg'), 'wb') as f:
+      f.write(buf.getvalue())
+  return len(indices)
+
+
+def prepare_bench_folders(data_dir: str, *, num_identities: int = 200, images_per_identity: int = 8,
+                          image_size: int = 250, name: str = 'bench', processes: int | None = None) -> str:
+  """A CASIA-WebFace-like identity-folder dataset (synthetic faces as image_size^2 JPEGs, quality 90), prepared
+  as ArrayRecord under data_dir for make_source('folders', data_dir=..., name=...). Renders in `processes`
+  worker processes; reused if already prepared. -> the prepared dataset dir."""
+  from facejax.data.folders import prepare_folders, prepared_dir
+  out = prepared_dir(data_dir, name)
+  if os.path.exists(os.path.join(out, 'dataset_info.json')):
+    return out
+  root = os.path.join(data_dir, f'{name}_jpeg')
+  n = num_identities * images_per_identity
+  processes = max(1, min(processes or (os.cpu_count() or 1), 16, n))
+  chunks = [list(range(k, n, processes)) for k in range(processes)]
+  args = [(root, num_identities, images_per_identity, image_size, c) for c in chunks]
+  if processes == 1:
+    _render_folder_chunk(*args[0])
+  else:
+    with concurrent.futures.ProcessPoolExecutor(processes) as pool:
+      list(pool.map(_render_folder_chunk, *zip(*args)))
+  return prepare_folders(root, data_dir, name=name, val_fraction=0.0)[0]
+
+
+def summary_table(records: list[dict]) -> str:
+  """Markdown: one row per measurement (task, model, data, batch, img/s, step ms, MFU, compile s, memory)."""
+  def fmt(v, f='{:.1f}'):
+    return '-' if v is None else f.format(v)
+
+  lines = ['| name | task | model | data | batch | img/s | step ms | MFU | compile s | peak mem GiB | loader img/s |',
+           '|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|']
+  for r in records:
+    if 'error' in r:
+      lines.append(f"| {r.get('name', '?')} | failed: {r['error'][:80]} |  |  |  |  |  |  |  |  |  |")
+      continue
+    data = r['data'] if r['data'] == 'device' else (f"pipeline ({r.get('prefetch')}, {r.get('num_workers')}w, "
+                                                      f"cache {r.get('cache')})")
+    mem = r.get('memory', {}).get('peak_bytes_in_use')
+    lines.append(
+        f"| {r.get('name', '')} | {r['task']} | {r['label']}@{r['image_size']} | {data} | {r['batch_size']} | "
+        f"{fmt(r['img_per_s'], '{:.0f}')} | {fmt(r['step_ms_median'], '{:.2f}')} | "
+        f"{fmt(None if r['mfu'] is None else 100 * r['mfu'], '{:.1f}%')} | {fmt(r['compile_s'])} | "
+        f"{fmt(None if mem is None else mem / 2**30, '{:.1f}')} | {fmt(r.get('loader_img_per_s'), '{:.0f}')} |")
+  if records:
+    r = next((x for x in records if 'device_kind' in x), {})
+    lines.append('')
+    lines.append(f"{r.get('num_devices', '?')} x {r.get('device_kind', '?')} ({r.get('backend', '?')}), jax "
+                 f"{r.get('jax_version', '?')}, peak {r.get('peak_tflops')} TFLOP/s bf16 per chip")
+  return '\n'.join(lines)

@@ -1,0 +1,84 @@
+"""Training throughput of one config: img/s, step time, compile time, MFU, device memory, as JSON.
+
+  python -m launch.benchmark_train --config=configs/bench_resnet50.py --data=device --steps=30 --json_out=PATH
+  python -m launch.benchmark_train --config=configs/bench_resnet50.py:data_dir=D --data=pipeline
+  python -m launch.benchmark_train --prepare_data=D      # the bench identity folders (JPEG) -> ArrayRecord, then exit
+  python -m launch.benchmark_train --summarize=DIR       # markdown table of DIR/*.json (+ DIR/summary.md)
+
+Pipeline knobs live in the config: --config.bench.prefetch=thread|device_put|none, --config.bench.num_workers=N,
+--config.bench.cache=none|decoded. XLA flags act per process: set them in the environment; the JSON records them.
+"""
+import glob
+import json
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Training config (e.g. configs/bench_resnet50.py[:arg]).',
+                                lock_config=False)
+flags.DEFINE_enum('data', 'device', ['device', 'pipeline'], 'device: one on-device batch reused (pure compute); '
+                  'pipeline: the grain train_loader of config.data, prefetched to the devices.')
+flags.DEFINE_integer('steps', 30, 'Timed steps.')
+flags.DEFINE_integer('warmup', 5, 'Untimed steps after compilation.')
+flags.DEFINE_integer('window', None, 'Steps between host syncs (default config.bench.window).')
+flags.DEFINE_float('peak_tflops', None, 'Dense bf16 peak per chip for MFU (default: by device kind; H100/H200 989).')
+flags.DEFINE_string('name', None, 'Name stored in the record (e.g. classify_r50_device).')
+flags.DEFINE_string('json_out', None, 'Write the JSON record here.')
+flags.DEFINE_string('prepare_data', None, 'Prepare the bench identity folders under this TFDS data dir and exit.')
+flags.DEFINE_integer('prepare_identities', 200, '--prepare_data: identities.')
+flags.DEFINE_integer('prepare_images', 8, '--prepare_data: images per identity.')
+flags.DEFINE_integer('prepare_size', 250, '--prepare_data: JPEG side (CASIA-WebFace crops are 250x250).')
+flags.DEFINE_string('summarize', None, 'Print a markdown table of DIR/*.json, write DIR/summary.md, and exit.')
+
+
+def _write(path, payload):
+  if path:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, 'w') as f:
+      json.dump(payload, f, indent=2)
+
+
+def _log(msg):
+  print(msg, file=sys.stderr, flush=True)
+
+
+def main(argv):
+  del argv
+  if FLAGS.summarize:
+    from facejax.train.benchmark import summary_table
+    records = []
+    for path in sorted(glob.glob(os.path.join(FLAGS.summarize, '*.json'))):
+      with open(path) as f:
+        r = json.load(f)
+      if isinstance(r, dict) and ('img_per_s' in r or 'error' in r):
+        records.append(r)
+    table = summary_table(records)
+    print(table)
+    with open(os.path.join(FLAGS.summarize, 'summary.md'), 'w') as f:
+      f.write(table + '\n')
+    return
+  if FLAGS.prepare_data:
+    import time
+
+    from facejax.train.benchmark import prepare_bench_folders
+    t0 = time.perf_counter()
+    out = prepare_bench_folders(FLAGS.prepare_data, num_identities=FLAGS.prepare_identities,
+                                images_per_identity=FLAGS.prepare_images, image_size=FLAGS.prepare_size)
+    print(json.dumps({'prepared': out, 'seconds': round(time.perf_counter() - t0, 1)}), flush=True)
+    return
+  if FLAGS.config is None:
+    raise app.UsageError('pass --config=configs/bench_*.py[:arg] (or --prepare_data / --summarize)')
+  from facejax.train.benchmark import benchmark_training
+  record = benchmark_training(FLAGS.config, steps=FLAGS.steps, warmup=FLAGS.warmup, data=FLAGS.data,
+                              window=FLAGS.window, peak_tflops=FLAGS.peak_tflops, log=_log)
+  if FLAGS.name:
+    record = {'name': FLAGS.name, **record}
+  print(json.dumps(record), flush=True)
+  _write(FLAGS.json_out, record)
+
+
+if __name__ == '__main__':
+  app.run(main)

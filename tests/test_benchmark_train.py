@@ -1,0 +1,115 @@
+"""Training benchmark smoke tests: tiny models on 2 CPU devices, every task and both data modes produce the JSON
+record with finite numbers (no timing assertions: this machine is shared)."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from facejax.train import benchmark as tb
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEYS = ('task', 'model', 'data', 'batch_size', 'image_size', 'dtype', 'img_per_s', 'step_ms_median', 'compile_s',
+        'gflops_per_step_per_device', 'mfu', 'peak_tflops', 'memory', 'backend', 'device_kind', 'num_devices',
+        'final_loss', 'nonfinite_total', 'window_ms')
+
+
+def load_config(name, arg):
+  import importlib
+  return importlib.import_module(f'configs.{name}').get_config(arg)
+
+
+def check(record, *, steps, window, data):
+  assert set(KEYS) <= set(record), sorted(set(KEYS) - set(record))
+  json.dumps(record)  # serialisable
+  assert record['data'] == data and record['steps'] == steps
+  assert len(record['window_ms']) == math.ceil(steps / window)
+  for k in ('img_per_s', 'step_ms_median', 'compile_s', 'final_loss', 'gflops_per_step_per_device'):
+    assert math.isfinite(record[k]) and record[k] >= 0, (k, record[k])
+  assert record['img_per_s'] > 0 and record['gflops_per_step_per_device'] > 0
+  assert record['nonfinite_total'] == 0
+  assert record['num_devices'] == jax.local_device_count() == 2
+  assert record['mfu'] is None  # no peak known for CPU; with one given it is a fraction
+  assert record['dtype'] == 'bfloat16'
+
+
+def test_classify_device_then_pipeline():
+  config = load_config('bench_resnet50', 'tiny,model=student_vgg')
+  r = tb.benchmark_training(config, steps=4, warmup=1, data='device', window=2)
+  check(r, steps=4, window=2, data='device')
+  assert r['per_device_batch'] == 4 and r['num_classes'] == 16
+  config.bench.prefetch = 'device_put'
+  config.bench.cache = 'decoded'
+  p = tb.benchmark_training(config, steps=3, warmup=1, data='pipeline', window=2, peak_tflops=1.0)
+  assert p['mfu'] is not None and 0 < p['mfu'] < 1
+  p['mfu'] = None
+  check(p, steps=3, window=2, data='pipeline')
+  assert p['data_source'] == 'synthetic' and p['cache'] == 'decoded' and p['prefetch'] == 'device_put'
+  assert p['loader_img_per_s'] is None or p['loader_img_per_s'] > 0
+  # Same program on both paths: the FLOPs agree.
+  assert p['gflops_per_step_per_device'] == r['gflops_per_step_per_device']
+
+
+def test_distill_random_teacher():
+  config = load_config('bench_distill', 'tiny,teacher=vgg_small,student=student_vgg')
+  r = tb.benchmark_training(config, steps=2, warmup=1, data='device', window=2)
+  check(r, steps=2, window=2, data='device')
+  assert r['teacher'] == 'vgg_small' and r['label'] == 'vgg_small->student_vgg' and r['teacher_params'] > 0
+  assert {'embed_loss', 'soft_loss', 'hard_loss'} <= set(r['metrics'])
+
+
+def test_cli_siamese_pipeline_from_prepared_folders(tmp_path):
+  data_dir = str(tmp_path / 'tfds')
+  out = tb.prepare_bench_folders(data_dir, num_identities=6, images_per_identity=4, image_size=48, processes=1)
+  assert os.path.isfile(os.path.join(out, 'dataset_info.json'))
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=2',
+             PYTHONPATH=ROOT)
+  json_out = tmp_path / 'res' / 'siamese.json'
+  cmd = [sys.executable, '-m', 'launch.benchmark_train',
+         f'--config=configs/bench_siamese.py:tiny,model=student_vgg,data_dir={data_dir}', '--data=pipeline',
+         '--steps=2', '--warmup=1', '--window=1', '--name=siamese_pipeline', f'--json_out={json_out}',
+         '--config.bench.prefetch=thread']
+  p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert p.returncode == 0, p.stderr[-3000:]
+  r = json.loads(json_out.read_text())
+  check(r, steps=2, window=1, data='pipeline')
+  assert r['name'] == 'siamese_pipeline' and r['task'] == 'siamese'
+  assert r['data_source'] == 'folders' and r['encoded'] and r['records'] == 24 and r['prefetch'] == 'thread'
+  table = tb.summary_table([r, {'name': 'broken', 'error': 'timeout after 90 s'}])
+  assert 'siamese_pipeline' in table and 'failed: timeout' in table
+
+
+def test_device_feed_modes_keep_order_and_raise():
+  sharding = tb.batch_sharding()
+
+  def batches(n, fail_at=None):
+    for i in range(n):
+      if i == fail_at:
+        raise RuntimeError('bad record 3')
+      yield {'image': np.full((2, 1, 2, 2, 3), i, np.uint8), 'label': np.full((2, 1), i, np.int32), 'index': 0}
+
+  for mode in ('thread', 'device_put', 'none'):
+    feed = tb.DeviceFeed(batches(5), sharding, mode=mode, depth=2)
+    got = [int(np.asarray(next(feed)['label'])[1, 0]) for _ in range(5)]
+    feed.close()
+    assert got == list(range(5)), mode
+  feed = tb.DeviceFeed(batches(5, fail_at=3), sharding, mode='thread')
+  with pytest.raises(RuntimeError, match='bad record 3'):
+    for _ in range(5):
+      next(feed)
+  feed.close()
+
+
+def test_peak_and_arg_parsing():
+  assert tb.peak_tflops_for('NVIDIA H100 80GB HBM3') == 989.0
+  assert tb.peak_tflops_for('NVIDIA H100 PCIe') == 756.0
+  assert tb.peak_tflops_for('NVIDIA H200') == 989.0
+  assert tb.peak_tflops_for('cpu') is None
+  a = tb.parse_arg('tiny,batch=64,data_dir=/tmp/x', tiny=False, batch=256, data_dir='')
+  assert a.tiny is True and a.batch == 64 and a.data_dir == '/tmp/x'
+  with pytest.raises(ValueError, match='unknown key'):
+    tb.parse_arg('bacth=3', batch=256)
