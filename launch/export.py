@@ -23,7 +23,7 @@ flags.mark_flags_as_required(['workdir', 'out'])
 def main(argv):
   del argv
   import json
-  from facejax.inference.export import export_embedder, save_exported
+  from facejax.inference.export import cpu_compiler_options, export_embedder, save_exported
   from facejax.train.checkpoint import load_run
   model, variables, info = load_run(FLAGS.workdir, FLAGS.step)
   options = {'dtype': FLAGS.dtype, 'conv': FLAGS.conv} if FLAGS.optimize else False
@@ -31,7 +31,7 @@ def main(argv):
                              optimize=options, platforms=FLAGS.platforms)
   meta = {'model': info['name'], 'embed_dim': info['embed_dim'], 'image_size': int(info['image_size']),
           'preprocessing': info['preprocessing'], 'flip': FLAGS.flip, 'optimize': options or None,
-          'workdir': FLAGS.workdir, 'step': info.get('step')}
+          'workdir': FLAGS.workdir, 'step': info.get('step'), 'cpu_compiler_options': cpu_compiler_options(options)}
   print(json.dumps(save_exported(exported, FLAGS.out, meta)))
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from facejax.inference.benchmark import benchmark, benchmark_model, markdown_table, random_variables
 from facejax.inference.embed import embed_images, make_embed_fn
-from facejax.inference.export import export_embedder, load_exported, save_exported
+from facejax.inference.export import cpu_compiler_options, export_embedder, load_exported, save_exported
 from facejax.inference.optimize import fold_batch_norm, optimize_for_inference, trace_plan
 from facejax.models import MODELS, build_model
 from facejax.models.registry import FACEJAX
@@ -199,10 +199,13 @@ def test_export_round_trip_is_batch_polymorphic(tmp_path, flip, dtype):
   model, variables = _model('student_vgg')
   path = str(tmp_path / 'model.jaxexport')
   exported = export_embedder(model, variables, FACEJAX, SIZE, flip=flip, optimize={'dtype': dtype})
-  info = save_exported(exported, path, {'model': 'student_vgg'})
+  info = save_exported(exported, path, {'model': 'student_vgg',
+                                       'cpu_compiler_options': cpu_compiler_options({'dtype': dtype})})
   assert info['input']['shape'] == [None, SIZE, SIZE, 3] and info['output']['shape'] == [None, 16]
   loaded = load_exported(path)
   assert loaded.image_size == SIZE and loaded.embed_dim == 16 and loaded.metadata['model'] == 'student_vgg'
+  assert loaded.compiler_options == optimize_for_inference(model, variables, image_size=SIZE,
+                                                           dtype=dtype).compiler_options
   images = np.random.default_rng(0).integers(0, 256, (5, SIZE, SIZE, 3), dtype=np.uint8)
   reference = np.asarray(make_embed_fn(model, variables, FACEJAX, SIZE, flip=flip,
                                        optimize={'dtype': dtype})(images))

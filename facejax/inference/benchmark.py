@@ -45,16 +45,21 @@ def peak_rss_mb() -> float:
   return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def benchmark(fn: Callable, example_args: Sequence[Any], *, warmup: int = 3, runs: int = 15) -> dict:
+def benchmark(fn: Callable, example_args: Sequence[Any], *, warmup: int = 3, runs: int = 15,
+              compiler_options: dict | None = None) -> dict:
   """AOT-compile `fn(*example_args)` and time the compiled executable.
 
+  `compiler_options` (XLA options for this executable only) default to `fn.compiler_options` when `fn` has
+  them (an optimized InferenceFn does).
   -> {'compile_s', 'ms_median', 'ms_p90', 'ms_min', 'gflops' (per call, None if unknown), 'backend', 'runs'}.
   """
   if runs < 1:
     raise ValueError(f'runs: expected >= 1, got {runs}')
   example_args = tuple(example_args)
+  if compiler_options is None:
+    compiler_options = dict(getattr(fn, 'compiler_options', None) or {})
   t0 = time.perf_counter()
-  compiled = jax.jit(fn).lower(*example_args).compile()
+  compiled = jax.jit(fn).lower(*example_args).compile(compiler_options=compiler_options or None)
   compile_s = time.perf_counter() - t0
   for _ in range(warmup):
     jax.block_until_ready(compiled(*example_args))
@@ -73,6 +78,7 @@ def benchmark(fn: Callable, example_args: Sequence[Any], *, warmup: int = 3, run
       'gflops': None if flops is None else float(f'{flops / 1e9:.6g}'),
       'backend': jax.default_backend(),
       'runs': runs,
+      'compiler_options': compiler_options,
   }
 
 
@@ -142,7 +148,10 @@ def benchmark_model(name_or_model, variables=None, *, batch_size: int = 1, image
     from facejax.inference.optimize import optimize_for_inference
     options = dict(optimize) if isinstance(optimize, dict) else {}
     fn = optimize_for_inference(model, variables, image_size=image_size, **options)
-    result = benchmark(fn, (x,), warmup=warmup, runs=runs)
+    if fn.options['weights'] == 'args':
+      result = benchmark(fn.forward, (fn.params, x), warmup=warmup, runs=runs, compiler_options=fn.compiler_options)
+    else:
+      result = benchmark(fn, (x,), warmup=warmup, runs=runs)
     variant = variant or 'optimized' + ''.join(f',{k}={v}' for k, v in sorted(options.items()))
   else:
     fn = lambda v, x: model.apply(v, x, method=model.embed)
@@ -169,6 +178,7 @@ def benchmark_model(name_or_model, variables=None, *, batch_size: int = 1, image
       'variant': variant,
       'runs': result['runs'],
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'compiler_options': result['compiler_options'],
   }
 
 

@@ -68,7 +68,8 @@ def make_embed_fn(model, variables, preprocessing, image_size: int, flip: str | 
     from facejax.inference import optimize as opt
     options = dict(optimize) if isinstance(optimize, dict) else {}
     raw_fn = opt.inference_forward(model, variables, image_size=image_size, **options)
-    fn = jax.jit(lambda images: flip_tta(raw_fn, preprocessing.apply(images), flip))
+    fn = jax.jit(lambda images: flip_tta(raw_fn, preprocessing.apply(images), flip),
+                 compiler_options=raw_fn.compiler_options or None)
 
     def embed(images):
       check(images)

@@ -21,6 +21,17 @@ import numpy as np
 FORMAT = 'facejax.embedder/1'
 
 
+def cpu_compiler_options(optimize: bool | dict = True) -> dict:
+  """The XLA CPU options the optimized forward is meant to be compiled with (record them in the sidecar)."""
+  if not optimize:
+    return {}
+  from facejax.inference.optimize import DEFAULT_COMPILER_OPTIONS
+  options = dict(optimize) if isinstance(optimize, dict) else {}
+  if options.get('compiler_options') is not None:
+    return dict(options['compiler_options'])
+  return dict(DEFAULT_COMPILER_OPTIONS[options.get('dtype', 'float32')])
+
+
 def export_embedder(model, variables, preprocessing, image_size: int, *, flip: str | None = None,
                     optimize: bool | dict = True, platforms: Sequence[str] = ('cpu',)) -> jax.export.Exported:
   """-> `jax.export.Exported` of fn(uint8 [b, image_size, image_size, 3]) -> float32 [b, D] L2-normalised
@@ -56,6 +67,7 @@ def save_exported(exported: jax.export.Exported, path: str, metadata: dict | Non
   (out,) = exported.out_avals
   info = {
       'format': FORMAT,
+      'cpu_compiler_options': {},
       'input': {'shape': [None, *[int(d) for d in aval.shape[1:]]], 'dtype': str(aval.dtype), 'layout': 'NHWC RGB'},
       'output': {'shape': [None, int(out.shape[-1])], 'dtype': str(out.dtype), 'l2_normalised': True},
       'platforms': list(exported.platforms),
@@ -69,15 +81,22 @@ def save_exported(exported: jax.export.Exported, path: str, metadata: dict | Non
 
 class ExportedEmbedder:
   """`embedder(images)`: uint8 [B, S, S, 3] RGB -> np.float32 [B, D] L2-normalised. Compiles once per batch
-  size. `image_size`, `embed_dim` and `metadata` (the JSON sidecar, when present) describe it."""
+  size. `image_size`, `embed_dim` and `metadata` (the JSON sidecar, when present) describe it.
 
-  def __init__(self, exported: jax.export.Exported, metadata: dict | None = None):
+  `compiler_options`: XLA options for the executables (default: the sidecar's 'cpu_compiler_options', which
+  the exporter records for its dtype policy; applied on the CPU backend only)."""
+
+  def __init__(self, exported: jax.export.Exported, metadata: dict | None = None,
+               compiler_options: dict | None = None):
     self.exported = exported
     self.metadata = metadata or {}
     (aval,) = exported.in_avals
     self.image_size = int(aval.shape[1])
     self.embed_dim = int(exported.out_avals[0].shape[-1])
-    self._call = jax.jit(exported.call)
+    if compiler_options is None:
+      compiler_options = self.metadata.get('cpu_compiler_options') if jax.default_backend() == 'cpu' else None
+    self.compiler_options = dict(compiler_options or {})
+    self._call = jax.jit(exported.call, compiler_options=self.compiler_options or None)
 
   def __call__(self, images: Any) -> np.ndarray:
     images = np.asarray(images)
@@ -91,7 +110,7 @@ class ExportedEmbedder:
     return np.asarray(self._call(images))
 
 
-def load_exported(path: str) -> ExportedEmbedder:
+def load_exported(path: str, compiler_options: dict | None = None) -> ExportedEmbedder:
   """Read an artifact written by `save_exported` (or any serialized `jax.export` embedder) -> ExportedEmbedder."""
   with open(path, 'rb') as f:
     exported = jax.export.deserialize(bytearray(f.read()))
@@ -99,4 +118,4 @@ def load_exported(path: str) -> ExportedEmbedder:
   if os.path.isfile(path + '.json'):
     with open(path + '.json') as f:
       metadata = json.load(f)
-  return ExportedEmbedder(exported, metadata)
+  return ExportedEmbedder(exported, metadata, compiler_options)

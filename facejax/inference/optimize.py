@@ -39,6 +39,13 @@ from jax import lax
 from flax.linen.linear import canonicalize_padding
 
 CONV_IMPLS = ('im2col', 'xla')
+# XLA CPU compile options per dtype policy (passed per executable, so nothing leaks into the rest of the
+# process). YNNPACK runs XLA CPU's dots by default in jax 0.10; adding ELTWISE lets it take the bias, ReLU and
+# residual add that follow each matmul into the same fusion instead of a separate loop over the activations.
+# For int8 the same option pulls the quantise/round/clip ops into YNNPACK's slow path (10x slower): off.
+# Measurements behind each choice: launch/compare_cpu.py and the inference notes in facejax/inference/__init__.py.
+YNN_DOT_ELTWISE = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE'}
+DEFAULT_COMPILER_OPTIONS = {'float32': YNN_DOT_ELTWISE, 'bfloat16': YNN_DOT_ELTWISE, 'int8': {}}
 DTYPES = ('float32', 'bfloat16', 'int8')
 WEIGHTS = ('const', 'args')
 
@@ -344,6 +351,7 @@ class InferenceFn:
   params: Any
   raw_forward: Callable
   options: dict
+  compiler_options: dict = dataclasses.field(default_factory=dict)  # for jax.jit(..., compiler_options=...)
 
   def __call__(self, x):
     return self.forward(self.params, x)
@@ -362,20 +370,23 @@ def _l2_normalize(x, eps=1e-10):
 
 
 def inference_forward(model, variables, *, image_size: int, conv: str = 'im2col', dtype: str = 'float32',
-                      weights: str = 'const', method: Callable = _raw_embed) -> InferenceFn:
+                      weights: str = 'const', method: Callable = _raw_embed,
+                      compiler_options: dict | None = None) -> InferenceFn:
   """The rewritten forward as an `InferenceFn`; calling it returns the RAW (un-normalised) output of
   `method` (default: the FaceNet embedding head output [B, D])."""
   fn = optimize_for_inference(model, variables, image_size=image_size, conv=conv, dtype=dtype, weights=weights,
-                              method=method)
-  return InferenceFn(fn.raw_forward, fn.params, fn.raw_forward, fn.options)
+                              method=method, compiler_options=compiler_options)
+  return InferenceFn(fn.raw_forward, fn.params, fn.raw_forward, fn.options, fn.compiler_options)
 
 
 def optimize_for_inference(model, variables, *, image_size: int, conv: str = 'im2col', dtype: str = 'float32',
-                           weights: str = 'const', method: Callable = _raw_embed) -> InferenceFn:
+                           weights: str = 'const', method: Callable = _raw_embed,
+                           compiler_options: dict | None = None) -> InferenceFn:
   """BN-folded, re-lowered embedding forward of a FaceNet (see the module docstring for the options).
 
   -> InferenceFn: `fn(x)` float [B, S, S, 3] model input (after `Preprocessing.apply`) -> [B, D] float32
-  L2-normalised; jit it (or hand it to `benchmark`).
+  L2-normalised. Compile it with its XLA options: `jax.jit(fn, compiler_options=fn.compiler_options)`
+  (`benchmark` and `make_embed_fn` do); `compiler_options=None` takes DEFAULT_COMPILER_OPTIONS[dtype].
   """
   if conv not in CONV_IMPLS:
     raise ValueError(f'conv={conv!r}: expected one of {CONV_IMPLS}')
@@ -417,4 +428,5 @@ def optimize_for_inference(model, variables, *, image_size: int, conv: str = 'im
     return _l2_normalize(raw_forward(params, x))
 
   options = dict(conv=conv, dtype=dtype, weights=weights)
-  return InferenceFn(forward, folded, raw_forward, options)
+  compiler_options = dict(DEFAULT_COMPILER_OPTIONS[dtype] if compiler_options is None else compiler_options)
+  return InferenceFn(forward, folded, raw_forward, options, compiler_options)
