@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs import lfw_eval
 from facejax.train import base_config
 
 IMAGE_SIZE = 48
@@ -70,7 +71,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if micro:
       stage.progress = False
 
-  c.eval = ml_collections.ConfigDict(dict(source='synthetic', kwargs=pairs, batch_size=64, distance='euclidean',
-                                          flip=''))
+  c.eval = lfw_eval.get_config('synthetic')  # the same protocol and files as `launch.evaluate` on each run
+  c.eval.data.synthetic = ml_collections.ConfigDict(pairs)
+  c.eval.progress = not micro
   c.benchmark = ml_collections.ConfigDict(dict(batch_size=1, warmup=2 if micro else 5, runs=3 if micro else 30))
   return c

@@ -9,14 +9,12 @@ import os
 import ml_collections
 from absl import logging
 
-from facejax import data as fdata
-from facejax.evaluation.pairs import evaluate_pairs
+from facejax.evaluation.cli import evaluate_run
 from facejax.evaluation.report import jsonable, plot_roc, results_markdown, summary_row
 from facejax.evaluation.verification import compare
 from facejax.inference.benchmark import benchmark_model
 from facejax.train import checkpoint as ckpt
 from facejax.train import train
-from facejax.train.tasks import ModelIO
 
 STAGES = ('pretrain', 'teacher', 'student', 'siamese')
 # Report name -> stage run directory.
@@ -46,17 +44,17 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train(stage, os.path.join(workdir, name))
 
   print('== evaluate + benchmark', flush=True)
-  pairs = fdata.make_pairs(config.eval.source, **config.eval.kwargs.to_dict())
   rows, results = {}, {}
   for name, stage in REPORTED.items():
-    model, variables, info = ckpt.load_run(os.path.join(workdir, stage))
-    io = ModelIO(model, info['preprocessing_obj'], info['image_size'])
-    results[name] = evaluate_pairs(io, variables, pairs, batch_size=config.eval.batch_size,
-                                   flip=config.eval.flip or None, distance=config.eval.distance)
-    bench = benchmark_model(model, variables, batch_size=config.benchmark.batch_size, image_size=io.image_size,
+    run = os.path.join(workdir, stage)
+    evaluation = evaluate_run(config.eval, run)  # also calibrates run/threshold.json for launch.verify
+    results[name] = evaluation['result']
+    model, variables, info = ckpt.load_run(run)
+    bench = benchmark_model(model, variables, batch_size=config.benchmark.batch_size, image_size=info['image_size'],
                             warmup=config.benchmark.warmup, runs=config.benchmark.runs)
     rows[name] = summary_row(results[name], params=bench['params'], gflops=bench['gflops'],
                              cpu_ms_b1=bench['ms_median'], threshold=results[name]['threshold'])
+  protocol = evaluation['protocol']
   teacher, student = rows['teacher'], rows['student']
   report = {
       'models': rows,
@@ -64,9 +62,8 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       'cpu_speedup': teacher['cpu_ms_b1'] / student['cpu_ms_b1']},
       'comparisons': {f'{a} vs teacher': compare(results[a], results['teacher'], a, 'teacher')
                       for a in ('student', 'student_siamese')},
-      'protocol': {'pairs': len(pairs.issame), 'folds': int(pairs.fold.max()) + 1, 'distance': config.eval.distance,
-                   'accuracy_std': 'std over folds, ddof=0', 'params': 'embedding network (no classifier)',
-                   'cpu_ms_b1': f'median of {config.benchmark.runs} AOT-compiled runs, batch 1, compile excluded'},
+      'protocol': dict(protocol, params='embedding network (no classifier)',
+                       cpu_ms_b1=f'median of {config.benchmark.runs} AOT-compiled runs, batch 1, compile excluded'),
   }
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
     json.dump(jsonable(report), f, indent=2)

@@ -136,7 +136,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tx, schedule = make_optimizer(config.optim, config.total_steps, variables['params'])
   state = create_train_state(state_rng, student.model, tx, student.image_size, variables)
 
-  loader = fdata.train_loader(source, global_batch_size=config.batch_size, image_size=student.image_size,
+  # Batches come at the larger input size of student and teacher; each model resizes in-graph to its own.
+  load_size = max(student.image_size, teacher.image_size if teacher else 0)
+  loader = fdata.train_loader(source, global_batch_size=config.batch_size, image_size=load_size,
                               seed=config.seed, num_devices=n_dev, augment=config.data.augment,
                               sampler=config.data.sampler, images_per_identity=config.data.images_per_identity,
                               process_index=jax.process_index(), process_count=n_proc)
