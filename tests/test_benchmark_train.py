@@ -104,6 +104,22 @@ def test_device_feed_modes_keep_order_and_raise():
   feed.close()
 
 
+def test_device_feed_state_resumes_exactly():
+  """Reading ahead must not lose batches: the tracked state is the one after the last batch handed out."""
+  from facejax.data import SyntheticFaces, train_loader
+  source = SyntheticFaces(4, 4, image_size=16)
+  make = lambda: train_loader(source, global_batch_size=4, image_size=16, seed=0, num_devices=2, augment=False)
+  for mode in ('thread', 'device_put'):
+    feed = tb.DeviceFeed(make(), tb.batch_sharding(), mode=mode, depth=2, track_state=True)
+    next(feed), next(feed)
+    state = feed.get_state()
+    third = np.asarray(next(feed)['image'])
+    feed.close()
+    resumed = make()
+    resumed.set_state(state)
+    np.testing.assert_array_equal(next(resumed)['image'], third, err_msg=mode)
+
+
 def test_peak_and_arg_parsing():
   assert tb.peak_tflops_for('NVIDIA H100 80GB HBM3') == 989.0
   assert tb.peak_tflops_for('NVIDIA H100 PCIe') == 756.0

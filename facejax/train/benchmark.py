@@ -264,13 +264,19 @@ class DeviceFeed:
                      the training thread between dispatches.
   mode 'none'        numpy straight into the step (pmap copies it to the devices inside the call).
   `wait_s` collects the seconds the training thread waited in each `next()`.
+
+  Reading ahead moves the wrapped iterator past the batches the step has consumed. With `track_state=True`
+  the iterator's `get_state()` is read after every pull, and `get_state()` here returns the state after the
+  last batch handed out: checkpoint that, and a resumed run sees exactly the batches it has not trained on.
   """
 
   def __init__(self, iterator: Iterator[dict], sharding, *, mode: str = 'thread', depth: int = 2,
-               keys: tuple[str, ...] = ('image', 'label')):
+               keys: tuple[str, ...] = ('image', 'label'), track_state: bool = False):
     if mode not in ('thread', 'device_put', 'none'):
       raise ValueError(f"DeviceFeed: mode={mode!r}: expected 'thread', 'device_put' or 'none'")
     self._it, self._sharding, self.mode, self._depth, self._keys = iterator, sharding, mode, max(1, depth), keys
+    self._track = track_state
+    self._state = iterator.get_state() if track_state else None
     self.wait_s: list[float] = []
     self._ahead: list = []
     self._stop = threading.Event()
@@ -279,17 +285,16 @@ class DeviceFeed:
       self._thread = threading.Thread(target=self._fill, name='DeviceFeed', daemon=True)
       self._thread.start()
 
-  def _host(self) -> dict:
+  def _pull(self, put: bool) -> tuple[dict, Any]:
     batch = next(self._it)
-    return {k: batch[k] for k in self._keys}
-
-  def _put(self, batch: dict):
-    return jax.device_put(batch, self._sharding)
+    state = self._it.get_state() if self._track else None
+    batch = {k: batch[k] for k in self._keys}
+    return (jax.device_put(batch, self._sharding) if put else batch), state
 
   def _fill(self):
     try:
       while not self._stop.is_set():
-        item = self._put(self._host())
+        item = self._pull(put=True)
         while not self._stop.is_set():
           try:
             self._queue.put(item, timeout=0.1)
@@ -302,7 +307,7 @@ class DeviceFeed:
   def __iter__(self):
     return self
 
-  def __next__(self):
+  def __next__(self) -> dict:
     t0 = time.perf_counter()
     if self.mode == 'thread':
       item = self._queue.get()
@@ -311,15 +316,22 @@ class DeviceFeed:
     elif self.mode == 'device_put':
       try:
         while len(self._ahead) < self._depth:
-          self._ahead.append(self._put(self._host()))
+          self._ahead.append(self._pull(put=True))
       except StopIteration:
         if not self._ahead:
           raise
       item = self._ahead.pop(0)
     else:
-      item = self._host()
+      item = self._pull(put=False)
     self.wait_s.append(time.perf_counter() - t0)
-    return item
+    batch, self._state = item
+    return batch
+
+  def get_state(self):
+    """The wrapped iterator's state after the last batch returned by `next` (needs track_state=True)."""
+    if not self._track:
+      raise ValueError('DeviceFeed.get_state: construct it with track_state=True')
+    return self._state
 
   def close(self):
     self._stop.set()
@@ -444,6 +456,21 @@ def _pipeline(config, image_size: int, num_classes: int, sharding, log) -> tuple
 # ------------------------------------------------------------------------------------------------- timing
 
 
+_CACHE_HITS = [0]  # persistent compilation cache hits seen by this process (jax.monitoring events)
+
+
+def _count_cache_hits(event: str, **kwargs) -> None:
+  del kwargs
+  if event == '/jax/compilation_cache/cache_hits':
+    _CACHE_HITS[0] += 1
+
+
+def _listen_for_cache_hits() -> None:
+  if not getattr(_listen_for_cache_hits, 'done', False):
+    jax.monitoring.register_event_listener(_count_cache_hits)
+    _listen_for_cache_hits.done = True
+
+
 def _memory(devices, compiled) -> dict:
   out = {}
   stats = [d.memory_stats() for d in devices]
@@ -513,12 +540,15 @@ def benchmark_training(config: ml_collections.ConfigDict, *, steps: int = 30, wa
   log(f'setup {setup_s:.1f}s: {_label(config)} {config.task}, {setup.params / 1e6:.2f}M params, '
       f'batch {config.batch_size} on {n_dev} x {devices[0].device_kind}')
 
+  _listen_for_cache_hits()
+  hits_before = _CACHE_HITS[0]
   t_lower = time.perf_counter()
   lowered = setup.p_step.lower(pstate, example, frozen)
   t_compile = time.perf_counter()
   compiled = lowered.compile()
   compile_s, lower_s = time.perf_counter() - t_lower, t_compile - t_lower
-  log(f'compiled in {compile_s:.1f}s (trace+lower {lower_s:.1f}s)')
+  cache_hit = _CACHE_HITS[0] > hits_before
+  log(f'compiled in {compile_s:.1f}s (trace+lower {lower_s:.1f}s){", from the persistent cache" if cache_hit else ""}')
 
   from facejax.inference.benchmark import compiled_flops
   flops = compiled_flops(compiled)  # one device's program (pmap compiles the per-device computation)
@@ -590,6 +620,7 @@ def benchmark_training(config: ml_collections.ConfigDict, *, steps: int = 30, wa
       'host_wait_frac': round(float(np.sum(feed.wait_s)) / total_s, 4) if feed.wait_s else 0.0,
       'compile_s': round(compile_s, 2),
       'lower_s': round(lower_s, 2),
+      'compile_cache_hit': cache_hit,  # compile_s then measures loading the executable, not compiling it
       'setup_s': round(setup_s, 2),
       'gflops_per_step_per_device': None if flops is None else round(flops / 1e9, 3),
       'train_gflops_per_image': None if flops is None else round(flops / per_device_batch / 1e9, 3),
@@ -672,7 +703,8 @@ def summary_table(records: list[dict]) -> str:
     lines.append(
         f"| {r.get('name', '')} | {r['task']} | {r['label']}@{r['image_size']} | {data} | {r['batch_size']} | "
         f"{fmt(r['img_per_s'], '{:.0f}')} | {fmt(r['step_ms_median'], '{:.2f}')} | "
-        f"{fmt(None if r['mfu'] is None else 100 * r['mfu'], '{:.1f}%')} | {fmt(r['compile_s'])} | "
+        f"{fmt(None if r['mfu'] is None else 100 * r['mfu'], '{:.1f}%')} | "
+        f"{fmt(r['compile_s'])}{' (cache)' if r.get('compile_cache_hit') else ''} | "
         f"{fmt(None if mem is None else mem / 2**30, '{:.1f}')} | {fmt(r.get('loader_img_per_s'), '{:.0f}')} |")
   if records:
     r = next((x for x in records if 'device_kind' in x), {})

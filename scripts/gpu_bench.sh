@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Training throughput on a lent GPU, in one go: <= ~8 minutes wall, compiles included.
+#
+#   bash scripts/gpu_bench.sh                   # on the GPU machine, from the repo root; carry: wheels
+#   FJ_BENCH_TINY=1 PYTHON=.venv/bin/python OUT=/tmp/fjb bash scripts/gpu_bench.sh   # CPU dry run, tiny models
+#
+# Measurements, in priority order, each its own process under a hard `timeout` cut to the time left:
+#   classify_r50_device         ResNet-50@224 classify, bf16, batch 256, 10,575 ids, one on-device batch reused
+#   classify_r50_pipeline       the same through the grain loader (ArrayRecord JPEGs, worker processes), thread
+#                               prefetch to device
+#   distill_vgg16_device        VGG-16@224 teacher (random weights) -> MobileFaceNet@112
+#   distill_r50_device          ResNet-50@224 teacher -> MobileFaceNet@112
+#   siamese_device              MobileFaceNet@112 contrastive, P x K = 64 x 4
+#   classify_r50_pipeline_noprefetch   the pipeline run with numpy fed straight into the step
+# Each writes $OUT/<name>.json (a record, or {"name", "error"}); $OUT/summary.md and $OUT/summary.json close.
+# The compiled steps go to a persistent compilation cache, so the pipeline runs reuse the device run's compile.
+# Env: OUT, PYTHON (python3), FJ_BENCH_BUDGET_S (450), FJ_BENCH_DATA_DIR (/tmp/fj_bench_data), FJ_BENCH_TINY,
+# FJ_BENCH_WORKERS (grain worker processes; default cpu_count - 4), XLA_FLAGS (recorded in every JSON).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+START=$(date +%s)
+PY=${PYTHON:-python3}
+OUT=${OUT:-runs/gpu_bench}
+TINY=${FJ_BENCH_TINY:-0}
+DATA_DIR=${FJ_BENCH_DATA_DIR:-/tmp/fj_bench_data}
+SITE=${FJ_BENCH_SITE:-/tmp/fj_site}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/fj_jax_cache}
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-1}
+
+if [[ "$TINY" == 1 ]]; then
+  BUDGET=${FJ_BENCH_BUDGET_S:-1500}
+  ARG=',tiny'
+  STEPS=(--steps=4 --warmup=1 --window=2)
+  PIPE_STEPS=(--steps=4 --warmup=1 --window=2)
+  PREP=(--prepare_identities=8 --prepare_images=4 --prepare_size=64)
+  CAP_BIG=600 CAP_SMALL=600
+  export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
+  [[ "${XLA_FLAGS:-}" == *device_count* ]] || export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=2"
+else
+  BUDGET=${FJ_BENCH_BUDGET_S:-450}
+  ARG=''
+  STEPS=(--steps=30 --warmup=5 --window=5)
+  PIPE_STEPS=(--steps=60 --warmup=10 --window=5)  # longer: grain's buffers fill during compilation
+  PREP=(--prepare_identities=200 --prepare_images=8 --prepare_size=250)
+  CAP_BIG=170 CAP_SMALL=110
+fi
+RESERVE=15  # for the summary
+WORKERS=()
+[[ -n "${FJ_BENCH_WORKERS:-}" ]] && WORKERS=(--config.bench.num_workers="$FJ_BENCH_WORKERS")
+
+elapsed() { echo $(( $(date +%s) - START )); }
+
+echo "== machine ($(date -u +%FT%TZ))"
+nvidia-smi || echo "(no nvidia-smi)"
+echo "cpus: $(nproc)  python: $($PY --version 2>&1) at $(command -v "$PY")"
+
+echo "== wheels ($(elapsed)s)"
+# Install into $SITE only what this Python cannot import (the image's own jax/flax/optax/orbax stay).
+NEED=$("$PY" - <<'EOF'
+import importlib.util
+dists = {'grain': 'grain', 'ml_collections': 'ml_collections', 'tensorflow_datasets': 'tensorflow-datasets',
+         'array_record': 'array_record', 'tree': 'dm-tree', 'promise': 'promise', 'simple_parsing': 'simple_parsing',
+         'docstring_parser': 'docstring-parser', 'tensorflow_metadata': 'tensorflow-metadata',
+         'immutabledict': 'immutabledict', 'termcolor': 'termcolor', 'toml': 'toml', 'portpicker': 'portpicker',
+         'google.api': 'googleapis-common-protos', 'etils': 'etils'}
+def missing(m):
+  try:
+    return importlib.util.find_spec(m) is None
+  except ModuleNotFoundError:
+    return True
+print(' '.join(d for m, d in dists.items() if missing(m)))
+EOF
+)
+export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+pip_install() {
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --disable-pip-version-check \
+    --find-links wheels --target "$SITE" --upgrade "$@"
+}
+if [[ -n "$NEED" ]]; then
+  echo "installing from wheels/: $NEED"
+  # shellcheck disable=SC2086
+  pip_install $NEED || echo "!! wheel install failed (is wheels/ carried? bash scripts/fetch_wheels.sh)"
+else
+  echo "nothing to install"
+fi
+IMPORTS='import jax, flax, optax, grain, ml_collections, tensorflow_datasets, array_record
+import facejax.train.benchmark, facejax.data.tfds_source
+import google.protobuf, etils
+print("versions: jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, "protobuf",
+      google.protobuf.__version__, "etils", etils.__version__, "tfds", tensorflow_datasets.__version__)'
+if ! "$PY" -c "$IMPORTS"; then
+  echo "!! imports failed with the image's protobuf/etils: installing the carried ones into $SITE"
+  pip_install protobuf etils || true
+  "$PY" -c "$IMPORTS" || echo "!! facejax still does not import; the runs below will fail"
+fi
+"$PY" -c 'import jax; print("jax devices:", jax.devices()); print("device kind:", jax.devices()[0].device_kind)'
+
+echo "== preparing bench data in the background ($(elapsed)s)"
+PREP_LOG=/tmp/fj_bench_prepare.log
+timeout -k 5 200 "$PY" -m launch.benchmark_train --prepare_data="$DATA_DIR" "${PREP[@]}" >"$PREP_LOG" 2>&1 &
+PREP_PID=$!
+
+run() {  # NAME CAP ARGS...: one measurement under a hard timeout cut to the budget left
+  local name=$1 cap=$2
+  shift 2
+  local left=$(( BUDGET - $(elapsed) - RESERVE ))
+  local limit=$(( cap < left ? cap : left ))
+  if (( limit < 30 )); then
+    echo "== $name: skipped, ${left}s of the budget left"
+    printf '{"name": "%s", "error": "skipped: %ss of the budget left"}\n' "$name" "$left" >"$OUT/$name.json"
+    return
+  fi
+  echo "== $name (limit ${limit}s, at $(elapsed)s)"
+  timeout -k 5 "$limit" "$PY" -m launch.benchmark_train --name="$name" --json_out="$OUT/$name.json" "$@" \
+    2> >(grep -v -e '^WARNING: All log messages' -e '^I0000' -e '^E0000' >&2) | cut -c1-400
+  local rc=${PIPESTATUS[0]}
+  if (( rc != 0 )); then
+    local why="exit $rc"
+    (( rc == 124 || rc == 137 )) && why="timeout after ${limit}s"
+    echo "!! $name: $why"
+    printf '{"name": "%s", "error": "%s"}\n' "$name" "$why" >"$OUT/$name.json"
+  fi
+}
+
+wait_prep() {
+  if [[ -n "${PREP_PID:-}" ]]; then
+    wait "$PREP_PID"; echo "prepare: exit $? ($(elapsed)s): $(tail -c 300 "$PREP_LOG")"; PREP_PID=''
+  fi
+}
+
+run classify_r50_device "$CAP_BIG" --config="configs/bench_resnet50.py:${ARG#,}" --data=device "${STEPS[@]}"
+wait_prep
+run classify_r50_pipeline "$CAP_SMALL" --config="configs/bench_resnet50.py:data_dir=$DATA_DIR$ARG" --data=pipeline \
+  "${PIPE_STEPS[@]}" --config.bench.prefetch=thread "${WORKERS[@]}"
+run distill_vgg16_device "$CAP_BIG" --config="configs/bench_distill.py:teacher=vgg16$ARG" --data=device "${STEPS[@]}"
+run distill_r50_device "$CAP_BIG" --config="configs/bench_distill.py:teacher=resnet50$ARG" --data=device "${STEPS[@]}"
+run siamese_device "$CAP_SMALL" --config="configs/bench_siamese.py:${ARG#,}" --data=device "${STEPS[@]}"
+run classify_r50_pipeline_noprefetch "$CAP_SMALL" --config="configs/bench_resnet50.py:data_dir=$DATA_DIR$ARG" \
+  --data=pipeline "${PIPE_STEPS[@]}" --config.bench.prefetch=none "${WORKERS[@]}"
+
+echo "== summary ($(elapsed)s)"
+"$PY" - "$OUT" <<'EOF'
+import glob, json, os, sys
+out = sys.argv[1]
+records = []
+for p in sorted(glob.glob(os.path.join(out, '*.json'))):
+  if os.path.basename(p) != 'summary.json':
+    with open(p) as f:
+      records.append(json.load(f))
+with open(os.path.join(out, 'summary.json'), 'w') as f:
+  json.dump(records, f, indent=2)
+EOF
+"$PY" -m launch.benchmark_train --summarize="$OUT" 2>/dev/null || cat "$OUT"/*.json
+echo "== done in $(elapsed)s"
