@@ -31,6 +31,7 @@ flags.DEFINE_string('prepare_data', None, 'Prepare the bench identity folders un
 flags.DEFINE_integer('prepare_identities', 200, '--prepare_data: identities.')
 flags.DEFINE_integer('prepare_images', 8, '--prepare_data: images per identity.')
 flags.DEFINE_integer('prepare_size', 250, '--prepare_data: JPEG side (CASIA-WebFace crops are 250x250).')
+flags.DEFINE_integer('prepare_processes', None, '--prepare_data: rendering processes (default: all cores).')
 flags.DEFINE_string('summarize', None, 'Print a markdown table of DIR/*.json, write DIR/summary.md, and exit.')
 
 
@@ -50,7 +51,7 @@ def main(argv):
   if FLAGS.summarize:
     from facejax.train.benchmark import summary_table
     records = []
-    for path in sorted(glob.glob(os.path.join(FLAGS.summarize, '*.json'))):
+    for path in sorted(glob.glob(os.path.join(FLAGS.summarize, '*.json')), key=os.path.getmtime):  # run order
       with open(path) as f:
         r = json.load(f)
       if isinstance(r, dict) and ('img_per_s' in r or 'error' in r):
@@ -66,7 +67,8 @@ def main(argv):
     from facejax.train.benchmark import prepare_bench_folders
     t0 = time.perf_counter()
     out = prepare_bench_folders(FLAGS.prepare_data, num_identities=FLAGS.prepare_identities,
-                                images_per_identity=FLAGS.prepare_images, image_size=FLAGS.prepare_size)
+                                images_per_identity=FLAGS.prepare_images, image_size=FLAGS.prepare_size,
+                                processes=FLAGS.prepare_processes)
     print(json.dumps({'prepared': out, 'seconds': round(time.perf_counter() - t0, 1)}), flush=True)
     return
   if FLAGS.config is None:

@@ -99,7 +99,9 @@ fi
 
 echo "== preparing bench data in the background ($(elapsed)s)"
 PREP_LOG=/tmp/fj_bench_prepare.log
-timeout -k 5 200 "$PY" -m launch.benchmark_train --prepare_data="$DATA_DIR" "${PREP[@]}" >"$PREP_LOG" 2>&1 &
+# Half the cores: the first measurement is compiling meanwhile.
+timeout -k 5 200 "$PY" -m launch.benchmark_train --prepare_data="$DATA_DIR" "${PREP[@]}" \
+  --prepare_processes=$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 )) >"$PREP_LOG" 2>&1 &
 PREP_PID=$!
 
 run() {  # NAME CAP ARGS...: one measurement under a hard timeout cut to the budget left

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from facejax.train import benchmark as tb
+from facejax.train.feed import DeviceFeed, batch_sharding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = ('task', 'model', 'data', 'batch_size', 'image_size', 'dtype', 'img_per_s', 'step_ms_median', 'compile_s',
@@ -84,7 +85,7 @@ def test_cli_siamese_pipeline_from_prepared_folders(tmp_path):
 
 
 def test_device_feed_modes_keep_order_and_raise():
-  sharding = tb.batch_sharding()
+  sharding = batch_sharding()
 
   def batches(n, fail_at=None):
     for i in range(n):
@@ -93,11 +94,11 @@ def test_device_feed_modes_keep_order_and_raise():
       yield {'image': np.full((2, 1, 2, 2, 3), i, np.uint8), 'label': np.full((2, 1), i, np.int32), 'index': 0}
 
   for mode in ('thread', 'device_put', 'none'):
-    feed = tb.DeviceFeed(batches(5), sharding, mode=mode, depth=2)
+    feed = DeviceFeed(batches(5), sharding, mode=mode, depth=2)
     got = [int(np.asarray(next(feed)['label'])[1, 0]) for _ in range(5)]
     feed.close()
     assert got == list(range(5)), mode
-  feed = tb.DeviceFeed(batches(5, fail_at=3), sharding, mode='thread')
+  feed = DeviceFeed(batches(5, fail_at=3), sharding, mode='thread')
   with pytest.raises(RuntimeError, match='bad record 3'):
     for _ in range(5):
       next(feed)
@@ -110,7 +111,7 @@ def test_device_feed_state_resumes_exactly():
   source = SyntheticFaces(4, 4, image_size=16)
   make = lambda: train_loader(source, global_batch_size=4, image_size=16, seed=0, num_devices=2, augment=False)
   for mode in ('thread', 'device_put'):
-    feed = tb.DeviceFeed(make(), tb.batch_sharding(), mode=mode, depth=2, track_state=True)
+    feed = DeviceFeed(make(), batch_sharding(), mode=mode, depth=2, track_state=True)
     next(feed), next(feed)
     state = feed.get_state()
     third = np.asarray(next(feed)['image'])

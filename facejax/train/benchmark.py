@@ -25,17 +25,15 @@ import concurrent.futures
 import dataclasses
 import io
 import os
-import queue
-import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from facejax.train.feed import DeviceFeed, batch_sharding, replicate
 from facejax.train.state import create_train_state, make_optimizer
 from facejax.train.steps import AXIS, make_p_train_step
 from facejax.train.tasks import ModelIO, make_task
@@ -225,19 +223,6 @@ def build_training(config: ml_collections.ConfigDict, num_classes: int) -> Train
                        teacher_params=None if teacher_vars is None else _count(teacher_vars['params']))
 
 
-def batch_sharding(devices=None) -> NamedSharding:
-  """Leading axis split over the local devices: what the pmapped step reads ([D, B/D, ...])."""
-  devices = devices or jax.local_devices()
-  return NamedSharding(Mesh(np.asarray(devices), (AXIS,)), PartitionSpec(AXIS))
-
-
-def replicate(tree, sharding):
-  """A copy of `tree` on every device of `sharding`, stacked on a new leading axis (what pmap expects)."""
-  n = len(sharding.device_set)
-  return jax.tree_util.tree_map(
-      lambda x: jax.device_put(np.broadcast_to(np.asarray(x)[None], (n,) + np.shape(x)), sharding), tree)
-
-
 def device_batch(config: ml_collections.ConfigDict, image_size: int, num_classes: int, sharding) -> dict:
   """One random batch, already on the devices: {'image': uint8 [D, B/D, S, S, 3], 'label': int32 [D, B/D]}.
   Labels follow the configured sampler (P x K identity blocks for 'identity', so contrastive pairs exist)."""
@@ -253,90 +238,6 @@ def device_batch(config: ml_collections.ConfigDict, image_size: int, num_classes
 
 
 # ----------------------------------------------------------------------------------------------- input feed
-
-
-class DeviceFeed:
-  """Host batches ({'image', 'label', ...} numpy [D, B/D, ...]) -> the step's input, `depth` batches ahead.
-
-  mode 'thread'      a background thread pulls host batches and `jax.device_put`s them (async copies) into a
-                     queue of `depth`: the training thread only dispatches steps.
-  mode 'device_put'  flax's prefetch_to_device: `depth` batches put on the devices ahead, pulled and put by
-                     the training thread between dispatches.
-  mode 'none'        numpy straight into the step (pmap copies it to the devices inside the call).
-  `wait_s` collects the seconds the training thread waited in each `next()`.
-
-  Reading ahead moves the wrapped iterator past the batches the step has consumed. With `track_state=True`
-  the iterator's `get_state()` is read after every pull, and `get_state()` here returns the state after the
-  last batch handed out: checkpoint that, and a resumed run sees exactly the batches it has not trained on.
-  """
-
-  def __init__(self, iterator: Iterator[dict], sharding, *, mode: str = 'thread', depth: int = 2,
-               keys: tuple[str, ...] = ('image', 'label'), track_state: bool = False):
-    if mode not in ('thread', 'device_put', 'none'):
-      raise ValueError(f"DeviceFeed: mode={mode!r}: expected 'thread', 'device_put' or 'none'")
-    self._it, self._sharding, self.mode, self._depth, self._keys = iterator, sharding, mode, max(1, depth), keys
-    self._track = track_state
-    self._state = iterator.get_state() if track_state else None
-    self.wait_s: list[float] = []
-    self._ahead: list = []
-    self._stop = threading.Event()
-    if mode == 'thread':
-      self._queue: queue.Queue = queue.Queue(maxsize=self._depth)
-      self._thread = threading.Thread(target=self._fill, name='DeviceFeed', daemon=True)
-      self._thread.start()
-
-  def _pull(self, put: bool) -> tuple[dict, Any]:
-    batch = next(self._it)
-    state = self._it.get_state() if self._track else None
-    batch = {k: batch[k] for k in self._keys}
-    return (jax.device_put(batch, self._sharding) if put else batch), state
-
-  def _fill(self):
-    try:
-      while not self._stop.is_set():
-        item = self._pull(put=True)
-        while not self._stop.is_set():
-          try:
-            self._queue.put(item, timeout=0.1)
-            break
-          except queue.Full:
-            pass
-    except BaseException as e:  # pylint: disable=broad-except  # re-raised in the training thread
-      self._queue.put(e)
-
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> dict:
-    t0 = time.perf_counter()
-    if self.mode == 'thread':
-      item = self._queue.get()
-      if isinstance(item, BaseException):
-        raise item
-    elif self.mode == 'device_put':
-      try:
-        while len(self._ahead) < self._depth:
-          self._ahead.append(self._pull(put=True))
-      except StopIteration:
-        if not self._ahead:
-          raise
-      item = self._ahead.pop(0)
-    else:
-      item = self._pull(put=False)
-    self.wait_s.append(time.perf_counter() - t0)
-    batch, self._state = item
-    return batch
-
-  def get_state(self):
-    """The wrapped iterator's state after the last batch returned by `next` (needs track_state=True)."""
-    if not self._track:
-      raise ValueError('DeviceFeed.get_state: construct it with track_state=True')
-    return self._state
-
-  def close(self):
-    self._stop.set()
-    if self.mode == 'thread':
-      self._thread.join(timeout=5)
 
 
 class ConstantFeed:
@@ -551,7 +452,13 @@ def benchmark_training(config: ml_collections.ConfigDict, *, steps: int = 30, wa
   log(f'compiled in {compile_s:.1f}s (trace+lower {lower_s:.1f}s){", from the persistent cache" if cache_hit else ""}')
 
   from facejax.inference.benchmark import compiled_flops
-  flops = compiled_flops(compiled)  # one device's program (pmap compiles the per-device computation)
+  # One device's program (pmap compiles the per-device computation). The optimized module's count is the one
+  # to trust, unless the backend cannot see inside its library calls (then it reads low): fall back to the
+  # count of the unoptimized module.
+  flops_compiled = compiled_flops(compiled)
+  flops_lowered = compiled_flops(lowered)
+  use_lowered = flops_lowered and (not flops_compiled or flops_compiled < 0.5 * flops_lowered)
+  flops = flops_lowered if use_lowered else flops_compiled
 
   record: dict = {}
   loader = None
@@ -623,6 +530,9 @@ def benchmark_training(config: ml_collections.ConfigDict, *, steps: int = 30, wa
       'compile_cache_hit': cache_hit,  # compile_s then measures loading the executable, not compiling it
       'setup_s': round(setup_s, 2),
       'gflops_per_step_per_device': None if flops is None else round(flops / 1e9, 3),
+      'flops_source': None if flops is None else ('lowered' if use_lowered else 'compiled'),
+      'gflops_compiled': None if flops_compiled is None else round(flops_compiled / 1e9, 3),
+      'gflops_lowered': None if flops_lowered is None else round(flops_lowered / 1e9, 3),
       'train_gflops_per_image': None if flops is None else round(flops / per_device_batch / 1e9, 3),
       'tflops_per_s_per_device': None if flops is None else round(flops / step_s / 1e12, 2),
       'peak_tflops': peak,
