@@ -38,7 +38,6 @@ from facejax.evaluation.verification import compare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ('pretrain', 'teacher', 'student', 'siamese')  # the pipeline's, in order (loss curves)
-MODELS = ('teacher', 'student', 'student_siamese')
 TEACHER_FIELD = 'student.distill.teacher_workdir'
 STATUS_FILE = 'sweep_status.json'  # per variant: command, status, return code, seconds, evaluation snapshot
 NAME_PATTERN = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._=+-]*$')
@@ -59,7 +58,7 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   """'path/to/config.py[:arg]' -> its get_config(arg), as ml_collections' --config flag loads it."""
   path, _, arg = spec.partition(':')
   resolved = resolve_path(path)
-  module_spec = importlib.util.spec_from_file_location(f'_sweep_base_{abs(hash(resolved))}', resolved)
+  module_spec = importlib.util.spec_from_file_location('_sweep_base_config', resolved)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
@@ -88,10 +87,9 @@ def expand_grid(grid: Sequence[dict]) -> list[dict]:
     if not axis or len(lengths) != len(axis) or len(set(lengths.values())) != 1:
       raise ValueError(f'sweep grid axis {i}: expected {{field: [values]}} with lists of one length, got {lengths}')
     names = axis.pop('name', None)
-    n = next(iter(lengths.values()))
-    short = lambda field: field.rsplit('.', 1)[-1]
-    axes.append([(names[j] if names else f'{short(next(iter(axis)))}={axis[next(iter(axis))][j]}',
-                  {k: v[j] for k, v in axis.items()}) for j in range(n)])
+    first = next(iter(axis))  # unnamed axes are named by their first field: 'width=0.25'
+    names = names or [f'{first.rsplit(".", 1)[-1]}={value}' for value in axis[first]]
+    axes.append([(names[j], {k: v[j] for k, v in axis.items()}) for j in range(len(names))])
   return [{'name': '_'.join(name for name, _ in combo), 'overrides': {k: v for _, o in combo for k, v in o.items()}}
           for combo in itertools.product(*axes)]
 
@@ -155,7 +153,7 @@ def plan(sweep: ml_collections.ConfigDict, workdir: str) -> list[Variant]:
   rebuilt = load_config_file(sweep.base_config)
   if rebuilt.to_dict() != base.to_dict():
     raise ValueError(f'sweep config: base_config {sweep.base_config!r} does not rebuild `base`, so the per-variant '
-                     f'command lines would not reproduce the sweep')
+                     f'command lines would not reproduce the sweep (change variants\' overrides, not the base)')
   base_flag = sweep.base_config
   path, sep, arg = base_flag.partition(':')
   base_flag = resolve_path(path) + sep + arg
@@ -250,13 +248,17 @@ def _read_status(v: Variant) -> dict:
 
 
 def _evaluations(vdir: str) -> dict:
-  """{model: the evaluation result (fold accuracies, ...)} of a finished variant, from its pipeline report."""
+  """{model: the evaluation result (fold accuracies, ...)} of a finished variant, from its pipeline report; models
+  whose evaluation file is missing are left out (no paired comparison for them)."""
   with open(os.path.join(vdir, 'results.json')) as f:
     runs = json.load(f).get('runs', {})
   out = {}
   for model, run in runs.items():
-    with open(run['evaluation']) as f:
-      out[model] = json.load(f)['result']
+    try:
+      with open(run['evaluation']) as f:
+        out[model] = json.load(f)['result']
+    except (OSError, KeyError, ValueError):
+      continue
   return out
 
 
@@ -301,7 +303,10 @@ def collate(sweep: ml_collections.ConfigDict, todo: Sequence[Variant], statuses:
       vs = None
       if (base and model in base['models'] and base['runs'][model]['workdir'] != run
           and model in evaluations[v.name] and model in evaluations[sweep.baseline]):
-        vs = compare(evaluations[v.name][model], evaluations[sweep.baseline][model], v.name, sweep.baseline)
+        try:
+          vs = compare(evaluations[v.name][model], evaluations[sweep.baseline][model], v.name, sweep.baseline)
+        except ValueError as e:  # e.g. a variant that changed the evaluation pairs
+          vs = {'error': str(e)}
       rows.append({'variant': v.name, 'model': model, 'status': 'ok', 'overrides': v.overrides, 'run': run,
                    **metrics, 'param_ratio': teacher_params / metrics['params'], 'vs_baseline': vs})
 
@@ -319,7 +324,8 @@ def collate(sweep: ml_collections.ConfigDict, todo: Sequence[Variant], statuses:
     f.write(markdown)
   ok_rows = [r for r in rows if r['status'] == 'ok']
   if ok_rows:
-    plot_pareto(ok_rows, os.path.join(workdir, 'pareto.png'), title=f'{os.path.basename(workdir)}: accuracy vs CPU')
+    name = os.path.basename(os.path.normpath(workdir))
+    plot_pareto(ok_rows, os.path.join(workdir, 'pareto.png'), title=f'{name}: accuracy vs CPU time')
   plot_loss_curves({v.name: v.workdir for v in todo}, os.path.join(workdir, 'loss_curves.png'))
   return dict(out, markdown=markdown)
 
@@ -367,8 +373,12 @@ def sweep_markdown(out: dict) -> str:
       lines.append('| ' + ' | '.join(cells) + ' |')
       continue
     vs = r['vs_baseline']
-    vs_text = ('baseline' if r['variant'] == out['baseline'] else '-') if vs is None else (
-        f'{100 * vs["mean_diff"]:+.2f} +- {100 * vs["sem_diff"]:.2f} (p={vs["p_value"]:.2g})')
+    if vs is None:
+      vs_text = 'baseline' if r['variant'] == out['baseline'] else '-'
+    elif 'error' in vs:
+      vs_text = f'not comparable: {vs["error"]}'
+    else:
+      vs_text = f'{100 * vs["mean_diff"]:+.2f} +- {100 * vs["sem_diff"]:.2f} (p={vs["p_value"]:.2g})'
     lines.append(
         f'| {r["variant"]} | {r["model"]} | {short_overrides(r["overrides"], prefix)} | {_count(r["params"])} | '
         f'{r["param_ratio"]:.1f} | {r["gflops"]:.3g} | {r["cpu_ms_b1"]:.2f} | '
@@ -415,15 +425,16 @@ def plot_pareto(rows: Sequence[dict], path: str, title: str = 'accuracy vs CPU t
   ys = [100 * r['accuracy'] for r in rows]
   biggest = max(r['params'] for r in rows)
   colors = {'teacher': 'tab:red', 'student': 'tab:blue', 'student_siamese': 'tab:green'}
+  sizes = [20 + 600 * r['params'] / biggest for r in rows]
   front = pareto_front(list(zip(xs, ys)))
-  fx, fy = [xs[i] for i in front], [ys[i] for i in front]
-  ax.plot(fx, fy, '--', color='black', alpha=0.6, linewidth=1.2, zorder=1, label='Pareto front')
+  ax.plot([xs[i] for i in front], [ys[i] for i in front], '--', color='black', alpha=0.6, linewidth=1.2, zorder=1)
   for model, color in colors.items():
     idx = [i for i, r in enumerate(rows) if r['model'] == model]
     if idx:
-      ax.scatter([xs[i] for i in idx], [ys[i] for i in idx], s=[20 + 600 * rows[i]['params'] / biggest for i in idx],
-                 color=color, alpha=0.55, edgecolors=['black' if i in front else 'none' for i in idx],
-                 linewidths=1.5, zorder=2, label=model)
+      ax.scatter([xs[i] for i in idx], [ys[i] for i in idx], s=[sizes[i] for i in idx], color=color, alpha=0.55,
+                 linewidths=0, zorder=2, label=model)
+  ax.scatter([xs[i] for i in front], [ys[i] for i in front], s=[sizes[i] + 60 for i in front], facecolors='none',
+             edgecolors='black', linewidths=1.6, zorder=3, label='Pareto front')
   for i, r in enumerate(rows):
     ax.annotate(f'{r["variant"]} {_MODEL_SHORT.get(r["model"], r["model"])} ({r["param_ratio"]:.1f}x)', (xs[i], ys[i]),
                 textcoords='offset points', xytext=(6, 4), fontsize=7, fontweight='bold' if i in front else 'normal')
@@ -434,7 +445,7 @@ def plot_pareto(rows: Sequence[dict], path: str, title: str = 'accuracy vs CPU t
   ax.tick_params(axis='x', which='minor', labelsize=7)
   ax.set_xlabel('CPU ms / image (batch 1, log scale)')
   ax.set_ylabel('verification accuracy (%)')
-  ax.set_title(f'{title}\nmarker area ~ params; (Nx) = N x fewer params than the teacher; outlined: Pareto front',
+  ax.set_title(f'{title}\nmarker area ~ params; (Nx): N x fewer params than the teacher; ringed: Pareto front',
                fontsize=9)
   ax.grid(True, which='both', alpha=0.3)
   legend = ax.legend(loc='lower right', fontsize=8, markerscale=0.5)
