@@ -16,6 +16,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from launch import common
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training config (e.g. configs/bench_resnet50.py[:arg]).',
                                 lock_config=False)
@@ -48,6 +50,7 @@ def _log(msg):
 
 def main(argv):
   del argv
+  common.quiet_library_logs()
   if FLAGS.summarize:
     from facejax.train.benchmark import summary_table
     records = []
