@@ -457,7 +457,7 @@ def benchmark_training(config: ml_collections.ConfigDict, *, steps: int = 30, wa
   # count of the unoptimized module.
   flops_compiled = compiled_flops(compiled)
   flops_lowered = compiled_flops(lowered)
-  use_lowered = flops_lowered and (not flops_compiled or flops_compiled < 0.5 * flops_lowered)
+  use_lowered = bool(flops_lowered) and (not flops_compiled or flops_compiled < 0.5 * flops_lowered)
   flops = flops_lowered if use_lowered else flops_compiled
 
   record: dict = {}
