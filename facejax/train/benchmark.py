@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import io
 import os
 import time
@@ -35,7 +36,7 @@ import numpy as np
 
 from facejax.train.feed import DeviceFeed, batch_sharding, replicate
 from facejax.train.state import create_train_state, make_optimizer
-from facejax.train.steps import AXIS, make_p_train_step
+from facejax.train.steps import AXIS, make_p_train_step, train_step
 from facejax.train.tasks import ModelIO, make_task
 
 # Dense bf16 peak per chip, TFLOP/s (vendor datasheets, no sparsity). Matched as substrings of device_kind,
@@ -165,6 +166,7 @@ class TrainingSetup:
   teacher: ModelIO | None
   state: Any
   p_step: Callable
+  step_fn: Callable  # the per-device step before pmap (for backend-independent FLOP counts)
   frozen: dict
   num_classes: int
   params: int
@@ -195,30 +197,32 @@ def random_teacher(config: ml_collections.ConfigDict, num_classes: int) -> tuple
 def build_training(config: ml_collections.ConfigDict, num_classes: int) -> TrainingSetup:
   """The trainer's pieces for `config` (facejax.train.loop.train, minus data, checkpoints and logging)."""
   from facejax.train import loop  # the trainer's own model/teacher/init builders
-  student = loop._model_io(config, num_classes)  # pylint: disable=protected-access
+  student = loop.model_io(config, num_classes)
   teacher, teacher_vars = None, None
   if config.task == 'distill':
     if config.distill.teacher_workdir:
-      teacher, teacher_vars = loop._teacher(config)  # pylint: disable=protected-access
+      teacher, teacher_vars = loop.load_teacher(config)
     elif config.bench.teacher.name:
       teacher, teacher_vars = random_teacher(config, num_classes)
     else:
       raise ValueError('config.task=distill: set config.distill.teacher_workdir (a classify run) or '
                        'config.bench.teacher.name (a registry model with random weights)')
-  task = make_task(config, loop._model_io(config, num_classes, bn_axis=AXIS), teacher, teacher_vars)  # pylint: disable=protected-access
+  task = make_task(config, loop.model_io(config, num_classes, bn_axis=AXIS), teacher, teacher_vars)
   rng = jax.random.PRNGKey(config.seed)
   init_rng, state_rng = jax.random.split(rng)
   if config.bench.init == 'numpy':
     from facejax.inference.benchmark import random_variables
     variables = random_variables(student.model, student.image_size, config.seed, method='forward')
   elif config.bench.init == 'trainer':
-    variables, _ = loop._initial_variables(config, student, init_rng)  # pylint: disable=protected-access
+    variables, _ = loop.initial_variables(config, student, init_rng)
   else:
     raise ValueError(f"config.bench.init={config.bench.init!r}: expected 'numpy' or 'trainer'")
   tx, schedule = make_optimizer(config.optim, config.total_steps, variables['params'])
   state = create_train_state(state_rng, student.model, tx, student.image_size, variables)
   return TrainingSetup(task=task, student=student, teacher=teacher, state=state,
-                       p_step=make_p_train_step(task.loss_fn, tx, schedule), frozen=task.frozen(),
+                       p_step=make_p_train_step(task.loss_fn, tx, schedule),
+                       step_fn=functools.partial(train_step, loss_fn=task.loss_fn, tx=tx, schedule=schedule),
+                       frozen=task.frozen(),
                        num_classes=num_classes, params=_count(variables['params']),
                        teacher_params=None if teacher_vars is None else _count(teacher_vars['params']))
 
@@ -456,7 +460,10 @@ def benchmark_training(config: ml_collections.ConfigDict, *, steps: int = 30, wa
   # to trust, unless the backend cannot see inside its library calls (then it reads low): fall back to the
   # count of the unoptimized module.
   flops_compiled = compiled_flops(compiled)
-  flops_lowered = compiled_flops(lowered)
+  # pmap's Lowered has no cost analysis on every backend (None on GPU); the same per-device step under vmap
+  # lowers to the same unoptimized HLO, whose count sees every convolution (GPU cuDNN calls are opaque later).
+  flops_lowered = compiled_flops(lowered) or compiled_flops(
+      jax.jit(jax.vmap(setup.step_fn, axis_name=AXIS)).lower(pstate, example, frozen))
   use_lowered = bool(flops_lowered) and (not flops_compiled or flops_compiled < 0.5 * flops_lowered)
   flops = flops_lowered if use_lowered else flops_compiled
 

@@ -55,7 +55,7 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> Non
       json.dump(current, f, indent=2, sort_keys=True)
 
 
-def _model_io(config, num_classes: int, bn_axis=None) -> ModelIO:
+def model_io(config, num_classes: int, bn_axis=None) -> ModelIO:
   from facejax.models import PREPROCESSING, build_model
   m = config.model
   if m.preprocessing not in PREPROCESSING:
@@ -66,10 +66,10 @@ def _model_io(config, num_classes: int, bn_axis=None) -> ModelIO:
   return ModelIO(model, PREPROCESSING[m.preprocessing], m.image_size)
 
 
-def _initial_variables(config, model_io: ModelIO, rng):
+def initial_variables(config, student: ModelIO, rng):
   """Fresh init, then (config.init.path) copy pretrained tensors in: a facejax run dir or a converted checkpoint."""
-  x = jnp.zeros((1, model_io.image_size, model_io.image_size, 3))
-  variables = jax.jit(lambda r: model_io.model.init({'params': r, 'dropout': r}, x, method='forward'))(rng)
+  x = jnp.zeros((1, student.image_size, student.image_size, 3))
+  variables = jax.jit(lambda r: student.model.init({'params': r, 'dropout': r}, x, method='forward'))(rng)
   path = config.init.path
   if not path:
     return variables, None
@@ -84,7 +84,7 @@ def _initial_variables(config, model_io: ModelIO, rng):
   return ckpt.copy_matching(variables, source, subtrees, f'config.init.path={path}')
 
 
-def _teacher(config):
+def load_teacher(config):
   """(ModelIO, variables) of the distillation teacher run, frozen in fp32 (or bf16 with half_precision)."""
   wd = config.distill.teacher_workdir
   info = ckpt.read_model_info(wd)
@@ -123,13 +123,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise ValueError(f'config.batch_size={config.batch_size} must divide evenly over {n_proc} process(es) x '
                      f'{n_dev} local device(s)')
   num_classes = config.model.num_classes
-  student = _model_io(config, num_classes)  # host-side twin: init and evaluation
-  teacher, teacher_vars = _teacher(config) if config.task == 'distill' else (None, None)
-  task = make_task(config, _model_io(config, num_classes, bn_axis='batch'), teacher, teacher_vars)
+  student = model_io(config, num_classes)  # host-side twin: init and evaluation
+  teacher, teacher_vars = load_teacher(config) if config.task == 'distill' else (None, None)
+  task = make_task(config, model_io(config, num_classes, bn_axis='batch'), teacher, teacher_vars)
 
   rng = jax.random.PRNGKey(config.seed)
   init_rng, state_rng = jax.random.split(rng)
-  variables, init_report = _initial_variables(config, student, init_rng)
+  variables, init_report = initial_variables(config, student, init_rng)
   if init_report and jax.process_index() == 0:
     logging.info('init from %s: %d tensors loaded, %d initialised, %d skipped', config.init.path,
                  len(init_report['loaded']), len(init_report['initialised']), len(init_report['skipped']))
