@@ -18,6 +18,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every = 0  # verification on config.val pairs every N steps (0: never)
   c.max_nonfinite_streak = 20  # consecutive skipped (non-finite) steps before the run stops
   c.progress = True
+  c.prefetch = 'thread'  # host->device copies ahead of the step: 'thread' | 'device_put' | 'none'
 
   c.model = ml_collections.ConfigDict(dict(
       name='vgg_small', embed_dim=128, dropout=0.0, image_size=64,

@@ -16,12 +16,13 @@ from tqdm import tqdm
 
 from facejax import data as fdata
 from facejax.train import checkpoint as ckpt
+from facejax.train.feed import DeviceFeed, batch_sharding
 from facejax.train.state import TrainState, create_train_state, make_optimizer
 from facejax.train.steps import make_p_train_step
 from facejax.train.tasks import ModelIO, make_task
 
 # Fields that may change between a run and its resumption without changing what is computed.
-RUNTIME_FIELDS = ('resume', 'log_every', 'progress', 'eval_every', 'keep_checkpoints', 'checkpoint_every')
+RUNTIME_FIELDS = ('resume', 'log_every', 'progress', 'prefetch', 'eval_every', 'keep_checkpoints', 'checkpoint_every')
 
 
 def _config_diff(a: dict, b: dict, prefix: str = '') -> list[str]:
@@ -88,8 +89,12 @@ def load_teacher(config):
   """(ModelIO, variables) of the distillation teacher run, frozen in fp32 (or bf16 with half_precision)."""
   wd = config.distill.teacher_workdir
   info = ckpt.read_model_info(wd)
-  model, pre, size = ckpt.build_from_info(info, dtype=jnp.bfloat16 if config.half_precision else jnp.float32)
-  return ModelIO(model, pre, size), ckpt.restore_variables(wd)
+  dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+  model, pre, size = ckpt.build_from_info(info, dtype=dtype)
+  variables = ckpt.restore_variables(wd)
+  # The frozen teacher's weights are cast once here, not in every step (BN statistics stay float32).
+  variables['params'] = jax.tree_util.tree_map(lambda x: np.asarray(x, dtype), variables['params'])
+  return ModelIO(model, pre, size), variables
 
 
 def first_replica(tree):
@@ -158,12 +163,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   p_step = make_p_train_step(task.loss_fn, tx, schedule)
   frozen = jax_utils.replicate(task.frozen())
   pstate = jax_utils.replicate(state)
+  # Batches are copied to the devices ahead of the step; the feed reports the loader state of the last batch
+  # handed out, so a checkpoint never skips the batches still queued.
+  feed = DeviceFeed(loader, batch_sharding(), mode=config.prefetch, depth=2, track_state=True)
   last, t0, seen = {}, time.perf_counter(), 0
   bar = tqdm(total=config.total_steps, initial=start, desc=f'{config.task} {os.path.basename(workdir)}',
              disable=not config.progress or jax.process_index() != 0, dynamic_ncols=True)
   for step in range(start + 1, config.total_steps + 1):
-    batch = next(loader)
-    pstate, metrics = p_step(pstate, {k: batch[k] for k in ('image', 'label')}, frozen)
+    pstate, metrics = p_step(pstate, next(feed), frozen)
     seen += config.batch_size
     bar.update(1)
     if step % config.log_every == 0 or step == config.total_steps:
@@ -182,7 +189,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       _validate(config, student, first_replica(pstate), workdir, step)
     if step % config.checkpoint_every == 0 or step == config.total_steps:
       manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(first_replica(pstate).to_checkpoint()),
-                                                 data=ocp.args.JsonSave(loader.get_state())))
+                                                 data=ocp.args.JsonSave(feed.get_state())))
+  feed.close()
   bar.close()
   manager.wait_until_finished()
   manager.close()
