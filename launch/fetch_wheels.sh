@@ -2,9 +2,9 @@
 # Fill wheels/ (git-ignored) with the packages facejax needs that the GPU image ('cuda': JAX, flax, optax, orbax,
 # etils, numpy, protobuf, pyarrow, ... preinstalled) lacks: grain, ml_collections, tensorflow-datasets,
 # array_record and their missing dependencies, for CPython 3.11 and 3.12 on manylinux x86_64 (3.10 is tried and reported missing).
-# Versions are the ones this repo's venv runs its tests with. scripts/gpu_bench.sh installs from here with
+# Versions are the ones this repo's venv runs its tests with. launch/gpu_bench.sh installs from here with
 # --no-index --no-deps, only what the machine cannot import.
-#   bash scripts/fetch_wheels.sh        # -> wheels/, ~16 MB
+#   bash launch/fetch_wheels.sh        # -> wheels/, ~16 MB
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Training throughput on a lent GPU, in one go: <= ~8 minutes wall, compiles included.
 #
-#   bash scripts/gpu_bench.sh                   # on the GPU machine, from the repo root; carry: wheels
-#   FJ_BENCH_TINY=1 PYTHON=.venv/bin/python OUT=/tmp/fjb bash scripts/gpu_bench.sh   # CPU dry run, tiny models
+#   bash launch/gpu_bench.sh                   # on the GPU machine, from the repo root; carry: wheels
+#   FJ_BENCH_TINY=1 PYTHON=.venv/bin/python OUT=/tmp/fjb bash launch/gpu_bench.sh   # CPU dry run, tiny models
 #
 # Measurements, in priority order, each its own process under a hard `timeout` cut to the time left:
 #   classify_r50_device         ResNet-50@224 classify, bf16, batch 256, 10,575 ids, one on-device batch reused
@@ -81,7 +81,7 @@ pip_install() {
 if [[ -n "$NEED" ]]; then
   echo "installing from wheels/: $NEED"
   # shellcheck disable=SC2086
-  pip_install $NEED || echo "!! wheel install failed (is wheels/ carried? bash scripts/fetch_wheels.sh)"
+  pip_install $NEED || echo "!! wheel install failed (is wheels/ carried? bash launch/fetch_wheels.sh)"
 else
   echo "nothing to install"
 fi
