@@ -205,3 +205,16 @@ def test_two_processes_agree_with_one(tmp_path):
     assert q.wait(timeout=600) == 0, output(q)
   assert_trees_equal(ckpt.restore_variables(str(tmp_path / 'single'), 4),
                      ckpt.restore_variables(str(tmp_path / 'multi'), 4), rtol=1e-4, atol=1e-5)
+
+
+def test_periodic_validation_and_tensorboard(tmp_path):
+  c = get_config()
+  c.total_steps = 4
+  c.eval_every = 2
+  c.val.kwargs = ml_collections.ConfigDict(dict(num_identities=6, images_per_identity=2, image_size=16,
+                                                identity_offset=1000, num_folds=2, pairs_per_fold=4))
+  train(c, str(tmp_path))
+  with open(tmp_path / 'metrics.jsonl') as f:
+    val = [r for r in map(json.loads, f) if 'val_accuracy' in r]
+  assert [r['step'] for r in val] == [2, 4] and all(0 <= r['val_accuracy'] <= 1 for r in val)
+  assert any(name.startswith('events.out.tfevents') for name in os.listdir(tmp_path / 'tb'))

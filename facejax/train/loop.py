@@ -103,10 +103,31 @@ def first_replica(tree):
   return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
 
 
-def _write_metrics(workdir: str, record: dict) -> None:
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
+class MetricWriter:
+  """Process 0 appends each record to `workdir/metrics.jsonl` and writes its numbers as TensorBoard scalars
+  (`workdir/tb/`, tensorboardX: no TensorFlow needed); other processes write nothing."""
+
+  def __init__(self, workdir: str):
+    self.active = jax.process_index() == 0
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self._tb = None
+    if self.active:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, 'tb'))
+
+  def write(self, record: dict) -> None:
+    if not self.active:
+      return
+    with open(self.path, 'a') as f:
       f.write(json.dumps(record) + '\n')
+    for k, v in record.items():
+      if k != 'step' and isinstance(v, (int, float)):
+        self._tb.add_scalar(k, v, record['step'])
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -166,6 +187,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Batches are copied to the devices ahead of the step; the feed reports the loader state of the last batch
   # handed out, so a checkpoint never skips the batches still queued.
   feed = DeviceFeed(loader, batch_sharding(), mode=config.prefetch, depth=2, track_state=True)
+  writer = MetricWriter(workdir)
   last, t0, seen = {}, time.perf_counter(), 0
   bar = tqdm(total=config.total_steps, initial=start, desc=f'{config.task} {os.path.basename(workdir)}',
              disable=not config.progress or jax.process_index() != 0, dynamic_ncols=True)
@@ -178,7 +200,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       dt = time.perf_counter() - t0
       streak, total = first_replica((pstate.nonfinite_streak, pstate.nonfinite_total))
       last = dict(step=step, **m, img_per_s=seen / dt, nonfinite_total=int(total))
-      _write_metrics(workdir, last)
+      writer.write(last)
       bar.set_postfix(loss=f'{m["loss"]:.4f}', refresh=False)
       t0, seen = time.perf_counter(), 0
       if streak >= config.max_nonfinite_streak:
@@ -186,19 +208,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                  f'NaN/Inf), limit config.max_nonfinite_streak={config.max_nonfinite_streak}; '
                                  'lower the learning rate or check the data')
     if config.eval_every and step % config.eval_every == 0:
-      _validate(config, student, first_replica(pstate), workdir, step)
+      _validate(config, student, first_replica(pstate), writer, step)
     if step % config.checkpoint_every == 0 or step == config.total_steps:
       manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(first_replica(pstate).to_checkpoint()),
                                                  data=ocp.args.JsonSave(feed.get_state())))
   feed.close()
+  writer.close()
   bar.close()
   manager.wait_until_finished()
   manager.close()
   return last
 
 
-def _validate(config, student: ModelIO, state: TrainState, workdir: str, step: int) -> None:
+def _validate(config, student: ModelIO, state: TrainState, writer: MetricWriter, step: int) -> None:
   from facejax.evaluation.pairs import evaluate_pairs
   pairs = fdata.make_pairs(config.val.source, **config.val.kwargs.to_dict())
   result = evaluate_pairs(student, {'params': state.params, 'batch_stats': state.batch_stats}, pairs)
-  _write_metrics(workdir, {'step': step, 'val_accuracy': result['accuracy'], 'val_auc': result['auc']})
+  writer.write({'step': step, 'val_accuracy': result['accuracy'], 'val_auc': result['auc']})
