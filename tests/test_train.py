@@ -218,3 +218,21 @@ def test_periodic_validation_and_tensorboard(tmp_path):
     val = [r for r in map(json.loads, f) if 'val_accuracy' in r]
   assert [r['step'] for r in val] == [2, 4] and all(0 <= r['val_accuracy'] <= 1 for r in val)
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(tmp_path / 'tb'))
+
+
+def test_cached_teacher_outputs_match_running_the_teacher(tmp_path):
+  teacher = get_config()
+  teacher.total_steps = 2
+  train(teacher, str(tmp_path / 'teacher'))
+  runs = {}
+  for cache in (False, True):
+    c = get_config('distill')
+    c.total_steps = 4
+    c.data.augment = False
+    c.distill.update(teacher_workdir=str(tmp_path / 'teacher'), soft_weight=0.5, cache_teacher=cache)
+    train(c, str(tmp_path / f'cache{cache}'))
+    runs[cache] = losses(str(tmp_path / f'cache{cache}'))
+  np.testing.assert_allclose(runs[True], runs[False], rtol=1e-4)
+  c.data.augment = True
+  with pytest.raises(ValueError, match='cache_teacher=True needs config.data.augment=False'):
+    train(c, str(tmp_path / 'bad'))

@@ -19,7 +19,7 @@ from facejax.train import checkpoint as ckpt
 from facejax.train.feed import DeviceFeed, batch_sharding
 from facejax.train.state import TrainState, create_train_state, make_optimizer
 from facejax.train.steps import make_p_train_step
-from facejax.train.tasks import ModelIO, make_task
+from facejax.train.tasks import ModelIO, make_task, teacher_outputs
 
 # Fields that may change between a run and its resumption without changing what is computed.
 RUNTIME_FIELDS = ('resume', 'log_every', 'progress', 'prefetch', 'eval_every', 'keep_checkpoints', 'checkpoint_every')
@@ -151,7 +151,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   num_classes = config.model.num_classes
   student = model_io(config, num_classes)  # host-side twin: init and evaluation
   teacher, teacher_vars = load_teacher(config) if config.task == 'distill' else (None, None)
-  task = make_task(config, model_io(config, num_classes, bn_axis='batch'), teacher, teacher_vars)
+  # Batches come at the larger input size of student and teacher; each model resizes in-graph to its own.
+  load_size = max(student.image_size, teacher.image_size if teacher else 0)
+  cache = None
+  if config.task == 'distill' and config.distill.cache_teacher:
+    if config.data.augment:
+      raise ValueError('config.distill.cache_teacher=True needs config.data.augment=False: the cache holds the '
+                       "teacher's outputs for the un-augmented images")
+    cache = teacher_outputs(teacher, teacher_vars, source, load_size)
+  task = make_task(config, model_io(config, num_classes, bn_axis='batch'), teacher, teacher_vars, cache)
 
   rng = jax.random.PRNGKey(config.seed)
   init_rng, state_rng = jax.random.split(rng)
@@ -162,8 +170,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tx, schedule = make_optimizer(config.optim, config.total_steps, variables['params'])
   state = create_train_state(state_rng, student.model, tx, student.image_size, variables)
 
-  # Batches come at the larger input size of student and teacher; each model resizes in-graph to its own.
-  load_size = max(student.image_size, teacher.image_size if teacher else 0)
   loader = fdata.train_loader(source, global_batch_size=config.batch_size, image_size=load_size,
                               seed=config.seed, num_devices=n_dev, augment=config.data.augment,
                               sampler=config.data.sampler, images_per_identity=config.data.images_per_identity,
@@ -186,7 +192,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   pstate = jax_utils.replicate(state)
   # Batches are copied to the devices ahead of the step; the feed reports the loader state of the last batch
   # handed out, so a checkpoint never skips the batches still queued.
-  feed = DeviceFeed(loader, batch_sharding(), mode=config.prefetch, depth=2, track_state=True)
+  feed = DeviceFeed(loader, batch_sharding(), mode=config.prefetch, depth=2, keys=('image', 'label', 'index'),
+                    track_state=True)
   writer = MetricWriter(workdir)
   last, t0, seen = {}, time.perf_counter(), 0
   bar = tqdm(total=config.total_steps, initial=start, desc=f'{config.task} {os.path.basename(workdir)}',

@@ -65,7 +65,9 @@ class Classify:
 @dataclasses.dataclass(frozen=True)
 class Distill:
   """Teacher -> student: w_embed * mimic(student emb, teacher emb) + w_soft * KL_T(teacher || student) + w_hard * CE.
-  The teacher is frozen (eval mode) and its variables arrive through `frozen`."""
+  The teacher is frozen (eval mode) and its variables arrive through `frozen`; with `teacher_cache`
+  ({'embedding': [N, D], 'logits': [N, C]} per source record, from `teacher_outputs`) the teacher is not run
+  at all and its outputs are looked up by `batch['index']`."""
   student: ModelIO
   teacher: ModelIO
   teacher_variables: Any = dataclasses.field(repr=False, default=None)
@@ -74,13 +76,19 @@ class Distill:
   soft_weight: float = 0.0
   temperature: float = 4.0
   hard_weight: float = 0.0
+  teacher_cache: Any = dataclasses.field(repr=False, default=None)
 
   def frozen(self) -> dict:
+    if self.teacher_cache is not None:
+      return {'cache': self.teacher_cache}
     return {'teacher': self.teacher_variables}
 
   def loss_fn(self, params, batch_stats, batch, frozen, rng):
-    t = frozen['teacher']
-    t_out, _ = self.teacher(t['params'], t['batch_stats'], batch['image'], train=False)
+    if 'cache' in frozen:
+      t_out = jax.tree_util.tree_map(lambda table: table[batch['index']], frozen['cache'])
+    else:
+      t = frozen['teacher']
+      t_out, _ = self.teacher(t['params'], t['batch_stats'], batch['image'], train=False)
     t_out = jax.lax.stop_gradient(t_out)
     out, batch_stats = self.student(params, batch_stats, batch['image'], train=True, rng=rng)
     metrics = {}
@@ -124,8 +132,20 @@ class Siamese:
 TASKS = ('classify', 'distill', 'siamese')
 
 
+def teacher_outputs(teacher: ModelIO, variables: dict, source, image_size: int, batch_size: int = 256) -> dict:
+  """The frozen teacher's {'embedding', 'logits'} (float32 [N, ...]) for every record of `source`, centre-cropped
+  at `image_size` (what an un-augmented training batch holds), in record order."""
+  import numpy as np
+  from facejax.data import eval_batches
+  from facejax.data.synthetic import SourceImages
+  fn = jax.jit(lambda images: teacher(variables['params'], variables['batch_stats'], images, train=False)[0])
+  outs = [jax.device_get({k: v for k, v in fn(b).items() if k in ('embedding', 'logits')})
+          for b in eval_batches(SourceImages(source), batch_size, image_size)]
+  return {k: np.concatenate([o[k] for o in outs]).astype(np.float32) for k in outs[0]}
+
+
 def make_task(config: ml_collections.ConfigDict, student: ModelIO, teacher: ModelIO | None = None,
-              teacher_variables=None):
+              teacher_variables=None, teacher_cache=None):
   """Build the task named by `config.task` from its config section."""
   if config.task == 'classify':
     c = config.classify
@@ -135,7 +155,7 @@ def make_task(config: ml_collections.ConfigDict, student: ModelIO, teacher: Mode
     if teacher is None:
       raise ValueError('config.task=distill needs config.distill.teacher_workdir (a finished classify run)')
     return Distill(student, teacher, teacher_variables, c.embed_weight, c.embed_kind, c.soft_weight, c.temperature,
-                   c.hard_weight)
+                   c.hard_weight, teacher_cache)
   if config.task == 'siamese':
     c = config.siamese
     return Siamese(student, c.loss, c.margin)
