@@ -37,7 +37,8 @@ flags.DEFINE_bool('ort_int8', False, 'Also time ONNX Runtime dynamic int8 quanti
 flags.DEFINE_integer('rounds', 7, 'Interleaved rounds.')
 flags.DEFINE_integer('calls', 3, 'Calls per variant per round (the first of each block is not timed).')
 flags.DEFINE_integer('embed_dim', 128, 'Embedding size.')
-flags.DEFINE_string('opt_options', '{}', 'JSON dict of optimize_for_inference options for jax_opt.')
+flags.DEFINE_string('opt_variants', '{}', 'JSON {name: optimize_for_inference options} adding (or redefining) '
+                    'jax_* variants, e.g. {"jax_opt_xla": {"conv": "xla"}}; name them in --variants too.')
 flags.DEFINE_string('json_out', None, 'Write all records here (and the markdown table next to it, .md).')
 
 ONNX_OPSET = 17
@@ -309,7 +310,10 @@ def ort_session(path: str, threads: int):
 # --------------------------------------------------------------------------------------------------------
 
 
-def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, embed_dim: int, opt_options: dict,
+OPT_VARIANTS = {'jax_opt': {}, 'jax_bf16': {'dtype': 'bfloat16'}, 'jax_int8': {'dtype': 'int8'}}
+
+
+def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, embed_dim: int, opt_variants: dict,
                   ort_int8: bool, log=print, pause: float = 0.05) -> list[dict]:
   import jax
   import jax.numpy as jnp
@@ -344,12 +348,9 @@ def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, emb
       if v == 'jax_plain':
         c = jax.jit(lambda v_, x: model.apply(v_, x, method=model.embed)).lower(variables, xj).compile()
         fns[v] = lambda c=c: c(variables, xj)
-      elif v.startswith('jax_'):
-        dtype = {'jax_opt': 'float32', 'jax_bf16': 'bfloat16', 'jax_int8': 'int8'}[v]
-        options = dict(opt_options, dtype=dtype)
-        compiler_options = options.pop('compiler_options', {})
-        f = optimize_for_inference(model, variables, image_size=size, **options)
-        c = jax.jit(f).lower(xj).compile(compiler_options=compiler_options)
+      elif v in opt_variants:
+        f = optimize_for_inference(model, variables, image_size=size, **opt_variants[v])
+        c = jax.jit(f).lower(xj).compile(compiler_options=f.compiler_options or None)
         fns[v] = lambda c=c: c(xj)
       elif v == 'ort':
         sess = ort_session(onnx_path, threads)
@@ -390,6 +391,8 @@ def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, emb
            'gflops_per_image': round(flops / 1e9, 4), 'ms_median': round(float(np.median(ms)), 2),
            'ms_min': round(float(ms.min()), 2), 'ms_per_image': round(float(np.median(ms)) / b, 3),
            'compile_or_load_s': round(compile_s[v], 2), 'threads': threads, 'samples': len(ms)}
+      if v in opt_variants:
+        r['options'] = opt_variants[v]
       if ref is not None:
         r['max_abs_diff_vs_jax_plain'] = float(f'{np.abs(out - ref).max():.3g}')
         r['min_cosine_vs_jax_plain'] = round(float(np.min(np.sum(out * ref, -1))), 6)
@@ -428,7 +431,8 @@ def main(argv):
   records = []
   for name in FLAGS.models:
     records += compare_model(name, [int(b) for b in FLAGS.batch_sizes], list(FLAGS.variants), FLAGS.rounds,
-                             FLAGS.calls, FLAGS.embed_dim, json.loads(FLAGS.opt_options), FLAGS.ort_int8,
+                             FLAGS.calls, FLAGS.embed_dim, dict(OPT_VARIANTS, **json.loads(FLAGS.opt_variants)),
+                             FLAGS.ort_int8,
                              log=lambda r: print(json.dumps(r), flush=True))
   table = markdown(records)
   print(table)
@@ -436,7 +440,7 @@ def main(argv):
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json_out)), exist_ok=True)
     with open(FLAGS.json_out, 'w') as f:
       json.dump({'records': records, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
-                 'opt_options': json.loads(FLAGS.opt_options)}, f, indent=2)
+                 'opt_variants': dict(OPT_VARIANTS, **json.loads(FLAGS.opt_variants))}, f, indent=2)
     with open(os.path.splitext(FLAGS.json_out)[0] + '.md', 'w') as f:
       f.write(table + '\n')
 

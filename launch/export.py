@@ -13,9 +13,9 @@ flags.DEFINE_string('workdir', None, 'Run directory (model.json + checkpoints/).
 flags.DEFINE_string('out', None, 'Artifact path, e.g. model.jaxexport.')
 flags.DEFINE_integer('step', None, 'Checkpoint step (default: latest).')
 flags.DEFINE_enum('flip', None, ['sum', 'concat'], 'Flip test-time augmentation baked into the artifact.')
-flags.DEFINE_bool('optimize', True, 'Export the optimized inference forward (BN folded, im2col convs).')
+flags.DEFINE_bool('optimize', True, 'Export the optimized inference forward (BN folded, re-lowered convs).')
 flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16', 'int8'], 'Dtype policy of the optimized forward.')
-flags.DEFINE_enum('conv', 'im2col', ['im2col', 'xla'], 'Conv lowering of the optimized forward.')
+flags.DEFINE_enum('conv', 'auto', ['auto', 'im2col', 'winograd', 'xla'], 'Conv lowering of the optimized forward.')
 flags.DEFINE_list('platforms', ['cpu'], 'Platforms to lower for (e.g. cpu,cuda).')
 flags.mark_flags_as_required(['workdir', 'out'])
 

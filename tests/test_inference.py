@@ -83,6 +83,30 @@ def test_int8_does_not_mix_examples_of_a_batch():
   np.testing.assert_allclose(fn(x)[:1], fn(loud)[:1], atol=1e-6)
 
 
+@pytest.mark.parametrize('conv', ['im2col', 'winograd'])
+def test_conv_lowerings_match_reference(conv):
+  model, variables = _model('resnet18_w050')  # 7x7 stride-2 stem, 3x3 stride 1 and 2, 1x1 stride 2
+  x = _inputs(2, size=20)  # odd feature-map sizes: Winograd's 2x2 tiles need cropping
+  variables = random_variables(model, 20, seed=4)
+  out = jax.jit(optimize_for_inference(model, variables, image_size=20, conv=conv))(x)
+  np.testing.assert_allclose(out, _reference(model, variables, x), atol=F32_TOL)
+
+
+def test_auto_lowering_choices():
+  from facejax.inference.optimize import prepare_layers
+  model = build_model('resnet50', num_classes=0, embed_dim=16)
+  variables = random_variables(model, 224)
+  plan = trace_plan(model, variables, 224)
+  layers = prepare_layers(fold_batch_norm(model, variables, 224, plan), plan, 'auto', 'float32')['layers']
+  low = {p: v['lowering'] for p, v in layers.items()}
+  assert low['backbone/conv1'] == 'xla'  # 7x7 stem at 112x112
+  assert low['backbone/layer1_0/conv2'] == 'xla' and low['backbone/layer1_0/conv1'] == 'matmul'
+  assert low['backbone/layer3_1/conv2'] == 'winograd' and low['backbone/layer4_0/conv2'] == 'matmul'  # 14x14; s2
+  assert layers['backbone/layer3_1/conv2']['kernel'].shape == (16, 256, 256)
+  int8 = prepare_layers(fold_batch_norm(model, variables, 224, plan), plan, 'auto', 'int8')['layers']
+  assert {v['lowering'] for p, v in int8.items() if p != 'embedding/dense'} == {'matmul'}
+
+
 def test_xla_conv_lowering_with_weights_as_arguments():
   model, variables = _model('mobilefacenet')  # plain, depthwise and global-depthwise convs, PReLU
   x = _inputs()

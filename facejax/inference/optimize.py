@@ -38,7 +38,9 @@ import numpy as np
 from jax import lax
 from flax.linen.linear import canonicalize_padding
 
-CONV_IMPLS = ('im2col', 'xla')
+CONV_IMPLS = ('auto', 'im2col', 'winograd', 'xla')
+DENSE_SPLIT_BYTES = 32 << 20  # dense kernels at least this big are split into `dense_blocks` column blocks
+AUTO_IM2COL_MAX_PIXELS = 196  # conv='auto': k>1 convs with at most this many output pixels per image -> im2col
 # XLA CPU compile options per dtype policy (passed per executable, so nothing leaks into the rest of the
 # process). YNNPACK runs XLA CPU's dots by default in jax 0.10; adding ELTWISE lets it take the bias, ReLU and
 # residual add that follow each matmul into the same fusion instead of a separate loop over the activations.
@@ -216,6 +218,63 @@ def conv_lowering(conv: nn.Conv, in_shape: tuple) -> str:
   return 'xla'
 
 
+def _winograd_ok(entry: LayerPlan) -> bool:
+  return entry.kind == 'conv' and tuple(entry.module.kernel_size) == (3, 3) and _strides(entry.module) == (1, 1)
+
+
+def auto_lowering(entry: LayerPlan, im2col_max_pixels: int = 196) -> str:
+  """conv='auto' for a plain conv (float32/bf16): 1x1 -> 'matmul'; maps of at most `im2col_max_pixels` output
+  pixels per image (14x14 and smaller) -> 'winograd' for 3x3 stride 1, else 'matmul' (im2col); larger maps ->
+  'xla' (XLA's native convolution wins there: im2col copies k*k times the input, measured 2-6x slower at
+  56x56 and above, and Winograd's transforms are memory-bound at large maps)."""
+  if np.prod(entry.module.kernel_size) == 1:
+    return 'matmul'
+  if np.prod(entry.out_shape[1:-1]) > im2col_max_pixels:
+    return 'xla'
+  return 'winograd' if _winograd_ok(entry) else 'matmul'
+
+
+# Winograd F(2x2, 3x3) (Lavin & Gray 2016): each 2x2 output tile from a 4x4 input tile with 16 multiplies per
+# (input, output) channel pair instead of 36: V = B^T d B, U = G g G^T, Y = A^T (U . V) A.
+_WINO_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
+_WINO_G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float64)
+_WINO_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
+
+
+def winograd_kernel(kernel: np.ndarray) -> np.ndarray:
+  """HWIO [3, 3, C, F] -> the 16 transformed kernels [16, C, F] (float64 math, float32 out)."""
+  u = np.einsum('ai,ijcf,bj->abcf', _WINO_G, np.asarray(kernel, np.float64), _WINO_G)
+  return u.reshape(16, *kernel.shape[2:]).astype(np.float32)
+
+
+def _signed_sum(coeffs, terms):
+  out = None
+  for c, t in zip(coeffs, terms):
+    if c:
+      t = t if c == 1 else (-t if c == -1 else c * t)
+      out = t if out is None else out + t
+  return out
+
+
+def winograd_conv(x, u, pads):
+  """3x3 stride-1 conv of NHWC `x` (zero `pads`) with transformed kernels `u` [16, C, F] -> [B, Ho, Wo, F]:
+  two XLA loop fusions (input and output transforms) around one batched [16] matmul."""
+  x = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+  b, hp, wp, c = x.shape
+  ho, wo = hp - 2, wp - 2
+  th, tw = -(-ho // 2), -(-wo // 2)
+  x = jnp.pad(x, ((0, 0), (0, 2 * th + 2 - hp), (0, 2 * tw + 2 - wp), (0, 0)))
+  d = [[x[:, i:i + 2 * th:2, j:j + 2 * tw:2, :] for j in range(4)] for i in range(4)]
+  rows = [[_signed_sum(_WINO_BT[a], [d[i][j] for i in range(4)]) for j in range(4)] for a in range(4)]
+  v = jnp.stack([_signed_sum(_WINO_BT[e], rows[a]) for a in range(4) for e in range(4)]).reshape(16, -1, c)
+  m = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))))  # [16, tiles, F]
+  f = u.shape[-1]
+  m = m.reshape(4, 4, b, th, tw, f)
+  r = [[_signed_sum(_WINO_AT[a], [m[i, j] for i in range(4)]) for j in range(4)] for a in range(2)]
+  y = jnp.stack([jnp.stack([_signed_sum(_WINO_AT[e], r[a]) for e in range(2)], axis=3) for a in range(2)], axis=2)
+  return y.reshape(b, 2 * th, 2 * tw, f)[:, :ho, :wo]
+
+
 def _strides(conv: nn.Conv) -> tuple[int, int]:
   s = conv.strides if conv.strides is not None else 1
   return (s, s) if isinstance(s, int) else tuple(s)
@@ -269,6 +328,8 @@ def conv_forward(entry: LayerPlan, p: dict, x):
     return _xla_conv(conv, x.astype(kernel.dtype), kernel) + bias.astype(kernel.dtype)
   kh, kw = conv.kernel_size
   pads = _conv_pads(conv, x.shape)
+  if lowering == 'winograd':
+    return winograd_conv(x.astype(kernel.dtype), kernel, pads) + bias.astype(kernel.dtype)
   sh, sw = _strides(conv)
   if lowering == 'depthwise':  # k*k shifted multiply-adds
     x = x.astype(kernel.dtype)
@@ -296,7 +357,12 @@ def _xla_conv(conv: nn.Conv, x, kernel):
 
 
 def dense_forward(p: dict, x):
+  """`p['kernel']`: [K, F], or (int8 [K, F], scale [F]), or a list of column blocks of either (a big layer
+  split so XLA's thunk executor runs the blocks' matrix-vector products concurrently)."""
   kernel, bias = p['kernel'], p['bias']
+  if isinstance(kernel, list):
+    blocks = [dense_forward({'kernel': k, 'bias': b}, x) for k, b in zip(kernel, bias)]
+    return jnp.concatenate(blocks, axis=-1)
   if isinstance(kernel, tuple):
     return _int8_matmul(_quantize_activations(x), *kernel) + bias
   return _matmul(x.astype(kernel.dtype), kernel) + bias.astype(kernel.dtype)
@@ -315,7 +381,20 @@ def _quantize_weights(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return q, scale.astype(np.float32)
 
 
-def prepare_layers(folded: dict, plan: dict[str, LayerPlan], conv: str, dtype: str) -> dict:
+def default_compiler_options(plan: dict[str, LayerPlan], lowerings: dict[str, str], dtype: str) -> dict:
+  """DEFAULT_COMPILER_OPTIONS[dtype], except that YNNPACK eltwise fusion is left off when most conv FLOPs run
+  as native convolutions: XLA then hands whole chains of them with their activations to YNNPACK as one big
+  fusion, measured 1.5-2x slower on VGG-16 (it helps where the FLOPs are in im2col matmuls, e.g. ResNet-50)."""
+  options = dict(DEFAULT_COMPILER_OPTIONS[dtype])
+  native = sum(layer_flops({p: e}) for p, e in plan.items() if e.kind == 'conv' and lowerings.get(p) == 'xla')
+  total = sum(layer_flops({p: e}) for p, e in plan.items() if e.kind == 'conv')
+  if total and native / total > 0.5:
+    options.pop('xla_cpu_experimental_ynn_fusion_type', None)
+  return options
+
+
+def prepare_layers(folded: dict, plan: dict[str, LayerPlan], conv: str, dtype: str,
+                   im2col_max_pixels: int = AUTO_IM2COL_MAX_PIXELS, dense_blocks: int = 1) -> dict:
   """Folded float32 tree -> what the forward consumes: per layer its lowering, matmul kernels already 2-D
   (reshaped here in numpy, not by XLA's constant folder), cast or quantised per the dtype policy."""
   layers = {}
@@ -323,17 +402,29 @@ def prepare_layers(folded: dict, plan: dict[str, LayerPlan], conv: str, dtype: s
     entry = plan[path]
     kernel, bias = np.asarray(p['kernel'], np.float32), np.asarray(p['bias'], np.float32)
     lowering = 'matmul' if entry.kind == 'dense' else (
-        conv_lowering(entry.module, entry.in_shape) if conv == 'im2col' else 'xla')
+        conv_lowering(entry.module, entry.in_shape) if conv != 'xla' else 'xla')
+    if conv == 'auto' and lowering == 'matmul' and entry.kind == 'conv' and dtype != 'int8':
+      lowering = auto_lowering(entry, im2col_max_pixels)
+    if conv == 'winograd' and lowering == 'matmul' and _winograd_ok(entry):
+      lowering = 'winograd'
     if lowering == 'matmul':
       kernel = kernel.reshape(-1, kernel.shape[-1])
+    if lowering == 'winograd':
+      kernel = winograd_kernel(kernel)
     out = {'lowering': lowering}
     # int8 only where a matmul does the work and the reduction is long enough to average rounding errors.
     if dtype == 'int8' and lowering == 'matmul' and kernel.shape[0] >= 16:
-      out.update(kernel=_quantize_weights(kernel), bias=bias)
+      cast = _quantize_weights
     elif dtype == 'bfloat16':
-      out.update(kernel=kernel.astype(jnp.bfloat16), bias=bias.astype(jnp.bfloat16))
+      cast = lambda k: k.astype(jnp.bfloat16)
     else:
-      out.update(kernel=kernel, bias=bias)
+      cast = lambda k: k
+    bias = bias.astype(jnp.bfloat16) if dtype == 'bfloat16' else bias
+    if entry.kind == 'dense' and dense_blocks > 1 and kernel.nbytes >= DENSE_SPLIT_BYTES:
+      cols = np.array_split(np.arange(kernel.shape[1]), dense_blocks)
+      out.update(kernel=[cast(kernel[:, c]) for c in cols], bias=[bias[c] for c in cols])
+    else:
+      out.update(kernel=cast(kernel), bias=bias)
     layers[path] = out
   return {**folded, 'layers': layers}
 
@@ -369,7 +460,7 @@ def _l2_normalize(x, eps=1e-10):
   return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
 
 
-def inference_forward(model, variables, *, image_size: int, conv: str = 'im2col', dtype: str = 'float32',
+def inference_forward(model, variables, *, image_size: int, conv: str = 'auto', dtype: str = 'float32',
                       weights: str = 'const', method: Callable = _raw_embed,
                       compiler_options: dict | None = None) -> InferenceFn:
   """The rewritten forward as an `InferenceFn`; calling it returns the RAW (un-normalised) output of
@@ -379,9 +470,10 @@ def inference_forward(model, variables, *, image_size: int, conv: str = 'im2col'
   return InferenceFn(fn.raw_forward, fn.params, fn.raw_forward, fn.options, fn.compiler_options)
 
 
-def optimize_for_inference(model, variables, *, image_size: int, conv: str = 'im2col', dtype: str = 'float32',
+def optimize_for_inference(model, variables, *, image_size: int, conv: str = 'auto', dtype: str = 'float32',
                            weights: str = 'const', method: Callable = _raw_embed,
-                           compiler_options: dict | None = None) -> InferenceFn:
+                           compiler_options: dict | None = None,
+                           im2col_max_pixels: int = AUTO_IM2COL_MAX_PIXELS, dense_blocks: int = 1) -> InferenceFn:
   """BN-folded, re-lowered embedding forward of a FaceNet (see the module docstring for the options).
 
   -> InferenceFn: `fn(x)` float [B, S, S, 3] model input (after `Preprocessing.apply`) -> [B, D] float32
@@ -396,7 +488,8 @@ def optimize_for_inference(model, variables, *, image_size: int, conv: str = 'im
     raise ValueError(f'weights={weights!r}: expected one of {WEIGHTS}')
   variables = jax.tree_util.tree_map(np.asarray, dict(variables))
   plan = trace_plan(model, variables, image_size, method)
-  folded = prepare_layers(fold_batch_norm(model, variables, image_size, plan), plan, conv, dtype)
+  folded = prepare_layers(fold_batch_norm(model, variables, image_size, plan), plan, conv, dtype, im2col_max_pixels,
+                          dense_blocks)
   lowerings = {path: p.pop('lowering') for path, p in folded['layers'].items()}  # static, not a pytree leaf
   if weights == 'const':
     folded = jax.tree_util.tree_map(jnp.asarray, folded)
@@ -428,5 +521,6 @@ def optimize_for_inference(model, variables, *, image_size: int, conv: str = 'im
     return _l2_normalize(raw_forward(params, x))
 
   options = dict(conv=conv, dtype=dtype, weights=weights)
-  compiler_options = dict(DEFAULT_COMPILER_OPTIONS[dtype] if compiler_options is None else compiler_options)
+  if compiler_options is None:
+    compiler_options = default_compiler_options(plan, lowerings, dtype)
   return InferenceFn(forward, folded, raw_forward, options, compiler_options)
