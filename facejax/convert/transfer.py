@@ -8,8 +8,12 @@ from facejax.convert.plan import ConversionReport, _listing, flatten, unflatten
 COLLECTIONS = ('params', 'batch_stats')
 
 
-def transfer_backbone(face_variables: dict, pretrained_variables: dict) -> tuple[dict, ConversionReport]:
+def transfer_backbone(face_variables: dict, pretrained_variables: dict,
+                      heads: bool = False) -> tuple[dict, ConversionReport]:
   """Copies `pretrained_variables[col]['backbone']` (params and batch_stats) into a FaceNet variable tree.
+
+  heads=True also copies the embedding and classifier tensors the source has with the same shape (continuing a
+  face model, e.g. Siamese training from a distilled student); the others stay as initialised.
 
   face_variables: {'params': {'backbone', 'embedding', 'classifier'}, 'batch_stats': {...}} (e.g. fresh init).
   pretrained_variables: a `Classifier` tree from `load_pretrained` / `load_converted`.
@@ -28,7 +32,11 @@ def transfer_backbone(face_variables: dict, pretrained_variables: dict) -> tuple
     for path, target in dst.items():
       full = f'{col}/{path}'
       if not path.startswith('backbone/'):
-        report.initialised.append((full, tuple(np.shape(target)), 'not part of the backbone: kept as initialised'))
+        if heads and path in src and tuple(np.shape(src[path])) == tuple(np.shape(target)):
+          out[path] = np.asarray(src[path], dtype=getattr(target, 'dtype', np.float32))
+          report.loaded.append((full, full, tuple(np.shape(target))))
+        else:
+          report.initialised.append((full, tuple(np.shape(target)), 'not part of the backbone: kept as initialised'))
         continue
       if path not in src:
         missing.append(f'{full} {list(np.shape(target))}')
@@ -40,6 +48,8 @@ def transfer_backbone(face_variables: dict, pretrained_variables: dict) -> tuple
       out[path] = np.asarray(value, dtype=getattr(target, 'dtype', np.float32))
       report.loaded.append((full, full, tuple(np.shape(target))))
     for path in src:
+      if heads and path in dst and tuple(np.shape(src[path])) == tuple(np.shape(dst[path])):
+        continue
       if not path.startswith('backbone/'):
         report.skipped.append((f'{col}/{path}', 'source-task head, replaced by the face heads'))
       elif path not in dst:

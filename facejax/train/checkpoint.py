@@ -73,34 +73,3 @@ def load_run(workdir: str, step: int | None = None) -> tuple[Any, dict, dict]:
   step = latest_step(workdir) if step is None else step
   variables = restore_variables(workdir, step)
   return model, variables, dict(info, preprocessing_obj=preprocessing, step=step)
-
-
-def copy_matching(target: dict, source: dict, subtrees: tuple[str, ...] | None, what: str) -> tuple[dict, dict]:
-  """Copy tensors of `source` into `target` ({'params','batch_stats'} trees) under the top-level `subtrees`
-  (None: all). Every target tensor in those subtrees must exist in `source` with the same shape.
-  Returns (new target, report {'loaded': [...], 'skipped': [...], 'initialised': [...]})."""
-  from flax.traverse_util import flatten_dict, unflatten_dict
-  report = {'loaded': [], 'skipped': [], 'initialised': []}
-  out = {}
-  for col in ('params', 'batch_stats'):
-    tgt, src = flatten_dict(target.get(col, {}), sep='/'), flatten_dict(source.get(col, {}), sep='/')
-    new = dict(tgt)
-    for k, v in tgt.items():
-      if subtrees is not None and k.split('/')[0] not in subtrees:
-        report['initialised'].append(f'{col}/{k}')
-        continue
-      if k not in src:
-        if subtrees is None:  # 'all': tensors the source lacks (e.g. a new classifier) stay initialised
-          report['initialised'].append(f'{col}/{k}')
-          continue
-        raise ValueError(f'{what}: missing tensor {col}/{k} (expected shape {tuple(v.shape)})')
-      if tuple(src[k].shape) != tuple(v.shape):
-        if subtrees is None and k.split('/')[0] != 'backbone':
-          report['initialised'].append(f'{col}/{k}')
-          continue
-        raise ValueError(f'{what}: tensor {col}/{k} has shape {tuple(src[k].shape)}, model expects {tuple(v.shape)}')
-      new[k] = np.asarray(src[k], dtype=np.asarray(v).dtype)
-      report['loaded'].append(f'{col}/{k}')
-    report['skipped'] += [f'{col}/{k}' for k in src if k not in tgt]
-    out[col] = unflatten_dict(new, sep='/')
-  return out, report

@@ -68,21 +68,24 @@ def model_io(config, num_classes: int, bn_axis=None) -> ModelIO:
 
 
 def initial_variables(config, student: ModelIO, rng):
-  """Fresh init, then (config.init.path) copy pretrained tensors in: a facejax run dir or a converted checkpoint."""
+  """Fresh init, then (config.init.path) copy pretrained tensors in: a facejax run dir or a converted checkpoint.
+  init.mode 'backbone': the backbone only (transfer: new heads); 'all': heads too where shapes match."""
   x = jnp.zeros((1, student.image_size, student.image_size, 3))
   variables = jax.jit(lambda r: student.model.init({'params': r, 'dropout': r}, x, method='forward'))(rng)
   path = config.init.path
   if not path:
     return variables, None
+  if config.init.mode not in ('backbone', 'all'):
+    raise ValueError(f"config.init.mode={config.init.mode!r}: expected 'backbone' or 'all'")
+  from facejax.convert import load_converted, transfer_backbone
   if os.path.isfile(os.path.join(path, 'model.json')):
     source = ckpt.restore_variables(path)
   else:
-    from facejax.convert import load_converted  # converted ImageNet/dlib weights (launch.convert)
-    _, source, _ = load_converted(path)
-  if config.init.mode not in ('backbone', 'all'):
-    raise ValueError(f"config.init.mode={config.init.mode!r}: expected 'backbone' or 'all'")
-  subtrees = ('backbone',) if config.init.mode == 'backbone' else None
-  return ckpt.copy_matching(variables, source, subtrees, f'config.init.path={path}')
+    _, source, _ = load_converted(path)  # converted ImageNet weights (launch.convert)
+  try:
+    return transfer_backbone(variables, source, heads=config.init.mode == 'all')
+  except ValueError as e:
+    raise ValueError(f'config.init.path={path}: {e}') from None
 
 
 def load_teacher(config):
@@ -165,8 +168,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   init_rng, state_rng = jax.random.split(rng)
   variables, init_report = initial_variables(config, student, init_rng)
   if init_report and jax.process_index() == 0:
-    logging.info('init from %s: %d tensors loaded, %d initialised, %d skipped', config.init.path,
-                 len(init_report['loaded']), len(init_report['initialised']), len(init_report['skipped']))
+    logging.info('init from %s: %s', config.init.path, init_report.summary())
   tx, schedule = make_optimizer(config.optim, config.total_steps, variables['params'])
   state = create_train_state(state_rng, student.model, tx, student.image_size, variables)
 
