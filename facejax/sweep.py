@@ -439,6 +439,7 @@ def plot_pareto(rows: Sequence[dict], path: str, title: str = 'accuracy vs CPU t
     ax.annotate(f'{r["variant"]} {_MODEL_SHORT.get(r["model"], r["model"])} ({r["param_ratio"]:.1f}x)', (xs[i], ys[i]),
                 textcoords='offset points', xytext=(6, 4), fontsize=7, fontweight='bold' if i in front else 'normal')
   ax.set_xscale('log')
+  ax.margins(x=0.12, y=0.06)  # room for the labels of the outermost points
   plain = FuncFormatter(lambda v, _: f'{v:g}')
   ax.xaxis.set_major_formatter(plain)
   ax.xaxis.set_minor_formatter(plain)
