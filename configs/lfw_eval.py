@@ -9,6 +9,9 @@
 `synthetic` forces the synthetic pairs; `classic` searches the classic grid np.arange(0, 4, 0.01) instead of the
 exact thresholds; `flip` turns on flip test-time augmentation (sum).
 
+--workdir may also be an exported model (M.jaxexport): results go to M.jaxexport.eval/<name>/, the threshold to
+M.jaxexport.threshold.json (what launch.verify --workdir=M.jaxexport reads).
+
 Writes RUN/eval/<name>/{config.json, results.json, results.md, roc.png} (name: config.name, default the data
 source) and, with calibrate=True, RUN/threshold.json (see facejax/evaluation/cli.py).
 """
@@ -39,7 +42,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           identity_offset=100_000, num_folds=10, pairs_per_fold=60)),
   ))
   c.batch_size = 64
-  c.flip = ''  # '' | 'sum' | 'concat': flip test-time augmentation (facejax.inference.embed.flip_tta)
+  c.flip = ''  # '' | 'sum' | 'concat': flip test-time augmentation (an exported model: '' -> its baked mode)
+  # 'auto': align LFW photos (facejax.data.align, needs dlib) when the model asks for it (model.json "align",
+  # e.g. dlib's converted net); 'on' | 'off' force it. Photos without a detected face keep their center crop.
+  c.align = 'auto'
   c.distance = 'euclidean'  # 'euclidean' (squared L2 of normalised embeddings) | 'cosine' (1 - cos)
   c.thresholds = 'exact'  # 'exact': every distinct split | 'classic': np.arange(0, 4, 0.01), the classic scripts'
   c.calibrate = True  # write RUN/threshold.json (the best-accuracy threshold over all pairs) for launch.verify

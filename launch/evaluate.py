@@ -4,7 +4,9 @@
       [--config.data.lfw_dir=data/lfw --config.data.pairs=data/lfw/pairs.txt]
 
 Writes RUN/eval/<name>/{config.json, results.json, results.md, roc.png} and RUN/threshold.json (for
-launch.verify); see facejax/evaluation/cli.py.
+launch.verify); see facejax/evaluation/cli.py. --workdir=M.jaxexport (launch.export) writes M.jaxexport.eval/<name>/
+and M.jaxexport.threshold.json. Models that ask for aligned faces (dlib's) get their LFW photos aligned
+(config.align='auto').
 """
 import sys
 
@@ -14,7 +16,8 @@ from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Evaluation config file (configs/lfw_eval.py).', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Run directory of launch.train (model.json + checkpoints/).')
+flags.DEFINE_string('workdir', None, 'Run directory of launch.train (model.json + checkpoints/) or an exported '
+                    'model (.jaxexport).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -25,13 +28,13 @@ def main(argv):
   from facejax.evaluation import cli
   try:
     out = cli.evaluate_run(FLAGS.config, FLAGS.workdir)
-  except (OSError, ValueError) as e:
+  except (OSError, ValueError, ImportError) as e:
     sys.exit(f'launch.evaluate: error: {e}')
   with open(f'{out["out_dir"]}/results.md') as f:
     print(f.read(), end='')
   print(f'wrote {out["out_dir"]}/{{results.json,results.md,roc.png}}')
   if out['calibration']:
-    print(f'calibrated threshold {out["calibration"]["threshold"]:.6g} -> {FLAGS.workdir}/{cli.THRESHOLD_FILE}')
+    print(f'calibrated threshold {out["calibration"]["threshold"]:.6g} -> {cli.threshold_path(FLAGS.workdir)}')
 
 
 if __name__ == '__main__':

@@ -1,7 +1,9 @@
 """Same person or not: python -m launch.verify --workdir=RUN IMG_A IMG_B
 
-Prints the distance, the calibrated threshold (RUN/threshold.json, written by launch.evaluate) and, on the last
-line, `same` or `different`. Exit status 0 either way; 1 for errors (unreadable image, missing run or threshold).
+Prints the distance, the calibrated threshold (RUN/threshold.json, written by launch.evaluate; for dlib's converted
+net without one, dlib's published rule: raw descriptors closer than 0.6), how faces were prepared and, on the last
+line, `same` or `different`. --workdir may be an exported model M.jaxexport (threshold: M.jaxexport.threshold.json).
+Exit status 0 either way; 1 for errors (unreadable image, no face found, missing run or threshold).
 """
 import sys
 
@@ -10,7 +12,10 @@ from absl import app, flags
 from launch import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Run directory, evaluated by launch.evaluate (holds threshold.json).')
+flags.DEFINE_string('workdir', None, 'Run directory evaluated by launch.evaluate (holds threshold.json), a converted '
+                    'dlib run, or an exported model (.jaxexport, with .jaxexport.threshold.json).')
+flags.DEFINE_enum('align', 'auto', ['auto', 'on', 'off'],
+                  'Face alignment (dlib 5-point chips); auto: when the model asks for it (dlib\'s converted net).')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -20,8 +25,8 @@ def main(argv):
   common.quiet_library_logs()
   from facejax.evaluation import cli
   try:
-    result = cli.verify_pair(FLAGS.workdir, argv[1], argv[2])
-  except (OSError, ValueError) as e:
+    result = cli.verify_pair(FLAGS.workdir, argv[1], argv[2], align=FLAGS.align)
+  except (OSError, ValueError, ImportError) as e:
     sys.exit(f'launch.verify: error: {e}')
   print(cli.format_verification(result))
 

@@ -1,17 +1,28 @@
-"""What `launch.evaluate`, `launch.embed` and `launch.verify` do: evaluate a run, embed image files, verify a pair.
+"""What `launch.evaluate`, `launch.embed` and `launch.verify` do: evaluate a model, embed image files, verify a pair.
 
-Files in a run directory RUN:
-- RUN/eval/<name>/{config.json, results.json, results.md, roc.png}: one evaluation (`evaluate_run`); <name> is
-  config.name or the data source, so LFW and synthetic evaluations of one run sit side by side. Re-running
-  replaces them (evaluation is deterministic).
-- RUN/threshold.json: the calibrated decision rule `launch.verify` applies, written by `evaluate_run` (unless
-  config.calibrate is False): the best-accuracy threshold over *all* pairs of that evaluation (exact search or the
-  classic grid, as configured; `verification.evaluate`'s 'threshold'), with the distance kind, the flip mode and
-  the checkpoint step it was computed for. A pair is 'same' when distance < threshold.
+A model is a run directory RUN (model.json + checkpoints/) or an exported artifact `M.jaxexport`
+(`launch.export`; its JSON sidecar `M.jaxexport.json` describes it). Files they get:
+- RUN/eval/<name>/{config.json, results.json, results.md, roc.png} (`M.jaxexport.eval/<name>/` for an export): one
+  evaluation (`evaluate_run`); <name> is config.name or the data source, so LFW and synthetic evaluations sit side
+  by side. Re-running replaces them (evaluation is deterministic).
+- RUN/threshold.json (`M.jaxexport.threshold.json`): the calibrated decision rule `launch.verify` applies, written by
+  `evaluate_run` (unless config.calibrate is False): the best-accuracy threshold over *all* pairs of that
+  evaluation (exact search or the classic grid, as configured; `verification.evaluate`'s 'threshold'), with the
+  distance kind, the flip mode and the checkpoint step it was computed for. A pair is 'same' when distance < threshold.
 
-Every model is reached through `load_embedder(path, flip, step) -> (embed_fn, image_size)`: the one place that
-turns a run directory (later also an exported `.jaxexport` artifact) into a function
-uint8 [B, S, S, 3] RGB -> float32 [B, D] L2-normalised embeddings.
+Face alignment. A model whose description (model.json, or the export's sidecar) has an "align" entry (dlib's
+converted net: {"kind": "dlib_5pt", "size": 150, "padding": 0.25}) expects aligned chips, so with align='auto'
+(the default) every photo goes through `facejax.data.align.align_face` before embedding; other models keep the
+center crop and never need dlib. A photo without a face: verify fails naming it, embed skips and counts it
+('no-face'), evaluate falls back to the center crop and reports how many.
+
+dlib's rule. A run whose model.json has a "descriptor" entry with "normalised": false (dlib's converted net) and no
+threshold.json is verified with its published rule: euclidean distance of the raw (un-normalised) descriptors
+< "threshold" (0.6), until launch.evaluate calibrates one on the user's pairs.
+
+Every model is reached through `load_embedder(path, flip, step, raw) -> (embed_fn, image_size)`: the one place that
+turns a path into a function uint8 [B, S, S, 3] RGB -> float32 [B, D] L2-normalised embeddings (raw=True: the
+un-normalised embeddings, run directories only); `describe_model(path)` reads what is known without loading weights.
 """
 from __future__ import annotations
 
@@ -31,6 +42,8 @@ FLIP_MODES = ('', 'sum', 'concat')
 THRESHOLD_SEARCH = ('exact', 'classic')
 SOURCES = ('auto', 'lfw', 'synthetic_pairs')
 EXPORT_SUFFIX = '.jaxexport'
+ALIGN_MODES = ('auto', 'on', 'off')
+DLIB_RULE = "dlib's published rule for raw descriptors; run launch.evaluate on your pairs to calibrate"
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm', '.pgm')
 
 
@@ -50,24 +63,121 @@ def _flip(flip: str | None) -> str | None:
 
 # ---- The model seam. ----
 
-def load_embedder(path: str, flip: str | None = '', step: int | None = None) -> tuple[Callable[[Any], Any], int]:
-  """Run directory -> (embed_fn, image_size): embed_fn(uint8 [B, S, S, 3] RGB) -> [B, D] L2-normalised
-  ([B, 2D] for flip='concat'), jitted; S = image_size. `step`: checkpoint step (default the latest).
+def is_exported(path: str) -> bool:
+  return path.endswith(EXPORT_SUFFIX)
 
-  This is the only place the CLIs turn a path into a model. Exported artifacts (`*.jaxexport`, written by
-  facejax.inference.export) plug in here once `facejax.inference.load_exported` exists.
-  """
-  if path.endswith(EXPORT_SUFFIX):
-    raise ValueError(f'{path}: exported artifacts ({EXPORT_SUFFIX}) are not supported by the CLIs yet; '
-                     f'pass a run directory (model.json + checkpoints/)')
+
+def describe_model(path: str) -> dict:
+  """A run directory or `*.jaxexport` -> {'kind': 'run' | 'export', 'name', 'image_size', 'step' (latest / exported),
+  'flip' (baked into an export, else None), 'align', 'descriptor' (None when absent), 'info' (model.json or the
+  export's sidecar, {} when it has none)}, without loading weights."""
+  if is_exported(path):
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f'exported model {path} does not exist (expected a file written by launch.export)')
+    info = {}
+    if os.path.isfile(path + '.json'):
+      with open(path + '.json') as f:
+        info = json.load(f)
+    image_size = info.get('image_size') or (info.get('input', {}).get('shape') or [None, None])[1]
+    return {'kind': 'export', 'name': info.get('model', '?'), 'image_size': image_size, 'step': info.get('step'),
+            'flip': _flip(info.get('flip')), 'align': info.get('align'), 'descriptor': None, 'info': info}
   if not os.path.isdir(path):
     raise FileNotFoundError(f'run directory {path} does not exist (expected a launch.train workdir with '
-                            f'model.json and checkpoints/<step>/)')
-  from facejax.inference.embed import make_embed_fn
+                            f'model.json and checkpoints/<step>/, or an exported {EXPORT_SUFFIX} file)')
+  from facejax.train.checkpoint import latest_step, read_model_info
+  info = read_model_info(path)
+  return {'kind': 'run', 'name': info['name'], 'image_size': int(info['image_size']), 'step': latest_step(path),
+          'flip': None, 'align': info.get('align'), 'descriptor': info.get('descriptor'), 'info': info}
+
+
+def load_embedder(path: str, flip: str | None = '', step: int | None = None,
+                  raw: bool = False) -> tuple[Callable[[Any], Any], int]:
+  """Run directory or `*.jaxexport` -> (embed_fn, image_size): embed_fn(uint8 [B, S, S, 3] RGB) -> [B, D]
+  L2-normalised ([B, 2D] for flip='concat'), jitted; S = image_size. `step`: checkpoint step (default the latest).
+
+  raw=True: the un-normalised embeddings, `FaceNet.forward(x)['raw_embedding']` (dlib's descriptors for its
+  converted net); run directories only, no flip. An export's flip mode is baked in: `flip` must match it.
+  This is the only place the CLIs turn a path into a model.
+  """
+  flip = _flip(flip)
+  if is_exported(path):
+    desc = describe_model(path)
+    if raw:
+      raise ValueError(f'{path}: an exported model outputs L2-normalised embeddings only; raw embeddings need '
+                       f'the run directory it was exported from')
+    if flip != desc['flip']:
+      raise ValueError(f'{path}: flip TTA is baked into the export as {desc["flip"] or "none"}, got '
+                       f'flip={flip or "none"} (re-export with launch.export --flip to change it)')
+    if step is not None and desc['step'] is not None and step != desc['step']:
+      raise ValueError(f'{path}: exported from checkpoint step {desc["step"]}, got step={step}')
+    from facejax.inference import load_exported
+    embedder = load_exported(path)
+    return embedder, embedder.image_size
+  describe_model(path)  # errors naming what is missing
   from facejax.train.checkpoint import load_run
   model, variables, info = load_run(path, step)
-  image_size = int(info['image_size'])
-  return make_embed_fn(model, variables, info['preprocessing_obj'], image_size, flip=_flip(flip)), image_size
+  image_size, preprocessing = int(info['image_size']), info['preprocessing_obj']
+  if not raw:
+    from facejax.inference.embed import make_embed_fn
+    return make_embed_fn(model, variables, preprocessing, image_size, flip=flip), image_size
+  if flip:
+    raise ValueError(f'flip={flip!r}: raw embeddings are single-image descriptors; expected no flip TTA')
+  return _raw_embed_fn(model, variables, preprocessing, image_size), image_size
+
+
+def _raw_embed_fn(model, variables, preprocessing, image_size: int) -> Callable[[Any], Any]:
+  """-> jitted fn(uint8 [B, S, S, 3]) -> float32 [B, D], the embedding head's output before L2 normalisation."""
+  import jax
+
+  @jax.jit
+  def fn(variables, images):
+    return model.apply(variables, preprocessing.apply(images), method='forward')['raw_embedding']
+
+  variables = jax.device_put(variables)
+
+  def embed(images):
+    if images.ndim != 4 or images.shape[1:] != (image_size, image_size, 3):
+      raise ValueError(f'images: expected [B, {image_size}, {image_size}, 3], got {tuple(images.shape)}')
+    return fn(variables, images)
+
+  return embed
+
+
+def resolve_align(mode: str, desc: dict, photos: bool = True) -> dict | None:
+  """align='auto' | 'on' | 'off' for a model (describe_model) -> the alignment to apply ({'kind', 'size',
+  'padding'}) or None. 'auto': the model's "align" entry when it has one and the inputs are photos (synthetic
+  pairs are rendered as chips already); 'on' without an entry: dlib 5-point chips at the model's input size."""
+  if mode not in ALIGN_MODES:
+    raise ValueError(f'align={mode!r}: expected one of {ALIGN_MODES}')
+  spec = desc.get('align')
+  if mode == 'off' or (mode == 'auto' and not (spec and photos)):
+    return None
+  spec = dict(spec or {'kind': 'dlib_5pt', 'size': desc['image_size'], 'padding': 0.25})
+  if spec.get('kind', 'dlib_5pt') != 'dlib_5pt':
+    raise ValueError(f'align kind {spec.get("kind")!r} of the model: expected "dlib_5pt"')
+  from facejax.data.align import require_dlib
+  try:
+    require_dlib()
+  except ImportError as e:
+    raise ImportError(f'{e}; or pass --align=off (config.align="off") if the images are already aligned '
+                      f'{spec.get("size")} px chips') from None
+  return spec
+
+
+def align_photo(image: np.ndarray, name: str, spec: dict | None) -> np.ndarray:
+  """uint8 [H, W, 3] photo -> uint8 [size, size, 3] chip of its largest face (spec None: the photo as is);
+  NoFaceError naming `name`."""
+  if spec is None:
+    return image
+  from facejax.data.align import CHIP_PADDING, CHIP_SIZE, align_face
+  return align_face(image, name, size=int(spec.get('size', CHIP_SIZE)), padding=float(spec.get('padding',
+                                                                                               CHIP_PADDING)))
+
+
+def describe_align(spec: dict | None) -> str:
+  if spec is None:
+    return 'none (center crop)'
+  return f'dlib 5-point chips ({spec.get("size")} px, padding {spec.get("padding")})'
 
 
 # ---- Pairs. ----
@@ -130,8 +240,31 @@ def load_pairs(data: ml_collections.ConfigDict, image_size: int):
 
 # ---- launch.evaluate ----
 
+class _AlignedImages:
+  """images[k] -> the aligned chip of base[k] (a photo); a photo without a detectable face falls back to the
+  photo itself (center-cropped downstream) and is listed in `no_face`, so the pairs protocol stays complete."""
+
+  def __init__(self, base, names: list[str], spec: dict):
+    self.base, self.names, self.spec, self.no_face = base, names, spec, {}
+
+  def __len__(self) -> int:
+    return len(self.base)
+
+  def __getitem__(self, k):
+    from facejax.data.align import NoFaceError
+    from facejax.data.pipeline import as_rgb_array
+    image = as_rgb_array(self.base[int(k)])
+    try:
+      return align_photo(image, self.names[int(k)], self.spec)
+    except NoFaceError as e:
+      self.no_face[int(k)] = str(e)
+      return image
+
+
 def _check_eval_config(config: ml_collections.ConfigDict) -> None:
   _flip(config.flip)
+  if config.get('align', 'auto') not in ALIGN_MODES:
+    raise ValueError(f'config.align={config.align!r}: expected one of {ALIGN_MODES}')
   if config.distance not in verification.DISTANCES:
     raise ValueError(f'config.distance={config.distance!r}: expected one of {verification.DISTANCES}')
   if config.thresholds not in THRESHOLD_SEARCH:
@@ -143,17 +276,23 @@ def _check_eval_config(config: ml_collections.ConfigDict) -> None:
 
 def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Embed every image the pairs use once, run the 10-fold protocol, write RUN/eval/<name>/ and (calibrate)
-  RUN/threshold.json. Returns {'result' (verification.evaluate), 'row', 'out_dir', 'calibration' (or None)}."""
+  RUN/threshold.json (`M.jaxexport.eval/<name>/` and `M.jaxexport.threshold.json` for an export).
+  Returns {'result' (verification.evaluate), 'row', 'out_dir', 'calibration' (or None), 'protocol'}."""
   from facejax.inference.embed import embed_images
-  from facejax.train.checkpoint import latest_step, read_model_info
   _check_eval_config(config)
-  embed_fn, image_size = load_embedder(workdir, config.flip)
-  step, info = latest_step(workdir), read_model_info(workdir)
+  desc = describe_model(workdir)
+  flip = _flip(config.flip)
+  if desc['kind'] == 'export' and not flip:
+    flip = desc['flip']  # config.flip unset: the mode baked into the export
+  align = resolve_align(config.get('align', 'auto'), desc, photos=resolve_source(config.data) == 'lfw')
+  embed_fn, image_size = load_embedder(workdir, flip)
+  step = desc['step']
   pairs, described = load_pairs(config.data, image_size)
   name = config.name or described['source']
-  out_dir = os.path.join(workdir, 'eval', name)
+  out_dir = eval_dir(workdir, name)
 
-  emb = embed_images(embed_fn, pairs.images, image_size, batch_size=config.batch_size, progress=config.progress)
+  images = pairs.images if align is None else _AlignedImages(pairs.images, pairs.names, align)
+  emb = embed_images(embed_fn, images, image_size, batch_size=config.batch_size, progress=config.progress)
   thresholds = classic_thresholds() if config.thresholds == 'classic' else None
   result = verification.evaluate(emb[pairs.left], emb[pairs.right], pairs.issame, distance=config.distance,
                                  thresholds=thresholds, folds=pairs.fold)
@@ -164,11 +303,18 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   row = report.summary_row(result, threshold=result['threshold'])
   protocol = {
       **described, 'pairs_total': len(pairs), 'images': len(pairs.images), 'folds': result['num_folds'],
-      'distance': config.distance, 'flip': config.flip or 'none', 'thresholds': config.thresholds,
+      'distance': config.distance, 'flip': flip or 'none', 'thresholds': config.thresholds,
+      'align': describe_align(align),
       'accuracy': 'mean over folds; each fold uses the best-accuracy threshold of the other folds',
       'accuracy_std': 'std over folds, ddof=0', 'threshold': 'best accuracy over all pairs (same if distance < t)',
   }
-  run = {'workdir': os.path.abspath(workdir), 'model': info['name'], 'step': step, 'image_size': image_size}
+  if align is not None:
+    no_face = [pairs.names[k] for k in sorted(images.no_face)]
+    protocol['no_face'] = len(no_face)
+    protocol['no_face_images'] = no_face[:20]
+    protocol['no_face_fallback'] = 'center crop of the photo'
+  run = {'workdir': os.path.abspath(workdir), 'kind': desc['kind'], 'model': desc['name'], 'step': step,
+         'image_size': image_size}
   details = {k: v for k, v in result.items() if k not in ('roc', 'embeddings')}
   details['accuracy_at_threshold'] = train_accuracy
 
@@ -186,12 +332,13 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   calibration = None
   if config.calibrate:
     calibration = {
-        'threshold': result['threshold'], 'distance': config.distance, 'flip': config.flip or '',
+        'threshold': result['threshold'], 'distance': config.distance, 'flip': flip or '',
         'rule': 'same if distance < threshold',
         'chosen_by': f'best accuracy over all {len(pairs)} pairs ({config.thresholds} threshold search)',
         'accuracy_at_threshold': train_accuracy, 'cv_accuracy': result['accuracy'],
         'cv_accuracy_std': result['accuracy_std'], 'step': step, 'image_size': image_size,
-        'evaluation': os.path.relpath(out_dir, workdir), 'pairs': described,
+        'evaluation': os.path.relpath(out_dir, os.path.dirname(threshold_path(workdir))), 'pairs': described,
+        'align': align,
     }
     write_threshold(workdir, calibration)
   return {'result': result, 'row': row, 'out_dir': out_dir, 'calibration': calibration, 'protocol': protocol}
@@ -209,6 +356,8 @@ def results_text(run_name: str, row: dict, result: dict, protocol: dict, run: di
           f'{protocol["folds"]} folds\n'
           f'- distance: {protocol["distance"]}, flip TTA: {protocol["flip"]}, '
           f'threshold search: {protocol["thresholds"]}\n'
+          f'- face alignment: {protocol["align"]}'
+          f'{no_face_text(protocol)}\n'
           f'- accuracy: mean over folds (threshold chosen on the other folds), +- std ddof=0; '
           f's.e. {100 * result["accuracy_sem"]:.2f}\n'
           f'- fold accuracies (%): {folds}\n'
@@ -217,8 +366,25 @@ def results_text(run_name: str, row: dict, result: dict, protocol: dict, run: di
           f'({100 * train_accuracy:.2f}% on these pairs, optimistic)\n')
 
 
+def no_face_text(protocol: dict) -> str:
+  if not protocol.get('no_face'):
+    return ''
+  return (f'; no face found in {protocol["no_face"]} image(s), embedded as their center crop '
+          f'(e.g. {protocol["no_face_images"][0]})')
+
+
+def threshold_path(path: str) -> str:
+  """RUN/threshold.json, or `M.jaxexport.threshold.json` beside an exported model."""
+  return path + '.threshold.json' if is_exported(path) else os.path.join(path, THRESHOLD_FILE)
+
+
+def eval_dir(path: str, name: str) -> str:
+  """RUN/eval/<name>, or `M.jaxexport.eval/<name>` for an exported model."""
+  return os.path.join(path + '.eval' if is_exported(path) else os.path.join(path, 'eval'), name)
+
+
 def write_threshold(workdir: str, calibration: dict) -> str:
-  path = os.path.join(workdir, THRESHOLD_FILE)
+  path = threshold_path(workdir)
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     json.dump(report.jsonable(calibration), f, indent=2)
@@ -227,13 +393,18 @@ def write_threshold(workdir: str, calibration: dict) -> str:
 
 
 def read_threshold(workdir: str) -> dict:
-  """RUN/threshold.json -> dict (threshold, distance, flip, step, ...); errors say how to create it."""
-  if not os.path.isdir(workdir):
+  """RUN/threshold.json (`M.jaxexport.threshold.json`) -> dict (threshold, distance, flip, step, ...); errors say
+  how to create it."""
+  if is_exported(workdir) and not os.path.isfile(workdir):
+    raise FileNotFoundError(f'exported model {workdir} does not exist')
+  if not is_exported(workdir) and not os.path.isdir(workdir):
     raise FileNotFoundError(f'run directory {workdir} does not exist')
-  path = os.path.join(workdir, THRESHOLD_FILE)
+  path = threshold_path(workdir)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path} not found: this run has no calibrated threshold; run '
-                            f'`python -m launch.evaluate --config=configs/lfw_eval.py --workdir={workdir}` first')
+    what = 'exported model' if is_exported(workdir) else 'run'
+    raise FileNotFoundError(f'{path} not found: this {what} has no calibrated threshold; run '
+                            f'`python -m launch.evaluate --config=configs/lfw_eval.py --workdir={workdir}` first '
+                            f'(it writes {path})')
   with open(path) as f:
     try:
       calibration = json.load(f)
@@ -292,9 +463,11 @@ class EmbedResult:
 
 
 def embed_files(embed_fn, image_size: int, paths: list[str], batch_size: int = 64, progress: bool = False,
-                root: str = '') -> EmbedResult:
-  """Decode, center-crop and embed image files in fixed-size batches (one compilation); unreadable files are
-  skipped and counted, never fatal. names are paths relative to `root`."""
+                root: str = '', align: dict | None = None) -> EmbedResult:
+  """Decode, (align,) center-crop and embed image files in fixed-size batches (one compilation); unreadable files
+  and, with `align`, photos without a face ('no-face') are skipped and counted, never fatal. names are paths
+  relative to `root`."""
+  from facejax.data.align import NoFaceError
   from facejax.data.decode import DecodeSummary, UnreadableImage
   from facejax.data.pipeline import center_crop
   summary, names, skipped, out, batch = DecodeSummary(), [], [], [], []
@@ -312,7 +485,11 @@ def embed_files(embed_fn, image_size: int, paths: list[str], batch_size: int = 6
   for path in files:
     name = os.path.relpath(path, root) if root else path
     try:
-      image = _decode_file(path)
+      image = align_photo(_decode_file(path), name, align)
+    except NoFaceError as e:  # its message starts with the name; the summary prints the name itself
+      summary.add_skipped(name, UnreadableImage('no-face', str(e).removeprefix(f'{name}: ')))
+      skipped.append(name)
+      continue
     except (UnreadableImage, OSError) as e:
       summary.add_skipped(name, e if isinstance(e, UnreadableImage) else UnreadableImage('io-error', str(e)))
       skipped.append(name)
@@ -328,29 +505,31 @@ def embed_files(embed_fn, image_size: int, paths: list[str], batch_size: int = 6
   return EmbedResult(names, embeddings, skipped, summary)
 
 
-def embed_paths(workdir: str, images: str, out: str, *, flip: str = 'auto', batch_size: int = 64,
-                progress: bool = True) -> EmbedResult:
-  """Embed every image under a directory / matching a glob with the run's model; write `out` (.npz):
-  names [N] str (relative paths), embeddings float32 [N, D], skipped [M] str, meta (JSON string).
+def embed_paths(workdir: str, images: str, out: str, *, flip: str = 'auto', align: str = 'auto',
+                batch_size: int = 64, progress: bool = True) -> EmbedResult:
+  """Embed every image under a directory / matching a glob with a run's (or an export's) model; write `out`
+  (.npz): names [N] str (relative paths), embeddings float32 [N, D] (L2-normalised), skipped [M] str, meta (JSON).
 
-  flip='auto' uses the run's calibrated flip mode (threshold.json) so distances match its threshold, else none.
+  flip='auto' uses the calibrated flip mode (threshold.json) so distances match its threshold, else the mode baked
+  into an export, else none. align: see `resolve_align` ('auto': when the model asks for aligned chips).
   """
-  calibration = None
+  desc = describe_model(workdir)
   if flip == 'auto':
     try:
-      calibration = read_threshold(workdir)
+      flip = read_threshold(workdir)['flip']
     except FileNotFoundError:
-      pass
-    flip = calibration['flip'] if calibration else ''
+      flip = desc['flip'] or ''
   flip = _flip(flip) or ''
+  align_spec = resolve_align(align, desc)
   paths, root = find_images(images)
   embed_fn, image_size = load_embedder(workdir, flip)
-  result = embed_files(embed_fn, image_size, paths, batch_size=batch_size, progress=progress, root=root)
+  result = embed_files(embed_fn, image_size, paths, batch_size=batch_size, progress=progress, root=root,
+                       align=align_spec)
   if not result.names:
-    raise ValueError(f'--images={images}: none of the {len(paths)} files could be read\n{result.summary.format()}')
-  from facejax.train.checkpoint import latest_step
-  meta = {'workdir': os.path.abspath(workdir), 'step': latest_step(workdir), 'flip': flip or 'none',
-          'image_size': image_size, 'root': os.path.abspath(root), 'images': images, **result.summary.to_dict()}
+    raise ValueError(f'--images={images}: none of the {len(paths)} files could be used\n{result.summary.format()}')
+  meta = {'workdir': os.path.abspath(workdir), 'step': desc['step'], 'flip': flip or 'none',
+          'image_size': image_size, 'align': align_spec, 'root': os.path.abspath(root), 'images': images,
+          **result.summary.to_dict()}
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   tmp = out + '.tmp'
   with open(tmp, 'wb') as f:  # a file object: np.savez would otherwise append '.npz' to the name
@@ -362,39 +541,72 @@ def embed_paths(workdir: str, images: str, out: str, *, flip: str = 'auto', batc
 
 # ---- launch.verify ----
 
-def verify_pair(workdir: str, img_a: str, img_b: str) -> dict:
-  """Distance between two image files under the run's calibrated rule (RUN/threshold.json).
+def decision_rule(workdir: str, desc: dict | None = None) -> dict:
+  """The rule verify applies: the calibrated threshold file, else (dlib's converted net, whose model.json has a
+  "descriptor" entry with "normalised": false) dlib's published rule on raw descriptors, marked 'raw': True."""
+  desc = desc or describe_model(workdir)
+  try:
+    return dict(read_threshold(workdir), raw=False)
+  except FileNotFoundError:
+    d = desc.get('descriptor')
+    if desc['kind'] != 'run' or not d or d.get('normalised', True):
+      raise
+  if d.get('distance', 'euclidean') != 'euclidean' or not isinstance(d.get('threshold'), (int, float)):
+    raise ValueError(f'{os.path.join(workdir, "model.json")}: "descriptor" expected a number "threshold" and '
+                     f'"distance": "euclidean", got {d}')
+  return {'threshold': float(d['threshold']), 'distance': 'euclidean', 'flip': '', 'raw': True, 'step': None,
+          'rule': 'same if the euclidean distance of the raw descriptors < threshold', 'chosen_by': DLIB_RULE}
 
-  Uses the checkpoint the threshold was calibrated on (its step), with the same flip mode and distance.
-  -> {'distance', 'threshold', 'same', 'distance_kind', 'flip', 'step', 'latest_step', 'threshold_file',
-  'calibration'}.
+
+def verify_pair(workdir: str, img_a: str, img_b: str, align: str = 'auto') -> dict:
+  """Distance between two image files under the model's decision rule (`decision_rule`): RUN/threshold.json
+  (`M.jaxexport.threshold.json`), else dlib's published rule for a converted dlib run.
+
+  Uses the checkpoint the threshold was calibrated on (its step), with the same flip mode and distance. Photos are
+  aligned as `resolve_align(align)` says; one without a face is a NoFaceError naming the file.
+  -> {'distance', 'threshold', 'same', 'distance_kind', 'raw', 'flip', 'align', 'step', 'latest_step',
+  'threshold_file' (None for dlib's rule), 'calibration'}.
   """
-  from facejax.train.checkpoint import checkpoint_dir, latest_step
-  calibration = read_threshold(workdir)
-  images = [read_image(img_a), read_image(img_b)]  # before loading the model: bad input fails fast
-  step, latest = calibration.get('step'), latest_step(workdir)
-  if step is not None and not os.path.isdir(os.path.join(checkpoint_dir(workdir), str(step), 'state')):
-    raise FileNotFoundError(f'{os.path.join(workdir, THRESHOLD_FILE)} was calibrated on checkpoint step {step}, '
-                            f'which is gone (latest is {latest}); re-run launch.evaluate on {workdir}')
-  embed_fn, image_size = load_embedder(workdir, calibration['flip'], step)
+  desc = describe_model(workdir)
+  calibration = decision_rule(workdir, desc)
+  align_spec = resolve_align(align, desc)
+  # Before loading the model: bad input fails fast.
+  photos = [align_photo(read_image(p), p, align_spec) for p in (img_a, img_b)]
+  step, latest = calibration.get('step'), desc['step']
+  if desc['kind'] == 'run' and step is not None:
+    from facejax.train.checkpoint import checkpoint_dir
+    if not os.path.isdir(os.path.join(checkpoint_dir(workdir), str(step), 'state')):
+      raise FileNotFoundError(f'{threshold_path(workdir)} was calibrated on checkpoint step {step}, which is gone '
+                              f'(latest is {latest}); re-run launch.evaluate on {workdir}')
+  raw = calibration['raw']
+  embed_fn, image_size = load_embedder(workdir, calibration['flip'], step, raw=raw)
   from facejax.inference.embed import embed_images
-  emb = embed_images(embed_fn, images, image_size, batch_size=2)
-  distance = float(verification.pair_distances(emb[:1], emb[1:], calibration['distance'])[0])
+  emb = embed_images(embed_fn, photos, image_size, batch_size=2)
+  if raw:  # dlib's rule: plain (not squared) euclidean distance of the raw descriptors
+    distance = float(np.linalg.norm(emb[0].astype(np.float64) - emb[1]))
+  else:
+    distance = float(verification.pair_distances(emb[:1], emb[1:], calibration['distance'])[0])
   threshold = float(calibration['threshold'])
-  return {'distance': distance, 'threshold': threshold, 'same': distance < threshold,
-          'distance_kind': calibration['distance'], 'flip': calibration['flip'] or 'none', 'step': step,
-          'latest_step': latest, 'threshold_file': os.path.join(workdir, THRESHOLD_FILE), 'calibration': calibration}
+  return {'distance': distance, 'threshold': threshold, 'same': distance < threshold, 'raw': raw,
+          'distance_kind': calibration['distance'], 'flip': calibration['flip'] or 'none', 'align': align_spec,
+          'step': step if step is not None else latest, 'latest_step': latest,
+          'threshold_file': None if raw else threshold_path(workdir), 'calibration': calibration}
 
 
 def format_verification(v: dict) -> str:
   """The lines launch.verify prints; the last one is exactly 'same' or 'different'."""
   c = v['calibration']
-  kind = 'squared L2' if v['distance_kind'] == 'euclidean' else '1 - cos'
-  lines = [f'distance: {v["distance"]:.6f} ({v["distance_kind"]}: {kind} of L2-normalised embeddings, '
-           f'flip TTA: {v["flip"]})',
-           f'threshold: {v["threshold"]:.6f} (from {v["threshold_file"]}: {c.get("chosen_by", "?")} of '
-           f'{c.get("evaluation", "?")}, checkpoint step {v["step"]}; same if distance < threshold)']
-  if v['latest_step'] is not None and v['step'] is not None and v['latest_step'] != v['step']:
+  if v['raw']:
+    lines = [f'distance: {v["distance"]:.6f} (euclidean distance of raw, un-normalised descriptors)',
+             f'threshold: {v["threshold"]:g} ({DLIB_RULE})']
+  else:
+    kind = 'squared L2' if v['distance_kind'] == 'euclidean' else '1 - cos'
+    lines = [f'distance: {v["distance"]:.6f} ({v["distance_kind"]}: {kind} of L2-normalised embeddings, '
+             f'flip TTA: {v["flip"]})',
+             f'threshold: {v["threshold"]:.6f} (from {v["threshold_file"]}: {c.get("chosen_by", "?")} of '
+             f'{c.get("evaluation", "?")}, checkpoint step {v["step"]}; same if distance < threshold)']
+  lines.append(f'faces: {describe_align(v["align"])}')
+  if not v['raw'] and v['latest_step'] is not None and v['step'] is not None and v['latest_step'] != v['step']:
     lines.append(f'note: the run has a newer checkpoint (step {v["latest_step"]}) that is not calibrated; '
                  f're-run launch.evaluate to use it')
   lines.append('same' if v['same'] else 'different')
