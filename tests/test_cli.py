@@ -198,3 +198,57 @@ def test_config_switches():
   c.flip = 'mirror'
   with pytest.raises(ValueError, match="flip='mirror'"):
     cli.evaluate_run(c, '/nonexistent')
+
+
+# ---- Exported models (launch.export's artifact) through the same seam. ----
+
+@pytest.fixture(scope='module')
+def exported(run_dir, tmp_path_factory):
+  """The tiny run exported as launch.export does it (optimized forward, no flip), with its sidecar."""
+  from facejax.inference.export import cpu_compiler_options, export_embedder, save_exported
+  from facejax.train.checkpoint import load_run
+  model, variables, info = load_run(run_dir)
+  path = str(tmp_path_factory.mktemp('export') / 'tiny.jaxexport')
+  save_exported(export_embedder(model, variables, info['preprocessing_obj'], 48), path,
+                {'model': info['name'], 'image_size': 48, 'flip': None, 'step': info['step'],
+                 'cpu_compiler_options': cpu_compiler_options(True)})
+  return path
+
+
+def test_exported_model_embeds_like_the_run(run_dir, lfw_dir, evaluated, exported, tmp_path):
+  images = os.path.join(lfw_dir, '*', '*.jpg')
+  ref = cli.embed_paths(run_dir, images, str(tmp_path / 'run.npz'), batch_size=8, progress=False)
+  out = cli.embed_paths(exported, images, str(tmp_path / 'export.npz'), batch_size=8, progress=False)
+  assert out.names == ref.names and len(out.names) == len(NAMES) * IMAGES_PER_NAME
+  assert np.abs(out.embeddings - ref.embeddings).max() <= 1e-4
+  with np.load(tmp_path / 'export.npz') as z:
+    meta = json.loads(str(z['meta']))
+  assert (meta['step'], meta['flip'], meta['align']) == (2, 'none', None)
+
+  with pytest.raises(ValueError, match="baked into the export as none, got flip=sum"):
+    cli.load_embedder(exported, 'sum')
+  with pytest.raises(ValueError, match='raw embeddings need the run directory'):
+    cli.load_embedder(exported, raw=True)
+  with pytest.raises(FileNotFoundError, match='exported model .* does not exist'):
+    cli.load_embedder(str(tmp_path / 'missing.jaxexport'))
+
+
+def test_evaluate_and_verify_an_exported_model(run_dir, lfw_dir, exported):
+  img = os.path.join(lfw_dir, NAMES[0], f'{NAMES[0]}_0001.jpg')
+  other = os.path.join(lfw_dir, NAMES[2], f'{NAMES[2]}_0002.jpg')
+  with pytest.raises(FileNotFoundError, match=f'launch.evaluate --config=configs/lfw_eval.py --workdir={exported}'):
+    cli.verify_pair(exported, img, other)
+  from configs.lfw_eval import get_config
+  c = get_config('lfw')
+  c.data.lfw_dir = lfw_dir
+  c.batch_size = 8
+  c.progress = False
+  out = cli.evaluate_run(c, exported)
+  assert out['out_dir'] == exported + '.eval/lfw' and os.path.isfile(exported + '.threshold.json')
+  calibration = cli.read_threshold(exported)
+  assert calibration['evaluation'] == 'tiny.jaxexport.eval/lfw' and calibration['step'] == 2
+  with open(os.path.join(run_dir, 'eval', 'lfw', 'results.json')) as f:  # the run's own evaluation
+    assert calibration['accuracy_at_threshold'] == pytest.approx(json.load(f)['result']['accuracy_at_threshold'])
+  v = cli.verify_pair(exported, img, other)
+  assert v['threshold_file'] == exported + '.threshold.json' and v['threshold'] == calibration['threshold']
+  assert cli.format_verification(v).splitlines()[-1] == ('same' if v['distance'] < v['threshold'] else 'different')
