@@ -152,10 +152,10 @@ def resolve_align(mode: str, desc: dict, photos: bool = True) -> dict | None:
   spec = desc.get('align')
   if mode == 'off' or (mode == 'auto' and not (spec and photos)):
     return None
-  spec = dict(spec or {'kind': 'dlib_5pt', 'size': desc['image_size'], 'padding': 0.25})
-  if spec.get('kind', 'dlib_5pt') != 'dlib_5pt':
-    raise ValueError(f'align kind {spec.get("kind")!r} of the model: expected "dlib_5pt"')
-  from facejax.data.align import require_dlib
+  from facejax.data.align import CHIP_PADDING, CHIP_SIZE, require_dlib
+  spec = {'kind': 'dlib_5pt', 'size': desc['image_size'] or CHIP_SIZE, 'padding': CHIP_PADDING, **(spec or {})}
+  if spec['kind'] != 'dlib_5pt':
+    raise ValueError(f'align kind {spec["kind"]!r} of the model: expected "dlib_5pt"')
   try:
     require_dlib()
   except ImportError as e:
@@ -169,9 +169,8 @@ def align_photo(image: np.ndarray, name: str, spec: dict | None) -> np.ndarray:
   NoFaceError naming `name`."""
   if spec is None:
     return image
-  from facejax.data.align import CHIP_PADDING, CHIP_SIZE, align_face
-  return align_face(image, name, size=int(spec.get('size', CHIP_SIZE)), padding=float(spec.get('padding',
-                                                                                               CHIP_PADDING)))
+  from facejax.data.align import align_face
+  return align_face(image, name, size=int(spec['size']), padding=float(spec['padding']))
 
 
 def describe_align(spec: dict | None) -> str:
