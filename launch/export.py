@@ -31,7 +31,8 @@ def main(argv):
                              optimize=options, platforms=FLAGS.platforms)
   meta = {'model': info['name'], 'embed_dim': info['embed_dim'], 'image_size': int(info['image_size']),
           'preprocessing': info['preprocessing'], 'flip': FLAGS.flip, 'optimize': options or None,
-          'workdir': FLAGS.workdir, 'step': info.get('step'), 'cpu_compiler_options': cpu_compiler_options(options)}
+          'workdir': FLAGS.workdir, 'step': info.get('step'), 'cpu_compiler_options': cpu_compiler_options(options),
+          'align': info.get('align')}  # face alignment the model expects (dlib chips); the CLIs apply it
   print(json.dumps(save_exported(exported, FLAGS.out, meta)))
 
 
