@@ -103,8 +103,11 @@ def test_auto_lowering_choices():
   assert low['backbone/layer1_0/conv2'] == 'xla' and low['backbone/layer1_0/conv1'] == 'matmul'
   assert low['backbone/layer3_1/conv2'] == 'winograd' and low['backbone/layer4_0/conv2'] == 'matmul'  # 14x14; s2
   assert layers['backbone/layer3_1/conv2']['kernel'].shape == (16, 256, 256)
-  int8 = prepare_layers(fold_batch_norm(model, variables, 224, plan), plan, 'auto', 'int8')['layers']
-  assert {v['lowering'] for p, v in int8.items() if p != 'embedding/dense'} == {'matmul'}
+  int8 = prepare_layers(fold_batch_norm(model, variables, 224, plan), plan, 'auto', 'int8',
+                        int8_im2col_max_pixels=3136)['layers']
+  assert int8['backbone/conv1']['lowering'] == 'xla'  # 112x112 > 3136 pixels: float32 native conv
+  assert {v['lowering'] for p, v in int8.items() if p != 'backbone/conv1'} == {'matmul'}
+  assert isinstance(int8['backbone/layer1_0/conv2']['kernel'], tuple)  # (int8 [576, 64], scale [64])
 
 
 def test_xla_conv_lowering_with_weights_as_arguments():

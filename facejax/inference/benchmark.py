@@ -27,7 +27,7 @@ def compiled_flops(compiled) -> float | None:
     return None
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else None
-  if not cost or 'flops' not in cost:
+  if not cost or 'flops' not in cost or cost['flops'] < 0:  # GPU custom calls (cuBLAS/cuDNN) report -1
     return None
   return float(cost['flops'])
 
@@ -155,7 +155,8 @@ def benchmark_model(name_or_model, variables=None, *, batch_size: int = 1, image
     variant = variant or 'optimized' + ''.join(f',{k}={v}' for k, v in sorted(options.items()))
   else:
     fn = lambda v, x: model.apply(v, x, method=model.embed)
-    result = benchmark(fn, (variables, x), warmup=warmup, runs=runs)
+    # On the device once: numpy arguments would be copied host -> device on every call.
+    result = benchmark(fn, (jax.device_put(variables), x), warmup=warmup, runs=runs)
     variant = variant or 'plain'
   from facejax.inference.optimize import layer_flops, trace_plan
   flops = layer_flops(trace_plan(model, variables, image_size))  # traced at batch 1

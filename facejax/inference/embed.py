@@ -81,6 +81,8 @@ def make_embed_fn(model, variables, preprocessing, image_size: int, flip: str | 
   def fn(variables, images):
     return flip_tta(raw_embed_forward(model, variables), preprocessing.apply(images), flip)
 
+  variables = jax.device_put(variables)  # once: numpy leaves would be copied to the device on every call
+
   def embed(images):
     check(images)
     return fn(variables, images)

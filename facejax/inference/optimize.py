@@ -40,6 +40,7 @@ from flax.linen.linear import canonicalize_padding
 
 CONV_IMPLS = ('auto', 'im2col', 'winograd', 'xla')
 DENSE_SPLIT_BYTES = 32 << 20  # dense kernels at least this big are split into `dense_blocks` column blocks
+AUTO_INT8_IM2COL_MAX_PIXELS = 12544  # dtype='int8', conv='auto': larger maps (VGG's 224x224) run float32 native convs
 AUTO_IM2COL_MAX_PIXELS = 196  # conv='auto': k>1 convs with at most this many output pixels per image -> im2col
 # XLA CPU compile options per dtype policy (passed per executable, so nothing leaks into the rest of the
 # process). YNNPACK runs XLA CPU's dots by default in jax 0.10; adding ELTWISE lets it take the bias, ReLU and
@@ -385,6 +386,8 @@ def default_compiler_options(plan: dict[str, LayerPlan], lowerings: dict[str, st
   """DEFAULT_COMPILER_OPTIONS[dtype], except that YNNPACK eltwise fusion is left off when most conv FLOPs run
   as native convolutions: XLA then hands whole chains of them with their activations to YNNPACK as one big
   fusion, measured 1.5-2x slower on VGG-16 (it helps where the FLOPs are in im2col matmuls, e.g. ResNet-50)."""
+  if jax.default_backend() != 'cpu':
+    return {}
   options = dict(DEFAULT_COMPILER_OPTIONS[dtype])
   native = sum(layer_flops({p: e}) for p, e in plan.items() if e.kind == 'conv' and lowerings.get(p) == 'xla')
   total = sum(layer_flops({p: e}) for p, e in plan.items() if e.kind == 'conv')
@@ -394,7 +397,8 @@ def default_compiler_options(plan: dict[str, LayerPlan], lowerings: dict[str, st
 
 
 def prepare_layers(folded: dict, plan: dict[str, LayerPlan], conv: str, dtype: str,
-                   im2col_max_pixels: int = AUTO_IM2COL_MAX_PIXELS, dense_blocks: int = 1) -> dict:
+                   im2col_max_pixels: int = AUTO_IM2COL_MAX_PIXELS, dense_blocks: int = 1,
+                   int8_im2col_max_pixels: int = AUTO_INT8_IM2COL_MAX_PIXELS) -> dict:
   """Folded float32 tree -> what the forward consumes: per layer its lowering, matmul kernels already 2-D
   (reshaped here in numpy, not by XLA's constant folder), cast or quantised per the dtype policy."""
   layers = {}
@@ -403,8 +407,14 @@ def prepare_layers(folded: dict, plan: dict[str, LayerPlan], conv: str, dtype: s
     kernel, bias = np.asarray(p['kernel'], np.float32), np.asarray(p['bias'], np.float32)
     lowering = 'matmul' if entry.kind == 'dense' else (
         conv_lowering(entry.module, entry.in_shape) if conv != 'xla' else 'xla')
-    if conv == 'auto' and lowering == 'matmul' and entry.kind == 'conv' and dtype != 'int8':
-      lowering = auto_lowering(entry, im2col_max_pixels)
+    if conv == 'auto' and lowering == 'matmul' and entry.kind == 'conv':
+      # Off the CPU (cuDNN, TPU convolutions) the native convolution is the fast path.
+      if jax.default_backend() != 'cpu':
+        lowering = 'xla'
+      elif dtype == 'int8':  # int8 im2col copies 4x fewer bytes: worth it up to 112x112 maps
+        lowering = 'xla' if np.prod(entry.out_shape[1:-1]) > int8_im2col_max_pixels else 'matmul'
+      else:
+        lowering = auto_lowering(entry, im2col_max_pixels)
     if conv == 'winograd' and lowering == 'matmul' and _winograd_ok(entry):
       lowering = 'winograd'
     if lowering == 'matmul':
@@ -473,7 +483,8 @@ def inference_forward(model, variables, *, image_size: int, conv: str = 'auto', 
 def optimize_for_inference(model, variables, *, image_size: int, conv: str = 'auto', dtype: str = 'float32',
                            weights: str = 'const', method: Callable = _raw_embed,
                            compiler_options: dict | None = None,
-                           im2col_max_pixels: int = AUTO_IM2COL_MAX_PIXELS, dense_blocks: int = 1) -> InferenceFn:
+                           im2col_max_pixels: int = AUTO_IM2COL_MAX_PIXELS, dense_blocks: int = 1,
+                           int8_im2col_max_pixels: int = AUTO_INT8_IM2COL_MAX_PIXELS) -> InferenceFn:
   """BN-folded, re-lowered embedding forward of a FaceNet (see the module docstring for the options).
 
   -> InferenceFn: `fn(x)` float [B, S, S, 3] model input (after `Preprocessing.apply`) -> [B, D] float32
@@ -489,7 +500,7 @@ def optimize_for_inference(model, variables, *, image_size: int, conv: str = 'au
   variables = jax.tree_util.tree_map(np.asarray, dict(variables))
   plan = trace_plan(model, variables, image_size, method)
   folded = prepare_layers(fold_batch_norm(model, variables, image_size, plan), plan, conv, dtype, im2col_max_pixels,
-                          dense_blocks)
+                          dense_blocks, int8_im2col_max_pixels)
   lowerings = {path: p.pop('lowering') for path, p in folded['layers'].items()}  # static, not a pytree leaf
   if weights == 'const':
     folded = jax.tree_util.tree_map(jnp.asarray, folded)
