@@ -143,6 +143,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with config.unlocked():
     config.model.num_classes = int(source.num_classes)  # identities of the training data
   check_workdir_config(config, workdir)
+  finished = ckpt.latest_step(workdir)
+  if finished is not None and finished >= config.total_steps:  # nothing to do: skip model/teacher set-up
+    return {'step': finished, 'resumed_finished': True}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'model.json'), 'w') as f:
       json.dump(ckpt.model_info(config), f, indent=2)
@@ -185,9 +188,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     loader.set_state(restored['data'])
     logging.info('resumed %s at step %d', workdir, start)
   start = int(start or 0)
-  if start >= config.total_steps:
-    manager.close()
-    return {'step': start, 'resumed_finished': True}
 
   p_step = make_p_train_step(task.loss_fn, tx, schedule)
   frozen = jax_utils.replicate(task.frozen())
