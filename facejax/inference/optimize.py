@@ -8,18 +8,25 @@ exactly the output of which Conv/Dense. From that plan:
   `K' = K * g / sqrt(v + eps)`, `b' = (b - m) * g / sqrt(v + eps) + beta` (computed in float64). A BatchNorm that
   follows anything else becomes one multiply-add. (Assumes the conv output feeds only that BN, as in every
   registry model; the tests compare each registry model against the reference forward.)
-- **Conv lowering.** `conv='im2col'` computes k>1 convs as one matmul over the k*k shifted strided slices of
-  the padded input concatenated on channels (XLA CPU's native convolution runs ResNet-50 at roughly a third of
-  its matmul speed); 1x1 convs as a plain matmul (strided slice first); depthwise convs as k*k shifted
-  multiply-adds. `conv='xla'` keeps `lax.conv_general_dilated` with the folded weights.
+- **Conv lowering.** `conv='im2col'`: k>1 convs as one matmul over the k*k shifted strided slices of the padded
+  input concatenated on channels; 1x1 convs as a plain matmul (strided slice first); depthwise convs as k*k
+  shifted multiply-adds (a global depthwise conv as one reduction). `conv='winograd'`: 3x3 stride-1 convs as
+  Winograd F(2x2, 3x3) (16 multiplies per 2x2 tile instead of 36: input transform, one batched matmul, output
+  transform), the rest as im2col. `conv='xla'`: `lax.conv_general_dilated` with the folded weights.
+  `conv='auto'` (default) picks per layer from the output map size: native conv above 14x14, Winograd for
+  3x3/s1 at 14x14 and below, im2col matmuls otherwise (with `dtype='int8'`: int8 im2col up to 112x112, native
+  float conv above); off the CPU, native convs everywhere.
 - **Dtype policy.** `dtype='float32'` (reference accuracy), `'bfloat16'` (weights and activations in bf16),
   `'int8'` (per-output-channel symmetric int8 weights, activations quantised per example at run time,
-  int8 x int8 -> int32 matmuls; depthwise convs stay float32).
+  int8 x int8 -> int32 matmuls, for matmul-lowered layers with a reduction of >= 16; the rest stays float32).
+- **XLA options.** `fn.compiler_options` (jit with them) turn on YNNPACK's eltwise fusion where matmuls carry most
+  of the FLOPs (`default_compiler_options`).
 - **Weights as constants or arguments.** `weights='const'` closes the folded tree into the jitted function so
   XLA sees compile-time constants; `weights='args'` passes it as an argument (`fn.forward(fn.params, x)`).
 
 Everything else (ReLU/PReLU, residual adds, pooling, the L2 norm) is the model's own code, traced as usual;
-XLA fuses the bias, activation and residual add into the loop that follows each matmul.
+XLA fuses the bias, activation and residual add into the loop after each matmul (or YNNPACK into the matmul).
+Measured effect of each lever: facejax/inference/__init__.py.
 
 Tolerances the tests hold these rewrites to (random weights, random BN statistics, max abs difference of the
 L2-normalised embedding relative to 1): float32 1e-4 (seen ~1e-6); bfloat16 and int8 cosine similarity to
@@ -48,6 +55,7 @@ AUTO_IM2COL_MAX_PIXELS = 196  # conv='auto': k>1 convs with at most this many ou
 # For int8 the same option pulls the quantise/round/clip ops into YNNPACK's slow path (10x slower): off.
 # Measurements behind each choice: launch/compare_cpu.py and the inference notes in facejax/inference/__init__.py.
 YNN_DOT_ELTWISE = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE'}
+YNN_INDIVIDUAL_DOT = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
 DEFAULT_COMPILER_OPTIONS = {'float32': YNN_DOT_ELTWISE, 'bfloat16': YNN_DOT_ELTWISE, 'int8': {}}
 DTYPES = ('float32', 'bfloat16', 'int8')
 WEIGHTS = ('const', 'args')
@@ -206,7 +214,7 @@ def _conv_pads(conv: nn.Conv, x_shape) -> list[tuple[int, int]] | None:
 
 
 def conv_lowering(conv: nn.Conv, in_shape: tuple) -> str:
-  """How conv='im2col' runs this conv: 'matmul' (any plain 2-D conv), 'depthwise' (one filter per input channel)
+  """How a non-'xla' lowering can run this conv: 'matmul' (any plain 2-D conv), 'depthwise' (one filter per input channel)
   or 'xla' (dilations, masks, circular/causal padding, non-2-D: lax.conv with the folded weights)."""
   ones = lambda d: d is None or all(v == 1 for v in np.atleast_1d(d))
   if not (len(in_shape) == 4 and len(conv.kernel_size) == 2 and ones(conv.kernel_dilation) and
@@ -383,16 +391,18 @@ def _quantize_weights(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def default_compiler_options(plan: dict[str, LayerPlan], lowerings: dict[str, str], dtype: str) -> dict:
-  """DEFAULT_COMPILER_OPTIONS[dtype], except that YNNPACK eltwise fusion is left off when most conv FLOPs run
-  as native convolutions: XLA then hands whole chains of them with their activations to YNNPACK as one big
-  fusion, measured 1.5-2x slower on VGG-16 (it helps where the FLOPs are in im2col matmuls, e.g. ResNet-50)."""
+  """DEFAULT_COMPILER_OPTIONS[dtype], except when most conv FLOPs run as native convolutions (VGG-16): then
+  YNNPACK gets individual dots only. By default (and more so with ELTWISE) XLA hands whole chains of convs,
+  pools and dots to YNNPACK as one fusion, which on VGG-16 recomputes work: b8 5.3 s -> 1.9 s per batch,
+  b1 345 -> 269 ms with INDIVIDUAL_DOT. Where im2col/Winograd matmuls dominate (ResNet-50) DOT,ELTWISE is as
+  good or better (80 vs 87 ms)."""
   if jax.default_backend() != 'cpu':
     return {}
   options = dict(DEFAULT_COMPILER_OPTIONS[dtype])
   native = sum(layer_flops({p: e}) for p, e in plan.items() if e.kind == 'conv' and lowerings.get(p) == 'xla')
   total = sum(layer_flops({p: e}) for p, e in plan.items() if e.kind == 'conv')
-  if total and native / total > 0.5:
-    options.pop('xla_cpu_experimental_ynn_fusion_type', None)
+  if total and native / total > 0.5 and dtype != 'int8':
+    options.update(YNN_INDIVIDUAL_DOT)
   return options
 
 
