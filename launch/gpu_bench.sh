@@ -14,7 +14,8 @@
 #   classify_r50_pipeline_noprefetch   the pipeline run with numpy fed straight into the step
 # Each writes $OUT/<name>.json (a record, or {"name", "error"}); $OUT/summary.md and $OUT/summary.json close.
 # The compiled steps go to a persistent compilation cache, so the pipeline runs reuse the device run's compile.
-# Env: OUT, PYTHON (python3), FJ_BENCH_BUDGET_S (450), FJ_BENCH_DATA_DIR (/tmp/fj_bench_data), FJ_BENCH_TINY,
+# Env: OUT, PYTHON (python3), FJ_BENCH_ONLY (names to run), FJ_BENCH_PIPE_STEPS (e.g. '--steps=300 --warmup=20'),
+# FJ_BENCH_BUDGET_S (450), FJ_BENCH_DATA_DIR (/tmp/fj_bench_data), FJ_BENCH_TINY,
 # FJ_BENCH_WORKERS (grain worker processes; default cpu_count - 4), XLA_FLAGS (recorded in every JSON).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +44,8 @@ else
   ARG=''
   STEPS=(--steps=30 --warmup=5 --window=5)
   PIPE_STEPS=(--steps=60 --warmup=10 --window=5)  # longer: grain's buffers fill during compilation
+  # shellcheck disable=SC2206
+  [[ -n "${FJ_BENCH_PIPE_STEPS:-}" ]] && PIPE_STEPS=($FJ_BENCH_PIPE_STEPS)
   PREP=(--prepare_identities=200 --prepare_images=8 --prepare_size=250)
   CAP_BIG=170 CAP_SMALL=110
 fi
@@ -107,6 +110,7 @@ PREP_PID=$!
 run() {  # NAME CAP ARGS...: one measurement under a hard timeout cut to the budget left
   local name=$1 cap=$2
   shift 2
+  if [[ -n "${FJ_BENCH_ONLY:-}" && " $FJ_BENCH_ONLY " != *" $name "* ]]; then return; fi
   local left=$(( BUDGET - $(elapsed) - RESERVE ))
   local limit=$(( cap < left ? cap : left ))
   if (( limit < 30 )); then
@@ -136,6 +140,9 @@ run classify_r50_device "$CAP_BIG" --config="configs/bench_resnet50.py:${ARG#,}"
 wait_prep
 run classify_r50_pipeline "$CAP_SMALL" --config="configs/bench_resnet50.py:data_dir=$DATA_DIR$ARG" --data=pipeline \
   "${PIPE_STEPS[@]}" --config.bench.prefetch=thread "${WORKERS[@]}"
+run classify_r50_pipeline_cached "$CAP_BIG" --config="configs/bench_resnet50.py:data_dir=$DATA_DIR$ARG" \
+  --data=pipeline "${PIPE_STEPS[@]}" --config.bench.prefetch=thread --config.bench.cache=decoded \
+  --config.bench.num_workers=0 --config.bench.num_threads=$(( $(nproc) > 4 ? $(nproc) - 2 : 2 ))
 run distill_vgg16_device "$CAP_BIG" --config="configs/bench_distill.py:teacher=vgg16$ARG" --data=device "${STEPS[@]}"
 run distill_r50_device "$CAP_BIG" --config="configs/bench_distill.py:teacher=resnet50$ARG" --data=device "${STEPS[@]}"
 run siamese_device "$CAP_SMALL" --config="configs/bench_siamese.py:${ARG#,}" --data=device "${STEPS[@]}"
