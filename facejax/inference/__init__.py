@@ -3,7 +3,7 @@
 Import cost matters here: `load_exported` must work in a process that never imports `facejax.models`, so
 this package imports its submodules lazily.
 
-CPU levers, as measured (2-vCPU Xeon shared with other jobs, jax 0.10.2, ResNet-50 embedder b1 224 unless
+CPU levers, as measured (2-vCPU Intel Xeon VM shared with other jobs, jax 0.10.2, ResNet-50 embedder b1 224 unless
 said; every comparison from one process, variants interleaved; load varied 1.5-7 over the session, so the
 absolute numbers move 2-5x between runs and only same-run ratios mean anything):
 
@@ -17,16 +17,21 @@ absolute numbers move 2-5x between runs and only same-run ratios mean anything):
   5.0 vs 7.1 ms) and loses on large ones (224x224x64 60 vs 16 ms). `conv='auto'` (default) = native conv
   above 14x14, Winograd for 3x3/s1 at <=14x14, im2col matmul for the rest and for 1x1: ResNet-50 b1 on a
   quiet machine 44.7 ms vs 52.9 (all im2col), 62.2 (all native), 80.6 (plain).
-- Dtypes. bf16 (avx512_bf16, no AMX): slower or equal (74 vs 66 ms): XLA's bf16 dots convert. int8
+- Dtypes. bf16 (no AMX on this CPU): slower or equal (74 vs 66 ms; VGG-16 1.7x slower). int8
   (per-channel weights, per-example dynamic activations, int8 x int8 -> int32 dots over im2col): 2-2.6x
   faster than float32 (quiet: 25.8 vs 44.7 ms; loaded: 44.5 vs 76.5), embedding cosine to float32 >= 0.999
-  on random weights. ONNX Runtime's own dynamic int8 (ConvInteger) is 4x slower than its float32.
+  on random weights (MobileFaceNet: 0.995). With conv='auto' int8 keeps float native convs on maps above
+  112x112 (VGG-16's first block): all-im2col int8 there is slower than float (VGG-16 b1 403 vs 318 ms).
+  ONNX Runtime's own dynamic int8 (ConvInteger) is 4x slower than its float32.
 - XLA CPU options (per executable via `compiler_options`, see optimize.DEFAULT_COMPILER_OPTIONS):
   `xla_cpu_experimental_ynn_fusion_type=DOT,ELTWISE` (bias/ReLU/residual into the YNNPACK matmul fusion)
   helps when matmuls dominate (ResNet-50 im2col 100 vs 141 ms, 115 vs 143; one run even) and hurts when native
   convs dominate (VGG-16: XLA hands whole conv chains to YNNPACK as one fusion, 520 vs 239 ms thread time) and
   with int8 (quantise ops go to YNNPACK's slow path: 494 vs 46 ms): on only when im2col/Winograd FLOPs are the
-  majority. `...=DOT,INDIVIDUAL_CONVOLUTION` (YNNPACK convs): 102-116 vs 141-146 ms for all-native, worse
+  majority. When native convs dominate, `...=INDIVIDUAL_DOT` (YNNPACK gets single dots; convs, pools and the
+  fc layers are not chained into one YNNPACK subgraph): VGG-16 b1 269 vs 345 ms, b8 1.9 vs 5.3 s per batch
+  (the default chains conv5's pools and fc6/fc7 into one fusion that takes 3.6 s at b8; fc6 alone is 0.12 s).
+  `lax.optimization_barrier` does not stop that fusion (XLA CPU strips barriers before fusing). `...=DOT,INDIVIDUAL_CONVOLUTION` (YNNPACK convs): 102-116 vs 141-146 ms for all-native, worse
   than 'auto'. `--xla_cpu_use_xnnpack`, `--xla_cpu_use_onednn`, `--xla_cpu_experimental_xnn_graph_fusion_mode`,
   `--xla_cpu_use_thunk_runtime=false`: no change on the matmuls (jax 0.10 already runs them in YNNPACK).
   glibc malloc thresholds (page faults of per-call temporaries): no change. Splitting VGG's fc6 matrix-vector
