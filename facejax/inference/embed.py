@@ -12,12 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from facejax.models.heads import l2_normalize
+
 FLIP_MODES = (None, 'sum', 'concat')
 
-
-def _l2_normalize(x: jnp.ndarray, eps: float = 1e-10) -> jnp.ndarray:
-  x = x.astype(jnp.float32)
-  return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
 
 
 def raw_embed_forward(model, variables) -> Callable[[jnp.ndarray], jnp.ndarray]:
@@ -39,13 +37,13 @@ def flip_tta(raw_fn: Callable[[jnp.ndarray], jnp.ndarray], x: jnp.ndarray, flip:
   if flip not in FLIP_MODES:
     raise ValueError(f'flip={flip!r}: expected one of {FLIP_MODES}')
   if flip is None:
-    return _l2_normalize(raw_fn(x))
+    return l2_normalize(raw_fn(x))
   b = x.shape[0]
   raw = raw_fn(jnp.concatenate([x, x[:, :, ::-1, :]], axis=0)).astype(jnp.float32)
   a, f = raw[:b], raw[b:]
   if flip == 'sum':
-    return _l2_normalize(a + f)
-  return _l2_normalize(jnp.concatenate([_l2_normalize(a), _l2_normalize(f)], axis=-1))
+    return l2_normalize(a + f)
+  return l2_normalize(jnp.concatenate([l2_normalize(a), l2_normalize(f)], axis=-1))
 
 
 def make_embed_fn(model, variables, preprocessing, image_size: int, flip: str | None = None, *,

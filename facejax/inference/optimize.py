@@ -45,6 +45,8 @@ import numpy as np
 from jax import lax
 from flax.linen.linear import canonicalize_padding
 
+from facejax.models.heads import l2_normalize
+
 CONV_IMPLS = ('auto', 'im2col', 'winograd', 'xla')
 DENSE_SPLIT_BYTES = 32 << 20  # dense kernels at least this big are split into `dense_blocks` column blocks
 AUTO_INT8_IM2COL_MAX_PIXELS = 12544  # dtype='int8', conv='auto': larger maps (VGG's 224x224) run float32 native convs
@@ -475,10 +477,6 @@ class InferenceFn:
     return 'optimized_embed'
 
 
-def _l2_normalize(x, eps=1e-10):
-  x = x.astype(jnp.float32)
-  return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
-
 
 def inference_forward(model, variables, *, image_size: int, conv: str = 'auto', dtype: str = 'float32',
                       weights: str = 'const', method: Callable = _raw_embed,
@@ -539,7 +537,7 @@ def optimize_for_inference(model, variables, *, image_size: int, conv: str = 'au
       return model.apply(params['rest'], x.astype(act_dtype), method=method)
 
   def forward(params, x):
-    return _l2_normalize(raw_forward(params, x))
+    return l2_normalize(raw_forward(params, x))
 
   options = dict(conv=conv, dtype=dtype, weights=weights)
   if compiler_options is None:
