@@ -3,6 +3,8 @@
   python -m launch.benchmark_train --config=configs/bench_resnet50.py --data=device --steps=30 --json_out=PATH
   python -m launch.benchmark_train --config=configs/bench_resnet50.py:data_dir=D --data=pipeline
   python -m launch.benchmark_train --prepare_data=D      # the bench identity folders (JPEG) -> ArrayRecord, then exit
+  python -m launch.benchmark_train --config=configs/bench_resnet50.py --data=device --steps=10 \
+      --profile_dir=/tmp/prof --hlo_out=/tmp/step.hlo.txt.gz     # + a jax.profiler trace and the optimized HLO
   python -m launch.benchmark_train --summarize=DIR       # markdown table of DIR/*.json (+ DIR/summary.md)
 
 Pipeline knobs live in the config: --config.bench.prefetch=thread|device_put|none, --config.bench.num_workers=N,
@@ -29,6 +31,10 @@ flags.DEFINE_integer('window', None, 'Steps between host syncs (default config.b
 flags.DEFINE_float('peak_tflops', None, 'Dense bf16 peak per chip for MFU (default: by device kind; H100/H200 989).')
 flags.DEFINE_string('name', None, 'Name stored in the record (e.g. classify_r50_device).')
 flags.DEFINE_string('json_out', None, 'Write the JSON record here.')
+flags.DEFINE_string('profile_dir', None, 'After the timed steps, profile --profile_steps more with jax.profiler into '
+                    'this folder; the record gets a summary (device busy time, top kernels and HLO ops).')
+flags.DEFINE_integer('profile_steps', 3, 'Steps under the profiler (--profile_dir).')
+flags.DEFINE_string('hlo_out', None, "Write the compiled step's optimized HLO text here (gzipped if it ends in .gz).")
 flags.DEFINE_string('prepare_data', None, 'Prepare the bench identity folders under this TFDS data dir and exit.')
 flags.DEFINE_integer('prepare_identities', 200, '--prepare_data: identities.')
 flags.DEFINE_integer('prepare_images', 8, '--prepare_data: images per identity.')
@@ -78,7 +84,8 @@ def main(argv):
     raise app.UsageError('pass --config=configs/bench_*.py[:arg] (or --prepare_data / --summarize)')
   from facejax.train.benchmark import benchmark_training
   record = benchmark_training(FLAGS.config, steps=FLAGS.steps, warmup=FLAGS.warmup, data=FLAGS.data,
-                              window=FLAGS.window, peak_tflops=FLAGS.peak_tflops, log=_log)
+                              window=FLAGS.window, peak_tflops=FLAGS.peak_tflops, profile_dir=FLAGS.profile_dir,
+                              profile_steps=FLAGS.profile_steps, hlo_out=FLAGS.hlo_out, log=_log)
   if FLAGS.name:
     record = {'name': FLAGS.name, **record}
   print(json.dumps(record), flush=True)

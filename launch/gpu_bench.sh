@@ -1,22 +1,32 @@
 #!/usr/bin/env bash
-# Training throughput on a lent GPU, in one go: <= ~8 minutes wall, compiles included.
+# Training throughput on a lent GPU, in one go: within FJ_BENCH_BUDGET_S (540 s) wall, compiles included.
 #
 #   bash launch/gpu_bench.sh                   # on the GPU machine, from the repo root; carry: wheels
 #   FJ_BENCH_TINY=1 PYTHON=.venv/bin/python OUT=/tmp/fjb bash launch/gpu_bench.sh   # CPU dry run, tiny models
 #
-# Measurements, in priority order, each its own process under a hard `timeout` cut to the time left:
-#   classify_r50_device         ResNet-50@224 classify, bf16, batch 256, 10,575 ids, one on-device batch reused
+# Measurements, in priority order, each its own process under a hard `timeout` cut to the time left (the later
+# ones are skipped once the budget runs out):
+#   classify_r50_device         ResNet-50@224 classify, bf16, batch 256, 10,575 ids, one on-device batch reused;
+#                               also writes the compiled step's optimized HLO (profile/classify_r50_step.hlo.txt.gz)
 #   classify_r50_pipeline       the same through the grain loader (ArrayRecord JPEGs, worker processes), thread
 #                               prefetch to device
-#   distill_vgg16_device        VGG-16@224 teacher (random weights) -> MobileFaceNet@112
-#   distill_r50_device          ResNet-50@224 teacher -> MobileFaceNet@112
-#   siamese_device              MobileFaceNet@112 contrastive, P x K = 64 x 4
-#   classify_r50_pipeline_noprefetch   the pipeline run with numpy fed straight into the step
-# Each writes $OUT/<name>.json (a record, or {"name", "error"}); $OUT/summary.md and $OUT/summary.json close.
-# The compiled steps go to a persistent compilation cache, so the pipeline runs reuse the device run's compile.
+#   classify_r50_profile        (FJ_BENCH_PROFILE=1, the default) the device run again, then 3 steps under
+#                               jax.profiler: its record's 'profile' holds device busy vs wall ms per step and the
+#                               top kernels / HLO ops; the trace itself is profile/classify_r50.xplane.pb.gz
+#   classify_r50_device_<v>     variants of the device run, each a process with its own XLA_FLAGS and a fresh
+#                               compile (the persistent cache key includes the flags): b512 (batch 512), lhs
+#                               (latency-hiding scheduler), convfusion (cuDNN conv fusion, experimental), nocmdbuf
+#                               (no CUDA graphs), autotune0 (no autotuning)
+#   distill_vgg16_device, distill_r50_device, siamese_device, classify_r50_pipeline_cached,
+#   classify_r50_pipeline_noprefetch   as in earlier runs, while time is left
+# Each writes $FJ_BENCH_WORK/<name>.json (a record, or {"name", "error"}); after each, every record so far goes to
+# $OUT/summary.json, so a run cut short still returns what it measured; $OUT/summary.md closes. $OUT keeps few
+# files, each under 16 MiB: summary.json, summary.md and profile/ (trace and HLO, gzipped).
+# The compiled steps go to a persistent compilation cache, so the pipeline and profile runs reuse the device run's.
 # Env: OUT, PYTHON (python3), FJ_BENCH_ONLY (names to run), FJ_BENCH_PIPE_STEPS (e.g. '--steps=300 --warmup=20'),
-# FJ_BENCH_BUDGET_S (450), FJ_BENCH_DATA_DIR (/tmp/fj_bench_data), FJ_BENCH_TINY,
-# FJ_BENCH_WORKERS (grain worker processes; default cpu_count - 4), XLA_FLAGS (recorded in every JSON).
+# FJ_BENCH_BUDGET_S (540), FJ_BENCH_PROFILE (1; 0: no profile run), FJ_BENCH_DATA_DIR (/tmp/fj_bench_data),
+# FJ_BENCH_WORK (/tmp/fj_bench_runs), FJ_BENCH_TINY, FJ_BENCH_WORKERS (grain worker processes; default
+# cpu_count - 4), XLA_FLAGS (recorded in every JSON; the variants add theirs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 START=$(date +%s)
@@ -25,7 +35,11 @@ OUT=${OUT:-runs/gpu_bench}
 TINY=${FJ_BENCH_TINY:-0}
 DATA_DIR=${FJ_BENCH_DATA_DIR:-/tmp/fj_bench_data}
 SITE=${FJ_BENCH_SITE:-/tmp/fj_site}
-mkdir -p "$OUT"
+WORK=${FJ_BENCH_WORK:-/tmp/fj_bench_runs}
+PROFILE=${FJ_BENCH_PROFILE:-1}
+PROF_DIR=$WORK/trace
+mkdir -p "$OUT/profile" "$WORK"
+rm -rf "$WORK"/*.json "$PROF_DIR"  # this run's records only
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/fj_jax_cache}
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-1}
@@ -35,21 +49,24 @@ if [[ "$TINY" == 1 ]]; then
   ARG=',tiny'
   STEPS=(--steps=4 --warmup=1 --window=2)
   PIPE_STEPS=(--steps=4 --warmup=1 --window=2)
+  PROFILE_STEPS=(--steps=2 --warmup=1 --window=2 --profile_steps=2)
   PREP=(--prepare_identities=8 --prepare_images=4 --prepare_size=64)
-  CAP_BIG=600 CAP_SMALL=600
+  CAP_BIG=600 CAP_SMALL=600 CAP_VARIANT=600
   export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
   [[ "${XLA_FLAGS:-}" == *device_count* ]] || export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=2"
 else
-  BUDGET=${FJ_BENCH_BUDGET_S:-450}
+  BUDGET=${FJ_BENCH_BUDGET_S:-540}
   ARG=''
   STEPS=(--steps=30 --warmup=5 --window=5)
+  PROFILE_STEPS=(--steps=10 --warmup=3 --window=5 --profile_steps=3)
   PIPE_STEPS=(--steps=60 --warmup=10 --window=5)  # longer: grain's buffers fill during compilation
   # shellcheck disable=SC2206
   [[ -n "${FJ_BENCH_PIPE_STEPS:-}" ]] && PIPE_STEPS=($FJ_BENCH_PIPE_STEPS)
   PREP=(--prepare_identities=200 --prepare_images=8 --prepare_size=250)
-  CAP_BIG=170 CAP_SMALL=110
+  CAP_BIG=170 CAP_SMALL=110 CAP_VARIANT=100  # a variant compiles afresh (~25 s on an H100) after ~15 s of setup
 fi
 RESERVE=15  # for the summary
+MIN_S=40  # less than this left: skip (no room to compile and time)
 WORKERS=()
 [[ -n "${FJ_BENCH_WORKERS:-}" ]] && WORKERS=(--config.bench.num_workers="$FJ_BENCH_WORKERS")
 
@@ -107,27 +124,61 @@ timeout -k 5 200 "$PY" -m launch.benchmark_train --prepare_data="$DATA_DIR" "${P
   --prepare_processes=$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 )) >"$PREP_LOG" 2>&1 &
 PREP_PID=$!
 
-run() {  # NAME CAP ARGS...: one measurement under a hard timeout cut to the budget left
+collect() {  # every record so far -> $OUT/summary.json, in run order
+  "$PY" - "$WORK" "$OUT/summary.json" <<'EOF'
+import glob, json, os, sys
+work, out = sys.argv[1:]
+records = []
+for p in sorted(glob.glob(os.path.join(work, '*.json')), key=os.path.getmtime):
+  with open(p) as f:
+    records.append(json.load(f))
+with open(out + '.tmp', 'w') as f:
+  json.dump(records, f, indent=1)
+os.replace(out + '.tmp', out)
+EOF
+}
+
+run() {  # NAME CAP ARGS...: one measurement under a hard timeout cut to the budget left; RUN_XLA: flags to add
   local name=$1 cap=$2
   shift 2
   if [[ -n "${FJ_BENCH_ONLY:-}" && " $FJ_BENCH_ONLY " != *" $name "* ]]; then return; fi
   local left=$(( BUDGET - $(elapsed) - RESERVE ))
   local limit=$(( cap < left ? cap : left ))
-  if (( limit < 30 )); then
+  if (( limit < MIN_S )); then
     echo "== $name: skipped, ${left}s of the budget left"
-    printf '{"name": "%s", "error": "skipped: %ss of the budget left"}\n' "$name" "$left" >"$OUT/$name.json"
+    printf '{"name": "%s", "error": "skipped: %ss of the budget left"}\n' "$name" "$left" >"$WORK/$name.json"
+    collect
     return
   fi
-  echo "== $name (limit ${limit}s, at $(elapsed)s)"
-  timeout -k 5 "$limit" "$PY" -m launch.benchmark_train --name="$name" --json_out="$OUT/$name.json" "$@" \
+  echo "== $name (limit ${limit}s, at $(elapsed)s)${RUN_XLA:+, XLA_FLAGS +$RUN_XLA}"
+  XLA_FLAGS="${XLA_FLAGS:-}${RUN_XLA:+ $RUN_XLA}" timeout -k 5 "$limit" "$PY" -m launch.benchmark_train \
+    --name="$name" --json_out="$WORK/$name.json" "$@" \
     2> >(grep -v -e '^WARNING: All log messages' -e '^I0000' -e '^E0000' >&2) | cut -c1-400
   local rc=${PIPESTATUS[0]}
   if (( rc != 0 )); then
     local why="exit $rc"
     (( rc == 124 || rc == 137 )) && why="timeout after ${limit}s"
     echo "!! $name: $why"
-    printf '{"name": "%s", "error": "%s"}\n' "$name" "$why" >"$OUT/$name.json"
+    printf '{"name": "%s", "error": "%s"}\n' "$name" "$why" >"$WORK/$name.json"
   fi
+  collect
+}
+
+variant() {  # NAME 'XLA FLAGS' CONFIG_ARG: the ResNet-50 classify device run under these flags and config arg
+  RUN_XLA=$2 run "$1" "$CAP_VARIANT" --config="$R50:$3" --data=device "${STEPS[@]}"
+}
+
+drop_if_big() {  # FILE: removed if over 16 MiB (a lent machine returns no larger file)
+  if [[ -f "$1" ]] && (( $(stat -c %s "$1") > 16 * 1024 * 1024 )); then
+    echo "!! $1: over 16 MiB, dropped"
+    rm -f "$1"
+  fi
+}
+
+keep_gzipped() {  # SRC DEST: SRC gzipped to DEST
+  if [[ ! -f "$1" ]]; then echo "!! nothing to keep at '$1'"; return; fi
+  gzip -c "$1" >"$2"
+  drop_if_big "$2"
 }
 
 wait_prep() {
@@ -136,30 +187,41 @@ wait_prep() {
   fi
 }
 
-run classify_r50_device "$CAP_BIG" --config="configs/bench_resnet50.py:${ARG#,}" --data=device "${STEPS[@]}"
+R50=configs/bench_resnet50.py
+run classify_r50_device "$CAP_BIG" --config="$R50:${ARG#,}" --data=device "${STEPS[@]}" \
+  --hlo_out="$OUT/profile/classify_r50_step.hlo.txt.gz"
 wait_prep
-run classify_r50_pipeline "$CAP_SMALL" --config="configs/bench_resnet50.py:data_dir=$DATA_DIR$ARG" --data=pipeline \
+run classify_r50_pipeline "$CAP_SMALL" --config="$R50:data_dir=$DATA_DIR$ARG" --data=pipeline \
   "${PIPE_STEPS[@]}" --config.bench.prefetch=thread "${WORKERS[@]}"
-run classify_r50_pipeline_cached "$CAP_BIG" --config="configs/bench_resnet50.py:data_dir=$DATA_DIR$ARG" \
-  --data=pipeline "${PIPE_STEPS[@]}" --config.bench.prefetch=thread --config.bench.cache=decoded \
-  --config.bench.num_workers=0 --config.bench.num_threads=$(( $(nproc) > 4 ? $(nproc) - 2 : 2 ))
+if [[ "$PROFILE" == 1 ]]; then
+  run classify_r50_profile "$CAP_SMALL" --config="$R50:${ARG#,}" --data=device "${PROFILE_STEPS[@]}" \
+    --profile_dir="$PROF_DIR"
+  # shellcheck disable=SC2012
+  keep_gzipped "$(ls -t "$PROF_DIR"/plugins/profile/*/*.xplane.pb 2>/dev/null | head -1)" \
+    "$OUT/profile/classify_r50.xplane.pb.gz"
+fi
+variant classify_r50_device_b512 '' "batch=512$ARG"
+variant classify_r50_device_lhs '--xla_gpu_enable_latency_hiding_scheduler=true' "${ARG#,}"
+variant classify_r50_device_convfusion '--xla_gpu_experimental_enable_conv_fusion=true' "${ARG#,}"
+variant classify_r50_device_nocmdbuf '--xla_gpu_enable_command_buffer=' "${ARG#,}"
+variant classify_r50_device_autotune0 '--xla_gpu_autotune_level=0' "${ARG#,}"
 run distill_vgg16_device "$CAP_BIG" --config="configs/bench_distill.py:teacher=vgg16$ARG" --data=device "${STEPS[@]}"
 run distill_r50_device "$CAP_BIG" --config="configs/bench_distill.py:teacher=resnet50$ARG" --data=device "${STEPS[@]}"
 run siamese_device "$CAP_SMALL" --config="configs/bench_siamese.py:${ARG#,}" --data=device "${STEPS[@]}"
-run classify_r50_pipeline_noprefetch "$CAP_SMALL" --config="configs/bench_resnet50.py:data_dir=$DATA_DIR$ARG" \
+run classify_r50_pipeline_cached "$CAP_BIG" --config="$R50:data_dir=$DATA_DIR$ARG" \
+  --data=pipeline "${PIPE_STEPS[@]}" --config.bench.prefetch=thread --config.bench.cache=decoded \
+  --config.bench.num_workers=0 --config.bench.num_threads=$(( $(nproc) > 4 ? $(nproc) - 2 : 2 ))
+run classify_r50_pipeline_noprefetch "$CAP_SMALL" --config="$R50:data_dir=$DATA_DIR$ARG" \
   --data=pipeline "${PIPE_STEPS[@]}" --config.bench.prefetch=none "${WORKERS[@]}"
 
 echo "== summary ($(elapsed)s)"
-"$PY" - "$OUT" <<'EOF'
-import glob, json, os, sys
-out = sys.argv[1]
-records = []
-for p in sorted(glob.glob(os.path.join(out, '*.json'))):
-  if os.path.basename(p) != 'summary.json':
-    with open(p) as f:
-      records.append(json.load(f))
-with open(os.path.join(out, 'summary.json'), 'w') as f:
-  json.dump(records, f, indent=2)
-EOF
-"$PY" -m launch.benchmark_train --summarize="$OUT" 2>/dev/null || cat "$OUT"/*.json
+wait_prep
+collect
+if "$PY" -m launch.benchmark_train --summarize="$WORK" 2>/dev/null; then
+  cp "$WORK/summary.md" "$OUT/summary.md"
+else
+  cat "$OUT/summary.json"
+fi
+for f in "$OUT"/profile/*; do drop_if_big "$f"; done
+ls -l "$OUT" "$OUT/profile"
 echo "== done in $(elapsed)s"

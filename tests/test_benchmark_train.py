@@ -1,10 +1,12 @@
 """Training benchmark smoke tests: tiny models on 2 CPU devices, every task and both data modes produce the JSON
 record with finite numbers (no timing assertions: this machine is shared)."""
+import gzip
 import json
 import math
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -38,11 +40,21 @@ def check(record, *, steps, window, data):
   assert record['dtype'] == 'bfloat16'
 
 
-def test_classify_device_then_pipeline():
+def test_classify_device_then_pipeline(tmp_path):
   config = load_config('bench_resnet50', 'tiny,model=student_vgg')
-  r = tb.benchmark_training(config, steps=4, warmup=1, data='device', window=2)
+  hlo = str(tmp_path / 'step.hlo.txt.gz')
+  r = tb.benchmark_training(config, steps=4, warmup=1, data='device', window=2, profile_dir=str(tmp_path / 'trace'),
+                            profile_steps=2, hlo_out=hlo)
   check(r, steps=4, window=2, data='device')
   assert r['per_device_batch'] == 4 and r['num_classes'] == 16
+  with gzip.open(hlo, 'rt') as f:
+    assert f.read().startswith('HloModule') and r['hlo_file_bytes'] == os.path.getsize(hlo)
+  # CPU: no device planes; the XLA ops tagged with their hlo_op on the host threads stand in.
+  prof = r['profile']
+  assert 'error' not in prof, prof
+  assert prof['steps'] == 2 and prof['device_planes'] == [] and os.path.isfile(prof['trace_file'])
+  assert 0 < prof['device_busy_ms_per_step'] and prof['wall_ms_per_step'] > 0 and prof['by_hlo_op']
+  assert sum(row['frac'] for row in prof['by_op_kind']) <= 1.0 + 1e-6
   config.bench.prefetch = 'device_put'
   config.bench.cache = 'decoded'
   p = tb.benchmark_training(config, steps=3, warmup=1, data='pipeline', window=2, peak_tflops=1.0)
@@ -50,7 +62,7 @@ def test_classify_device_then_pipeline():
   p['mfu'] = None
   check(p, steps=3, window=2, data='pipeline')
   assert p['data_source'] == 'synthetic' and p['cache'] == 'decoded' and p['prefetch'] == 'device_put'
-  assert p['loader_img_per_s'] is None or p['loader_img_per_s'] > 0
+  assert p['loader_img_per_s'] > 0 and p['loader_warmup_batches'] == tb.loader_warmup_batches(0, 2) == 6
   # Same program on both paths: the FLOPs agree.
   assert p['gflops_per_step_per_device'] == r['gflops_per_step_per_device']
 
@@ -130,3 +142,41 @@ def test_peak_and_arg_parsing():
   assert a.tiny is True and a.batch == 64 and a.data_dir == '/tmp/x'
   with pytest.raises(ValueError, match='unknown key'):
     tb.parse_arg('bacth=3', batch=256)
+
+
+class StaggeredLoader:
+  """A loader whose batch n is ready at a fixed time after the first next(), like grain's worker processes:
+  `workers` first batches one start-up apart, then `buffered` batches at once, then one every `step_s`. The
+  deadlines are absolute, so a late wake-up on a loaded machine delays one batch, not all the following ones."""
+
+  def __init__(self, workers: int, start_s: float, buffered: int, step_s: float):
+    self.workers, self.start_s, self.buffered, self.step_s = workers, start_s, buffered, step_s
+    self.n, self.t0 = 0, None
+
+  def ready_s(self, n: int) -> float:
+    if n < self.workers:
+      return self.start_s * (n + 1)
+    return self.start_s * self.workers + max(0, n - self.workers - self.buffered + 1) * self.step_s
+
+  def __next__(self):
+    if self.t0 is None:
+      self.t0 = time.perf_counter()
+    wait = self.t0 + self.ready_s(self.n) - time.perf_counter()
+    self.n += 1
+    if wait > 0:
+      time.sleep(wait)
+    return self.n
+
+
+def test_loader_throughput_skips_worker_start_up():
+  # 4 workers starting 0.15 s apart, then 20 ms a batch: 50 batches/s in steady state, 4 batches in the first
+  # 0.6 s. prefetch 1 + grain's queue of 1 per worker: 2 x 4 x 3 = 24 batches of warm-up (0.84 s here).
+  warmup = tb.loader_warmup_batches(num_workers=4, prefetch=1)
+  assert warmup == 24 and tb.loader_warmup_batches(num_workers=0, prefetch=2) == 6
+  loader = StaggeredLoader(workers=4, start_s=0.15, buffered=8, step_s=0.02)
+  m = tb.loader_throughput(loader, batch_size=16, seconds=0.5, warmup_batches=warmup)
+  assert m['warmup_batches'] == warmup and m['warmup_s'] >= 0.8
+  assert m['batches'] >= 10 and m['window_s'] >= 0.5
+  steady = 16 / 0.02
+  assert abs(m['img_per_s'] / steady - 1) < 0.3, (m, steady)
+  assert tb.loader_throughput(loader, batch_size=16, seconds=0) is None

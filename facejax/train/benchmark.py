@@ -88,7 +88,7 @@ def bench_section() -> ml_collections.ConfigDict:
       num_threads=2,  # grain read threads per process
       grain_prefetch=2,  # grain prefetch buffer (batches) per process
       cache='none',  # 'none' | 'decoded': decode every record once into memory first (threads only)
-      loader_seconds=3.0,  # loader-only throughput measured this long before training (0: skip)
+      loader_seconds=3.0,  # loader-only throughput timed this long after its warm-up (0: skip)
   ))
 
 
@@ -294,26 +294,43 @@ class DecodedRecords:
                     '(grain threads), not worker processes')
 
 
-def loader_throughput(iterator, batch_size: int, seconds: float, max_batches: int = 400) -> float | None:
-  """Images/s of a host loader on its own. Counts only after the first batch it had to wait for (> 2 ms):
-  batches buffered while the step compiled would otherwise inflate the rate."""
+def loader_warmup_batches(num_workers: int, prefetch: int, per_worker_buffer: int = 1) -> int:
+  """Batches to skip before timing a grain loader: twice (one round of start-up + the rounds its buffers hold).
+
+  With `num_workers` processes batches arrive round-robin, so a full round is needed before the slowest worker has
+  delivered its first batch; meanwhile each worker fills its read-ahead (`prefetch` batches) and its queue to the
+  main process (`per_worker_buffer`, grain's default 1), which then drain at once. The factor 2 covers workers
+  refilling while the buffers drain."""
+  workers = max(num_workers, 1)
+  buffered = prefetch + (per_worker_buffer if num_workers > 0 else 0)
+  return 2 * workers * (buffered + 1)
+
+
+def loader_throughput(iterator, batch_size: int, seconds: float, *, warmup_batches: int = 0,
+                      max_warmup_s: float = 30.0, max_batches: int = 5000) -> dict | None:
+  """Steady-state images/s of a host loader on its own -> {'img_per_s', 'batches', 'window_s', 'warmup_batches',
+  'warmup_s'}; None when seconds <= 0.
+
+  Untimed warm-up first: `warmup_batches` batches (`loader_warmup_batches`), or `max_warmup_s`, whichever comes
+  first. A fresh grain loader's worker processes start one after another, so its first batches arrive at the pace
+  of process start-up and then the batches buffered meanwhile arrive at once; a window that includes either misses
+  the steady rate (12 workers on an H100 host: 1.2-1.6k img/s in a 3 s window from the start, 5.6k sustained).
+  Then a window of `seconds` (at most `max_batches` batches) is timed from the end of the warm-up:
+  img_per_s = batches x batch_size / (time to the window's last batch)."""
   if seconds <= 0:
     return None
-  stamps, steady = [], None
   start = time.perf_counter()
-  for n in range(max_batches):
-    t0 = time.perf_counter()
+  skipped = 0
+  while skipped < warmup_batches and time.perf_counter() - start < max_warmup_s:
     next(iterator)
-    t1 = time.perf_counter()
-    if steady is None and t1 - t0 > 2e-3:
-      steady = n
-    stamps.append(t1)
-    if t1 - start > seconds and len(stamps) >= 4:
-      break
-  first = steady if steady is not None and len(stamps) - steady >= 3 else 0
-  if len(stamps) - first < 2:
-    return None
-  return (len(stamps) - first - 1) * batch_size / (stamps[-1] - stamps[first])
+    skipped += 1
+  t0 = time.perf_counter()
+  n, t = 0, t0
+  while n < 2 or (t - t0 < seconds and n < max_batches):
+    next(iterator)
+    n, t = n + 1, time.perf_counter()
+  return {'img_per_s': n * batch_size / (t - t0), 'batches': n, 'window_s': t - t0, 'warmup_batches': skipped,
+          'warmup_s': t0 - start}
 
 
 def _auto_workers(n: int) -> int:
@@ -352,10 +369,111 @@ def _pipeline(config, image_size: int, num_classes: int, sharding, log) -> tuple
               prefetch=b.prefetch, prefetch_depth=b.prefetch_depth, augment=bool(config.data.augment),
               sampler=config.data.sampler)
   if b.loader_seconds > 0:
-    ips = loader_throughput(loader, config.batch_size // jax.process_count(), b.loader_seconds)
-    info['loader_img_per_s'] = None if ips is None else round(ips, 1)
-    log(f'loader alone: {info["loader_img_per_s"]} img/s ({workers} workers x {b.num_threads} threads)')
+    m = loader_throughput(loader, config.batch_size // jax.process_count(), b.loader_seconds,
+                          warmup_batches=loader_warmup_batches(workers, b.grain_prefetch))
+    info.update(loader_img_per_s=round(m['img_per_s'], 1), loader_batches=m['batches'],
+                loader_window_s=round(m['window_s'], 2), loader_warmup_batches=m['warmup_batches'],
+                loader_warmup_s=round(m['warmup_s'], 2))
+    log(f'loader alone: {info["loader_img_per_s"]} img/s over {m["batches"]} batches, after '
+        f'{m["warmup_batches"]} warm-up batches in {m["warmup_s"]:.1f}s ({workers} workers x {b.num_threads} threads)')
   return DeviceFeed(loader, sharding, mode=b.prefetch, depth=b.prefetch_depth), info, loader
+
+
+# ------------------------------------------------------------------------------------------------ profiling
+
+
+def write_text(path: str, text: str) -> int:
+  """Writes `text` to `path` (gzip-compressed when it ends in .gz), making its folder; -> bytes written."""
+  import gzip
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  data = text.encode()
+  with (gzip.open(path, 'wb') if path.endswith('.gz') else open(path, 'wb')) as f:
+    f.write(data)
+  return os.path.getsize(path)
+
+
+def _union_ns(intervals: list[tuple[float, float]]) -> float:
+  """Total length of the union of [start, end) intervals (kernels on concurrent streams count once)."""
+  total, end = 0.0, -float('inf')
+  for s, e in sorted(intervals):
+    if e > end:
+      total += e - max(s, end)
+      end = e
+  return total
+
+
+def _top(totals: dict, counts: dict, steps: int, n: int) -> list[dict]:
+  """The n largest of `totals` (ns over `steps`), each with its share of the summed op time."""
+  rows = sorted(totals.items(), key=lambda kv: -kv[1])[:n]
+  total = sum(totals.values())
+  return [{'name': k[:160], 'ms_per_step': round(v / steps / 1e6, 3), 'calls_per_step': round(counts[k] / steps, 2),
+           'frac': round(v / total, 4) if total else None} for k, v in rows]
+
+
+# Lines a profiler derives from the kernels (xprof's names): listed with their busy time, not counted again.
+DERIVED_LINES = frozenset({'XLA Ops', 'XLA Modules', 'Async XLA Ops', 'Steps', 'Framework Ops', 'Framework Name Scope',
+                           'Source code', 'XLA TraceMe'})
+
+
+def trace_summary(xplane_path: str, *, steps: int, wall_s: float, top: int = 30) -> dict:
+  """What the device did during `steps` profiled steps, from a jax.profiler trace (`*.xplane.pb`): device busy
+  time per step (the union of all its kernels) against the wall time per step, and the summed op time per kernel,
+  per HLO op (the `hlo_op` each kernel ran for) and per HLO op kind (the op name without its '.N' suffix), largest
+  first, with each one's share of the summed time ('frac'; concurrent kernels make the sum exceed the busy time).
+
+  Device ops are the events on '/device:*' planes (GPU/TPU); without any (CPU) the events tagged with an
+  `hlo_op` on the host planes stand in. A busy time well under the wall time means the device waits on the host
+  (dispatch, input); a busy time near it means the kernels themselves are the cost."""
+  import re
+  data = jax.profiler.ProfileData.from_file(xplane_path)
+  events, lines = [], []
+  device_planes = [p for p in data.planes if p.name.startswith('/device:')]
+  for plane in device_planes or list(data.planes):
+    for line in plane.lines:
+      busy, line_events = [], []
+      for e in line.events:
+        stats = dict(e.stats)
+        if not device_planes and 'hlo_op' not in stats:
+          continue
+        line_events.append((e.name, float(e.start_ns), float(e.duration_ns), str(stats.get('hlo_op', ''))))
+        busy.append((float(e.start_ns), float(e.start_ns) + float(e.duration_ns)))
+      if busy:
+        lines.append({'plane': plane.name, 'line': line.name, 'events': len(busy),
+                      'busy_ms_per_step': round(_union_ns(busy) / steps / 1e6, 3)})
+      if line.name not in DERIVED_LINES:  # the same time again, regrouped by the profiler
+        events += line_events
+  busy_ns = _union_ns([(s, s + d) for _, s, d, _ in events])
+  by_kernel, by_op, by_kind, n_kernel, n_op, n_kind = {}, {}, {}, {}, {}, {}
+  for name, _, dur, op in events:
+    kind = re.sub(r'\.\d+$', '', op) if op else '(no hlo_op)'
+    for totals, counts, key in ((by_kernel, n_kernel, name), (by_op, n_op, op or '(no hlo_op)'),
+                                (by_kind, n_kind, kind)):
+      totals[key] = totals.get(key, 0.0) + dur
+      counts[key] = counts.get(key, 0) + 1
+  wall_ms = wall_s / steps * 1e3
+  busy_ms = busy_ns / steps / 1e6
+  return {
+      'trace_file': xplane_path,
+      'steps': steps,
+      'wall_ms_per_step': round(wall_ms, 3),
+      'device_busy_ms_per_step': round(busy_ms, 3),
+      'device_busy_frac': round(busy_ms / wall_ms, 4) if wall_ms else None,
+      'op_ms_per_step': round(sum(d for _, _, d, _ in events) / steps / 1e6, 3),
+      'device_planes': [p.name for p in device_planes],
+      'events_per_step': round(len(events) / steps, 1),
+      'lines': lines,
+      'by_op_kind': _top(by_kind, n_kind, steps, top),
+      'by_hlo_op': _top(by_op, n_op, steps, top),
+      'by_kernel': _top(by_kernel, n_kernel, steps, top),
+  }
+
+
+def _latest_xplane(log_dir: str) -> str:
+  import glob
+  files = glob.glob(os.path.join(log_dir, 'plugins', 'profile', '*', '*.xplane.pb'))
+  if not files:
+    raise FileNotFoundError(f'{log_dir}: no plugins/profile/*/*.xplane.pb after the trace')
+  return max(files, key=os.path.getmtime)
 
 
 # ------------------------------------------------------------------------------------------------- timing
@@ -404,8 +522,37 @@ def _label(config) -> str:
   return config.model.name
 
 
+def _error(e: BaseException) -> str:
+  return f'{type(e).__name__}: {e}'[:500]
+
+
+def _profiled_steps(compiled, pstate, feed, frozen, steps: int, log_dir: str):
+  """`steps` more training steps under jax.profiler (trace written under log_dir, Python tracer off: its frames
+  would dominate the file); -> (pstate, last metrics or None, trace_summary or {'error'})."""
+  try:
+    options = jax.profiler.ProfileOptions()
+    options.python_tracer_level = 0
+    jax.profiler.start_trace(log_dir, profiler_options=options)
+  except Exception as e:  # pylint: disable=broad-except  # a profiler that cannot start must not cost the record
+    return pstate, None, {'error': _error(e)}
+  metrics = None
+  try:
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      pstate, metrics = compiled(pstate, next(feed), frozen)
+    jax.block_until_ready(metrics)
+    wall_s = time.perf_counter() - t0
+  finally:
+    jax.profiler.stop_trace()
+  try:
+    return pstate, metrics, trace_summary(_latest_xplane(log_dir), steps=steps, wall_s=wall_s)
+  except Exception as e:  # pylint: disable=broad-except
+    return pstate, metrics, {'error': _error(e), 'log_dir': log_dir}
+
+
 def benchmark_training(config: ml_collections.ConfigDict, *, steps: int = 30, warmup: int = 5,
                        data: str = 'device', window: int | None = None, peak_tflops: float | None = None,
+                       profile_dir: str | None = None, profile_steps: int = 3, hlo_out: str | None = None,
                        log: Callable[[str], None] | None = None) -> dict:
   """Time `steps` training steps of `config` after `warmup`; -> one JSON-serialisable record (module doc).
 
@@ -413,6 +560,9 @@ def benchmark_training(config: ml_collections.ConfigDict, *, steps: int = 30, wa
   fed ahead of the step by DeviceFeed(config.bench.prefetch)). window: steps per host sync (default
   config.bench.window). peak_tflops: per-chip dense bf16 peak for MFU (default config.bench.peak_tflops, then
   PEAK_BF16_TFLOPS by device kind).
+  profile_dir: after the timed steps, `profile_steps` more under jax.profiler, written there; the record's
+  'profile' is their `trace_summary`. hlo_out: the compiled step's optimized HLO text is written there (gzipped
+  for a .gz path). Neither touches the timed steps.
   """
   if data not in ('device', 'pipeline'):
     raise ValueError(f"data={data!r}: expected 'device' or 'pipeline'")
@@ -454,6 +604,12 @@ def benchmark_training(config: ml_collections.ConfigDict, *, steps: int = 30, wa
   compile_s, lower_s = time.perf_counter() - t_lower, t_compile - t_lower
   cache_hit = _CACHE_HITS[0] > hits_before
   log(f'compiled in {compile_s:.1f}s (trace+lower {lower_s:.1f}s){", from the persistent cache" if cache_hit else ""}')
+  hlo = {}
+  if hlo_out:
+    try:
+      hlo = {'hlo_file': hlo_out, 'hlo_file_bytes': write_text(hlo_out, compiled.as_text())}
+    except Exception as e:  # pylint: disable=broad-except  # not every backend prints its executable
+      hlo = {'hlo_error': _error(e)}
 
   from facejax.inference.benchmark import compiled_flops
   # One device's program (pmap compiles the per-device computation). The optimized module's count is the one
@@ -492,6 +648,13 @@ def benchmark_training(config: ml_collections.ConfigDict, *, steps: int = 30, wa
       jax.block_until_ready(metrics)
       window_s.append((time.perf_counter() - t0, n))
       done += n
+    profile = None
+    if profile_dir and profile_steps > 0:
+      pstate, profiled_metrics, profile = _profiled_steps(compiled, pstate, feed, frozen, profile_steps, profile_dir)
+      metrics = profiled_metrics if profiled_metrics is not None else metrics
+      log(f'profiled {profile_steps} steps into {profile_dir}: '
+          + (profile['error'] if 'error' in profile else
+             f'device busy {profile["device_busy_ms_per_step"]} of {profile["wall_ms_per_step"]} ms/step'))
   finally:
     feed.close()
     if loader is not None and hasattr(loader, 'close'):
@@ -545,6 +708,8 @@ def benchmark_training(config: ml_collections.ConfigDict, *, steps: int = 30, wa
       'peak_tflops': peak,
       'mfu': None if (flops is None or not peak) else round(flops / step_s / (peak * 1e12), 4),
       'memory': _memory(devices, compiled),
+      **hlo,
+      'profile': profile,
       'final_loss': last.get('loss'),
       'metrics': last,
       'nonfinite_total': nonfinite,
