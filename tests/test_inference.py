@@ -6,6 +6,7 @@ similarity to the reference >= 0.98 for every example (typically >= 0.999).
 """
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -18,7 +19,7 @@ import pytest
 from facejax.inference.benchmark import benchmark, benchmark_model, markdown_table, random_variables
 from facejax.inference.embed import embed_images, make_embed_fn
 from facejax.inference.export import cpu_compiler_options, export_embedder, load_exported, save_exported
-from facejax.inference.optimize import fold_batch_norm, optimize_for_inference, trace_plan
+from facejax.inference.optimize import fold_batch_norm, optimize_for_inference, prepare_layers, trace_plan
 from facejax.models import MODELS, build_model
 from facejax.models.registry import FACEJAX
 
@@ -93,7 +94,6 @@ def test_conv_lowerings_match_reference(conv):
 
 
 def test_auto_lowering_choices():
-  from facejax.inference.optimize import prepare_layers
   model = build_model('resnet50', num_classes=0, embed_dim=16)
   variables = random_variables(model, 224)
   plan = trace_plan(model, variables, 224)
@@ -108,6 +108,49 @@ def test_auto_lowering_choices():
   assert int8['backbone/conv1']['lowering'] == 'xla'  # 112x112 > 3136 pixels: float32 native conv
   assert {v['lowering'] for p, v in int8.items() if p != 'backbone/conv1'} == {'matmul'}
   assert isinstance(int8['backbone/layer1_0/conv2']['kernel'], tuple)  # (int8 [576, 64], scale [64])
+
+
+def test_bf16_lowering_by_im2col_bytes():
+  """bf16: im2col matmuls while the per-image im2col matrix fits AUTO_BF16_IM2COL_MAX_BYTES, float32 native
+  convs above (VGG's 224 and 112x112x128 maps) and on RGB inputs; dense layers stay float32, stored [F, K]."""
+  from facejax.inference.optimize import auto_lowering
+  for name, native in [('resnet50', {'backbone/conv1'}), ('vgg16', {'conv1_1', 'conv1_2', 'conv2_2'})]:
+    model = build_model(name, num_classes=0, embed_dim=16)
+    shapes = jax.eval_shape(lambda k, x: model.init(k, x, method=model.embed), jax.random.PRNGKey(0),
+                            jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
+    plan = trace_plan(model, shapes, 224)
+    low = {p.split('/')[-1] if name == 'vgg16' else p: auto_lowering(e, 'bfloat16') for p, e in plan.items()
+           if e.kind == 'conv'}
+    assert {p for p, v in low.items() if v == 'xla'} == native, name
+  model, variables = _model('vgg16')
+  plan = trace_plan(model, variables, SIZE)
+  layers = prepare_layers(fold_batch_norm(model, variables, SIZE, plan), plan, 'auto', 'bfloat16')['layers']
+  assert layers['backbone/conv3_1']['kernel'].dtype == jnp.bfloat16
+  fc6 = layers['backbone/fc6']['kernel']
+  assert fc6.dtype == np.float32 and fc6.shape == (plan['backbone/fc6'].out_shape[-1], plan['backbone/fc6'].in_shape[-1])
+
+
+def _dot_operand_dtypes(hlo: str) -> list[tuple[str, ...]]:
+  """Operand dtypes of every dot in an optimized HLO module's text (operands resolved within their computation)."""
+  out = []
+  for block in hlo.split('\n\n'):
+    types = dict(re.findall(r'%?([\w.\-]+): (\w+)\[', block.split('\n', 1)[0]))  # computation parameters
+    types.update(re.findall(r'%([\w.\-]+) = (\w+)\[', block))
+    for args in re.findall(r' dot\(%([\w.\-]+), %([\w.\-]+)\)', block):
+      out.append(tuple(types.get(a, '?') for a in args))
+  return out
+
+
+def test_bf16_matmuls_stay_bf16_after_xla():
+  """XLA CPU upcasts bf16 pads, slices and concatenations to float32; the im2col columns travel as uint16 bits so
+  the compiled conv matmuls really take bf16 operands (the fast AMX/avx512_bf16 path), accumulating in f32."""
+  model, variables = _model('resnet18_w050')
+  fn = optimize_for_inference(model, variables, image_size=SIZE, dtype='bfloat16', conv='im2col')
+  hlo = jax.jit(fn).lower(_inputs()).compile(compiler_options=fn.compiler_options).as_text()
+  dots = _dot_operand_dtypes(hlo)
+  convs = len([e for e in trace_plan(model, variables, SIZE).values() if e.kind == 'conv'])
+  assert sum(d == ('bf16', 'bf16') for d in dots) == convs, dots
+  assert not re.search(r'= f32\[[\d,]+\]\{[\d,]+\} concatenate\(', hlo)
 
 
 def test_xla_conv_lowering_with_weights_as_arguments():
