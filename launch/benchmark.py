@@ -2,6 +2,7 @@
 
   python -m launch.benchmark --model=resnet50 --batch_size=1 --image_size=224 [--optimize] --json_out=PATH
   python -m launch.benchmark --all [--batch_sizes=1,8] --json_out=runs/bench/models.json   # + models.md table
+                                   # (every registry model: plain, optimized float32, bf16, int8)
   python -m launch.benchmark --workdir=RUN [--optimize]                                   # a trained run
 
 XLA flags act per process: set them in the environment (`XLA_FLAGS=... python -m launch.benchmark ...`); the

@@ -404,26 +404,29 @@ def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, emb
 
 
 def markdown(records: list[dict]) -> str:
-  """Per model: params, GFLOPs, ms at batch 1 and ms/image at the largest batch for each variant, and the
-  ratios facejax optimized / ORT."""
+  """Per model: params, GFLOPs, ms at batch 1 and ms/image at the largest batch for each variant, and each
+  optimized facejax variant / ONNX Runtime at batch 1 and at the largest batch."""
   models = list(dict.fromkeys(r['model'] for r in records))
   variants = list(dict.fromkeys(r['variant'] for r in records))
   bmax = max(r['batch_size'] for r in records)
   get = lambda m, v, b: next((r for r in records if r['model'] == m and r['variant'] == v and r['batch_size'] == b),
                              None)
+  batches = ((1, 'ms_median'),) + (((bmax, 'ms_per_image'),) if bmax > 1 else ())
+  ratios = [v for v in variants if v.startswith('jax_') and v != 'jax_plain']
   head = ['model', 'params (M)', 'GFLOPs'] + [f'{v} b1' for v in variants]
   if bmax > 1:
     head += [f'{v} b{bmax} /img' for v in variants]
-  head += ['opt/ORT b1', 'int8/ORT b1']
+  head += [f'{v[4:]}/ORT b{b}' for b, _ in batches for v in ratios]
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * 2 + '---:|' * (len(head) - 2)]
   for m in models:
     any_r = next(r for r in records if r['model'] == m)
     row = [m, f"{any_r['params'] / 1e6:.2f}", f"{any_r['gflops_per_image']:.2f}"]
-    for b, key in ((1, 'ms_median'),) + (((bmax, 'ms_per_image'),) if bmax > 1 else ()):
+    for b, key in batches:
       row += [f"{get(m, v, b)[key]:.2f}" if get(m, v, b) else '-' for v in variants]
-    for v in ('jax_opt', 'jax_int8'):
-      a, o = get(m, v, 1), get(m, 'ort', 1)
-      row.append(f"{a['ms_median'] / o['ms_median']:.2f}" if a and o else '-')
+    for b, key in batches:
+      for v in ratios:
+        a, o = get(m, v, b), get(m, 'ort', b)
+        row.append(f"{a[key] / o[key]:.2f}" if a and o else '-')
     lines.append('| ' + ' | '.join(row) + ' |')
   return '\n'.join(lines)
 

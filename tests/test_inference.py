@@ -247,6 +247,8 @@ def test_benchmark_model_record_and_table():
   opt = benchmark_model(model, variables, batch_size=2, image_size=SIZE, runs=2, warmup=1, optimize=True)
   assert keys <= set(plain) and keys <= set(opt)
   assert plain['variant'] == 'plain' and opt['variant'].startswith('optimized')
+  default = benchmark_model(model, variables, batch_size=2, image_size=SIZE, runs=2, warmup=1, optimize={})
+  assert default['variant'] == 'optimized' and default['compiler_options'] == opt['compiler_options'] != {}
   assert plain['params'] == opt['params'] > 0 and plain['gflops'] == opt['gflops'] > 0
   assert plain['ms_per_image'] == pytest.approx(plain['ms_median'] / 2, abs=1e-3)
   table = markdown_table([dict(plain, model='student_vgg'), dict(opt, model='student_vgg')])

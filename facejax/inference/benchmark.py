@@ -144,7 +144,7 @@ def benchmark_model(name_or_model, variables=None, *, batch_size: int = 1, image
     if variables is None or image_size is None:
       raise ValueError('benchmark_model(module, ...): variables and image_size are required with a module')
   x = jnp.asarray(np.random.default_rng(seed).uniform(-1, 1, (batch_size, image_size, image_size, 3)), jnp.float32)
-  if optimize:
+  if isinstance(optimize, dict) or optimize:  # {} = the default options, not "off"
     from facejax.inference.optimize import optimize_for_inference
     options = dict(optimize) if isinstance(optimize, dict) else {}
     fn = optimize_for_inference(model, variables, image_size=image_size, **options)
@@ -184,7 +184,7 @@ def benchmark_model(name_or_model, variables=None, *, batch_size: int = 1, image
 
 
 # The variants --all times per model and batch size: the reference apply and the default optimized forward.
-ALL_VARIANTS = {'plain': False, 'optimized': {}}
+ALL_VARIANTS = {'plain': False, 'optimized': {}, 'bf16': {'dtype': 'bfloat16'}, 'int8': {'dtype': 'int8'}}
 
 
 def benchmark_all(batch_sizes=(1, 8), names=None, variants=None, log=None, **kwargs) -> list[dict]:

@@ -62,7 +62,7 @@ def make_embed_fn(model, variables, preprocessing, image_size: int, flip: str | 
     if images.ndim != 4 or images.shape[1:] != (image_size, image_size, 3):
       raise ValueError(f'images: expected [B, {image_size}, {image_size}, 3], got {tuple(images.shape)}')
 
-  if optimize:
+  if isinstance(optimize, dict) or optimize:  # {} = the default options, not "off"
     from facejax.inference import optimize as opt
     options = dict(optimize) if isinstance(optimize, dict) else {}
     raw_fn = opt.inference_forward(model, variables, image_size=image_size, **options)

@@ -41,7 +41,7 @@ def export_embedder(model, variables, preprocessing, image_size: int, *, flip: s
   here: the artifact must be self-contained); False exports the reference flax forward.
   """
   from facejax.inference.embed import flip_tta, raw_embed_forward
-  if optimize:
+  if isinstance(optimize, dict) or optimize:  # {} = the default options, not "off"
     from facejax.inference.optimize import inference_forward
     options = dict(optimize) if isinstance(optimize, dict) else {}
     options['weights'] = 'const'
