@@ -321,10 +321,10 @@ def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, emb
   import numpy as np
   import torch
 
-  from facejax.inference.benchmark import inference_params, num_threads, random_variables
+  from facejax.inference.benchmark import cpu_info, inference_params, num_threads, random_variables
   from facejax.inference.optimize import layer_flops, optimize_for_inference, trace_plan
   from facejax.models import build_model, default_image_size
-  threads = num_threads()
+  threads, cpu = num_threads(), cpu_info()
   torch.set_num_threads(threads)
   size = default_image_size(name)
   model = build_model(name, num_classes=0, embed_dim=embed_dim)
@@ -392,7 +392,7 @@ def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, emb
       r = {'model': name, 'variant': v, 'batch_size': b, 'image_size': size, 'params': inference_params(variables),
            'gflops_per_image': round(flops / 1e9, 4), 'ms_median': round(float(np.median(ms)), 2),
            'ms_min': round(float(ms.min()), 2), 'ms_per_image': round(float(np.median(ms)) / b, 3),
-           'compile_or_load_s': round(compile_s[v], 2), 'threads': threads, 'samples': len(ms)}
+           'compile_or_load_s': round(compile_s[v], 2), 'threads': threads, 'samples': len(ms), **cpu}
       if v in opt_variants:
         r['options'] = opt_variants[v]
       if ref is not None:

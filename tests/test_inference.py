@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 
 import flax.linen as nn
 import jax
@@ -151,6 +152,18 @@ def test_bf16_matmuls_stay_bf16_after_xla():
   convs = len([e for e in trace_plan(model, variables, SIZE).values() if e.kind == 'conv'])
   assert sum(d == ('bf16', 'bf16') for d in dots) == convs, dots
   assert not re.search(r'= f32\[[\d,]+\]\{[\d,]+\} concatenate\(', hlo)
+
+
+def test_bf16_warns_without_hardware_bf16(monkeypatch):
+  import facejax.inference.benchmark as fbench
+  model, variables = _model('student_vgg')
+  monkeypatch.setattr(fbench, 'cpu_info', lambda: {'cpu': 'old', 'cpu_flags': ['avx2', 'avx512f']})
+  with pytest.warns(UserWarning, match='neither avx512_bf16 nor amx_bf16'):
+    optimize_for_inference(model, variables, image_size=SIZE, dtype='bfloat16')
+  monkeypatch.setattr(fbench, 'cpu_info', lambda: {'cpu': 'spr', 'cpu_flags': ['avx512_bf16', 'amx_bf16']})
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    optimize_for_inference(model, variables, image_size=SIZE, dtype='bfloat16')
 
 
 def test_xla_conv_lowering_with_weights_as_arguments():

@@ -40,6 +40,23 @@ def num_threads() -> int:
     return os.cpu_count() or 1
 
 
+CPU_FLAGS = ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'amx_bf16', 'amx_int8')  # what the dtype policies use
+
+
+def cpu_info() -> dict:
+  """{'cpu': model name, 'cpu_flags': the CPU_FLAGS this machine has} from /proc/cpuinfo (Linux; {} elsewhere):
+  recorded with every timing, since bf16 and int8 speed depends on them (AMX: bf16 3-5x float32 matmuls)."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      text = f.read()
+  except OSError:
+    return {}
+  fields = dict(line.split(':', 1) for line in text.split('\n\n')[0].splitlines() if ':' in line)
+  fields = {k.strip(): v.strip() for k, v in fields.items()}
+  flags = set(fields.get('flags', '').split())
+  return {'cpu': fields.get('model name', ''), 'cpu_flags': [f for f in CPU_FLAGS if f in flags]}
+
+
 def peak_rss_mb() -> float:
   """Peak resident set size of this process so far, MiB (Linux reports ru_maxrss in KiB)."""
   return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
@@ -174,7 +191,7 @@ def benchmark_model(name_or_model, variables=None, *, batch_size: int = 1, image
       'backend': result['backend'],
       'ms_per_image': round(result['ms_median'] / batch_size, 3),
       'ms_min': result['ms_min'],
-      'threads': num_threads(),
+      'threads': num_threads(), **cpu_info(),
       'peak_rss_mb': peak_rss_mb(),
       'variant': variant,
       'runs': result['runs'],

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -532,6 +533,12 @@ def optimize_for_inference(model, variables, *, image_size: int, conv: str = 'au
     raise ValueError(f'dtype={dtype!r}: expected one of {DTYPES}')
   if weights not in WEIGHTS:
     raise ValueError(f'weights={weights!r}: expected one of {WEIGHTS}')
+  if dtype == 'bfloat16' and jax.default_backend() == 'cpu':
+    from facejax.inference.benchmark import cpu_info
+    flags = cpu_info().get('cpu_flags')
+    if flags is not None and not {'avx512_bf16', 'amx_bf16'} & set(flags):
+      warnings.warn("dtype='bfloat16': this CPU has neither avx512_bf16 nor amx_bf16, so the bf16 matmuls run "
+                    'without hardware support and may be slower than float32', stacklevel=2)
   variables = jax.tree_util.tree_map(np.asarray, dict(variables))
   plan = trace_plan(model, variables, image_size, method)
   folded = prepare_layers(fold_batch_norm(model, variables, image_size, plan), plan, conv, dtype, im2col_max_pixels,
