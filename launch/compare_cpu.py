@@ -12,8 +12,9 @@ all but the first, so a framework's idle spinning threads do not tax the next on
 
   jax_plain   jax.jit(model.apply), variables as arguments (what a user writes)
   jax_opt     facejax.inference.optimize_for_inference, float32 (BN folded, im2col convs, constants)
-  jax_bf16    the same, bfloat16 weights and activations
+  jax_bf16    the same, bf16 conv matmuls accumulating in float32 (AMX / avx512_bf16)
   jax_int8    the same, int8 per-channel weights, per-example dynamic int8 activations
+  jax_int8_static  int8 with static activation scales calibrated on 32 other random inputs
   ort         ONNX Runtime, all graph optimizations, intra-op threads = usable cores, sequential
   ort_int8    ONNX Runtime dynamic quantization of the same graph (--ort_int8)
   torch       PyTorch eager, torch.set_num_threads(usable cores), inference_mode
@@ -32,7 +33,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list('models', ['resnet50', 'vgg16', 'vgg_small', 'student_vgg', 'mobilefacenet', 'resnet18',
                              'resnet18_w050'], 'Registry models (each at its default input size).')
 flags.DEFINE_list('batch_sizes', ['1', '8'], 'Batch sizes (the table shows batch 1 and ms/image at the largest).')
-flags.DEFINE_list('variants', ['jax_plain', 'jax_opt', 'jax_bf16', 'jax_int8', 'ort', 'torch', 'torch_1t'],
+flags.DEFINE_list('variants', ['jax_plain', 'jax_opt', 'jax_bf16', 'jax_int8', 'jax_int8_static', 'ort', 'torch',
+                                'torch_1t'],
                   'What to time.')
 flags.DEFINE_bool('ort_int8', False, 'Also time ONNX Runtime dynamic int8 quantization.')
 flags.DEFINE_integer('rounds', 7, 'Interleaved rounds.')
@@ -311,7 +313,8 @@ def ort_session(path: str, threads: int):
 # --------------------------------------------------------------------------------------------------------
 
 
-OPT_VARIANTS = {'jax_opt': {}, 'jax_bf16': {'dtype': 'bfloat16'}, 'jax_int8': {'dtype': 'int8'}}
+OPT_VARIANTS = {'jax_opt': {}, 'jax_bf16': {'dtype': 'bfloat16'}, 'jax_int8': {'dtype': 'int8'},
+                'jax_int8_static': {'dtype': 'int8', 'calibration': 'random'}}  # 'random': 32 uniform inputs
 
 
 def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, embed_dim: int, opt_variants: dict,
@@ -351,7 +354,10 @@ def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, emb
         c = jax.jit(lambda v_, x: model.apply(v_, x, method=model.embed)).lower(dv, xj).compile()
         fns[v] = lambda c=c, dv=dv: c(dv, xj)
       elif v in opt_variants:
-        f = optimize_for_inference(model, variables, image_size=size, **opt_variants[v])
+        options = dict(opt_variants[v])
+        if isinstance(options.get('calibration'), str):  # 'random': other draws of the timed inputs' distribution
+          options['calibration'] = np.random.default_rng(1000).uniform(-1, 1, (32, size, size, 3)).astype(np.float32)
+        f = optimize_for_inference(model, variables, image_size=size, **options)
         c = jax.jit(f).lower(xj).compile(compiler_options=f.compiler_options or None)
         fns[v] = lambda c=c: c(xj)
       elif v == 'ort':

@@ -1,6 +1,7 @@
 """Export a trained run's embedder as a self-contained jax.export artifact.
 
   python -m launch.export --workdir=RUN --out=model.jaxexport [--flip=sum] [--dtype=float32] [--nooptimize]
+  python -m launch.export --workdir=RUN --out=m.jaxexport --dtype=int8 --calibration=256 [--calibration_images=DIR]
 
 Writes OUT (the serialized `jax.export.Exported`, batch-polymorphic, uint8 RGB [b, S, S, 3] -> float32 [b, D]
 L2-normalised) and OUT.json (shapes, model name, preprocessing, options). Load it with
@@ -16,6 +17,9 @@ flags.DEFINE_enum('flip', None, ['sum', 'concat'], 'Flip test-time augmentation 
 flags.DEFINE_bool('optimize', True, 'Export the optimized inference forward (BN folded, re-lowered convs).')
 flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16', 'int8'], 'Dtype policy of the optimized forward.')
 flags.DEFINE_enum('conv', 'auto', ['auto', 'im2col', 'winograd', 'xla'], 'Conv lowering of the optimized forward.')
+flags.DEFINE_integer('calibration', 0, "--dtype=int8: static activation scales from this many face crops (the "
+                     "run's training data, or --calibration_images); 0: per-image scales at run time.")
+flags.DEFINE_string('calibration_images', '', 'Directory or glob of face images to calibrate on.')
 flags.DEFINE_list('platforms', ['cpu'], 'Platforms to lower for (e.g. cpu,cuda).')
 flags.mark_flags_as_required(['workdir', 'out'])
 
@@ -23,16 +27,29 @@ flags.mark_flags_as_required(['workdir', 'out'])
 def main(argv):
   del argv
   import json
-  from facejax.inference.export import cpu_compiler_options, export_embedder, save_exported
+  import numpy as np
+  from facejax.inference.export import export_embedder, save_exported
   from facejax.train.checkpoint import load_run
   model, variables, info = load_run(FLAGS.workdir, FLAGS.step)
   options = {'dtype': FLAGS.dtype, 'conv': FLAGS.conv} if FLAGS.optimize else False
+  if FLAGS.calibration:
+    if options is False or FLAGS.dtype != 'int8':
+      raise app.UsageError('--calibration: static activation scales are for --dtype=int8 (with --optimize)')
+    from facejax.evaluation.cli import calibration_images
+    crops = calibration_images(FLAGS.workdir, FLAGS.calibration, int(info['image_size']), FLAGS.calibration_images)
+    options['calibration'] = np.asarray(info['preprocessing_obj'].apply(crops))
+  meta = {}
   exported = export_embedder(model, variables, info['preprocessing_obj'], int(info['image_size']), flip=FLAGS.flip,
-                             optimize=options, platforms=FLAGS.platforms)
-  meta = {'model': info['name'], 'embed_dim': info['embed_dim'], 'image_size': int(info['image_size']),
-          'preprocessing': info['preprocessing'], 'flip': FLAGS.flip, 'optimize': options or None,
-          'workdir': FLAGS.workdir, 'step': info.get('step'), 'cpu_compiler_options': cpu_compiler_options(options),
-          'align': info.get('align')}  # face alignment the model expects (dlib chips); the CLIs apply it
+                             optimize=options, platforms=FLAGS.platforms, metadata=meta)
+  meta.update({
+      'model': info['name'], 'embed_dim': info['embed_dim'], 'image_size': int(info['image_size']),
+      'preprocessing': info['preprocessing'], 'flip': FLAGS.flip,
+      'optimize': {k: v for k, v in options.items() if k != 'calibration'} if options else None,
+      'calibration': ({'images': int(len(options['calibration'])), 'source': FLAGS.calibration_images or
+                       'training data'} if FLAGS.calibration else None),
+      'workdir': FLAGS.workdir, 'step': info.get('step'),
+      'align': info.get('align'),  # face alignment the model expects (dlib chips); the CLIs apply it
+  })
   print(json.dumps(save_exported(exported, FLAGS.out, meta)))
 
 

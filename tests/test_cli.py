@@ -190,13 +190,12 @@ def test_config_switches():
 @pytest.fixture(scope='module')
 def exported(run_dir, tmp_path_factory):
   """The tiny run exported as launch.export does it (optimized forward, no flip), with its sidecar."""
-  from facejax.inference.export import cpu_compiler_options, export_embedder, save_exported
+  from facejax.inference.export import export_embedder, save_exported
   from facejax.train.checkpoint import load_run
   model, variables, info = load_run(run_dir)
   path = str(tmp_path_factory.mktemp('export') / 'tiny.jaxexport')
-  save_exported(export_embedder(model, variables, info['preprocessing_obj'], 48), path,
-                {'model': info['name'], 'image_size': 48, 'flip': None, 'step': info['step'],
-                 'cpu_compiler_options': cpu_compiler_options(True)})
+  meta = {'model': info['name'], 'image_size': 48, 'flip': None, 'step': info['step']}
+  save_exported(export_embedder(model, variables, info['preprocessing_obj'], 48, metadata=meta), path, meta)
   return path
 
 
@@ -237,3 +236,28 @@ def test_evaluate_and_verify_an_exported_model(run_dir, lfw_dir, exported):
   v = cli.verify_pair(exported, img, other)
   assert v['threshold_file'] == exported + '.threshold.json' and v['threshold'] == calibration['threshold']
   assert cli.format_verification(v).splitlines()[-1] == ('same' if v['distance'] < v['threshold'] else 'different')
+
+
+def test_export_int8_calibrated_on_the_runs_training_data(run_dir, lfw_dir, tmp_path):
+  out = tmp_path / 'int8.jaxexport'
+  proc = launch('export', f'--workdir={run_dir}', f'--out={out}', '--dtype=int8', '--calibration=12')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  meta = json.loads((tmp_path / 'int8.jaxexport.json').read_text())
+  assert meta['calibration'] == {'images': 12, 'source': 'training data'} and meta['optimize']['dtype'] == 'int8'
+  faces = cli.calibration_images(run_dir, 8, 48, images=lfw_dir)  # other faces than the calibration ones
+  ref, _ = cli.load_embedder(run_dir)
+  emb, _ = cli.load_embedder(str(out))
+  cos = np.sum(np.asarray(emb(faces)) * np.asarray(ref(faces)), axis=-1)
+  assert cos.min() >= 0.98, cos
+  bad = launch('export', f'--workdir={run_dir}', f'--out={tmp_path / "f32.jaxexport"}', '--calibration=4')
+  assert bad.returncode != 0 and '--calibration: static activation scales are for --dtype=int8' in bad.stderr
+
+
+def test_calibration_images_from_a_folder_skip_unreadable_files(run_dir, lfw_dir, tmp_path):
+  folder = tmp_path / 'faces'
+  shutil.copytree(os.path.join(lfw_dir, NAMES[0]), folder)
+  (folder / 'broken.jpg').write_bytes(b'not a jpeg')
+  crops = cli.calibration_images(run_dir, 10, 48, images=str(folder))
+  assert crops.shape == (IMAGES_PER_NAME, 48, 48, 3) and crops.dtype == np.uint8  # 4 files, the broken one skipped
+  with pytest.raises(FileNotFoundError, match='no training config to take calibration images from'):
+    cli.calibration_images(str(tmp_path), 4, 48)

@@ -19,7 +19,7 @@ import pytest
 
 from facejax.inference.benchmark import benchmark, benchmark_model, markdown_table, random_variables
 from facejax.inference.embed import embed_images, make_embed_fn
-from facejax.inference.export import cpu_compiler_options, export_embedder, load_exported, save_exported
+from facejax.inference.export import export_embedder, load_exported, save_exported
 from facejax.inference.optimize import fold_batch_norm, optimize_for_inference, prepare_layers, trace_plan
 from facejax.models import MODELS, build_model
 from facejax.models.registry import FACEJAX
@@ -75,6 +75,22 @@ def test_low_precision_rewrites_keep_embeddings(name):
     assert out.dtype == np.float32
     cos = np.sum(out * ref, axis=-1)
     assert cos.min() >= LOW_PRECISION_MIN_COS, (name, dtype, cos)
+
+
+def test_static_int8_calibration():
+  from facejax.inference.optimize import activation_ranges
+  model, variables = _model('resnet18_w050')
+  calibration = np.asarray(_inputs(8, seed=5))
+  ranges = activation_ranges(model, variables, calibration)
+  assert ranges['backbone/conv1'] == pytest.approx(float(np.abs(calibration).max()))  # the stem sees the input
+  fn = optimize_for_inference(model, variables, image_size=SIZE, dtype='int8', calibration=calibration)
+  layer = fn.params['layers']['backbone/layer1_0/conv2']
+  assert float(layer['act_scale']) == pytest.approx(ranges['backbone/layer1_0/conv2'] / 127, rel=1e-6)
+  x = _inputs(4, seed=6)  # not the calibration images
+  cos = np.sum(np.asarray(jax.jit(fn)(x)) * _reference(model, variables, x), axis=-1)
+  assert cos.min() >= LOW_PRECISION_MIN_COS, cos
+  with pytest.raises(ValueError, match="static activation scales are for dtype='int8'"):
+    optimize_for_inference(model, variables, image_size=SIZE, dtype='bfloat16', calibration=calibration)
 
 
 def test_int8_does_not_mix_examples_of_a_batch():
@@ -283,9 +299,9 @@ def test_launch_benchmark_writes_the_design_json(tmp_path):
 def test_export_round_trip_is_batch_polymorphic(tmp_path, flip, dtype):
   model, variables = _model('student_vgg')
   path = str(tmp_path / 'model.jaxexport')
-  exported = export_embedder(model, variables, FACEJAX, SIZE, flip=flip, optimize={'dtype': dtype})
-  info = save_exported(exported, path, {'model': 'student_vgg',
-                                       'cpu_compiler_options': cpu_compiler_options({'dtype': dtype})})
+  meta = {'model': 'student_vgg'}
+  exported = export_embedder(model, variables, FACEJAX, SIZE, flip=flip, optimize={'dtype': dtype}, metadata=meta)
+  info = save_exported(exported, path, meta)
   assert info['input']['shape'] == [None, SIZE, SIZE, 3] and info['output']['shape'] == [None, 16]
   loaded = load_exported(path)
   assert loaded.image_size == SIZE and loaded.embed_dim == 16 and loaded.metadata['model'] == 'student_vgg'

@@ -32,6 +32,7 @@ import json
 import os
 from typing import Any, Callable
 
+from absl import logging
 import ml_collections
 import numpy as np
 
@@ -449,6 +450,37 @@ def find_images(images: str) -> tuple[list[str], str]:
     raise FileNotFoundError(f'--images={images}: no image files found (expected a directory holding '
                             f'{"/".join(IMAGE_EXTENSIONS)} files, or a glob such as "faces/**/*.jpg")')
   return sorted(paths), root
+
+
+def calibration_images(workdir: str, count: int, image_size: int, images: str = '') -> np.ndarray:
+  """`count` face crops for static int8 calibration -> uint8 [N, S, S, 3]: evenly spaced over the image files
+  under `images` (a directory or glob; unreadable files skipped), or, without `images`, over the run's own
+  training data (config.json's data source). Center-cropped/resized like verification inputs."""
+  from facejax.data.pipeline import as_rgb_array, center_crop
+  if count < 1:
+    raise ValueError(f'calibration count={count}: expected >= 1')
+  if images:
+    paths, _ = find_images(images)
+    picked = [paths[i] for i in np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int)]
+    crops = []
+    for path in picked:
+      try:
+        crops.append(center_crop(read_image(path), image_size))
+      except Exception as e:  # pylint: disable=broad-except  (an unreadable file: skip it)
+        logging.warning('calibration: skipping %s (%s)', path, e)
+    if not crops:
+      raise ValueError(f'--calibration_images={images}: none of the {len(picked)} picked files could be read')
+    return np.stack(crops)
+  config_path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(config_path):
+    raise FileNotFoundError(f'{config_path}: no training config to take calibration images from (a converted '
+                            'model?): pass a folder of face images instead (--calibration_images=DIR)')
+  with open(config_path) as f:
+    data = json.load(f)['data']
+  from facejax.data import make_source
+  source = make_source(data['source'], **data.get('kwargs', {}))
+  picked = np.linspace(0, len(source) - 1, min(count, len(source))).round().astype(int)
+  return np.stack([center_crop(as_rgb_array(source[int(i)]['image']), image_size) for i in picked])
 
 
 # ---- launch.embed ----

@@ -21,24 +21,16 @@ import numpy as np
 FORMAT = 'facejax.embedder/1'
 
 
-def cpu_compiler_options(optimize: bool | dict = True) -> dict:
-  """The XLA CPU options the optimized forward is meant to be compiled with (record them in the sidecar)."""
-  if not optimize:
-    return {}
-  from facejax.inference.optimize import DEFAULT_COMPILER_OPTIONS
-  options = dict(optimize) if isinstance(optimize, dict) else {}
-  if options.get('compiler_options') is not None:
-    return dict(options['compiler_options'])
-  return dict(DEFAULT_COMPILER_OPTIONS[options.get('dtype', 'float32')])
-
-
 def export_embedder(model, variables, preprocessing, image_size: int, *, flip: str | None = None,
-                    optimize: bool | dict = True, platforms: Sequence[str] = ('cpu',)) -> jax.export.Exported:
+                    optimize: bool | dict = True, platforms: Sequence[str] = ('cpu',),
+                    metadata: dict | None = None) -> jax.export.Exported:
   """-> `jax.export.Exported` of fn(uint8 [b, image_size, image_size, 3]) -> float32 [b, D] L2-normalised
   ([b, 2D] for flip='concat'), polymorphic in b.
 
   `optimize`: True (default) or a dict of `optimize_for_inference` options (weights are always constants
-  here: the artifact must be self-contained); False exports the reference flax forward.
+  here: the artifact must be self-contained); False exports the reference flax forward. `metadata`, when given,
+  gets 'cpu_compiler_options': the XLA CPU options the optimized forward was built for (for `save_exported`'s
+  sidecar; `load_exported` compiles with them).
   """
   from facejax.inference.embed import flip_tta, raw_embed_forward
   if isinstance(optimize, dict) or optimize:  # {} = the default options, not "off"
@@ -46,8 +38,12 @@ def export_embedder(model, variables, preprocessing, image_size: int, *, flip: s
     options = dict(optimize) if isinstance(optimize, dict) else {}
     options['weights'] = 'const'
     raw_fn = inference_forward(model, variables, image_size=image_size, **options)
+    compiler_options = raw_fn.compiler_options
   else:
     raw_fn = raw_embed_forward(model, jax.tree_util.tree_map(jnp.asarray, variables))
+    compiler_options = {}
+  if metadata is not None:
+    metadata['cpu_compiler_options'] = dict(compiler_options)
 
   def embed(images):
     return flip_tta(raw_fn, preprocessing.apply(images), flip)
