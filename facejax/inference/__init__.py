@@ -19,10 +19,17 @@ amx_int8), where ONNX Runtime float32 runs ResNet-50 at ~310 GFLOP/s, ~93% of th
   stems. A batch-1 dense layer is a matrix-vector product that XLA upcasts from bf16/int8, converting the
   kernel every call (VGG-16 fc6 113 ms vs 18 float32); stored transposed [F, K] it streams in 12 ms vs 35.
   Result: ResNet-50 b1 bf16 26.4 ms vs ONNX Runtime 26.3, int8 24.5; VGG-16 b1 bf16 91.7 vs 103.9.
-  Verification accuracy of the exports (`launch.export --dtype=...` then `launch.evaluate`, synthetic pairs,
-  600 pairs, 10 folds), float32 / bf16 / int8: demo teacher 97.50 / 97.50 / 97.50 %, student 95.50 / 95.83 /
-  95.67, student_siamese 96.33 / 96.33 / 95.83; dlib's converted face ResNet (real trained weights) 73.83 /
-  75.33 / 75.17, AUC 0.8340 / 0.8339 / 0.8356.
+  Static int8 activation scales (`calibration=`, max |input| over calibration faces) remove the per-example
+  max-abs pass and let the quantise fuse: ResNet-50 b1 21.6 vs 25.5 ms dynamic (ORT 27.7), b8 20.0 vs 25.8
+  ms/img; VGG-16 b1 69.3 vs 78.2. A mixed policy (int8 for k>1 convs, bf16 for 1x1) gained only at b8 (20.6
+  vs 25.7 ms/img) and was not kept; nor were bf16 activations stored between layers (28.3 vs 26.4 ms: XLA
+  upcasts the elementwise ops) or a [9, M, C] multi-contraction dot instead of the concatenated im2col (XLA
+  transposes it back into a 2-D GEMM: 2.8 vs 1.6 ms).
+  Verification accuracy of the exports (`launch.export --dtype=... [--calibration=256]` then `launch.evaluate`,
+  synthetic pairs, 600 pairs, 10 folds), float32 / bf16 / int8 / int8 static: demo teacher 97.50 / 97.50 /
+  97.50 / 97.33 %, student 95.50 / 95.83 / 95.67 / 95.83, student_siamese 96.33 / 96.33 / 95.83 / 96.50; dlib's
+  converted face ResNet (real trained weights) 73.83 / 75.33 / 75.17 / 74.17, AUC 0.8340 / 0.8339 / 0.8356 /
+  0.8270.
 - BN folding (optimize.fold_batch_norm): needed for everything below; alone, native convs, constants:
   74 ms vs 84 ms for `jax.jit(model.apply)`.
 - Weights as compile-time constants vs arguments: constants win (native convs 74 vs 95 ms; im2col 66 vs 73).
