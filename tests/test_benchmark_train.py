@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import numpy as np
@@ -145,38 +146,41 @@ def test_peak_and_arg_parsing():
 
 
 class StaggeredLoader:
-  """A loader whose batch n is ready at a fixed time after the first next(), like grain's worker processes:
-  `workers` first batches one start-up apart, then `buffered` batches at once, then one every `step_s`. The
-  deadlines are absolute, so a late wake-up on a loaded machine delays one batch, not all the following ones."""
+  """A loader whose batch n is ready at a fixed time, like grain's worker processes: `workers` first batches
+  one start-up apart, then `buffered` batches at once, then one every `step_s`. Time is a fake clock that
+  `next()` advances to the batch's ready time (`now` replaces time.perf_counter), so nothing sleeps."""
 
   def __init__(self, workers: int, start_s: float, buffered: int, step_s: float):
     self.workers, self.start_s, self.buffered, self.step_s = workers, start_s, buffered, step_s
-    self.n, self.t0 = 0, None
+    self.n, self.t = 0, 0.0
 
   def ready_s(self, n: int) -> float:
     if n < self.workers:
       return self.start_s * (n + 1)
     return self.start_s * self.workers + max(0, n - self.workers - self.buffered + 1) * self.step_s
 
+  def now(self) -> float:
+    return self.t
+
   def __next__(self):
-    if self.t0 is None:
-      self.t0 = time.perf_counter()
-    wait = self.t0 + self.ready_s(self.n) - time.perf_counter()
+    self.t = max(self.t, self.ready_s(self.n))
     self.n += 1
-    if wait > 0:
-      time.sleep(wait)
     return self.n
 
 
-def test_loader_throughput_skips_worker_start_up():
+def test_loader_throughput_skips_worker_start_up(monkeypatch):
   # 4 workers starting 0.15 s apart, then 20 ms a batch: 50 batches/s in steady state, 4 batches in the first
   # 0.6 s. prefetch 1 + grain's queue of 1 per worker: 2 x 4 x 3 = 24 batches of warm-up (0.84 s here).
   warmup = tb.loader_warmup_batches(num_workers=4, prefetch=1)
   assert warmup == 24 and tb.loader_warmup_batches(num_workers=0, prefetch=2) == 6
   loader = StaggeredLoader(workers=4, start_s=0.15, buffered=8, step_s=0.02)
-  m = tb.loader_throughput(loader, batch_size=16, seconds=0.5, warmup_batches=warmup)
-  assert m['warmup_batches'] == warmup and m['warmup_s'] >= 0.8
-  assert m['batches'] >= 10 and m['window_s'] >= 0.5
-  steady = 16 / 0.02
-  assert abs(m['img_per_s'] / steady - 1) < 0.3, (m, steady)
+  monkeypatch.setattr(tb, 'time', types.SimpleNamespace(perf_counter=loader.now))
+  m = tb.loader_throughput(loader, batch_size=16, seconds=0.49, warmup_batches=warmup)
+  assert m['warmup_batches'] == warmup and m['warmup_s'] == pytest.approx(0.84)
+  assert m['batches'] == 25 and m['window_s'] == pytest.approx(0.5)
+  assert m['img_per_s'] == pytest.approx(16 / 0.02), m  # the steady rate exactly
+  cold = StaggeredLoader(workers=4, start_s=0.15, buffered=8, step_s=0.02)
+  monkeypatch.setattr(tb, 'time', types.SimpleNamespace(perf_counter=cold.now))
+  unwarmed = tb.loader_throughput(cold, batch_size=16, seconds=0.49)
+  assert unwarmed['img_per_s'] < 0.5 * 16 / 0.02  # what the old measurement reported: start-up dominates
   assert tb.loader_throughput(loader, batch_size=16, seconds=0) is None
