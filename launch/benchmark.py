@@ -13,6 +13,8 @@ import os
 
 from absl import app, flags
 
+from launch import common
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string('model', None, 'Registry model name.')
 flags.DEFINE_string('workdir', None, 'Benchmark the trained model of this run directory instead of --model.')
@@ -30,13 +32,6 @@ flags.DEFINE_integer('warmup', 3, 'Untimed runs after compilation.')
 flags.DEFINE_string('json_out', None, 'Write the JSON record(s) here.')
 
 
-def _write(path, payload):
-  if path:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, 'w') as f:
-      json.dump(payload, f, indent=2)
-
-
 def _options():
   return {'conv': FLAGS.conv, 'dtype': FLAGS.dtype, 'weights': FLAGS.weights} if FLAGS.optimize else False
 
@@ -44,13 +39,13 @@ def _options():
 def main(argv):
   del argv
   from facejax.inference.benchmark import benchmark_all, benchmark_model, markdown_table
-  common = dict(warmup=FLAGS.warmup, runs=FLAGS.runs)
+  timing = dict(warmup=FLAGS.warmup, runs=FLAGS.runs)
   if FLAGS.all:
-    records = benchmark_all([int(b) for b in FLAGS.batch_sizes], embed_dim=FLAGS.embed_dim, **common,
+    records = benchmark_all([int(b) for b in FLAGS.batch_sizes], embed_dim=FLAGS.embed_dim, **timing,
                             log=lambda r: print(json.dumps(r), flush=True))
     table = markdown_table(records)
     print(table)
-    _write(FLAGS.json_out, records)
+    common.write_json(FLAGS.json_out, records)
     if FLAGS.json_out:
       with open(os.path.splitext(FLAGS.json_out)[0] + '.md', 'w') as f:
         f.write(table + '\n')
@@ -59,16 +54,16 @@ def main(argv):
     from facejax.train.checkpoint import load_run
     model, variables, info = load_run(FLAGS.workdir)
     record = benchmark_model(model, variables, batch_size=FLAGS.batch_size,
-                             image_size=FLAGS.image_size or int(info['image_size']), optimize=_options(), **common)
+                             image_size=FLAGS.image_size or int(info['image_size']), optimize=_options(), **timing)
     record['model'] = info['name']
     record['workdir'] = FLAGS.workdir
   elif FLAGS.model:
     record = benchmark_model(FLAGS.model, batch_size=FLAGS.batch_size, image_size=FLAGS.image_size,
-                             optimize=_options(), embed_dim=FLAGS.embed_dim, **common)
+                             optimize=_options(), embed_dim=FLAGS.embed_dim, **timing)
   else:
     raise app.UsageError('pass --model=NAME, --workdir=RUN or --all')
   print(json.dumps(record), flush=True)
-  _write(FLAGS.json_out, record)
+  common.write_json(FLAGS.json_out, record)
 
 
 if __name__ == '__main__':

@@ -43,13 +43,6 @@ flags.DEFINE_integer('prepare_processes', None, '--prepare_data: rendering proce
 flags.DEFINE_string('summarize', None, 'Print a markdown table of DIR/*.json, write DIR/summary.md, and exit.')
 
 
-def _write(path, payload):
-  if path:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, 'w') as f:
-      json.dump(payload, f, indent=2)
-
-
 def _log(msg):
   print(msg, file=sys.stderr, flush=True)
 
@@ -89,7 +82,7 @@ def main(argv):
   if FLAGS.name:
     record = {'name': FLAGS.name, **record}
   print(json.dumps(record), flush=True)
-  _write(FLAGS.json_out, record)
+  common.write_json(FLAGS.json_out, record)
 
 
 if __name__ == '__main__':

@@ -1,4 +1,7 @@
-"""Shared by launch scripts: quiet library logs, multi-host initialisation through jax.distributed."""
+"""Shared by launch scripts: quiet library logs, multi-host initialisation through jax.distributed, JSON output."""
+import json
+import os
+
 from absl import flags, logging
 
 FLAGS = flags.FLAGS
@@ -23,3 +26,11 @@ def quiet_library_logs() -> None:
   """Library INFO logs (orbax, backends) would bury the progress and the answer; --verbosity=0 brings them back."""
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+
+
+def write_json(path: str | None, payload) -> None:
+  """--json_out: write `payload` (indented) to `path`, making its folder; nothing when `path` is empty."""
+  if path:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, 'w') as f:
+      json.dump(payload, f, indent=2)
