@@ -456,6 +456,7 @@ def calibration_images(workdir: str, count: int, image_size: int, images: str = 
   """`count` face crops for static int8 calibration -> uint8 [N, S, S, 3]: evenly spaced over the image files
   under `images` (a directory or glob; unreadable files skipped), or, without `images`, over the run's own
   training data (config.json's data source). Center-cropped/resized like verification inputs."""
+  from facejax.data.decode import UnreadableImage
   from facejax.data.pipeline import as_rgb_array, center_crop
   if count < 1:
     raise ValueError(f'calibration count={count}: expected >= 1')
@@ -466,7 +467,7 @@ def calibration_images(workdir: str, count: int, image_size: int, images: str = 
     for path in picked:
       try:
         crops.append(center_crop(read_image(path), image_size))
-      except Exception as e:  # pylint: disable=broad-except  (an unreadable file: skip it)
+      except (OSError, UnreadableImage) as e:  # an unreadable file: skip it
         logging.warning('calibration: skipping %s (%s)', path, e)
     if not crops:
       raise ValueError(f'--calibration_images={images}: none of the {len(picked)} picked files could be read')
