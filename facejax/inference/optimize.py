@@ -398,8 +398,7 @@ def _xla_conv(conv: nn.Conv, x, kernel):
     return conv.clone(use_bias=False, dtype=kernel.dtype, param_dtype=kernel.dtype).apply(
         {'params': {'kernel': kernel}}, x)
   return lax.conv_general_dilated(x, kernel, _strides(conv), pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                  feature_group_count=conv.feature_group_count,
-                                  preferred_element_type=_acc(kernel.dtype))
+                                  feature_group_count=conv.feature_group_count)
 
 
 def dense_forward(p: dict, x):
@@ -461,9 +460,9 @@ def default_compiler_options(plan: dict[str, LayerPlan], lowerings: dict[str, st
   convs = [(p, e) for p, e in plan.items() if e.kind == 'conv']
   native = sum(layer_flops({p: e}) for p, e in convs if lowerings.get(p) == 'xla')
   total = sum(layer_flops({p: e}) for p, e in convs)
-  weights = lambda kind: sum(int(np.prod(e.module.kernel_size if kind == 'conv' else ())) * e.in_shape[-1] *
-                             e.out_shape[-1] for e in plan.values() if e.kind == kind)
-  if (total and native / total > 0.5) or weights('dense') > weights('conv'):
+  conv_weights = sum(int(np.prod(e.module.kernel_size)) * e.in_shape[-1] * e.out_shape[-1] for _, e in convs)
+  dense_weights = sum(e.in_shape[-1] * e.out_shape[-1] for e in plan.values() if e.kind == 'dense')
+  if (total and native / total > 0.5) or dense_weights > conv_weights:
     options.update(YNN_INDIVIDUAL_DOT)
   return options
 
