@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fill wheels/ (git-ignored) with the packages facejax needs that the GPU image ('cuda': JAX, flax, optax, orbax,
 # etils, numpy, protobuf, pyarrow, ... preinstalled) lacks: grain, ml_collections, tensorflow-datasets,
-# array_record and their missing dependencies, for CPython 3.11 and 3.12 on manylinux x86_64 (3.10 is tried and reported missing).
+# array_record, simplejpeg and their missing dependencies, for CPython 3.11 and 3.12 on manylinux x86_64 (3.10 is
+# tried and reported missing).
 # Versions are the ones this repo's venv runs its tests with. launch/gpu_bench.sh installs from here with
 # --no-index --no-deps, only what the machine cannot import.
 #   bash launch/fetch_wheels.sh        # -> wheels/, ~16 MB
@@ -16,7 +17,7 @@ for p in manylinux1_x86_64 manylinux2010_x86_64 manylinux2014_x86_64 manylinux_2
   PLATFORMS+=(--platform "$p")
 done
 # Compiled: one wheel per Python version.
-BINARY=(grain==0.2.18 array_record==0.8.6 dm-tree==0.1.10)
+BINARY=(grain==0.2.18 array_record==0.8.6 dm-tree==0.1.10 simplejpeg==1.9.0)
 # Pure Python (or abi3): one wheel serves all three. protobuf and etils are fallbacks: installed only when the
 # image's own versions cannot import tensorflow_datasets/grain.
 PURE=(ml_collections==1.1.0 tensorflow-datasets==4.9.10 tensorflow-metadata==1.21.0 googleapis-common-protos==1.76.0

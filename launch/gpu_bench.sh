@@ -81,7 +81,8 @@ echo "== wheels ($(elapsed)s)"
 NEED=$("$PY" - <<'EOF'
 import importlib.util
 dists = {'grain': 'grain', 'ml_collections': 'ml_collections', 'tensorflow_datasets': 'tensorflow-datasets',
-         'array_record': 'array_record', 'tree': 'dm-tree', 'promise': 'promise', 'simple_parsing': 'simple_parsing',
+         'array_record': 'array_record', 'simplejpeg': 'simplejpeg', 'tree': 'dm-tree', 'promise': 'promise',
+         'simple_parsing': 'simple_parsing',
          'docstring_parser': 'docstring-parser', 'tensorflow_metadata': 'tensorflow-metadata',
          'immutabledict': 'immutabledict', 'termcolor': 'termcolor', 'toml': 'toml', 'portpicker': 'portpicker',
          'google.api': 'googleapis-common-protos', 'etils': 'etils'}
@@ -105,7 +106,7 @@ if [[ -n "$NEED" ]]; then
 else
   echo "nothing to install"
 fi
-IMPORTS='import jax, flax, optax, grain, ml_collections, tensorflow_datasets, array_record
+IMPORTS='import jax, flax, optax, grain, ml_collections, tensorflow_datasets, array_record, simplejpeg
 import facejax.train.benchmark, facejax.data.tfds_source
 import google.protobuf, etils
 print("versions: jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, "protobuf",

@@ -93,6 +93,31 @@ def test_decode_conversions_are_faithful():
     decode_image(_encode(_rgb(6)), max_pixels=100)  # header check, before decoding
 
 
+def test_jpeg_fast_path_matches_pillow(monkeypatch):
+  """Plain JPEGs decode through simplejpeg to Pillow's exact pixels; the rest keep Pillow's decoding."""
+  import simplejpeg
+
+  from facejax.data import decode
+  smooth = np.asarray(Image.fromarray(_rgb(7, 30, 40)).resize((131, 97), Image.BILINEAR))
+  cases = {'420': _encode(smooth, quality=90), '444': _encode(smooth, subsampling=0),
+           'progressive': _encode(smooth, progressive=True), 'gray': _encode(smooth[..., 1]),
+           'cmyk': _encode(Image.fromarray(smooth).convert('CMYK'))}
+  calls = []
+  real = simplejpeg.decode_jpeg
+  monkeypatch.setattr(decode.simplejpeg, 'decode_jpeg', lambda *a, **k: calls.append(1) or real(*a, **k))
+  for name, data in cases.items():
+    calls.clear()
+    got = decode_image(data)
+    assert (len(calls) == 1) == (name != 'cmyk'), name  # CMYK: Pillow's conversion, the one meaning of it
+    want = np.asarray(Image.open(io.BytesIO(data)).convert('RGB'))
+    assert got.dtype == np.uint8 and got.shape == (97, 131, 3), name
+    np.testing.assert_array_equal(got, want, err_msg=name)
+  calls.clear()
+  with pytest.raises(UnreadableImage, match='too-small'):  # the limits hold on the fast path too
+    decode_image(cases['420'], min_side=100)
+  assert not calls
+
+
 def test_folders_builder_tfds_source_and_loader(tmp_path):
   root, data_dir = str(tmp_path / 'faces'), str(tmp_path / 'tfds')
   make_identity_tree(root)

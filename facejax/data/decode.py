@@ -3,6 +3,11 @@
 Real face folders contain grayscale, CMYK, palette and RGBA images, 16-bit PNGs, truncated or empty files,
 non-images with a .jpg name and the occasional enormous scan. Readable ones are converted; the rest raise
 `UnreadableImage` so preparation can skip and count them (see `DecodeSummary`).
+
+Plain JPEGs (YCbCr or greyscale, the bulk of any face dataset) are decoded by libjpeg-turbo through simplejpeg:
+the same pixels as Pillow (both run libjpeg-turbo's accurate DCT and fancy upsampling) in under half the time,
+which is most of the training loader's work per image. Everything else, and any JPEG simplejpeg refuses, goes
+through Pillow, which also names what is wrong.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import io
 import warnings
 
 import numpy as np
+import simplejpeg
 from PIL import Image
 
 # Decompression-bomb guard: refuse images above this many pixels before decoding them (about 8k x 8k).
@@ -31,6 +37,9 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, min_side: int = 1
   too-large, too-small)."""
   if not data:
     raise UnreadableImage('empty', 'zero-byte file')
+  fast = _decode_plain_jpeg(data, max_pixels, min_side)
+  if fast is not None:
+    return fast
   try:
     with warnings.catch_warnings():
       warnings.simplefilter('ignore', Image.DecompressionBombWarning)
@@ -53,6 +62,20 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, min_side: int = 1
   except Exception as e:  # truncated JPEG/PNG data, broken streams
     raise UnreadableImage('truncated', f'{type(e).__name__}: {e}') from None
   return to_rgb(img)
+
+
+def _decode_plain_jpeg(data: bytes, max_pixels: int, min_side: int) -> np.ndarray | None:
+  """uint8 [H, W, 3] of a YCbCr/greyscale JPEG within the size limits, via simplejpeg; None for anything else
+  (other formats, CMYK/YCCK, corrupt or truncated data, out-of-limit sizes: Pillow decides and explains)."""
+  if data[:2] != b'\xff\xd8':
+    return None
+  try:
+    h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    if colorspace not in ('YCbCr', 'Gray') or w * h > max_pixels or min(w, h) < min_side:
+      return None
+    return simplejpeg.decode_jpeg(data, colorspace='RGB', strict=True)
+  except ValueError:
+    return None
 
 
 def to_rgb(img: Image.Image) -> np.ndarray:

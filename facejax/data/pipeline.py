@@ -131,12 +131,17 @@ def as_rgb_array(image) -> np.ndarray:
   return image
 
 
-def resize_box(image: np.ndarray, box: tuple[float, float, float, float], size: int) -> np.ndarray:
-  """Crop box (x0, y0, x1, y1) in pixels of uint8 [H, W, 3] and resize it to [size, size, 3] (antialiased)."""
+def resize_box(image: np.ndarray, box: tuple[float, float, float, float], size: int,
+               flip: bool = False) -> np.ndarray:
+  """Crop box (x0, y0, x1, y1) in pixels of uint8 [H, W, 3], resized to [size, size, 3] (antialiased) and
+  mirrored left-right if `flip`."""
   h, w = image.shape[:2]
-  if box == (0, 0, w, h) and h == w == size:
+  if box == (0, 0, w, h) and h == w == size and not flip:
     return image
-  return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR, box=box))
+  im = Image.fromarray(image).resize((size, size), Image.BILINEAR, box=box)
+  if flip:  # in Pillow: a third of the cost of copying a reversed numpy view
+    im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+  return np.asarray(im)
 
 
 def center_crop(image: np.ndarray, size: int) -> np.ndarray:
@@ -175,22 +180,27 @@ class Augment:
     ratio = np.exp(rng.uniform(np.log(self.ratio[0]), np.log(self.ratio[1])))
     cw, ch = min(np.sqrt(area * ratio), w), min(np.sqrt(area / ratio), h)
     x0, y0 = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
-    out = resize_box(image, (x0, y0, x0 + cw, y0 + ch), self.image_size)
-    if rng.uniform() < 0.5:
-      out = out[:, ::-1]
-    j = self.jitter
-    if j:
-      b, c, s = (float(v) for v in rng.uniform(1 - j, 1 + j, 3))
-      # saturation (blend with grey), contrast (around the mean grey), brightness: one affine map
-      # y = c*s*x + c*(1-s)*grey + mean*(b - c), evaluated in place in float32.
-      x = out.astype(np.float32)
-      grey = x @ np.array([0.299, 0.587, 0.114], np.float32)
-      offset = grey * np.float32(c * (1 - s))
-      offset += np.float32(grey.mean() * (b - c) + 0.5)
-      x *= np.float32(c * s)
-      x += offset[..., None]
-      out = np.clip(x, 0, 255, out=x).astype(np.uint8)
-    return {**record, 'image': np.ascontiguousarray(out)}
+    flip = rng.uniform() < 0.5
+    out = resize_box(image, (x0, y0, x0 + cw, y0 + ch), self.image_size, flip)
+    if self.jitter:
+      b, c, s = (float(v) for v in rng.uniform(1 - self.jitter, 1 + self.jitter, 3))
+      out = colour_jitter(out, b, c, s)
+    return {**record, 'image': out}
+
+
+_GREY = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601 luma
+
+
+def colour_jitter(image: np.ndarray, brightness: float, contrast: float, saturation: float) -> np.ndarray:
+  """uint8 [H, W, 3] -> uint8: saturation s (blend with the pixel's grey), contrast c (around the mean grey g),
+  brightness b (shift by (b - 1) g), i.e. y = c (s x + (1 - s) grey) + (b - c) g: one affine colour map
+  y = x M^T + t with M = c s I + c (1 - s) 1 w^T, t = (b - c) g; rounded and clipped to [0, 255]."""
+  x = image.reshape(-1, 3).astype(np.float32)
+  b, c, s = brightness, contrast, saturation
+  m_t = np.float32(c * s) * np.eye(3, dtype=np.float32) + np.float32(c * (1 - s)) * _GREY[:, None]  # M^T
+  y = x @ m_t
+  y += np.float32(float((x @ _GREY).mean()) * (b - c) + 0.5)
+  return np.clip(y, 0, 255, out=y).astype(np.uint8).reshape(image.shape)
 
 
 class ShardForDevices:
