@@ -14,7 +14,8 @@
 #                               jax.profiler: its record's 'profile' holds device busy vs wall ms per step and the
 #                               top kernels / HLO ops; the trace itself is profile/classify_r50.xplane.pb.gz
 #   classify_r50_device_<v>     variants of the device run, each a process with its own XLA_FLAGS and a fresh
-#                               compile (the persistent cache key includes the flags): b512 (batch 512), lhs
+#                               compile (the persistent cache key includes the flags): s2d (the stem conv on
+#                               2x2 space-to-depth input, 12 channels instead of 3), b512 (batch 512), lhs
 #                               (latency-hiding scheduler), convfusion (cuDNN conv fusion, experimental), nocmdbuf
 #                               (no CUDA graphs), autotune0 (no autotuning)
 #   distill_vgg16_device, distill_r50_device, siamese_device, classify_r50_pipeline_cached,
@@ -201,6 +202,7 @@ if [[ "$PROFILE" == 1 ]]; then
   keep_gzipped "$(ls -t "$PROF_DIR"/plugins/profile/*/*.xplane.pb 2>/dev/null | head -1)" \
     "$OUT/profile/classify_r50.xplane.pb.gz"
 fi
+variant classify_r50_device_s2d '' "s2d$ARG"
 variant classify_r50_device_b512 '' "batch=512$ARG"
 variant classify_r50_device_lhs '--xla_gpu_enable_latency_hiding_scheduler=true' "${ARG#,}"
 variant classify_r50_device_convfusion '--xla_gpu_experimental_enable_conv_fusion=true' "${ARG#,}"

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from facejax.models import MODELS, build_backbone, build_classifier, build_model, count_params, default_image_size
+from facejax.models.resnet import ResNet50
 
 STUDENTS = ('student_vgg', 'mobilefacenet', 'resnet18', 'resnet18_w050')
 STUDENT_SIZES = (112, 96)  # aligned-face crops the students must take besides their default
@@ -90,3 +91,34 @@ def test_model_zoo_row():
   assert row['image_size'] == 112 and row['features'] == 256 and row['params_backbone'] == 2_798_880
   assert 0.1 < row['gflops'] < 1.0
   assert '| resnet18_w050 | 112 | 256 | 2,798,880 |' in markdown([row])
+
+
+@pytest.mark.parametrize('hw,use_bias', [((32, 32), False), ((33, 30), True), ((31, 35), False)])
+def test_space_to_depth_stem_matches_the_7x7_conv(hw, use_bias):
+  """SpaceToDepthStem: nn.Conv's parameter tree and init, its outputs and kernel gradients, on odd and even sides."""
+  import flax.linen as nn
+
+  from facejax.models.common import pad
+  from facejax.models.resnet import SpaceToDepthStem
+  conv, s2d = nn.Conv(8, (7, 7), (2, 2), padding=pad(7), use_bias=use_bias), SpaceToDepthStem(8, use_bias)
+  x = jax.random.uniform(jax.random.PRNGKey(0), (2,) + hw + (3,))
+  variables = conv.init(jax.random.PRNGKey(1), x)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, s2d.init(jax.random.PRNGKey(1), x), variables)
+  if use_bias:
+    variables = jax.tree_util.tree_map(lambda v: v + 0.5, variables)
+  want, got = conv.apply(variables, x), s2d.apply(variables, x)
+  assert got.shape == want.shape == (2, (hw[0] + 1) // 2, (hw[1] + 1) // 2, 8)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  grad = lambda m: jax.grad(lambda v: jnp.sum(jnp.sin(m.apply(v, x))))(variables)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), grad(s2d), grad(conv))
+
+
+def test_resnet50_space_to_depth_stem_same_network():
+  """ResNet50(stem_space_to_depth=True) reads the same checkpoints and computes the same features, also in bf16."""
+  plain, s2d = ResNet50(width=0.0625), ResNet50(width=0.0625, stem_space_to_depth=True)
+  x = jax.random.uniform(jax.random.PRNGKey(0), (2, 40, 40, 3))
+  variables = plain.init(jax.random.PRNGKey(1), x)
+  np.testing.assert_allclose(s2d.apply(variables, x), plain.apply(variables, x), atol=1e-5)
+  bf16 = [ResNet50(width=0.0625, dtype=jnp.bfloat16, stem_space_to_depth=s) for s in (False, True)]
+  a, b = (np.asarray(m.apply(variables, x), np.float32) for m in bf16)
+  assert np.abs(a - b).max() <= 0.02 * np.abs(a).max()

@@ -115,13 +115,13 @@ TINY_KWARGS = {'resnet50': dict(width=0.0625), 'vgg16': dict(width=0.0625, fc_di
 
 def benchmark_config(task: str, model: str, *, image_size: int, batch_size: int = 256, num_classes: int = 10575,
                      data_dir: str = '', teacher: str = '', teacher_image_size: int = 224,
-                     tiny: bool = False) -> ml_collections.ConfigDict:
+                     tiny: bool = False, model_kwargs: dict | None = None) -> ml_collections.ConfigDict:
   """A training config for benchmark_training: bf16 compute, the trainer's default optimizer, a fixed class
   count (CASIA-WebFace's 10,575 by default) and data from the bench folders prepared under `data_dir`
   (`prepare_bench_folders`), else the on-the-fly synthetic faces at 250x250.
 
   tiny: the same models (and dtype) at a fraction of their width, 32x32 inputs, batch 8, 16 classes: a CPU
-  smoke run of the same code paths."""
+  smoke run of the same code paths. model_kwargs: module fields of the student (config.model.kwargs)."""
   from facejax.train.config import base_config
   c = base_config()
   c.task = task
@@ -152,6 +152,7 @@ def benchmark_config(task: str, model: str, *, image_size: int, batch_size: int 
     c.bench.loader_seconds = 0.5
     if not data_dir:
       c.data.kwargs = ml_collections.ConfigDict(dict(num_identities=8, images_per_identity=4, image_size=40))
+  c.model.kwargs.update(model_kwargs or {})
   return c
 
 
@@ -672,6 +673,7 @@ def benchmark_training(config: ml_collections.ConfigDict, *, steps: int = 30, wa
   record = {
       'task': config.task,
       'model': config.model.name,
+      'model_kwargs': config.model.kwargs.to_dict(),
       'teacher': (config.bench.teacher.name or config.distill.teacher_workdir) if teacher else None,
       'label': _label(config),
       'data': data,
