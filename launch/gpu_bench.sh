@@ -13,13 +13,17 @@
 #   classify_r50_profile        (FJ_BENCH_PROFILE=1, the default) the device run again, then 3 steps under
 #                               jax.profiler: its record's 'profile' holds device busy vs wall ms per step and the
 #                               top kernels / HLO ops; the trace itself is profile/classify_r50.xplane.pb.gz
-#   classify_r50_device_<v>     variants of the device run, each a process with its own XLA_FLAGS and a fresh
-#                               compile (the persistent cache key includes the flags): s2d (the stem conv on
-#                               2x2 space-to-depth input, 12 channels instead of 3), b512 (batch 512), lhs
-#                               (latency-hiding scheduler), convfusion (cuDNN conv fusion, experimental), nocmdbuf
-#                               (no CUDA graphs), autotune0 (no autotuning)
-#   distill_vgg16_device, distill_r50_device, siamese_device, classify_r50_pipeline_cached,
-#   classify_r50_pipeline_noprefetch   as in earlier runs, while time is left
+#   classify_r50_device_s2d     the device run with the stem conv on 2x2 space-to-depth input (12 channels, not 3)
+#   classify_r50_device_b512    the device run at batch 512
+#   distill_vgg16_device, distill_r50_device, siamese_device   the other tasks (configs/bench_distill.py,
+#                               configs/bench_siamese.py), on-device batch
+#   distill_r50_pipeline, siamese_pipeline, distill_vgg16_pipeline   the same through the grain loader
+#   classify_r50_device_<v>     the device run under other XLA_FLAGS, each a fresh compile (the persistent cache
+#                               key includes the flags): lhs (latency-hiding scheduler), convfusion (cuDNN conv
+#                               fusion, experimental), nocmdbuf (no CUDA graphs), autotune0 (no autotuning)
+#   classify_r50_pipeline_cached, classify_r50_pipeline_noprefetch   decoded records cached in-process; numpy
+#                               batches straight into the step
+# What the budget cut off can run in a second call: FJ_BENCH_ONLY='name ...'.
 # Each writes $FJ_BENCH_WORK/<name>.json (a record, or {"name", "error"}); after each, every record so far goes to
 # $OUT/summary.json, so a run cut short still returns what it measured; $OUT/summary.md closes. $OUT keeps few
 # files, each under 16 MiB: summary.json, summary.md and profile/ (trace and HLO, gzipped).
@@ -195,7 +199,7 @@ run classify_r50_device "$CAP_BIG" --config="$R50:${ARG#,}" --data=device "${STE
 wait_prep
 run classify_r50_pipeline "$CAP_SMALL" --config="$R50:data_dir=$DATA_DIR$ARG" --data=pipeline \
   "${PIPE_STEPS[@]}" --config.bench.prefetch=thread "${WORKERS[@]}"
-if [[ "$PROFILE" == 1 ]]; then
+if [[ "$PROFILE" == 1 && ( -z "${FJ_BENCH_ONLY:-}" || " $FJ_BENCH_ONLY " == *" classify_r50_profile "* ) ]]; then
   run classify_r50_profile "$CAP_SMALL" --config="$R50:${ARG#,}" --data=device "${PROFILE_STEPS[@]}" \
     --profile_dir="$PROF_DIR"
   # shellcheck disable=SC2012
@@ -204,13 +208,22 @@ if [[ "$PROFILE" == 1 ]]; then
 fi
 variant classify_r50_device_s2d '' "s2d$ARG"
 variant classify_r50_device_b512 '' "batch=512$ARG"
+D=configs/bench_distill.py
+S=configs/bench_siamese.py
+run distill_vgg16_device "$CAP_BIG" --config="$D:teacher=vgg16$ARG" --data=device "${STEPS[@]}"
+run distill_r50_device "$CAP_BIG" --config="$D:teacher=resnet50$ARG" --data=device "${STEPS[@]}"
+run siamese_device "$CAP_SMALL" --config="$S:${ARG#,}" --data=device "${STEPS[@]}"
+# Through the loader: the steps compiled above come from the persistent cache.
+run distill_r50_pipeline "$CAP_SMALL" --config="$D:teacher=resnet50,data_dir=$DATA_DIR$ARG" --data=pipeline \
+  "${PIPE_STEPS[@]}" --config.bench.prefetch=thread "${WORKERS[@]}"
+run siamese_pipeline "$CAP_SMALL" --config="$S:data_dir=$DATA_DIR$ARG" --data=pipeline \
+  "${PIPE_STEPS[@]}" --config.bench.prefetch=thread "${WORKERS[@]}"
+run distill_vgg16_pipeline "$CAP_SMALL" --config="$D:teacher=vgg16,data_dir=$DATA_DIR$ARG" --data=pipeline \
+  "${PIPE_STEPS[@]}" --config.bench.prefetch=thread "${WORKERS[@]}"
 variant classify_r50_device_lhs '--xla_gpu_enable_latency_hiding_scheduler=true' "${ARG#,}"
 variant classify_r50_device_convfusion '--xla_gpu_experimental_enable_conv_fusion=true' "${ARG#,}"
 variant classify_r50_device_nocmdbuf '--xla_gpu_enable_command_buffer=' "${ARG#,}"
 variant classify_r50_device_autotune0 '--xla_gpu_autotune_level=0' "${ARG#,}"
-run distill_vgg16_device "$CAP_BIG" --config="configs/bench_distill.py:teacher=vgg16$ARG" --data=device "${STEPS[@]}"
-run distill_r50_device "$CAP_BIG" --config="configs/bench_distill.py:teacher=resnet50$ARG" --data=device "${STEPS[@]}"
-run siamese_device "$CAP_SMALL" --config="configs/bench_siamese.py:${ARG#,}" --data=device "${STEPS[@]}"
 run classify_r50_pipeline_cached "$CAP_BIG" --config="$R50:data_dir=$DATA_DIR$ARG" \
   --data=pipeline "${PIPE_STEPS[@]}" --config.bench.prefetch=thread --config.bench.cache=decoded \
   --config.bench.num_workers=0 --config.bench.num_threads=$(( $(nproc) > 4 ? $(nproc) - 2 : 2 ))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from facejax.data import SyntheticFaces, SyntheticObjects, eval_batches, synthetic_pairs, train_loader
-from facejax.data.pipeline import center_crop
+from facejax.data.pipeline import Augment, center_crop, colour_jitter, resize_box
 from facejax.data.synthetic import SourceImages
 
 
@@ -161,3 +161,22 @@ def test_make_source_and_make_pairs_by_name():
     make_source('nope')
   with pytest.raises(ValueError, match='unknown pairs source'):
     make_pairs('nope')
+
+
+def test_augment_parts_match_references():
+  """Flip mirrors the crop exactly; the colour jitter is the identity at b = c = s = 1 and otherwise the float64
+  affine map within one level; Augment is a pure function of (record, rng)."""
+  img = SyntheticFaces(2, 2, image_size=48, seed=3)[1]['image']
+  box = (3.5, 2.25, 40.75, 38.0)
+  np.testing.assert_array_equal(resize_box(img, box, 24, flip=True), resize_box(img, box, 24)[:, ::-1])
+  np.testing.assert_array_equal(colour_jitter(img, 1.0, 1.0, 1.0), img)
+  b, c, s = 1.15, 0.85, 1.2
+  x = img.astype(np.float64)
+  grey = x @ np.array([0.299, 0.587, 0.114])
+  want = np.clip(np.round(c * s * x + (c * (1 - s) * grey + (b - c) * grey.mean())[..., None]), 0, 255)
+  got = colour_jitter(img, b, c, s)
+  assert got.dtype == np.uint8 and np.abs(got - want).max() <= 1 and (got == want).mean() > 0.99
+  aug = Augment(24)
+  one, two = (aug({'image': img, 'label': 1}, np.random.default_rng(5)) for _ in range(2))
+  np.testing.assert_array_equal(one['image'], two['image'])
+  assert one['image'].shape == (24, 24, 3) and one['label'] == 1

@@ -193,14 +193,16 @@ _GREY = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601 luma
 
 def colour_jitter(image: np.ndarray, brightness: float, contrast: float, saturation: float) -> np.ndarray:
   """uint8 [H, W, 3] -> uint8: saturation s (blend with the pixel's grey), contrast c (around the mean grey g),
-  brightness b (shift by (b - 1) g), i.e. y = c (s x + (1 - s) grey) + (b - c) g: one affine colour map
-  y = x M^T + t with M = c s I + c (1 - s) 1 w^T, t = (b - c) g; rounded and clipped to [0, 255]."""
-  x = image.reshape(-1, 3).astype(np.float32)
+  brightness b (shift by (b - 1) g), i.e. the one affine map y = c s x + c (1 - s) grey + (b - c) g, evaluated
+  in place in float32, rounded and clipped to [0, 255]."""
   b, c, s = brightness, contrast, saturation
-  m_t = np.float32(c * s) * np.eye(3, dtype=np.float32) + np.float32(c * (1 - s)) * _GREY[:, None]  # M^T
-  y = x @ m_t
-  y += np.float32(float((x @ _GREY).mean()) * (b - c) + 0.5)
-  return np.clip(y, 0, 255, out=y).astype(np.uint8).reshape(image.shape)
+  x = image.astype(np.float32)
+  grey = x @ _GREY
+  offset = grey * np.float32(c * (1 - s))
+  offset += np.float32(grey.mean() * (b - c) + 0.5)
+  x *= np.float32(c * s)
+  x += offset[..., None]
+  return np.clip(x, 0, 255, out=x).astype(np.uint8)
 
 
 class ShardForDevices:
