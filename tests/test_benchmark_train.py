@@ -4,6 +4,7 @@ import gzip
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -39,6 +40,28 @@ def check(record, *, steps, window, data):
   assert record['num_devices'] == jax.local_device_count() == 2
   assert record['mfu'] is None  # no peak known for CPU; with one given it is a fraction
   assert record['dtype'] == 'bfloat16'
+
+
+@pytest.mark.parametrize('name,arg,loss_f32_dots', [
+    ('bench_resnet50', 'tiny', 0), ('bench_resnet50', 's2d,tiny', 0), ('bench_distill', 'teacher=resnet50,tiny', 0),
+    ('bench_siamese', 'tiny', 3)])  # the contrastive loss's float32 pairwise distances: forward + 2 gradients
+def test_bf16_step_computes_in_bf16_and_donates_its_state(name, arg, loss_f32_dots):
+  """The half-precision policy in the lowered pmapped step: every convolution and every matmul of the models
+  (teacher included) takes and returns bf16, and the train state's buffers are donated (aliased to outputs)."""
+  from facejax.train.feed import replicate
+  config = load_config(name, arg)
+  setup = tb.build_training(config, config.bench.num_classes)
+  sharding = batch_sharding()
+  batch = tb.device_batch(config, setup.student.image_size, config.bench.num_classes, sharding)
+  state = replicate(setup.state, sharding)
+  text = setup.p_step.lower(state, batch, replicate(setup.frozen, sharding)).as_text()
+  ops = [(m.group(1), tuple(re.findall(r'x([a-z]\w*)>', line.rsplit(':', 1)[-1])))
+         for line in text.splitlines() if (m := re.search(r'stablehlo\.(convolution|dot_general)', line))]
+  convs = [types for op, types in ops if op == 'convolution']
+  assert len(convs) > 20 and set(convs) == {('bf16',) * 3}
+  dots = [types for op, types in ops if op == 'dot_general']
+  assert set(dots) <= {('bf16',) * 3, ('f32',) * 3} and dots.count(('f32',) * 3) == loss_f32_dots
+  assert text.count('tf.aliasing_output') == len(jax.tree_util.tree_leaves(state))
 
 
 def test_classify_device_then_pipeline(tmp_path):
