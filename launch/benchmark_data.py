@@ -1,16 +1,21 @@
-"""Loader throughput: decode + augment + batch, images/s, as JSON.
+"""Loader throughput: decode + augment + batch, images/s, and the per-image cost of each stage, as JSON.
 
   python -m launch.benchmark_data [--data_dir=... --name=...] [--sizes=112,224] [--workers=0,2]
 
 Without --name it writes a temporary identity-folder tree of 250x250 JPEG faces (LFW-sized), prepares it as
 ArrayRecord and reads it back through TfdsSource -> train_loader, so the figure includes JPEG decoding.
+'stages' times the loader's steps one by one on one thread (record read, decode, crop + resize + flip, colour
+jitter): where a worker's time goes.
 """
 import json
 import os
 import tempfile
 import time
 
+import numpy as np
 from absl import app, flags
+
+from launch.common import write_json
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('data_dir', None, 'TFDS data dir of a dataset prepared by launch.prepare_data.')
@@ -51,6 +56,30 @@ def measure(source, *, image_size, batch_size, num_workers, num_threads, batches
   return batches * batch_size / seconds
 
 
+def stage_ms(source, image_size: int, n: int = 64, rounds: int = 3) -> dict:
+  """ms per image of each loader stage over the first n records (best of `rounds`), on this thread."""
+  from facejax.data.pipeline import Augment, as_rgb_array, colour_jitter
+  n = min(n, len(source))
+  records = [source[i] for i in range(n)]
+  images = [as_rgb_array(r['image']) for r in records]
+  crop = Augment(image_size, jitter=0.0)
+  crops = [crop({'image': x}, np.random.default_rng(k))['image'] for k, x in enumerate(images)]
+  stages = {'read': lambda k: source[k], 'decode': lambda k: as_rgb_array(records[k]['image']),
+            'crop_resize_flip': lambda k: crop({'image': images[k]}, np.random.default_rng(k)),
+            'colour_jitter': lambda k: colour_jitter(crops[k], 1.1, 0.9, 1.15)}
+  out = {}
+  for name, fn in stages.items():
+    best = float('inf')
+    for _ in range(rounds):
+      start = time.perf_counter()
+      for k in range(n):
+        fn(k)
+      best = min(best, (time.perf_counter() - start) / n * 1e3)
+    out[name] = round(best, 3)
+  return {'image_size': image_size, 'ms_per_image': out,
+          'images_per_s_one_thread': round(1e3 / sum(out.values()), 1)}
+
+
 def main(argv):
   del argv
   from facejax.data import make_source
@@ -64,6 +93,9 @@ def main(argv):
       prepare_folders(os.path.join(tmp, 'faces'), os.path.join(tmp, 'tfds'), name='bench', val_fraction=0)
       source = make_source('folders', data_dir=os.path.join(tmp, 'tfds'), name='bench', split='train')
       dataset = f'temporary tree: {len(source)} JPEG 250x250 synthetic faces'
+    stages = [stage_ms(source, int(size)) for size in FLAGS.sizes]
+    for row in stages:
+      print(json.dumps(row), flush=True)
     results = []
     for size in map(int, FLAGS.sizes):
       for workers in map(int, FLAGS.workers):
@@ -73,11 +105,9 @@ def main(argv):
                         'batch_size': FLAGS.batch_size, 'images_per_s': round(ips, 1)})
         print(json.dumps(results[-1]), flush=True)
   report = {'dataset': dataset, 'pipeline': 'ArrayRecord read + JPEG decode + random-resized-crop/flip/jitter + '
-            'batch', 'cpu_count': os.cpu_count(), 'results': results}
+            'batch', 'cpu_count': os.cpu_count(), 'stages': stages, 'results': results}
   print(json.dumps(report, indent=2))
-  if FLAGS.json_out:
-    with open(FLAGS.json_out, 'w') as f:
-      json.dump(report, f, indent=2)
+  write_json(FLAGS.json_out, report)
 
 
 if __name__ == '__main__':

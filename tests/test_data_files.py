@@ -253,3 +253,14 @@ def test_lfw_missing_images_name_the_line(tmp_path):
   with pytest.raises(FileNotFoundError, match=r'pairs.txt line 8: unknown name: expected .*Zed_Nobody_0001.jpg'):
     lfw_pairs(str(tmp_path / 'lfw'), _write(tmp_path / 'pairs.txt', unknown))
   assert len(read_pairs(_write(tmp_path / 'dev.txt', '1\nAnn_Smith 1 2\nAnn_Smith 1 Bob_Jones 2\n'))) == 2
+
+
+def test_loader_stage_timings():
+  """launch.benchmark_data's per-stage breakdown runs every stage on encoded records and adds up."""
+  from launch.benchmark_data import stage_ms
+  records = [{'image': _encode(_rgb(k, 60, 50)), 'label': 0} for k in range(4)]
+  row = stage_ms(records, 32, n=8, rounds=1)
+  assert row['image_size'] == 32
+  assert set(row['ms_per_image']) == {'read', 'decode', 'crop_resize_flip', 'colour_jitter'}
+  assert all(v > 0 for k, v in row['ms_per_image'].items() if k != 'read')
+  assert row['images_per_s_one_thread'] == pytest.approx(1e3 / sum(row['ms_per_image'].values()), rel=1e-2)
