@@ -5,7 +5,7 @@
   python -m launch.benchmark_train --prepare_data=D      # the bench identity folders (JPEG) -> ArrayRecord, then exit
   python -m launch.benchmark_train --config=configs/bench_resnet50.py --data=device --steps=10 \
       --profile_dir=/tmp/prof --hlo_out=/tmp/step.hlo.txt.gz     # + a jax.profiler trace and the optimized HLO
-  python -m launch.benchmark_train --summarize=DIR       # markdown table of DIR/*.json (+ DIR/summary.md)
+  python -m launch.benchmark_train --summarize=DIR       # markdown tables of DIR/*.json (+ DIR/summary.md)
 
 Pipeline knobs live in the config: --config.bench.prefetch=thread|device_put|none, --config.bench.num_workers=N,
 --config.bench.cache=none|decoded. XLA flags act per process: set them in the environment; the JSON records them.
@@ -40,7 +40,8 @@ flags.DEFINE_integer('prepare_identities', 200, '--prepare_data: identities.')
 flags.DEFINE_integer('prepare_images', 8, '--prepare_data: images per identity.')
 flags.DEFINE_integer('prepare_size', 250, '--prepare_data: JPEG side (CASIA-WebFace crops are 250x250).')
 flags.DEFINE_integer('prepare_processes', None, '--prepare_data: rendering processes (default: all cores).')
-flags.DEFINE_string('summarize', None, 'Print a markdown table of DIR/*.json, write DIR/summary.md, and exit.')
+flags.DEFINE_string('summarize', None, 'Print markdown tables of DIR/*.json (every run; device vs pipeline pairs), write '
+                    'DIR/summary.md, and exit.')
 
 
 def _log(msg):
@@ -51,14 +52,14 @@ def main(argv):
   del argv
   common.quiet_library_logs()
   if FLAGS.summarize:
-    from facejax.train.benchmark import summary_table
+    from facejax.train.benchmark import paired_table, summary_table
     records = []
     for path in sorted(glob.glob(os.path.join(FLAGS.summarize, '*.json')), key=os.path.getmtime):  # run order
       with open(path) as f:
         r = json.load(f)
       if isinstance(r, dict) and ('img_per_s' in r or 'error' in r):
         records.append(r)
-    table = summary_table(records)
+    table = summary_table(records) + '\n\n' + paired_table(records)
     print(table)
     with open(os.path.join(FLAGS.summarize, 'summary.md'), 'w') as f:
       f.write(table + '\n')

@@ -207,3 +207,20 @@ def test_loader_throughput_skips_worker_start_up(monkeypatch):
   unwarmed = tb.loader_throughput(cold, batch_size=16, seconds=0.49)
   assert unwarmed['img_per_s'] < 0.5 * 16 / 0.02  # what the old measurement reported: start-up dominates
   assert tb.loader_throughput(loader, batch_size=16, seconds=0) is None
+
+
+def test_paired_table_pairs_device_and_pipeline_runs():
+  base = dict(task='classify', label='resnet50', image_size=224, batch_size=256, model_kwargs={}, mfu=0.135,
+              compile_s=25.0, xla_flags='--a=1')
+  records = [dict(base, data='device', img_per_s=5618.0),
+             dict(base, data='device', img_per_s=1.0, compile_s=3.0),  # the profile run: the first one counts
+             dict(base, data='pipeline', prefetch='thread', cache='decoded', img_per_s=1399.0),  # not the pairing
+             dict(base, data='pipeline', prefetch='thread', cache='none', img_per_s=5597.0, mfu=None),
+             dict(base, data='device', img_per_s=6100.0, model_kwargs={'stem_space_to_depth': True}),
+             dict(base, data='device', img_per_s=5500.0, xla_flags='--a=1 --b=2', compile_cache_hit=True),
+             {'name': 'broken', 'error': 'timeout'}]
+  rows = tb.paired_table(records).splitlines()
+  assert rows[2] == '| classify | resnet50@224 | 256 | 5,618 | 5,597 | 1.00 | 13.5% | 25.0 |'
+  assert rows[3] == '| classify | resnet50@224 (stem_space_to_depth=True) | 256 | 6,100 | - | - | 13.5% | 25.0 |'
+  assert rows[4] == '| classify | resnet50@224 [--b=2] | 256 | 5,500 | - | - | 13.5% | 25.0 (cache) |'
+  assert len(rows) == 7 and rows[-1] == 'XLA_FLAGS of every run: --a=1'

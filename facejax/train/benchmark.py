@@ -25,6 +25,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import io
+import json
 import os
 import time
 from typing import Any, Callable
@@ -111,6 +112,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 # Models shrunk for CPU smoke runs (`:tiny`): same registry names and code paths, 1/16-1/8 of the width.
 TINY_KWARGS = {'resnet50': dict(width=0.0625), 'vgg16': dict(width=0.0625, fc_dims=(32, 32)),
                'mobilefacenet': dict(width=0.125, out_dim=32), 'resnet18': dict(width=0.125)}
+TINY_FIELDS = {k for kwargs in TINY_KWARGS.values() for k in kwargs}
 
 
 def benchmark_config(task: str, model: str, *, image_size: int, batch_size: int = 256, num_classes: int = 10575,
@@ -795,4 +797,37 @@ def summary_table(records: list[dict]) -> str:
     lines.append('')
     lines.append(f"{r.get('num_devices', '?')} x {r.get('device_kind', '?')} ({r.get('backend', '?')}), jax "
                  f"{r.get('jax_version', '?')}, peak {r.get('peak_tflops')} TFLOP/s bf16 per chip")
+  return '\n'.join(lines)
+
+
+def paired_table(records: list[dict]) -> str:
+  """Markdown: on-device batch vs the real pipeline (thread prefetch, no cache) for each task / model / batch /
+  model kwargs / XLA flags measured both ways, with the device run's MFU and compile time (first of each)."""
+  def key(r):
+    return (r['task'], r['label'], r['image_size'], r['batch_size'], json.dumps(r.get('model_kwargs') or {}),
+            r.get('xla_flags') or '')
+
+  device, pipeline = {}, {}
+  for r in records:
+    if 'error' in r:
+      continue
+    if r['data'] == 'device':
+      device.setdefault(key(r), r)
+    elif r.get('prefetch') == 'thread' and r.get('cache') in (None, 'none'):
+      pipeline.setdefault(key(r), r)
+  lines = ['| task | model | batch | img/s on-device batch | img/s real pipeline | pipeline / device | MFU | '
+           'compile s |', '|---|---|---:|---:|---:|---:|---:|---:|']
+  common = set.intersection(*(set(k[5].split()) for k in device)) if device else set()  # shown once, below
+  for k, d in device.items():
+    p = pipeline.get(k)
+    kwargs = ', '.join(f'{a}={b}' for a, b in json.loads(k[4]).items() if a not in TINY_FIELDS)
+    flags = ' '.join(f for f in k[5].split() if f not in common)
+    mfu = '-' if d['mfu'] is None else f"{100 * d['mfu']:.1f}%"
+    lines.append(f"| {d['task']} | {d['label']}@{d['image_size']}{f' ({kwargs})' if kwargs else ''}"
+                 f"{f' [{flags}]' if flags else ''} | {d['batch_size']} | {d['img_per_s']:,.0f} | "
+                 f"{'-' if p is None else format(p['img_per_s'], ',.0f')} | "
+                 f"{'-' if p is None else format(p['img_per_s'] / d['img_per_s'], '.2f')} | {mfu} | "
+                 f"{d['compile_s']:.1f}{' (cache)' if d.get('compile_cache_hit') else ''} |")
+  if common:
+    lines += ['', f"XLA_FLAGS of every run: {' '.join(sorted(common))}"]
   return '\n'.join(lines)
