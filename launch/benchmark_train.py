@@ -40,8 +40,8 @@ flags.DEFINE_integer('prepare_identities', 200, '--prepare_data: identities.')
 flags.DEFINE_integer('prepare_images', 8, '--prepare_data: images per identity.')
 flags.DEFINE_integer('prepare_size', 250, '--prepare_data: JPEG side (CASIA-WebFace crops are 250x250).')
 flags.DEFINE_integer('prepare_processes', None, '--prepare_data: rendering processes (default: all cores).')
-flags.DEFINE_string('summarize', None, 'Print markdown tables of DIR/*.json (every run; device vs pipeline pairs), write '
-                    'DIR/summary.md, and exit.')
+flags.DEFINE_string('summarize', None, 'Print markdown tables of DIR/*.json (every run; device vs pipeline '
+                    'pairs), write DIR/summary.md, and exit.')
 
 
 def _log(msg):
