@@ -128,6 +128,21 @@ def test_process_sharding_is_disjoint():
   assert not set(i0) & set(i1) and sorted(np.concatenate([i0, i1])) == list(range(32))
 
 
+@pytest.mark.parametrize('sampler', ['random', 'identity'])
+def test_augmented_batches_do_not_depend_on_the_process_count(sampler):
+  """2 processes' shares of a step = the 1-process batch of that step, augmented pixels included: the crop, flip
+  and jitter come from the record's global stream position."""
+  src = SyntheticFaces(12, 6, image_size=40)
+  kw = dict(image_size=32, seed=3, num_devices=1, sampler=sampler, images_per_identity=2)
+  one = train_loader(src, global_batch_size=8, **kw)
+  shares = [train_loader(src, global_batch_size=8, process_index=i, process_count=2, **kw) for i in range(2)]
+
+  def flat(b):
+    return sorted((int(i), x.tobytes()) for i, x in zip(b['index'].ravel(), b['image'].reshape(-1, 32, 32, 3)))
+  for _ in range(6):
+    assert flat(next(one)) == sorted(sum((flat(next(s)) for s in shares), []))
+
+
 def test_no_augment_is_center_crop_and_eval_batches():
   src = SyntheticFaces(3, 2, image_size=20)
   b = next(train_loader(src, global_batch_size=2, image_size=12, seed=0, num_devices=1, augment=False))

@@ -191,9 +191,8 @@ def test_device_count_does_not_change_training(tmp_path):
 
 def test_two_processes_agree_with_one(tmp_path):
   """2 processes (jax.distributed on 127.0.0.1, 1 CPU device each, disjoint data shards) vs 1 process with
-  2 devices: same global batches, same params up to summation order. (Augmentation off: its random streams
-  are per process.)"""
-  steps = ['--config.total_steps=4', '--config.data.augment=False']
+  2 devices: same global batches (augmentation included), same params up to summation order."""
+  steps = ['--config.total_steps=4']
   p = run_train(tmp_path / 'single', overrides=steps, device_count=2)
   assert p.wait() == 0, output(p)
   import socket

@@ -51,10 +51,13 @@ class RandomPositions(grain.MapDataset):
   def __str__(self) -> str:
     return f'RandomPositions(num_records={self._n}, seed={self._seed})'
 
+  def global_position(self, n: int) -> int:
+    return n * self._pc + self._pi
+
   def __getitem__(self, n):
     if isinstance(n, slice):
       return self.slice(n)
-    epoch, k = divmod(n * self._pc + self._pi, self._n)
+    epoch, k = divmod(self.global_position(n), self._n)
     if epoch != self._perm_epoch:  # one permutation cached per worker; positions are read nearly in order
       self._perm = np.random.default_rng([self._seed, epoch, 0xE9]).permutation(self._n)
       self._perm_epoch = epoch
@@ -93,12 +96,16 @@ class IdentityPositions(grain.MapDataset):
   def __str__(self) -> str:
     return f'IdentityPositions(P={self._p}, K={self._k}, identities={len(self._members)}, seed={self._seed})'
 
+  def global_position(self, n: int) -> int:
+    """Position in the stream one process with the global batch would read: process i's batch t is block
+    t * process_count + i of it."""
+    batch, slot = divmod(n, self._b)
+    return (batch * self._pc + self._pi) * self._b + slot
+
   def __getitem__(self, n):
     if isinstance(n, slice):
       return self.slice(n)
-    batch, slot = divmod(n, self._b)
-    p, j = divmod(slot, self._k)
-    g = (batch * self._pc + self._pi) * self._p + p  # global identity position
+    g, j = divmod(self.global_position(n), self._k)  # global identity position, image j of it
     epoch, k = divmod(g, self._per_epoch)
     if epoch != self._perm_epoch:
       self._perm = np.random.default_rng([self._seed, epoch, 0x1D]).permutation(len(self._members))
@@ -205,6 +212,21 @@ def colour_jitter(image: np.ndarray, brightness: float, contrast: float, saturat
   return np.clip(x, 0, 255, out=x).astype(np.uint8)
 
 
+class AugmentAtPosition:
+  """grain map_with_index: (position n of this process, record) -> augment(record, rng), the rng drawn for the
+  record's global stream position (`positions.global_position(n)`), so the crop, flip and jitter at a position do
+  not depend on how many processes share the stream. For one process this is grain's own `random_map` stream:
+  Philox seeded with `seed`, counter [0, 0, 0, position]."""
+
+  def __init__(self, augment, positions, seed: int):
+    self.augment, self.positions = augment, positions
+    self._key = np.random.Philox(seed).state['state']['key']
+
+  def __call__(self, n: int, record: dict) -> dict:
+    counter = np.array([0, 0, 0, self.positions.global_position(n)], np.uint64)
+    return self.augment(record, np.random.Generator(np.random.Philox(counter=counter, key=self._key)))
+
+
 class ShardForDevices:
   """Batched record [B, ...] -> [D, B / D, ...] for pmap."""
 
@@ -239,16 +261,17 @@ def train_loader(source, *, global_batch_size: int, image_size: int, seed: int, 
   if not 0 <= process_index < process_count:
     raise ValueError(f'train_loader: expected 0 <= process_index < {process_count}, got {process_index}')
   if sampler == 'random':
-    ds = RandomPositions(len(source), seed, process_index, process_count)
+    positions = RandomPositions(len(source), seed, process_index, process_count)
   elif sampler == 'identity':
-    ds = IdentityPositions(record_labels(source), batch_size, images_per_identity, seed, process_index,
-                           process_count)
+    positions = IdentityPositions(record_labels(source), batch_size, images_per_identity, seed, process_index,
+                                  process_count)
   else:
     raise ValueError(f"train_loader: unknown sampler {sampler!r}; expected 'random' or 'identity'")
-  ds = ds.map(ReadRecord(source))
-  # Distinct streams per process: the crop/flip/jitter of a record depends on its global position.
-  ds = ds.random_map(Augment(image_size), seed=seed * 1000003 + process_index) if augment else ds.map(
-      CenterCrop(image_size))
+  ds = positions.map(ReadRecord(source))
+  if augment:
+    ds = ds.map_with_index(AugmentAtPosition(Augment(image_size), positions, seed * 1000003))
+  else:
+    ds = ds.map(CenterCrop(image_size))
   ds = ds.batch(batch_size, drop_remainder=True).map(ShardForDevices(num_devices))
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
   if num_workers > 0:
