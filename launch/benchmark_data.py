@@ -2,8 +2,9 @@
 
   python -m launch.benchmark_data [--data_dir=... --name=...] [--sizes=112,224] [--workers=0,2]
 
-Without --name it writes a temporary identity-folder tree of 250x250 JPEG faces (LFW-sized), prepares it as
-ArrayRecord and reads it back through TfdsSource -> train_loader, so the figure includes JPEG decoding.
+Without --name it writes a temporary identity-folder tree of 250x250 JPEG faces (LFW-sized; --side=1000 for large
+photos, which decode at a reduced DCT scale), prepares it as ArrayRecord and reads it back through TfdsSource ->
+train_loader, so the figure includes JPEG decoding.
 'stages' times the loader's steps one by one on one thread (record read, decode, crop + resize + flip, colour
 jitter): where a worker's time goes.
 """
@@ -27,14 +28,15 @@ flags.DEFINE_integer('batch_size', 64, 'Global batch size.')
 flags.DEFINE_integer('batches', 8, 'Timed batches per setting (after warm-up).')
 flags.DEFINE_integer('identities', 32, 'Temporary tree: identities.')
 flags.DEFINE_integer('images_per_identity', 8, 'Temporary tree: images per identity.')
+flags.DEFINE_integer('side', 250, 'Temporary tree: JPEG side in pixels.')
 flags.DEFINE_string('json_out', None, 'Optional path for the JSON results.')
 
 
-def _write_tree(root, identities, per_identity):
+def _write_tree(root, identities, per_identity, side):
   from PIL import Image
 
   from facejax.data import SyntheticFaces
-  faces = SyntheticFaces(identities, per_identity, image_size=250)
+  faces = SyntheticFaces(identities, per_identity, image_size=side)
   for i in range(len(faces)):
     r = faces[i]
     os.makedirs(os.path.join(root, r['identity']), exist_ok=True)
@@ -61,10 +63,10 @@ def stage_ms(source, image_size: int, n: int = 64, rounds: int = 3) -> dict:
   from facejax.data.pipeline import Augment, as_rgb_array, colour_jitter
   n = min(n, len(source))
   records = [source[i] for i in range(n)]
-  images = [as_rgb_array(r['image']) for r in records]
   crop = Augment(image_size, jitter=0.0)
+  images = [as_rgb_array(r['image'], crop.source_side()) for r in records]  # as train_loader decodes
   crops = [crop({'image': x}, np.random.default_rng(k))['image'] for k, x in enumerate(images)]
-  stages = {'read': lambda k: source[k], 'decode': lambda k: as_rgb_array(records[k]['image']),
+  stages = {'read': lambda k: source[k], 'decode': lambda k: as_rgb_array(records[k]['image'], crop.source_side()),
             'crop_resize_flip': lambda k: crop({'image': images[k]}, np.random.default_rng(k)),
             'colour_jitter': lambda k: colour_jitter(crops[k], 1.1, 0.9, 1.15)}
   out = {}
@@ -89,10 +91,10 @@ def main(argv):
       dataset = f'{FLAGS.data_dir}:{FLAGS.name}'
     else:
       from facejax.data.folders import prepare_folders
-      _write_tree(os.path.join(tmp, 'faces'), FLAGS.identities, FLAGS.images_per_identity)
+      _write_tree(os.path.join(tmp, 'faces'), FLAGS.identities, FLAGS.images_per_identity, FLAGS.side)
       prepare_folders(os.path.join(tmp, 'faces'), os.path.join(tmp, 'tfds'), name='bench', val_fraction=0)
       source = make_source('folders', data_dir=os.path.join(tmp, 'tfds'), name='bench', split='train')
-      dataset = f'temporary tree: {len(source)} JPEG 250x250 synthetic faces'
+      dataset = f'temporary tree: {len(source)} JPEG {FLAGS.side}x{FLAGS.side} synthetic faces'
     stages = [stage_ms(source, int(size)) for size in FLAGS.sizes]
     for row in stages:
       print(json.dumps(row), flush=True)

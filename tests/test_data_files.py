@@ -264,3 +264,20 @@ def test_loader_stage_timings():
   assert set(row['ms_per_image']) == {'read', 'decode', 'crop_resize_flip', 'colour_jitter'}
   assert all(v > 0 for k, v in row['ms_per_image'].items() if k != 'read')
   assert row['images_per_s_one_thread'] == pytest.approx(1e3 / sum(row['ms_per_image'].values()), rel=1e-2)
+
+
+def test_large_jpegs_decode_reduced_in_the_dct_domain():
+  """reduce_to: a JPEG >= 2x that size decodes at the smallest n/8 scale keeping both sides >= reduce_to, close
+  to the full decode resized; smaller JPEGs and other formats decode at full size, exactly."""
+  from facejax.data.pipeline import Augment, ReadRecord
+  smooth = np.asarray(Image.fromarray(_rgb(8, 40, 50)).resize((1000, 800), Image.BICUBIC))
+  big = _encode(smooth, quality=95)
+  reduced = decode_image(big, reduce_to=224)
+  assert reduced.shape == (300, 375, 3)  # 3/8: 1/4 would give 200 < 224 rows
+  want = np.asarray(Image.fromarray(decode_image(big)).resize((375, 300), Image.BILINEAR, reducing_gap=None))
+  assert np.abs(reduced.astype(np.float32) - want).mean() < 2.0
+  for data in (_encode(smooth[:400, :500]), _encode(smooth[:500, :500], 'PNG')):
+    np.testing.assert_array_equal(decode_image(data, reduce_to=224), decode_image(data))
+  assert Augment(224).source_side() == 273  # the smallest crop (75 % area, aspect 1/1.1) spans 224 pixels
+  record = ReadRecord([{'image': big, 'label': 3}], Augment(224).source_side())(0)
+  assert record['image'].shape == (300, 375, 3) and record['label'] == 3  # 300 rows >= 273

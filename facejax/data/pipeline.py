@@ -118,20 +118,22 @@ class IdentityPositions(grain.MapDataset):
 
 
 class ReadRecord:
-  """Record index -> {'image': uint8 [H, W, 3], 'label': int32, 'index': int32} (decoding bytes if needed)."""
+  """Record index -> {'image': uint8 [H, W, 3], 'label': int32, 'index': int32} (decoding bytes if needed;
+  `reduce_to`: see `decode_image`)."""
 
-  def __init__(self, source):
-    self.source = source
+  def __init__(self, source, reduce_to: int = 0):
+    self.source, self.reduce_to = source, reduce_to
 
   def __call__(self, index: int) -> dict:
     record = self.source[index]
-    return {'image': as_rgb_array(record['image']), 'label': np.int32(record['label']), 'index': np.int32(index)}
+    return {'image': as_rgb_array(record['image'], self.reduce_to), 'label': np.int32(record['label']),
+            'index': np.int32(index)}
 
 
-def as_rgb_array(image) -> np.ndarray:
-  """uint8 [H, W, 3] array, or encoded bytes -> uint8 [H, W, 3] RGB."""
+def as_rgb_array(image, reduce_to: int = 0) -> np.ndarray:
+  """uint8 [H, W, 3] array, or encoded bytes -> uint8 [H, W, 3] RGB (`reduce_to`: see `decode_image`)."""
   if isinstance(image, (bytes, np.bytes_)):
-    return decode_image(bytes(image))
+    return decode_image(bytes(image), reduce_to=reduce_to)
   image = np.asarray(image)
   if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
     raise ValueError(f'expected a uint8 [H, W, 3] RGB image or encoded bytes, got {image.dtype} {image.shape}')
@@ -178,6 +180,10 @@ class Augment:
 
   def __init__(self, image_size: int, area=(0.75, 1.0), ratio=(0.9, 1.1), jitter: float = 0.2):
     self.image_size, self.area, self.ratio, self.jitter = image_size, area, ratio, jitter
+
+  def source_side(self) -> int:
+    """Shortest image side whose smallest crop still spans image_size pixels: decoding larger is wasted."""
+    return int(np.ceil(self.image_size / np.sqrt(self.area[0] / max(self.ratio[1], 1 / self.ratio[0]))))
 
   def __call__(self, record: dict, rng: np.random.Generator) -> dict:
     image = record['image']
@@ -267,11 +273,13 @@ def train_loader(source, *, global_batch_size: int, image_size: int, seed: int, 
                                   process_count)
   else:
     raise ValueError(f"train_loader: unknown sampler {sampler!r}; expected 'random' or 'identity'")
-  ds = positions.map(ReadRecord(source))
+  # Large JPEGs decode at a reduced scale that still covers the output (decode_image's reduce_to).
   if augment:
-    ds = ds.map_with_index(AugmentAtPosition(Augment(image_size), positions, seed * 1000003))
+    aug = Augment(image_size)
+    ds = positions.map(ReadRecord(source, aug.source_side()))
+    ds = ds.map_with_index(AugmentAtPosition(aug, positions, seed * 1000003))
   else:
-    ds = ds.map(CenterCrop(image_size))
+    ds = positions.map(ReadRecord(source, image_size)).map(CenterCrop(image_size))
   ds = ds.batch(batch_size, drop_remainder=True).map(ShardForDevices(num_devices))
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
   if num_workers > 0:
