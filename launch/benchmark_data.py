@@ -13,7 +13,6 @@ import os
 import tempfile
 import time
 
-import numpy as np
 from absl import app, flags
 
 from launch.common import write_json
@@ -58,33 +57,10 @@ def measure(source, *, image_size, batch_size, num_workers, num_threads, batches
   return batches * batch_size / seconds
 
 
-def stage_ms(source, image_size: int, n: int = 64, rounds: int = 3) -> dict:
-  """ms per image of each loader stage over the first n records (best of `rounds`), on this thread."""
-  from facejax.data.pipeline import Augment, as_rgb_array, colour_jitter
-  n = min(n, len(source))
-  records = [source[i] for i in range(n)]
-  crop = Augment(image_size, jitter=0.0)
-  images = [as_rgb_array(r['image'], crop.source_side()) for r in records]  # as train_loader decodes
-  crops = [crop({'image': x}, np.random.default_rng(k))['image'] for k, x in enumerate(images)]
-  stages = {'read': lambda k: source[k], 'decode': lambda k: as_rgb_array(records[k]['image'], crop.source_side()),
-            'crop_resize_flip': lambda k: crop({'image': images[k]}, np.random.default_rng(k)),
-            'colour_jitter': lambda k: colour_jitter(crops[k], 1.1, 0.9, 1.15)}
-  out = {}
-  for name, fn in stages.items():
-    best = float('inf')
-    for _ in range(rounds):
-      start = time.perf_counter()
-      for k in range(n):
-        fn(k)
-      best = min(best, (time.perf_counter() - start) / n * 1e3)
-    out[name] = round(best, 3)
-  return {'image_size': image_size, 'ms_per_image': out,
-          'images_per_s_one_thread': round(1e3 / sum(out.values()), 1)}
-
-
 def main(argv):
   del argv
   from facejax.data import make_source
+  from facejax.data.pipeline import stage_timings
   with tempfile.TemporaryDirectory() as tmp:
     if FLAGS.name:
       source = make_source('folders', data_dir=FLAGS.data_dir, name=FLAGS.name, split='train')
@@ -95,7 +71,7 @@ def main(argv):
       prepare_folders(os.path.join(tmp, 'faces'), os.path.join(tmp, 'tfds'), name='bench', val_fraction=0)
       source = make_source('folders', data_dir=os.path.join(tmp, 'tfds'), name='bench', split='train')
       dataset = f'temporary tree: {len(source)} JPEG {FLAGS.side}x{FLAGS.side} synthetic faces'
-    stages = [stage_ms(source, int(size)) for size in FLAGS.sizes]
+    stages = [stage_timings(source, int(size)) for size in FLAGS.sizes]
     for row in stages:
       print(json.dumps(row), flush=True)
     results = []

@@ -256,10 +256,10 @@ def test_lfw_missing_images_name_the_line(tmp_path):
 
 
 def test_loader_stage_timings():
-  """launch.benchmark_data's per-stage breakdown runs every stage on encoded records and adds up."""
-  from launch.benchmark_data import stage_ms
+  """The loader's per-stage breakdown (launch.benchmark_data) runs every stage on encoded records and adds up."""
+  from facejax.data.pipeline import stage_timings
   records = [{'image': _encode(_rgb(k, 60, 50)), 'label': 0} for k in range(4)]
-  row = stage_ms(records, 32, n=8, rounds=1)
+  row = stage_timings(records, 32, n=8, rounds=1)
   assert row['image_size'] == 32
   assert set(row['ms_per_image']) == {'read', 'decode', 'crop_resize_flip', 'colour_jitter'}
   assert all(v > 0 for k, v in row['ms_per_image'].items() if k != 'read')

@@ -7,6 +7,7 @@ Pixels stay uint8 RGB in [0, 255]; each model normalises inside its jitted code 
 from __future__ import annotations
 
 import sys
+import time
 from typing import Iterator
 
 import grain
@@ -287,6 +288,30 @@ def train_loader(source, *, global_batch_size: int, image_size: int, seed: int, 
       flags.FLAGS.mark_as_parsed()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return iter(it_ds)
+
+
+def stage_timings(source, image_size: int, n: int = 64, rounds: int = 3) -> dict:
+  """ms per image of each train_loader stage over the first n records of `source` (best of `rounds`), on this
+  thread: record read, decode, crop + resize + flip, colour jitter (launch.benchmark_data prints them)."""
+  n = min(n, len(source))
+  records = [source[i] for i in range(n)]
+  crop = Augment(image_size, jitter=0.0)
+  images = [as_rgb_array(r['image'], crop.source_side()) for r in records]  # as train_loader decodes
+  crops = [crop({'image': x}, np.random.default_rng(k))['image'] for k, x in enumerate(images)]
+  stages = {'read': lambda k: source[k], 'decode': lambda k: as_rgb_array(records[k]['image'], crop.source_side()),
+            'crop_resize_flip': lambda k: crop({'image': images[k]}, np.random.default_rng(k)),
+            'colour_jitter': lambda k: colour_jitter(crops[k], 1.1, 0.9, 1.15)}
+  out = {}
+  for name, fn in stages.items():
+    best = float('inf')
+    for _ in range(rounds):
+      start = time.perf_counter()
+      for k in range(n):
+        fn(k)
+      best = min(best, (time.perf_counter() - start) / n * 1e3)
+    out[name] = round(best, 3)
+  return {'image_size': image_size, 'ms_per_image': out,
+          'images_per_s_one_thread': round(1e3 / sum(out.values()), 1)}
 
 
 def eval_batches(images, batch_size: int, image_size: int) -> Iterator[np.ndarray]:
