@@ -15,6 +15,8 @@
 #                               top kernels / HLO ops; the trace itself is profile/classify_r50.xplane.pb.gz
 #   classify_r50_device_s2d     the device run with the stem conv on 2x2 space-to-depth input (12 channels, not 3)
 #   classify_r50_device_b512    the device run at batch 512
+#   classify_r50_device_s2d_b512  both, if each alone beat the plain device run
+#   classify_r50_pipeline_best  the fastest of those configs through the pipeline, if it is not the plain one
 #   distill_vgg16_device, distill_r50_device, siamese_device   the other tasks (configs/bench_distill.py,
 #                               configs/bench_siamese.py), on-device batch
 #   distill_r50_pipeline, siamese_pipeline, distill_vgg16_pipeline   the same through the grain loader
@@ -187,6 +189,35 @@ keep_gzipped() {  # SRC DEST: SRC gzipped to DEST
   drop_if_big "$2"
 }
 
+img_per_s() {  # NAME: that run's img/s; 0 if it failed, was skipped or did not run
+  "$PY" - "$WORK/$1.json" <<'EOF'
+import json, sys
+try:
+  with open(sys.argv[1]) as f:
+    print(json.load(f).get('img_per_s') or 0)
+except (OSError, ValueError):
+  print(0)
+EOF
+}
+
+faster() {  # NAME: 1 if that run beat the plain classify_r50_device run, else 0
+  "$PY" -c 'import sys; print(int(float(sys.argv[1]) > float(sys.argv[2]) > 0))' "$(img_per_s "$1")" \
+    "$(img_per_s classify_r50_device)"
+}
+
+best_classify() {  # the config arg of the fastest classify device run if it is not the plain one, else ''
+  local best=classify_r50_device name
+  for name in classify_r50_device_s2d classify_r50_device_b512 classify_r50_device_s2d_b512; do
+    [[ "$("$PY" -c 'import sys; print(int(float(sys.argv[1]) > float(sys.argv[2])))' "$(img_per_s $name)" \
+      "$(img_per_s $best)")" == 1 ]] && best=$name
+  done
+  case $best in
+    classify_r50_device_s2d) echo s2d ;;
+    classify_r50_device_b512) echo batch=512 ;;
+    classify_r50_device_s2d_b512) echo s2d,batch=512 ;;
+  esac
+}
+
 wait_prep() {
   if [[ -n "${PREP_PID:-}" ]]; then
     wait "$PREP_PID"; echo "prepare: exit $? ($(elapsed)s): $(tail -c 300 "$PREP_LOG")"; PREP_PID=''
@@ -208,6 +239,16 @@ if [[ "$PROFILE" == 1 && ( -z "${FJ_BENCH_ONLY:-}" || " $FJ_BENCH_ONLY " == *" c
 fi
 variant classify_r50_device_s2d '' "s2d$ARG"
 variant classify_r50_device_b512 '' "batch=512$ARG"
+# s2d and b512 both faster than the plain device run: both together. Then the fastest of these classify configs
+# through the real pipeline (the goal is end to end).
+if [[ "$(faster classify_r50_device_s2d)" == 1 && "$(faster classify_r50_device_b512)" == 1 ]]; then
+  variant classify_r50_device_s2d_b512 '' "s2d,batch=512$ARG"
+fi
+BEST=$(best_classify)
+if [[ -n "$BEST" ]]; then
+  run classify_r50_pipeline_best "$CAP_SMALL" --config="$R50:$BEST,data_dir=$DATA_DIR$ARG" --data=pipeline \
+    "${PIPE_STEPS[@]}" --config.bench.prefetch=thread "${WORKERS[@]}"
+fi
 D=configs/bench_distill.py
 S=configs/bench_siamese.py
 run distill_vgg16_device "$CAP_BIG" --config="$D:teacher=vgg16$ARG" --data=device "${STEPS[@]}"
