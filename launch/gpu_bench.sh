@@ -189,27 +189,27 @@ keep_gzipped() {  # SRC DEST: SRC gzipped to DEST
   drop_if_big "$2"
 }
 
-img_per_s() {  # NAME: that run's img/s; 0 if it failed, was skipped or did not run
+img_per_s() {  # NAME: that run's img/s, rounded; 0 if it failed, was skipped or did not run
   "$PY" - "$WORK/$1.json" <<'EOF'
 import json, sys
 try:
   with open(sys.argv[1]) as f:
-    print(json.load(f).get('img_per_s') or 0)
+    print(round(json.load(f).get('img_per_s') or 0))
 except (OSError, ValueError):
   print(0)
 EOF
 }
 
-faster() {  # NAME: 1 if that run beat the plain classify_r50_device run, else 0
-  "$PY" -c 'import sys; print(int(float(sys.argv[1]) > float(sys.argv[2]) > 0))' "$(img_per_s "$1")" \
-    "$(img_per_s classify_r50_device)"
+faster() {  # NAME: succeeds if that run beat the plain classify_r50_device run
+  local base
+  base=$(img_per_s classify_r50_device)
+  (( base > 0 && $(img_per_s "$1") > base ))
 }
 
 best_classify() {  # the config arg of the fastest classify device run if it is not the plain one, else ''
   local best=classify_r50_device name
   for name in classify_r50_device_s2d classify_r50_device_b512 classify_r50_device_s2d_b512; do
-    [[ "$("$PY" -c 'import sys; print(int(float(sys.argv[1]) > float(sys.argv[2])))' "$(img_per_s $name)" \
-      "$(img_per_s $best)")" == 1 ]] && best=$name
+    (( $(img_per_s $name) > $(img_per_s $best) )) && best=$name
   done
   case $best in
     classify_r50_device_s2d) echo s2d ;;
@@ -241,7 +241,7 @@ variant classify_r50_device_s2d '' "s2d$ARG"
 variant classify_r50_device_b512 '' "batch=512$ARG"
 # s2d and b512 both faster than the plain device run: both together. Then the fastest of these classify configs
 # through the real pipeline (the goal is end to end).
-if [[ "$(faster classify_r50_device_s2d)" == 1 && "$(faster classify_r50_device_b512)" == 1 ]]; then
+if faster classify_r50_device_s2d && faster classify_r50_device_b512; then
   variant classify_r50_device_s2d_b512 '' "s2d,batch=512$ARG"
 fi
 BEST=$(best_classify)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from facejax.train import benchmark as tb
-from facejax.train.feed import DeviceFeed, batch_sharding
+from facejax.train.feed import DeviceFeed, batch_sharding, replicate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = ('task', 'model', 'data', 'batch_size', 'image_size', 'dtype', 'img_per_s', 'step_ms_median', 'compile_s',
@@ -48,7 +48,6 @@ def check(record, *, steps, window, data):
 def test_bf16_step_computes_in_bf16_and_donates_its_state(name, arg, loss_f32_dots):
   """The half-precision policy in the lowered pmapped step: every convolution and every matmul of the models
   (teacher included) takes and returns bf16, and the train state's buffers are donated (aliased to outputs)."""
-  from facejax.train.feed import replicate
   config = load_config(name, arg)
   setup = tb.build_training(config, config.bench.num_classes)
   sharding = batch_sharding()
@@ -57,9 +56,9 @@ def test_bf16_step_computes_in_bf16_and_donates_its_state(name, arg, loss_f32_do
   text = setup.p_step.lower(state, batch, replicate(setup.frozen, sharding)).as_text()
   ops = [(m.group(1), tuple(re.findall(r'x([a-z]\w*)>', line.rsplit(':', 1)[-1])))
          for line in text.splitlines() if (m := re.search(r'stablehlo\.(convolution|dot_general)', line))]
-  convs = [types for op, types in ops if op == 'convolution']
+  convs = [dtypes for op, dtypes in ops if op == 'convolution']
   assert len(convs) > 20 and set(convs) == {('bf16',) * 3}
-  dots = [types for op, types in ops if op == 'dot_general']
+  dots = [dtypes for op, dtypes in ops if op == 'dot_general']
   assert set(dots) <= {('bf16',) * 3, ('f32',) * 3} and dots.count(('f32',) * 3) == loss_f32_dots
   assert text.count('tf.aliasing_output') == len(jax.tree_util.tree_leaves(state))
 

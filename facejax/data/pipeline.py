@@ -296,9 +296,10 @@ def stage_timings(source, image_size: int, n: int = 64, rounds: int = 3) -> dict
   n = min(n, len(source))
   records = [source[i] for i in range(n)]
   crop = Augment(image_size, jitter=0.0)
-  images = [as_rgb_array(r['image'], crop.source_side()) for r in records]  # as train_loader decodes
+  side = crop.source_side()  # decoded as train_loader decodes
+  images = [as_rgb_array(r['image'], side) for r in records]
   crops = [crop({'image': x}, np.random.default_rng(k))['image'] for k, x in enumerate(images)]
-  stages = {'read': lambda k: source[k], 'decode': lambda k: as_rgb_array(records[k]['image'], crop.source_side()),
+  stages = {'read': lambda k: source[k], 'decode': lambda k: as_rgb_array(records[k]['image'], side),
             'crop_resize_flip': lambda k: crop({'image': images[k]}, np.random.default_rng(k)),
             'colour_jitter': lambda k: colour_jitter(crops[k], 1.1, 0.9, 1.15)}
   out = {}
