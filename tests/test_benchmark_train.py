@@ -208,6 +208,28 @@ def test_loader_throughput_skips_worker_start_up(monkeypatch):
   assert tb.loader_throughput(loader, batch_size=16, seconds=0) is None
 
 
+def test_img_per_s_counts_every_stall_of_the_feed(monkeypatch):
+  """img/s is images over the wall time of all timed steps: a feed that stalls once (a loader falling behind)
+  lowers it, while the median window (the step's own speed) does not see the stall."""
+  class StallingFeed(tb.ConstantFeed):
+    calls = 0
+
+    def __next__(self):
+      StallingFeed.calls += 1
+      if StallingFeed.calls == 4:  # 1 warm-up step, then the 3rd timed step (the second window)
+        time.sleep(1.0)
+      return self.batch
+
+  monkeypatch.setattr(tb, 'ConstantFeed', StallingFeed)
+  config = load_config('bench_resnet50', 'tiny,model=student_vgg')
+  r = tb.benchmark_training(config, steps=6, warmup=1, data='device', window=2)
+  wall_s = sum(r['window_ms']) * 2 / 1e3
+  assert r['img_per_s'] == pytest.approx(6 * config.batch_size / wall_s, rel=1e-3)
+  assert r['window_ms'][1] > 500 > max(r['window_ms'][0], r['window_ms'][2])
+  assert r['img_per_s_median_window'] == pytest.approx(config.batch_size / r['step_ms_median'] * 1e3, rel=1e-3)
+  assert r['img_per_s'] < r['img_per_s_median_window']
+
+
 def test_paired_table_pairs_device_and_pipeline_runs():
   base = dict(task='classify', label='resnet50', image_size=224, batch_size=256, model_kwargs={}, mfu=0.135,
               compile_s=25.0, xla_flags='--a=1')
@@ -223,3 +245,8 @@ def test_paired_table_pairs_device_and_pipeline_runs():
   assert rows[3] == '| classify | resnet50@224 (stem_space_to_depth=True) | 256 | 6,100 | - | - | 13.5% | 25.0 |'
   assert rows[4] == '| classify | resnet50@224 [--b=2] | 256 | 5,500 | - | - | 13.5% | 25.0 (cache) |'
   assert len(rows) == 7 and rows[-1] == 'XLA_FLAGS of every run: --a=1'
+  # A flag only the device runs share is theirs, not every run's (a pipeline run without it).
+  rows = tb.paired_table([dict(base, data='device', img_per_s=5618.0, xla_flags='--lhs'),
+                          dict(base, data='pipeline', prefetch='thread', cache='none', img_per_s=5000.0,
+                               xla_flags='')]).splitlines()
+  assert rows[2].startswith('| classify | resnet50@224 [--lhs] | 256 | 5,618 | - |') and len(rows) == 3

@@ -9,8 +9,9 @@ task, the optimizer, the TrainState, the pmapped step with the state donated) an
                    synthetic source), moved to the devices ahead of the step by `DeviceFeed`.
 
 Timing dispatches `window` steps back to back and blocks once at the end of each window (no host sync per
-step); the step time is the median over windows, so start-up transients (grain buffers filled during
-compilation) show in `window_ms` but not in the median. FLOPs come from the compiled step's cost analysis,
+step). `img_per_s` is images over the wall time of all timed steps, so every stall of the input pipeline counts;
+`step_ms_median` (the median window) is the step's own speed when the loader keeps up, and `window_ms` shows
+where it did not. FLOPs come from the compiled step's cost analysis,
 which for a pmapped step describes one device's program; MFU = those FLOPs / step time / the chip's dense bf16
 peak (`PEAK_BF16_TFLOPS`, or `peak_tflops=`). They are the FLOPs XLA executes (forward, backward, optimizer,
 BN), not an analytic 6ND model count.
@@ -691,8 +692,8 @@ def benchmark_training(config: ml_collections.ConfigDict, *, steps: int = 30, wa
       'steps': steps,
       'warmup': warmup,
       'window': window,
-      'img_per_s': round(config.batch_size / step_s, 1),
-      'img_per_s_mean': round(steps * config.batch_size / total_s, 1),
+      'img_per_s': round(steps * config.batch_size / total_s, 1),
+      'img_per_s_median_window': round(config.batch_size / step_s, 1),
       'step_ms_median': round(step_s * 1e3, 3),
       'step_ms_min': round(float(per_step.min()) * 1e3, 3),
       'step_ms_max': round(float(per_step.max()) * 1e3, 3),
@@ -817,7 +818,8 @@ def paired_table(records: list[dict]) -> str:
       pipeline.setdefault(key(r), r)
   lines = ['| task | model | batch | img/s on-device batch | img/s real pipeline | pipeline / device | MFU | '
            'compile s |', '|---|---|---:|---:|---:|---:|---:|---:|']
-  common = set.intersection(*(set(k[5].split()) for k in device)) if device else set()  # shown once, below
+  shown = [r for r in records if 'error' not in r]
+  common = set.intersection(*(set((r.get('xla_flags') or '').split()) for r in shown)) if shown else set()
   for k, d in device.items():
     p = pipeline.get(k)
     kwargs = ', '.join(f'{a}={b}' for a, b in json.loads(k[4]).items() if a not in TINY_FIELDS)
