@@ -1,11 +1,13 @@
 """Synthetic data and grain loaders: determinism, exact resume, shapes, P x K balance, sharding."""
 import json
 
+import jax
 import numpy as np
 import pytest
 
 from facejax.data import SyntheticFaces, SyntheticObjects, eval_batches, synthetic_pairs, train_loader
-from facejax.data.pipeline import Augment, center_crop, colour_jitter, resize_box
+from facejax.data.pipeline import (Augment, AugmentOnDevice, canvas_side, center_crop, colour_jitter, device_augment,
+                                   resize_box)
 from facejax.data.synthetic import SourceImages
 
 
@@ -90,6 +92,51 @@ def test_train_loader_shapes_determinism_and_exact_resume(sampler):
   _assert_batches_equal(rest, _take(resumed, 5))
   other = next(train_loader(src, **{**kw, 'seed': 4}))
   assert not np.array_equal(other['image'], b['image'])
+
+
+def _device_images(batch, size):
+  """An augment_on='device' batch -> its images made as the trainer makes them, [B, size, size, 3]."""
+  c = batch['image'].shape[-2]
+  return np.asarray(jax.jit(device_augment, static_argnums=2)(
+      batch['image'].reshape(-1, c, c, 3), batch['aug'].reshape(-1, 8), size))
+
+
+# (image side, output): canvas padded (49 > 40), exactly the image (40), the image shrunk on the host (40 < 48).
+@pytest.mark.parametrize('image_size,size,canvas,max_diff,mean_diff', [
+    (40, 40, 49, 2, 0.3), (40, 32, 40, 2, 0.3), (48, 16, 40, 12, 1.0)])
+def test_device_augment_matches_the_host_loader(image_size, size, canvas, max_diff, mean_diff):
+  """augment_on='device' carries the host loader's draws (same records, crop boxes, flips, jitter) and makes the
+  pixels in jit within 2 levels of Pillow's; only an image shrunk on the host to fit the canvas (interpolated
+  twice) strays further. The device loader resumes exactly too."""
+  src = SyntheticFaces(6, 4, image_size=image_size)
+  kw = dict(global_batch_size=8, image_size=size, seed=3, num_devices=2)
+  host = _take(train_loader(src, **kw), 3)
+  it = train_loader(src, augment_on='device', **kw)
+  dev = _take(it, 2)
+  state = json.loads(json.dumps(it.get_state()))
+  resumed = train_loader(src, augment_on='device', **kw)
+  resumed.set_state(state)
+  dev.append(next(resumed))
+  _assert_batches_equal(dev[2:], [next(it)])
+  for h, d in zip(host, dev):
+    np.testing.assert_array_equal(h['index'], d['index'])
+    assert d['image'].shape == (2, 4, canvas, canvas, 3) and d['aug'].shape == (2, 4, 8)
+    diff = np.abs(_device_images(d, size).astype(int) - h['image'].reshape(8, size, size, 3))
+    assert diff.max() <= max_diff and diff.mean() < mean_diff, (diff.max(), diff.mean())
+  with pytest.raises(ValueError, match="augment_on='gpu': expected 'host' or 'device'"):
+    train_loader(src, augment_on='gpu', **kw)
+
+
+def test_device_augment_of_a_non_square_image_and_no_jitter():
+  img = SyntheticFaces(2, 2, image_size=44)[1]['image'][7:37]  # 30 x 44: the canvas pads the rows
+  for aug in (Augment(24), Augment(24, jitter=0.0)):
+    dev = AugmentOnDevice(aug, canvas_side(aug, img))
+    want = aug({'image': img}, np.random.default_rng(1))['image']
+    r = dev({'image': img, 'label': 3}, np.random.default_rng(1))
+    assert dev.canvas == 44 and r['image'].shape == (44, 44, 3) and r['label'] == 3
+    np.testing.assert_array_equal(r['image'][30:], np.broadcast_to(img[-1], (14, 44, 3)))  # last row repeated
+    got = np.asarray(device_augment(r['image'][None], r['aug'][None], 24))[0]
+    assert np.abs(got.astype(int) - want).max() <= 2
 
 
 def test_random_sampler_visits_every_record_once_per_epoch():

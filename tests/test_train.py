@@ -166,6 +166,29 @@ def test_transfer_freezing_and_config_guard(tmp_path):
     train(c, str(tmp_path / 'frozen'))
 
 
+def test_augment_on_device_trains_like_the_host_and_old_workdirs_resume(tmp_path):
+  """data.augment_on='device' trains on the host's draws made into pixels on the devices: the first loss matches
+  the host-augmented run's. A workdir saved before the field existed resumes under its default ('host')."""
+  first = {}
+  for where in ('host', 'device'):
+    c = get_config()
+    c.total_steps, c.data.augment_on = 2, where
+    train(c, str(tmp_path / where))
+    first[where] = losses(str(tmp_path / where))
+  assert np.isfinite(first['device']).all() and first['device'][0] == pytest.approx(first['host'][0], rel=1e-2)
+  assert first['device'][0] != first['host'][0]  # the images did come from device_augment
+  path = tmp_path / 'host' / 'config.json'
+  saved = json.loads(path.read_text())
+  del saved['data']['augment_on']
+  path.write_text(json.dumps(saved))
+  c = get_config()
+  c.total_steps = 2
+  assert train(c, str(tmp_path / 'host')) == {'step': 2, 'resumed_finished': True}
+  c.data.augment_on = 'device'
+  with pytest.raises(ValueError, match=r"data.augment_on: 'host' -> 'device'"):
+    train(c, str(tmp_path / 'host'))
+
+
 def test_checkpoint_restores_without_model_code(tmp_path):
   c = get_config()
   c.total_steps = 2

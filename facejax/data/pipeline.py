@@ -186,20 +186,80 @@ class Augment:
     """Shortest image side whose smallest crop still spans image_size pixels: decoding larger is wasted."""
     return int(np.ceil(self.image_size / np.sqrt(self.area[0] / max(self.ratio[1], 1 / self.ratio[0]))))
 
-  def __call__(self, record: dict, rng: np.random.Generator) -> dict:
-    image = record['image']
-    h, w = image.shape[:2]
+  def draw(self, h: int, w: int, rng: np.random.Generator) -> tuple[tuple, bool, tuple | None]:
+    """One image's random choices -> (crop box (x0, y0, x1, y1) in pixels, flip, (brightness, contrast,
+    saturation) or None without jitter)."""
     side = min(h, w)
     area = side * side * rng.uniform(*self.area)
     ratio = np.exp(rng.uniform(np.log(self.ratio[0]), np.log(self.ratio[1])))
     cw, ch = min(np.sqrt(area * ratio), w), min(np.sqrt(area / ratio), h)
     x0, y0 = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
-    flip = rng.uniform() < 0.5
-    out = resize_box(image, (x0, y0, x0 + cw, y0 + ch), self.image_size, flip)
-    if self.jitter:
-      b, c, s = (float(v) for v in rng.uniform(1 - self.jitter, 1 + self.jitter, 3))
-      out = colour_jitter(out, b, c, s)
+    flip = bool(rng.uniform() < 0.5)
+    jitter = tuple(float(v) for v in rng.uniform(1 - self.jitter, 1 + self.jitter, 3)) if self.jitter else None
+    return (x0, y0, x0 + cw, y0 + ch), flip, jitter
+
+  def __call__(self, record: dict, rng: np.random.Generator) -> dict:
+    image = record['image']
+    box, flip, jitter = self.draw(*image.shape[:2], rng)
+    out = resize_box(image, box, self.image_size, flip)
+    if jitter:
+      out = colour_jitter(out, *jitter)
     return {**record, 'image': out}
+
+
+class AugmentOnDevice:
+  """grain random_map with the pixels left to the accelerator: `augment`'s draws (the same as `augment` makes
+  for the record) travel as numbers and `device_augment` applies them inside jit; the host only decodes.
+
+  record -> {'image': uint8 [C, C, 3] canvas (the image at the top left, its last row and column repeated to
+  fill; an image with a side over C is first shrunk on the host to fit, which blurs it a little more),
+  'aug': float32 [8] (crop box x0, y0, x1, y1 in canvas pixels, flip, brightness, contrast, saturation)}.
+  `canvas_side(augment, image)` picks C from a typical image."""
+
+  def __init__(self, augment: Augment, canvas: int):
+    self.augment, self.canvas = augment, canvas
+
+  def __call__(self, record: dict, rng: np.random.Generator) -> dict:
+    image, c = record['image'], self.canvas
+    h, w = image.shape[:2]
+    box, flip, jitter = self.augment.draw(h, w, rng)
+    if max(h, w) > c:
+      nw, nh = max(1, round(w * c / max(h, w))), max(1, round(h * c / max(h, w)))
+      image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+      box = (box[0] * nw / w, box[1] * nh / h, box[2] * nw / w, box[3] * nh / h)
+      h, w = nh, nw
+    if (h, w) != (c, c):
+      image = np.pad(image, ((0, c - h), (0, c - w), (0, 0)), mode='edge')
+    aug = np.array([*box, flip, *(jitter or (1.0, 1.0, 1.0))], np.float32)
+    return {**record, 'image': image, 'aug': aug}
+
+
+def canvas_side(augment: Augment, image: np.ndarray) -> int:
+  """`AugmentOnDevice`'s canvas side for images like `image` (decoded as the loader decodes): large enough for it
+  (face datasets are mostly one size: no resizing on the host), at least `augment.source_side()`, at most twice."""
+  side = augment.source_side()
+  return int(min(2 * side, max(side, *image.shape[:2])))
+
+
+def device_augment(images, aug, size: int):
+  """`AugmentOnDevice` canvases uint8 [B, C, C, 3] and their draws float32 [B, 8] -> uint8 [B, size, size, 3],
+  in jit: what `Augment` computes on the host (crop resized linear + antialiased, rounded; mirrored; colour
+  jitter, rounded and clipped), up to interpolation rounding (Pillow works in fixed point)."""
+  import jax
+  import jax.numpy as jnp
+
+  def one(image, p):
+    scale = jnp.stack([size / (p[3] - p[1]), size / (p[2] - p[0])])
+    x = jax.image.scale_and_translate(image.astype(jnp.float32), (size, size, 3), (0, 1), scale,
+                                      -jnp.stack([p[1], p[0]]) * scale, 'linear', antialias=True)
+    x = jnp.clip(jnp.floor(x + 0.5), 0, 255)
+    x = jnp.where(p[4] > 0.5, x[:, ::-1], x)
+    b, c, s = p[5], p[6], p[7]
+    grey = x @ jnp.asarray(_GREY)
+    offset = grey * (c * (1 - s)) + (grey.mean() * (b - c) + 0.5)
+    return jnp.clip(x * (c * s) + offset[..., None], 0, 255).astype(jnp.uint8)
+
+  return jax.vmap(one)(images, aug)
 
 
 _GREY = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601 luma
@@ -246,14 +306,16 @@ class ShardForDevices:
 
 
 def train_loader(source, *, global_batch_size: int, image_size: int, seed: int, num_devices: int,
-                 augment: bool = True, sampler: str = 'random', images_per_identity: int = 4,
-                 process_index: int = 0, process_count: int = 1, num_threads: int = 2, prefetch: int = 4,
-                 num_workers: int = 0) -> grain.DatasetIterator:
+                 augment: bool = True, augment_on: str = 'host', sampler: str = 'random',
+                 images_per_identity: int = 4, process_index: int = 0, process_count: int = 1, num_threads: int = 2,
+                 prefetch: int = 4, num_workers: int = 0) -> grain.DatasetIterator:
   """Infinite training batches from a record source (len, source[i] -> {'image', 'label', ...}).
 
   next(it) -> {'image': uint8 [D, B/D, S, S, 3] RGB, 'label': int32 [D, B/D], 'index': int32 [D, B/D]} with
   D = num_devices and B = global_batch_size / process_count (this process's share). sampler: 'random'
   (epoch-wise shuffles) or 'identity' (P identities x K = images_per_identity images per batch).
+  augment_on='device' (with augment): the batches hold `AugmentOnDevice` canvases [D, B/D, C, C, 3] and
+  their draws 'aug' [D, B/D, 8] instead; `device_augment` makes the images on the accelerator.
   it.get_state() is a JSON-serialisable dict; it.set_state(state) resumes bit-exactly (on a loader built with
   the same arguments; the state's layout depends on num_workers). num_threads and num_workers (processes,
   grain mp_prefetch; close() the iterator to stop them) change throughput only, never the batches.
@@ -274,10 +336,14 @@ def train_loader(source, *, global_batch_size: int, image_size: int, seed: int, 
                                   process_count)
   else:
     raise ValueError(f"train_loader: unknown sampler {sampler!r}; expected 'random' or 'identity'")
+  if augment_on not in ('host', 'device'):
+    raise ValueError(f"train_loader: augment_on={augment_on!r}: expected 'host' or 'device'")
   # Large JPEGs decode at a reduced scale that still covers the output (decode_image's reduce_to).
   if augment:
     aug = Augment(image_size)
     ds = positions.map(ReadRecord(source, aug.source_side()))
+    if augment_on == 'device':
+      aug = AugmentOnDevice(aug, canvas_side(aug, ReadRecord(source, aug.source_side())(0)['image']))
     ds = ds.map_with_index(AugmentAtPosition(aug, positions, seed * 1000003))
   else:
     ds = positions.map(ReadRecord(source, image_size)).map(CenterCrop(image_size))

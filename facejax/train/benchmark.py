@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from facejax.train.feed import DeviceFeed, batch_sharding, replicate
+from facejax.train.feed import DeviceFeed, batch_sharding, device_augmenter, replicate
 from facejax.train.state import create_train_state, make_optimizer
 from facejax.train.steps import AXIS, make_p_train_step, train_step
 from facejax.train.tasks import ModelIO, make_task
@@ -365,13 +365,13 @@ def _pipeline(config, image_size: int, num_classes: int, sharding, log) -> tuple
   info['source_s'] = round(time.perf_counter() - t0, 2)
   n_dev = len(sharding.device_set)
   loader = fdata.train_loader(source, global_batch_size=config.batch_size, image_size=image_size, seed=config.seed,
-                              num_devices=n_dev, augment=config.data.augment, sampler=config.data.sampler,
-                              images_per_identity=config.data.images_per_identity,
+                              num_devices=n_dev, augment=config.data.augment, augment_on=config.data.augment_on,
+                              sampler=config.data.sampler, images_per_identity=config.data.images_per_identity,
                               process_index=jax.process_index(), process_count=jax.process_count(),
                               num_threads=b.num_threads, prefetch=b.grain_prefetch, num_workers=workers)
   info.update(num_workers=workers, num_threads=b.num_threads, grain_prefetch=b.grain_prefetch,
               prefetch=b.prefetch, prefetch_depth=b.prefetch_depth, augment=bool(config.data.augment),
-              sampler=config.data.sampler)
+              augment_on=config.data.augment_on if config.data.augment else None, sampler=config.data.sampler)
   if b.loader_seconds > 0:
     m = loader_throughput(loader, config.batch_size // jax.process_count(), b.loader_seconds,
                           warmup_batches=loader_warmup_batches(workers, b.grain_prefetch))
@@ -380,7 +380,10 @@ def _pipeline(config, image_size: int, num_classes: int, sharding, log) -> tuple
                 loader_warmup_s=round(m['warmup_s'], 2))
     log(f'loader alone: {info["loader_img_per_s"]} img/s over {m["batches"]} batches, after '
         f'{m["warmup_batches"]} warm-up batches in {m["warmup_s"]:.1f}s ({workers} workers x {b.num_threads} threads)')
-  return DeviceFeed(loader, sharding, mode=b.prefetch, depth=b.prefetch_depth), info, loader
+  on_device = config.data.augment and config.data.augment_on == 'device'
+  return DeviceFeed(loader, sharding, mode=b.prefetch, depth=b.prefetch_depth,
+                    keys=('image', 'label') + (('aug',) if on_device else ()),
+                    transform=device_augmenter(image_size) if on_device else None), info, loader
 
 
 # ------------------------------------------------------------------------------------------------ profiling

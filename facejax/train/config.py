@@ -28,7 +28,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       source='synthetic',  # facejax.data.make_source name
       kwargs=ml_collections.ConfigDict(dict(num_identities=100, images_per_identity=30, image_size=64)),
-      augment=True, sampler='random', images_per_identity=4))  # sampler 'identity': P x K batches
+      augment=True, sampler='random', images_per_identity=4,  # sampler 'identity': P x K batches
+      augment_on='host'))  # 'device': the host decodes, the accelerator crops, flips and jitters (same draws)
 
   # Where the weights start: '' (random), a facejax run dir, or a converted checkpoint dir (launch.convert).
   # mode 'backbone' copies the backbone only (transfer: new embedding + classifier); 'all' copies every matching tensor.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
@@ -40,7 +40,8 @@ class DeviceFeed:
   mode 'device_put'  flax's prefetch_to_device: `depth` batches put on the devices ahead, pulled and put by
                      the training thread between dispatches.
   mode 'none'        numpy straight into the step (pmap copies it to the devices inside the call).
-  `wait_s` collects the seconds the training thread waited in each `next()`.
+  `wait_s` collects the seconds the training thread waited in each `next()`. `transform` (a pmapped function,
+  e.g. `device_augmenter`) is dispatched on each batch once it is on the devices.
 
   Reading ahead moves the wrapped iterator past the batches the step has consumed. With `track_state=True`
   the iterator's `get_state()` is read after every pull, and `get_state()` here returns the state after the
@@ -48,11 +49,12 @@ class DeviceFeed:
   """
 
   def __init__(self, iterator: Iterator[dict], sharding, *, mode: str = 'thread', depth: int = 2,
-               keys: tuple[str, ...] = ('image', 'label'), track_state: bool = False):
+               keys: tuple[str, ...] = ('image', 'label'), track_state: bool = False,
+               transform: Callable[[dict], dict] | None = None):
     if mode not in ('thread', 'device_put', 'none'):
       raise ValueError(f"DeviceFeed: mode={mode!r}: expected 'thread', 'device_put' or 'none'")
     self._it, self._sharding, self.mode, self._depth, self._keys = iterator, sharding, mode, max(1, depth), keys
-    self._track = track_state
+    self._track, self._transform = track_state, transform
     self._state = iterator.get_state() if track_state else None
     self.wait_s: list[float] = []
     self._ahead: list = []
@@ -66,7 +68,9 @@ class DeviceFeed:
     batch = next(self._it)
     state = self._it.get_state() if self._track else None
     batch = {k: batch[k] for k in self._keys}
-    return (jax.device_put(batch, self._sharding) if put else batch), state
+    if put:
+      batch = jax.device_put(batch, self._sharding)
+    return (batch if self._transform is None else self._transform(batch)), state
 
   def _fill(self):
     try:
@@ -114,3 +118,16 @@ class DeviceFeed:
     self._stop.set()
     if self.mode == 'thread':
       self._thread.join(timeout=5)
+
+
+def device_augmenter(image_size: int) -> Callable[[dict], dict]:
+  """pmapped: a batch of `AugmentOnDevice` canvases and draws ('aug') -> the same batch with its augmented
+  uint8 [S, S, 3] images made on the devices (`facejax.data.pipeline.device_augment`) and no 'aug'."""
+  from facejax.data.pipeline import device_augment
+
+  def make(batch: dict) -> dict:
+    out = {k: v for k, v in batch.items() if k != 'aug'}
+    out['image'] = device_augment(batch['image'], batch['aug'], image_size)
+    return out
+
+  return jax.pmap(make, axis_name=AXIS)

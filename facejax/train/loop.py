@@ -16,13 +16,15 @@ from tqdm import tqdm
 
 from facejax import data as fdata
 from facejax.train import checkpoint as ckpt
-from facejax.train.feed import DeviceFeed, batch_sharding
+from facejax.train.feed import DeviceFeed, batch_sharding, device_augmenter
 from facejax.train.state import TrainState, create_train_state, make_optimizer
 from facejax.train.steps import make_p_train_step
 from facejax.train.tasks import ModelIO, make_task, teacher_outputs
 
 # Fields that may change between a run and its resumption without changing what is computed.
 RUNTIME_FIELDS = ('resume', 'log_every', 'progress', 'prefetch', 'eval_every', 'keep_checkpoints', 'checkpoint_every')
+# Fields added after runs were made, with the value that reproduces what those runs did (absent = this value).
+ADDED_FIELDS = {'data.augment_on': 'host'}
 
 
 def _config_diff(a: dict, b: dict, prefix: str = '') -> list[str]:
@@ -31,7 +33,8 @@ def _config_diff(a: dict, b: dict, prefix: str = '') -> list[str]:
   for k in keys:
     if not prefix and k in RUNTIME_FIELDS:
       continue
-    va, vb = a.get(k, '<missing>'), b.get(k, '<missing>')
+    missing = ADDED_FIELDS.get(f'{prefix}{k}', '<missing>')
+    va, vb = a.get(k, missing), b.get(k, missing)
     if isinstance(va, dict) and isinstance(vb, dict):
       out += _config_diff(va, vb, f'{prefix}{k}.')
     elif va != vb:
@@ -177,7 +180,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   loader = fdata.train_loader(source, global_batch_size=config.batch_size, image_size=load_size,
                               seed=config.seed, num_devices=n_dev, augment=config.data.augment,
-                              sampler=config.data.sampler, images_per_identity=config.data.images_per_identity,
+                              augment_on=config.data.augment_on, sampler=config.data.sampler, images_per_identity=config.data.images_per_identity,
                               process_index=jax.process_index(), process_count=n_proc)
   manager = ckpt.checkpoint_manager(workdir, config.keep_checkpoints)
   start = manager.latest_step()
@@ -194,8 +197,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   pstate = jax_utils.replicate(state)
   # Batches are copied to the devices ahead of the step; the feed reports the loader state of the last batch
   # handed out, so a checkpoint never skips the batches still queued.
-  feed = DeviceFeed(loader, batch_sharding(), mode=config.prefetch, depth=2, keys=('image', 'label', 'index'),
-                    track_state=True)
+  on_device = config.data.augment and config.data.augment_on == 'device'
+  feed = DeviceFeed(loader, batch_sharding(), mode=config.prefetch, depth=2, track_state=True,
+                    keys=('image', 'label', 'index') + (('aug',) if on_device else ()),
+                    transform=device_augmenter(load_size) if on_device else None)
   writer = MetricWriter(workdir)
   last, t0, seen = {}, time.perf_counter(), 0
   bar = tqdm(total=config.total_steps, initial=start, desc=f'{config.task} {os.path.basename(workdir)}',
