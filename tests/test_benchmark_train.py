@@ -70,6 +70,9 @@ def test_classify_device_then_pipeline(tmp_path):
                             profile_steps=2, hlo_out=hlo)
   check(r, steps=4, window=2, data='device')
   assert r['per_device_batch'] == 4 and r['num_classes'] == 16
+  # Model FLOPs (convs + matmuls of the jaxpr) sit just under XLA's count of the whole compiled step (which adds
+  # BN, activations and the optimizer), and are what MFU is made of.
+  assert 0.8 * r['gflops_xla_compiled'] < r['gflops_per_step_per_device'] < r['gflops_xla_compiled']
   with gzip.open(hlo, 'rt') as f:
     assert f.read().startswith('HloModule') and r['hlo_file_bytes'] == os.path.getsize(hlo)
   # CPU: no device planes; the XLA ops tagged with their hlo_op on the host threads stand in.

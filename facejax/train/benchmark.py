@@ -11,10 +11,11 @@ task, the optimizer, the TrainState, the pmapped step with the state donated) an
 Timing dispatches `window` steps back to back and blocks once at the end of each window (no host sync per
 step). `img_per_s` is images over the wall time of all timed steps, so every stall of the input pipeline counts;
 `step_ms_median` (the median window) is the step's own speed when the loader keeps up, and `window_ms` shows
-where it did not. FLOPs come from the compiled step's cost analysis,
-which for a pmapped step describes one device's program; MFU = those FLOPs / step time / the chip's dense bf16
-peak (`PEAK_BF16_TFLOPS`, or `peak_tflops=`). They are the FLOPs XLA executes (forward, backward, optimizer,
-BN), not an analytic 6ND model count.
+where it did not. FLOPs are one device's model FLOPs: the convolutions and matmuls of the forward and backward
+pass in the step's jaxpr (`jaxpr_flops`, counted as XLA counts them), the same on every backend (on GPU XLA's
+own count of the compiled step cannot see inside the cuDNN/cuBLAS calls; it is kept as `gflops_xla_compiled`).
+MFU = those FLOPs x steps / timed wall time / the chip's dense bf16 peak (`PEAK_BF16_TFLOPS`, or
+`peak_tflops=`).
 
 The `bench` config section (`bench_section()`) holds what only the benchmark needs: a fixed class count (so the
 device and pipeline runs compile the same program), a randomly initialised distillation teacher named by
@@ -618,17 +619,10 @@ def benchmark_training(config: ml_collections.ConfigDict, *, steps: int = 30, wa
     except Exception as e:  # pylint: disable=broad-except  # not every backend prints its executable
       hlo = {'hlo_error': _error(e)}
 
-  from facejax.inference.benchmark import compiled_flops
-  # One device's program (pmap compiles the per-device computation). The optimized module's count is the one
-  # to trust, unless the backend cannot see inside its library calls (then it reads low): fall back to the
-  # count of the unoptimized module.
-  flops_compiled = compiled_flops(compiled)
-  # pmap's Lowered has no cost analysis on every backend (None on GPU); the same per-device step under vmap
-  # lowers to the same unoptimized HLO, whose count sees every convolution (GPU cuDNN calls are opaque later).
-  flops_lowered = compiled_flops(lowered) or compiled_flops(
-      jax.jit(jax.vmap(setup.step_fn, axis_name=AXIS)).lower(pstate, example, frozen))
-  use_lowered = bool(flops_lowered) and (not flops_compiled or flops_compiled < 0.5 * flops_lowered)
-  flops = flops_lowered if use_lowered else flops_compiled
+  from facejax.inference.benchmark import compiled_flops, jaxpr_flops
+  one_device = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), (pstate, example, frozen))
+  flops = jaxpr_flops(setup.step_fn, *one_device, axis_env=[(AXIS, jax.device_count())])
+  flops_xla = compiled_flops(compiled)  # pmap compiles one device's program
 
   record: dict = {}
   loader = None
@@ -707,14 +701,13 @@ def benchmark_training(config: ml_collections.ConfigDict, *, steps: int = 30, wa
       'lower_s': round(lower_s, 2),
       'compile_cache_hit': cache_hit,  # compile_s then measures loading the executable, not compiling it
       'setup_s': round(setup_s, 2),
-      'gflops_per_step_per_device': None if flops is None else round(flops / 1e9, 3),
-      'flops_source': None if flops is None else ('lowered' if use_lowered else 'compiled'),
-      'gflops_compiled': None if flops_compiled is None else round(flops_compiled / 1e9, 3),
-      'gflops_lowered': None if flops_lowered is None else round(flops_lowered / 1e9, 3),
-      'train_gflops_per_image': None if flops is None else round(flops / per_device_batch / 1e9, 3),
-      'tflops_per_s_per_device': None if flops is None else round(flops / step_s / 1e12, 2),
+      'gflops_per_step_per_device': round(flops / 1e9, 3),
+      'flops_source': 'jaxpr: convolutions and matmuls, forward and backward',
+      'gflops_xla_compiled': None if flops_xla is None else round(flops_xla / 1e9, 3),
+      'train_gflops_per_image': round(flops / per_device_batch / 1e9, 3),
+      'tflops_per_s_per_device': round(flops * steps / total_s / 1e12, 2),
       'peak_tflops': peak,
-      'mfu': None if (flops is None or not peak) else round(flops / step_s / (peak * 1e12), 4),
+      'mfu': round(flops * steps / total_s / (peak * 1e12), 4) if peak else None,
       'memory': _memory(devices, compiled),
       **hlo,
       'profile': profile,
