@@ -95,8 +95,10 @@ def test_classify_device_then_pipeline(tmp_path):
 
 def test_distill_random_teacher():
   config = load_config('bench_distill', 'tiny,teacher=vgg_small,student=student_vgg')
+  config.bench.teacher.image_size = 48  # batches come at the teacher's larger size, as the trainer loads them
   r = tb.benchmark_training(config, steps=2, warmup=1, data='device', window=2)
   check(r, steps=2, window=2, data='device')
+  assert r['image_size'] == 32 and r['teacher_image_size'] == r['load_size'] == 48
   assert r['teacher'] == 'vgg_small' and r['label'] == 'vgg_small->student_vgg' and r['teacher_params'] > 0
   assert {'embed_loss', 'soft_loss', 'hard_loss'} <= set(r['metrics'])
 
@@ -111,13 +113,14 @@ def test_cli_siamese_pipeline_from_prepared_folders(tmp_path):
   cmd = [sys.executable, '-m', 'launch.benchmark_train',
          f'--config=configs/bench_siamese.py:tiny,model=student_vgg,data_dir={data_dir}', '--data=pipeline',
          '--steps=2', '--warmup=1', '--window=1', '--name=siamese_pipeline', f'--json_out={json_out}',
-         '--config.bench.prefetch=thread']
+         '--config.bench.prefetch=thread', '--config.data.augment_on=device']
   p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert p.returncode == 0, p.stderr[-3000:]
   r = json.loads(json_out.read_text())
   check(r, steps=2, window=1, data='pipeline')
   assert r['name'] == 'siamese_pipeline' and r['task'] == 'siamese'
   assert r['data_source'] == 'folders' and r['encoded'] and r['records'] == 24 and r['prefetch'] == 'thread'
+  assert r['augment_on'] == 'device'
   table = tb.summary_table([r, {'name': 'broken', 'error': 'timeout after 90 s'}])
   assert 'siamese_pipeline' in table and 'failed: timeout' in table
 

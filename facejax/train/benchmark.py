@@ -595,9 +595,11 @@ def benchmark_training(config: ml_collections.ConfigDict, *, steps: int = 30, wa
   setup = build_training(config, num_classes)
   sharding = batch_sharding(devices)
   image_size = setup.student.image_size
+  # As the trainer loads them: at the larger input size of student and teacher, each model resizing to its own.
+  load_size = max(image_size, setup.teacher.image_size if setup.teacher else 0)
   pstate = replicate(setup.state, sharding)
   frozen = replicate(setup.frozen, sharding)
-  example = device_batch(config, image_size, num_classes, sharding)
+  example = device_batch(config, load_size, num_classes, sharding)
   jax.block_until_ready((pstate, frozen, example))
   setup_s = time.perf_counter() - t_start
   log(f'setup {setup_s:.1f}s: {_label(config)} {config.task}, {setup.params / 1e6:.2f}M params, '
@@ -631,7 +633,7 @@ def benchmark_training(config: ml_collections.ConfigDict, *, steps: int = 30, wa
     record.update(data_source='device: one random uint8 batch, on the devices, reused every step', cache=None)
   else:
     del example
-    feed, info, loader = _pipeline(config, image_size, num_classes, sharding, log)
+    feed, info, loader = _pipeline(config, load_size, num_classes, sharding, log)
     record.update(info)
 
   try:
@@ -681,6 +683,7 @@ def benchmark_training(config: ml_collections.ConfigDict, *, steps: int = 30, wa
       'batch_size': int(config.batch_size),
       'per_device_batch': per_device_batch,
       'image_size': image_size,
+      'load_size': load_size,
       'teacher_image_size': teacher.image_size if teacher else None,
       'dtype': 'bfloat16' if config.half_precision else 'float32',
       'num_classes': num_classes,
