@@ -243,16 +243,21 @@ def test_paired_table_pairs_device_and_pipeline_runs():
              dict(base, data='device', img_per_s=1.0, compile_s=3.0),  # the profile run: the first one counts
              dict(base, data='pipeline', prefetch='thread', cache='decoded', img_per_s=1399.0),  # not the pairing
              dict(base, data='pipeline', prefetch='thread', cache='none', img_per_s=5597.0, mfu=None),
+             dict(base, data='pipeline', prefetch='thread', cache='none', img_per_s=5610.0, augment_on='device'),
+             dict(base, data='pipeline', prefetch='none', cache='none', img_per_s=5700.0, augment_on='device'),
              dict(base, data='device', img_per_s=6100.0, model_kwargs={'stem_space_to_depth': True}),
+             dict(base, data='pipeline', prefetch='thread', cache='none', img_per_s=4800.0, augment_on='host',
+                  model_kwargs={'stem_space_to_depth': True}),
              dict(base, data='device', img_per_s=5500.0, xla_flags='--a=1 --b=2', compile_cache_hit=True),
              {'name': 'broken', 'error': 'timeout'}]
   rows = tb.paired_table(records).splitlines()
-  assert rows[2] == '| classify | resnet50@224 | 256 | 5,618 | 5,597 | 1.00 | 13.5% | 25.0 |'
-  assert rows[3] == '| classify | resnet50@224 (stem_space_to_depth=True) | 256 | 6,100 | - | - | 13.5% | 25.0 |'
-  assert rows[4] == '| classify | resnet50@224 [--b=2] | 256 | 5,500 | - | - | 13.5% | 25.0 (cache) |'
+  assert rows[2] == '| classify | resnet50@224 | 256 | 5,618 | 5,597 | 5,610 | 1.00 | 13.5% | 25.0 |'
+  assert rows[3] == ('| classify | resnet50@224 (stem_space_to_depth=True) | 256 | 6,100 | 4,800 | - | 0.79 | 13.5% '
+                     '| 25.0 |')
+  assert rows[4] == '| classify | resnet50@224 [--b=2] | 256 | 5,500 | - | - | - | 13.5% | 25.0 (cache) |'
   assert len(rows) == 7 and rows[-1] == 'XLA_FLAGS of every run: --a=1'
   # A flag only the device runs share is theirs, not every run's (a pipeline run without it).
   rows = tb.paired_table([dict(base, data='device', img_per_s=5618.0, xla_flags='--lhs'),
                           dict(base, data='pipeline', prefetch='thread', cache='none', img_per_s=5000.0,
                                xla_flags='')]).splitlines()
-  assert rows[2].startswith('| classify | resnet50@224 [--lhs] | 256 | 5,618 | - |') and len(rows) == 3
+  assert rows[2].startswith('| classify | resnet50@224 [--lhs] | 256 | 5,618 | - | - |') and len(rows) == 3
