@@ -1,6 +1,7 @@
 """Loader throughput: decode + augment + batch, images/s, and the per-image cost of each stage, as JSON.
 
-  python -m launch.benchmark_data [--data_dir=... --name=...] [--sizes=112,224] [--workers=0,2] [--augment_on=host,device]
+  python -m launch.benchmark_data [--data_dir=... --name=...] [--sizes=112,224] [--workers=0,2]
+      [--augment_on=host,device]
 
 Without --name it writes a temporary identity-folder tree of 250x250 JPEG faces (LFW-sized; --side=1000 for large
 photos, which decode at a reduced DCT scale), prepares it as ArrayRecord and reads it back through TfdsSource ->

@@ -230,9 +230,9 @@ def test_img_per_s_counts_every_stall_of_the_feed(monkeypatch):
   config = load_config('bench_resnet50', 'tiny,model=student_vgg')
   r = tb.benchmark_training(config, steps=6, warmup=1, data='device', window=2)
   wall_s = sum(r['window_ms']) * 2 / 1e3
-  assert r['img_per_s'] == pytest.approx(6 * config.batch_size / wall_s, rel=1e-3)
+  assert r['img_per_s'] == pytest.approx(6 * config.batch_size / wall_s, abs=0.1)  # rounded to 0.1
   assert r['window_ms'][1] > 500 > max(r['window_ms'][0], r['window_ms'][2])
-  assert r['img_per_s_median_window'] == pytest.approx(config.batch_size / r['step_ms_median'] * 1e3, rel=1e-3)
+  assert r['img_per_s_median_window'] == pytest.approx(config.batch_size / r['step_ms_median'] * 1e3, abs=0.1)
   assert r['img_per_s'] < r['img_per_s_median_window']
 
 

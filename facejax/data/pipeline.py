@@ -245,7 +245,7 @@ def device_augment(images, aug, size: int):
   """`AugmentOnDevice` canvases uint8 [B, C, C, 3] and their draws float32 [B, 8] -> uint8 [B, size, size, 3],
   in jit: what `Augment` computes on the host (crop resized linear + antialiased, rounded; mirrored; colour
   jitter, rounded and clipped), up to interpolation rounding (Pillow works in fixed point)."""
-  import jax
+  import jax  # here only: grain's worker processes import this module and need no jax
   import jax.numpy as jnp
 
   def one(image, p):

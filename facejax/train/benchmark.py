@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from facejax.train.feed import DeviceFeed, batch_sharding, device_augmenter, replicate
+from facejax.train.feed import DeviceFeed, batch_sharding, device_augmentation, replicate
 from facejax.train.state import create_train_state, make_optimizer
 from facejax.train.steps import AXIS, make_p_train_step, train_step
 from facejax.train.tasks import ModelIO, make_task
@@ -381,10 +381,9 @@ def _pipeline(config, image_size: int, num_classes: int, sharding, log) -> tuple
                 loader_warmup_s=round(m['warmup_s'], 2))
     log(f'loader alone: {info["loader_img_per_s"]} img/s over {m["batches"]} batches, after '
         f'{m["warmup_batches"]} warm-up batches in {m["warmup_s"]:.1f}s ({workers} workers x {b.num_threads} threads)')
-  on_device = config.data.augment and config.data.augment_on == 'device'
-  return DeviceFeed(loader, sharding, mode=b.prefetch, depth=b.prefetch_depth,
-                    keys=('image', 'label') + (('aug',) if on_device else ()),
-                    transform=device_augmenter(image_size) if on_device else None), info, loader
+  extra_keys, transform = device_augmentation(config.data, image_size)
+  return DeviceFeed(loader, sharding, mode=b.prefetch, depth=b.prefetch_depth, keys=('image', 'label') + extra_keys,
+                    transform=transform), info, loader
 
 
 # ------------------------------------------------------------------------------------------------ profiling

@@ -41,7 +41,7 @@ class DeviceFeed:
                      the training thread between dispatches.
   mode 'none'        numpy straight into the step (pmap copies it to the devices inside the call).
   `wait_s` collects the seconds the training thread waited in each `next()`. `transform` (a pmapped function,
-  e.g. `device_augmenter`) is dispatched on each batch once it is on the devices.
+  e.g. from `device_augmentation`) is dispatched on each batch once it is on the devices.
 
   Reading ahead moves the wrapped iterator past the batches the step has consumed. With `track_state=True`
   the iterator's `get_state()` is read after every pull, and `get_state()` here returns the state after the
@@ -120,9 +120,13 @@ class DeviceFeed:
       self._thread.join(timeout=5)
 
 
-def device_augmenter(image_size: int) -> Callable[[dict], dict]:
-  """pmapped: a batch of `AugmentOnDevice` canvases and draws ('aug') -> the same batch with its augmented
-  uint8 [S, S, 3] images made on the devices (`facejax.data.pipeline.device_augment`) and no 'aug'."""
+def device_augmentation(data_config, image_size: int) -> tuple[tuple[str, ...], Callable[[dict], dict] | None]:
+  """What a DeviceFeed needs for `data_config` (config.data): the extra batch keys to keep and the `transform`.
+  With augment_on='device': ('aug',) and a pmapped function that makes each batch's augmented uint8 [S, S, 3]
+  images from its `AugmentOnDevice` canvases and draws on the devices (`facejax.data.pipeline.device_augment`)
+  and drops 'aug'; otherwise ((), None)."""
+  if not (data_config.augment and data_config.augment_on == 'device'):
+    return (), None
   from facejax.data.pipeline import device_augment
 
   def make(batch: dict) -> dict:
@@ -130,4 +134,4 @@ def device_augmenter(image_size: int) -> Callable[[dict], dict]:
     out['image'] = device_augment(batch['image'], batch['aug'], image_size)
     return out
 
-  return jax.pmap(make, axis_name=AXIS)
+  return ('aug',), jax.pmap(make, axis_name=AXIS)

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from facejax import data as fdata
 from facejax.train import checkpoint as ckpt
-from facejax.train.feed import DeviceFeed, batch_sharding, device_augmenter
+from facejax.train.feed import DeviceFeed, batch_sharding, device_augmentation
 from facejax.train.state import TrainState, create_train_state, make_optimizer
 from facejax.train.steps import make_p_train_step
 from facejax.train.tasks import ModelIO, make_task, teacher_outputs
@@ -180,7 +180,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   loader = fdata.train_loader(source, global_batch_size=config.batch_size, image_size=load_size,
                               seed=config.seed, num_devices=n_dev, augment=config.data.augment,
-                              augment_on=config.data.augment_on, sampler=config.data.sampler, images_per_identity=config.data.images_per_identity,
+                              augment_on=config.data.augment_on, sampler=config.data.sampler,
+                              images_per_identity=config.data.images_per_identity,
                               process_index=jax.process_index(), process_count=n_proc)
   manager = ckpt.checkpoint_manager(workdir, config.keep_checkpoints)
   start = manager.latest_step()
@@ -197,10 +198,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   pstate = jax_utils.replicate(state)
   # Batches are copied to the devices ahead of the step; the feed reports the loader state of the last batch
   # handed out, so a checkpoint never skips the batches still queued.
-  on_device = config.data.augment and config.data.augment_on == 'device'
+  extra_keys, transform = device_augmentation(config.data, load_size)
   feed = DeviceFeed(loader, batch_sharding(), mode=config.prefetch, depth=2, track_state=True,
-                    keys=('image', 'label', 'index') + (('aug',) if on_device else ()),
-                    transform=device_augmenter(load_size) if on_device else None)
+                    keys=('image', 'label', 'index') + extra_keys, transform=transform)
   writer = MetricWriter(workdir)
   last, t0, seen = {}, time.perf_counter(), 0
   bar = tqdm(total=config.total_steps, initial=start, desc=f'{config.task} {os.path.basename(workdir)}',
