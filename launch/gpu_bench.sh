@@ -29,10 +29,10 @@
 # $OUT/summary.json, so a run cut short still returns what it measured; $OUT/summary.md closes. $OUT keeps few
 # files, each under 16 MiB: summary.json, summary.md and profile/ (trace and HLO, gzipped).
 # The compiled steps go to a persistent compilation cache, so the pipeline and profile runs reuse the device run's.
-# Env: OUT, PYTHON (python3), FJ_BENCH_ONLY (names to run), FJ_BENCH_BEST, FJ_BENCH_PIPE_STEPS (e.g. '--steps=300 --warmup=20'),
-# FJ_BENCH_BUDGET_S (540), FJ_BENCH_PROFILE (1; 0: no profile run), FJ_BENCH_DATA_DIR (/tmp/fj_bench_data),
-# FJ_BENCH_WORK (/tmp/fj_bench_runs), FJ_BENCH_TINY, FJ_BENCH_WORKERS (grain worker processes; default
-# cpu_count - 4), XLA_FLAGS (recorded in every JSON).
+# Env: OUT, PYTHON (python3), FJ_BENCH_ONLY (names to run), FJ_BENCH_BEST, FJ_BENCH_PIPE_STEPS (e.g.
+# '--steps=300 --warmup=20'), FJ_BENCH_BUDGET_S (540), FJ_BENCH_PROFILE (1; 0: no profile run), FJ_BENCH_DATA_DIR
+# (/tmp/fj_bench_data), FJ_BENCH_WORK (/tmp/fj_bench_runs), FJ_BENCH_TINY, FJ_BENCH_WORKERS (grain worker
+# processes; default cpu_count - 4), XLA_FLAGS (recorded in every JSON).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 START=$(date +%s)
@@ -202,14 +202,11 @@ run classify_r50_device_best "$CAP_BIG" --config="$R50:$BEST$ARG" --data=device 
 wait_prep
 # The goal is end to end: the fastest config through the loader, the augmentation on the GPU and on the host.
 for aug in devaug host; do
-  for prefetch in thread none; do
-    name=classify_r50_pipeline_best
-    [[ $aug == devaug ]] && name+=_devaug
-    [[ $prefetch == none ]] && name+=_noprefetch
-    # shellcheck disable=SC2046
-    run "$name" "$CAP_SMALL" --config="$R50:$BEST,data_dir=$DATA_DIR$ARG" "${PIPE[@]}" \
-      --config.bench.prefetch=$prefetch $([[ $aug == devaug ]] && echo $DEVAUG)
-  done
+  flag='' sfx=''
+  [[ $aug == devaug ]] && flag=$DEVAUG sfx=_devaug
+  run "classify_r50_pipeline_best$sfx" "$CAP_SMALL" --config="$R50:$BEST,data_dir=$DATA_DIR$ARG" "${PIPE[@]}" $flag
+  run "classify_r50_pipeline_best${sfx}_noprefetch" "$CAP_SMALL" --config="$R50:$BEST,data_dir=$DATA_DIR$ARG" \
+    "${PIPE[@]}" --config.bench.prefetch=none $flag
 done
 run classify_r50_pipeline_devaug "$CAP_SMALL" --config="$R50:data_dir=$DATA_DIR$ARG" "${PIPE[@]}" $DEVAUG
 run classify_r50_pipeline "$CAP_SMALL" --config="$R50:data_dir=$DATA_DIR$ARG" "${PIPE[@]}"

@@ -10,8 +10,6 @@ reference. Gradients are taken with jax.vjp and a given cotangent, so the only o
 (jax.grad of a sum(y * c) would add the multiply and the reduction to XLA's count). XLA keeps its counts as
 float32, hence rel=1e-6.
 """
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -158,8 +156,6 @@ def test_resnet50_forward_is_8_2_gflops():
   model = build_classifier('resnet50', 1000)
   x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
   variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)
-  t0 = time.perf_counter()
   flops = jaxpr_flops(lambda v, x: model.apply(v, x), variables, x)
-  assert time.perf_counter() - t0 < 5
   # 7.90e9: the usual 4.09 GMACs (8.18e9) count the taps on zero padding, which XLA (and so this) does not.
   assert flops == pytest.approx(2 * 4.09e9, rel=0.05)
