@@ -341,9 +341,10 @@ def train_loader(source, *, global_batch_size: int, image_size: int, seed: int, 
   # Large JPEGs decode at a reduced scale that still covers the output (decode_image's reduce_to).
   if augment:
     aug = Augment(image_size)
-    ds = positions.map(ReadRecord(source, aug.source_side()))
+    read = ReadRecord(source, aug.source_side())
+    ds = positions.map(read)
     if augment_on == 'device':
-      aug = AugmentOnDevice(aug, canvas_side(aug, ReadRecord(source, aug.source_side())(0)['image']))
+      aug = AugmentOnDevice(aug, canvas_side(aug, read(0)['image']))
     ds = ds.map_with_index(AugmentAtPosition(aug, positions, seed * 1000003))
   else:
     ds = positions.map(ReadRecord(source, image_size)).map(CenterCrop(image_size))
