@@ -14,6 +14,7 @@ from PIL import Image
 from facejax.data import lfw_pairs, make_source, read_pairs, train_loader
 from facejax.data.decode import UnreadableImage, decode_image
 from facejax.data.pipeline import as_rgb_array
+from tests.shared_data import shared_data
 
 
 def _encode(array_or_image, fmt='JPEG', **kw) -> bytes:
@@ -281,3 +282,25 @@ def test_large_jpegs_decode_reduced_in_the_dct_domain():
   assert Augment(224).source_side() == 273  # the smallest crop (75 % area, aspect 1/1.1) spans 224 pixels
   record = ReadRecord([{'image': big, 'label': 3}], Augment(224).source_side())(0)
   assert record['image'].shape == (300, 375, 3) and record['label'] == 3  # 300 rows >= 273
+
+
+def test_folders_default_name_on_orl(tmp_path):
+  """The default --name ('default') prepares like any other name (tfds once refused a custom config named like
+  a registered one), and both read back through make_source side by side."""
+  from facejax.data.folders import prepare_folders, prepared_dir
+  orl, data_dir = shared_data('orl'), str(tmp_path / 'tfds')
+  path, summary, decode_summary = prepare_folders(orl, data_dir)
+  assert path == prepared_dir(data_dir) == prepared_dir(data_dir, 'default')
+  assert decode_summary is not None and summary['decode']['converted_from'] == {'L': 400}
+  assert summary['splits'] == {'train': {'identities': 36, 'images': 360}, 'val': {'identities': 4, 'images': 40}}
+  train, val = make_source('folders', data_dir=data_dir), make_source('folders', data_dir=data_dir, split='val')
+  assert len(train) == 360 and train.num_classes == 36 and len(val) == 40
+  assert set(train.labels) == set(range(36)) and set(val.labels) == set(range(36, 40))
+  for i in (0, 359):
+    r = train[i]
+    assert as_rgb_array(r['image']).shape == (112, 92, 3) and r['identity'].startswith('s')
+  custom, _, _ = prepare_folders(orl, data_dir, name='orl_by_image', split_by='image', val_fraction=0.2)
+  assert custom == prepared_dir(data_dir, 'orl_by_image')
+  assert len(make_source('folders', data_dir=data_dir, name='orl_by_image')) == 320
+  assert prepare_folders(orl, data_dir)[0] == path  # reused
+  assert len(make_source('folders', data_dir=data_dir, name='default')) == 360

@@ -132,7 +132,10 @@ class FoldersConfig(tfds.core.BuilderConfig):
 class FacejaxFolders(tfds.core.GeneratorBasedBuilder):
   """Identity folders from --manual_dir -> ArrayRecord shards (see module docstring)."""
   VERSION = tfds.core.Version('1.0.0')
-  BUILDER_CONFIGS = [FoldersConfig(name='default')]
+  # No registered configs: every FoldersConfig (the default name 'default' included) is a custom one, so any
+  # --name works. tfds refuses a custom config that shares a registered config's name, and registering one
+  # would pin its split settings. The path stays data_dir/facejax_folders/<name>/<version> (see prepared_dir).
+  BUILDER_CONFIGS = []
   MANUAL_DOWNLOAD_INSTRUCTIONS = 'Pass the identity-folder root (root/<identity>/<image>.jpg) as manual_dir.'
 
   # No download checksums to locate (tfds would look for them next to the code, which needs the optional
