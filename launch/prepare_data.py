@@ -2,13 +2,18 @@
 
   python -m launch.prepare_data --dataset=folders --manual_dir=/data/casia --data_dir=~/tensorflow_datasets \
       --name=casia [--split_by=identity|image --val_fraction=0.1 --min_images=2]
+      [--align=hog|cnn|hog+cnn --align_size=150 --align_padding=0.25]
   python -m launch.prepare_data --dataset=synthetic --data_dir=... --num_identities=500 --images_per_identity=20
+
+--align first aligns the photos (dlib, the optional [align] extra) into <data_dir>/aligned/<name>/chips once
+(re-running reuses them) and prepares the chips; photos without a face are skipped and counted.
 
 Prints the summary (identities, images per split, converted and skipped files by reason) and writes it as
 JSON with --summary_json.
 """
 import json
 import os
+import sys
 
 from absl import app, flags
 
@@ -22,6 +27,11 @@ flags.DEFINE_float('val_fraction', 0.1, 'folders: fraction of identities (or of 
 flags.DEFINE_integer('min_images', 2, 'folders: drop identities with fewer usable images.')
 flags.DEFINE_integer('min_side', 16, 'folders: skip images with a side shorter than this (pixels).')
 flags.DEFINE_integer('max_pixels', 64_000_000, 'folders: skip images above this many pixels (bomb guard).')
+flags.DEFINE_enum('align', 'none', ['none', 'hog', 'cnn', 'hog+cnn'],
+                  'folders: align faces first with this dlib detector (hog+cnn: the CNN only where HOG finds none).')
+flags.DEFINE_integer('align_upsample', 1, 'folders --align: times photos are doubled before detection.')
+flags.DEFINE_integer('align_size', 150, 'folders --align: chip side (pixels).')
+flags.DEFINE_float('align_padding', 0.25, 'folders --align: chip padding around the landmarks (dlib get_face_chip).')
 flags.DEFINE_integer('seed', 0, 'Split seed (folders) / generator seed (synthetic).')
 flags.DEFINE_integer('num_identities', 100, 'synthetic: training identities.')
 flags.DEFINE_integer('num_val_identities', 0, 'synthetic: extra disjoint identities in a val split.')
@@ -38,14 +48,24 @@ def main(argv):
     if not FLAGS.manual_dir:
       raise app.UsageError('--dataset=folders needs --manual_dir=<root> holding <root>/<identity>/<image>.jpg')
     from facejax.data.folders import prepare_folders
-    path, summary, decode_summary = prepare_folders(
-        FLAGS.manual_dir, FLAGS.data_dir, name=FLAGS.name, split_by=FLAGS.split_by, val_fraction=FLAGS.val_fraction,
-        min_images=FLAGS.min_images, min_side=FLAGS.min_side, max_pixels=FLAGS.max_pixels, seed=FLAGS.seed)
+    try:
+      path, summary, decode_summary = prepare_folders(
+          FLAGS.manual_dir, FLAGS.data_dir, name=FLAGS.name, split_by=FLAGS.split_by,
+          val_fraction=FLAGS.val_fraction, min_images=FLAGS.min_images, min_side=FLAGS.min_side,
+          max_pixels=FLAGS.max_pixels, seed=FLAGS.seed, align=FLAGS.align, align_upsample=FLAGS.align_upsample,
+          align_size=FLAGS.align_size, align_padding=FLAGS.align_padding)
+    except (ImportError, OSError, ValueError) as e:  # the message names the input and what was expected
+      sys.exit(f'prepare_data: {e}')
     if decode_summary is None:
       print(f'already prepared: {path} (delete it to prepare again); stored summary:')
     else:
       print(decode_summary.format())
     s = summary or {}
+    if s.get('align'):
+      a = s['align']
+      print(f'aligned ({a["detector"]}, upsample {a["upsample"]}, {a["size"]} px): {a.get("aligned")} photos; '
+            f'skipped {a.get("no_face")} without a face, {a.get("unreadable")} unreadable (listed in '
+            f'{a.get("report")}); chips in {a.get("chips")}')
     print(f'identities: {s.get("identity_folders")} folders, {s.get("identities_kept")} kept, '
           f'{s.get("identities_below_min_images")} below --min_images={FLAGS.min_images} '
           f'({s.get("images_below_min_images")} images), {s.get("files_ignored")} non-image files ignored')

@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -304,3 +305,45 @@ def test_folders_default_name_on_orl(tmp_path):
   assert len(make_source('folders', data_dir=data_dir, name='orl_by_image')) == 320
   assert prepare_folders(orl, data_dir)[0] == path  # reused
   assert len(make_source('folders', data_dir=data_dir, name='default')) == 360
+
+
+def test_prepare_data_cli_aligns_first(tmp_path, monkeypatch):
+  """--align=hog: 3 ORL people -> chips under <data_dir>/aligned/<name>/ (not in the repository), prepared from
+  there; photos without a face are skipped, printed and counted in --summary_json; the chips are made once."""
+  pytest.importorskip('dlib', reason='alignment needs the optional [align] extra (dlib-bin)')
+  from facejax.data import align, folders
+  try:
+    align.packaged_model_path(align.SHAPE_PREDICTOR)
+  except (ImportError, FileNotFoundError) as e:
+    pytest.skip(str(e))
+  src, data_dir = tmp_path / 'orl3', tmp_path / 'tfds'
+  for person in ('s1', 's2', 's3'):
+    shutil.copytree(os.path.join(shared_data('orl'), person), src / person)
+  out = subprocess.run([sys.executable, '-m', 'launch.prepare_data', '--dataset=folders', f'--manual_dir={src}',
+                        f'--data_dir={data_dir}', '--align=hog', '--align_size=64', '--val_fraction=0',
+                        f'--summary_json={tmp_path / "s.json"}'],
+                       capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)), check=False)
+  assert out.returncode == 0, out.stderr[-2000:]
+  summary = json.load(open(tmp_path / 's.json'))
+  a = summary['align']
+  assert (a['detector'], a['upsample'], a['size'], a['padding']) == ('hog', 1, 64, 0.25)
+  assert a['aligned'] + a['no_face'] + a['unreadable'] == 30 and a['aligned'] >= 20 and a['unreadable'] == 0
+  assert f'skipped {a["no_face"]} without a face' in out.stdout
+  chips_root = folders.aligned_dir(str(data_dir), 'default')
+  assert a['chips'] == os.path.join(chips_root, 'chips') and sorted(os.listdir(a['chips'])) == ['s1', 's2', 's3']
+  report = json.load(open(os.path.join(chips_root, folders.ALIGN_REPORT)))
+  assert len(report['no_face']) == a['no_face'] and all(p.endswith('.pgm') for p in report['no_face'])
+  assert summary['splits']['train']['images'] == a['aligned']
+  train = make_source('folders', data_dir=str(data_dir))
+  assert len(train) == a['aligned'] and train.num_classes == 3
+  assert as_rgb_array(train[0]['image']).shape == (64, 64, 3)
+
+  # Resumable: the done marker skips alignment; a prepared dataset is not reused for another --align.
+  monkeypatch.setattr(align, 'align_folder', lambda *args, **kw: pytest.fail('aligned again'))
+  marker = folders.align_once(str(src), chips_root, detector='hog', size=64)
+  assert marker == a
+  with pytest.raises(ValueError, match='already aligned with'):
+    folders.align_once(str(src), chips_root, detector='hog', size=150)
+  with pytest.raises(ValueError, match="already prepared with align='hog', asked for align='none'"):
+    folders.prepare_folders(str(src), str(data_dir))
+  assert folders.prepare_folders(str(src), str(data_dir), align='hog')[2] is None  # reused

@@ -4,6 +4,10 @@ Preparation decodes every file once (robustly, see decode.py), skips and counts 
 identities with fewer than `min_images` usable images, splits train/val by identity or by image, and writes
 records {'image': encoded JPEG/PNG, 'label', 'identity', 'filename'} with tensorflow-datasets (no TensorFlow).
 Train labels are [0, num_train_identities); with split_by='identity' the val identities follow them.
+
+With `align` ('hog', 'cnn' or 'hog+cnn', see align.py) the photos are first turned into aligned chips under
+`aligned_dir(data_dir, name)/chips/` (once: a done marker there makes it resumable), and the chips are prepared;
+photos without a face are skipped and counted in the summary's 'align' entry.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from facejax.data.align import CHIP_PADDING, CHIP_SIZE
 from facejax.data.decode import MAX_PIXELS, DecodeSummary, UnreadableImage, decode_image
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm', '.pgm')
@@ -142,8 +147,8 @@ class FacejaxFolders(tfds.core.GeneratorBasedBuilder):
   # importlib_resources package).
   code_path = None
 
-  def __init__(self, *, manual_dir: str | None = None, **kwargs):
-    self._facejax_manual_dir = manual_dir
+  def __init__(self, *, manual_dir: str | None = None, summary_extra: dict | None = None, **kwargs):
+    self._facejax_manual_dir, self._summary_extra = manual_dir, summary_extra or {}
     super().__init__(**kwargs)
 
   def _info(self):
@@ -178,7 +183,8 @@ class FacejaxFolders(tfds.core.GeneratorBasedBuilder):
     self.summary = {'root': manual_dir, 'config': {k: getattr(c, k) for k in ('name', 'split_by', 'val_fraction', 'min_images', 'min_side',
                                                               'max_pixels', 'seed')}, **counts,
                     'decode': decode_summary.to_dict(), 'splits': splits,
-                    'num_classes': {'train': splits['train']['identities'], 'val': len(self._label_names)}}
+                    'num_classes': {'train': splits['train']['identities'], 'val': len(self._label_names)},
+                    **self._summary_extra}
     self.decode_summary = decode_summary
 
   def _split_generators(self, dl_manager):
@@ -211,19 +217,91 @@ def read_summary(dataset_dir: str) -> dict | None:
     return json.load(f).get('summary')
 
 
+ALIGN_CHOICES = ('none', 'hog', 'cnn', 'hog+cnn')
+ALIGN_DONE = 'done.json'  # written last: its presence means the chips tree is complete
+ALIGN_REPORT = 'align_report.json'  # align_folder's report: every photo without a face or unreadable, by path
+
+
+def aligned_dir(data_dir: str, name: str = 'default') -> str:
+  """Where `prepare_folders(..., align=...)` writes chips (chips/<identity>/<image>.png) and its reports."""
+  return os.path.join(data_dir, 'aligned', name)
+
+
+def align_once(manual_dir: str, out_dir: str, *, detector: str, upsample: int = 1, size: int = CHIP_SIZE,
+               padding: float = CHIP_PADDING) -> dict:
+  """Align every photo under manual_dir into out_dir/chips (the same identity tree, PNG chips), unless out_dir
+  holds a done marker for the same settings -> the marker: {'detector', 'upsample', 'size', 'padding', 'source',
+  'chips', 'report', 'aligned', 'no_face', 'unreadable'} (the last two are counts; the paths are in the report).
+
+  An interrupted run has no marker and aligns again (chips are overwritten); a marker for other settings is an
+  error, not a silent re-alignment.
+  """
+  from facejax.data.align import align_folder  # pylint: disable=g-import-not-at-top  (dlib is optional)
+  source = os.path.abspath(manual_dir)
+  settings = {'detector': detector, 'upsample': int(upsample), 'size': int(size), 'padding': float(padding)}
+  done = os.path.join(out_dir, ALIGN_DONE)
+  if os.path.exists(done):
+    with open(done) as f:
+      marker = json.load(f)
+    stored = {k: marker.get(k) for k in ('source', *settings)}
+    if stored != {'source': source, **settings}:
+      raise ValueError(f'{out_dir}: already aligned with {stored}, asked for {settings} from {source}; delete it to '
+                       f'align again, or choose another --name')
+    return marker
+  if not os.path.isdir(manual_dir):
+    raise FileNotFoundError(f'identity-folder root {manual_dir} does not exist (expected '
+                            f'{manual_dir}/<identity>/<image>.jpg)')
+  chips = os.path.join(out_dir, 'chips')
+  report = align_folder(manual_dir, chips, extensions=IMAGE_EXTENSIONS, **settings)
+  counts = {k: len(v) if isinstance(v, (list, tuple)) else v for k, v in report.items()}
+  if not report.get('aligned'):
+    raise ValueError(f'{manual_dir}: the {detector} detector (upsample={upsample}) found a face in none of its '
+                     f'photos ({counts}); expected {manual_dir}/<identity>/<image>.jpg face photos')
+  _write_json_atomic(os.path.join(out_dir, ALIGN_REPORT), {'source': source, **settings, **report})
+  marker = {'source': source, **settings, 'chips': chips, 'report': os.path.join(out_dir, ALIGN_REPORT), **counts}
+  _write_json_atomic(done, marker)
+  return marker
+
+
+def _write_json_atomic(path: str, payload: dict) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(payload, f, indent=2)
+  os.replace(path + '.tmp', path)
+
+
 def prepare_folders(manual_dir: str, data_dir: str, *, name: str = 'default', split_by: str = 'identity',
                     val_fraction: float = 0.1, min_images: int = 2, min_side: int = 16,
-                    max_pixels: int = MAX_PIXELS, seed: int = 0) -> tuple[str, dict, DecodeSummary | None]:
+                    max_pixels: int = MAX_PIXELS, seed: int = 0, align: str = 'none', align_upsample: int = 1,
+                    align_size: int = CHIP_SIZE, align_padding: float = CHIP_PADDING
+                    ) -> tuple[str, dict, DecodeSummary | None]:
   """Prepare identity folders once -> (dataset dir for `TfdsSource`, summary dict, decode summary).
 
-  An already prepared dataset is reused (its stored summary is returned, decode summary None).
+  align: 'none' (the photos as they are) or a detector ('hog', 'cnn', 'hog+cnn'): `align_once` into
+  `aligned_dir(data_dir, name)` first, then the chips are prepared; summary['align'] is its marker (counts of
+  aligned photos, photos without a face and unreadable ones, all skipped).
+  An already prepared dataset is reused (its stored summary is returned, decode summary None); one prepared with
+  another `align` is an error.
   """
+  if align not in ALIGN_CHOICES:
+    raise ValueError(f'align={align!r}: expected one of {ALIGN_CHOICES}')
   out = prepared_dir(data_dir, name)
   if os.path.exists(os.path.join(out, 'dataset_info.json')):
-    return out, read_summary(out), None
+    summary = read_summary(out)
+    stored = ((summary or {}).get('align') or {}).get('detector', 'none')
+    if stored != align:
+      raise ValueError(f'{out}: already prepared with align={stored!r}, asked for align={align!r}; delete it to '
+                       f'prepare again, or choose another --name')
+    return out, summary, None
+  extra = {}
+  if align != 'none':
+    extra['align'] = align_once(manual_dir, aligned_dir(data_dir, name), detector=align, upsample=align_upsample,
+                                size=align_size, padding=align_padding)
+    manual_dir = extra['align']['chips']
   config = FoldersConfig(name=name, split_by=split_by, val_fraction=val_fraction, min_images=min_images,
                          min_side=min_side, max_pixels=max_pixels, seed=seed)
-  builder = FacejaxFolders(manual_dir=manual_dir, config=config, data_dir=data_dir, file_format='array_record')
+  builder = FacejaxFolders(manual_dir=manual_dir, summary_extra=extra, config=config, data_dir=data_dir,
+                           file_format='array_record')
   tfds.disable_progress_bar()
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return str(builder.data_dir), builder.summary, builder.decode_summary
