@@ -12,8 +12,9 @@ exact thresholds; `flip` turns on flip test-time augmentation (sum).
 --workdir may also be an exported model (M.jaxexport): results go to M.jaxexport.eval/<name>/, the threshold to
 M.jaxexport.threshold.json (what launch.verify --workdir=M.jaxexport reads).
 
-Writes RUN/eval/<name>/{config.json, results.json, results.md, roc.png} (name: config.name, default the data
-source) and, with calibrate=True, RUN/threshold.json (see facejax/evaluation/cli.py).
+Writes RUN/eval/<name>/{config.json, results.json, results.md, roc.png, threshold.json} (name: config.name, default
+the data source) and, with --config.calibrate=True, RUN/threshold.json, the default threshold of launch.verify
+(see facejax/evaluation/cli.py).
 """
 from __future__ import annotations
 
@@ -46,9 +47,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 'auto': align LFW photos (facejax.data.align, needs dlib) when the model asks for it (model.json "align",
   # e.g. dlib's converted net); 'on' | 'off' force it. Photos without a detected face keep their center crop.
   c.align = 'auto'
+  c.detector = 'hog'  # 'hog' | 'cnn' | 'hog+cnn' (CNN only where HOG finds nothing): facejax.data.align
+  c.upsample = 1  # detector upsampling (1 finds faces down to ~40 px)
+  c.no_face = 'box'  # a photo without a detected face: 'box' (landmarks in align.FALLBACK_BOX) | 'center' (crop)
+  c.cache_dir = ''  # aligned chips (and dlib's reference descriptors) computed once per pair set, kept here
+  c.workers = 2  # processes for alignment and dlib's reference (dlib computes on one thread)
+  c.embedding = 'normalised'  # 'normalised' (L2) | 'raw' (the embedding head's output: dlib's descriptors)
+  c.reference = ''  # 'dlib': also run dlib's own pipeline on the same photos and folds (results.md, 'reference')
   c.distance = 'euclidean'  # 'euclidean' (squared L2 of normalised embeddings) | 'cosine' (1 - cos)
   c.thresholds = 'exact'  # 'exact': every distinct split | 'classic': np.arange(0, 4, 0.01), the classic scripts'
-  c.calibrate = True  # write RUN/threshold.json (the best-accuracy threshold over all pairs) for launch.verify
+  # Every evaluation keeps its calibration in RUN/eval/<name>/threshold.json; True also makes it the default that
+  # launch.verify applies (RUN/threshold.json). Explicit, so a second pair set never silently replaces it.
+  c.calibrate = False
   c.progress = True
 
   if 'lfw' in switches:

@@ -3,8 +3,8 @@
   python -m launch.evaluate --config=configs/lfw_eval.py --workdir=RUN \
       [--config.data.lfw_dir=data/lfw --config.data.pairs=data/lfw/pairs.txt]
 
-Writes RUN/eval/<name>/{config.json, results.json, results.md, roc.png} and RUN/threshold.json (for
-launch.verify); see facejax/evaluation/cli.py. --workdir=M.jaxexport (launch.export) writes M.jaxexport.eval/<name>/
+Writes RUN/eval/<name>/{config.json, results.json, results.md, roc.png, threshold.json}; with
+--config.calibrate=True also RUN/threshold.json, the default threshold of launch.verify; see facejax/evaluation/cli.py. --workdir=M.jaxexport (launch.export) writes M.jaxexport.eval/<name>/
 and M.jaxexport.threshold.json. Models that ask for aligned faces (dlib's) get their LFW photos aligned
 (config.align='auto').
 """
@@ -32,9 +32,14 @@ def main(argv):
     sys.exit(f'launch.evaluate: error: {e}')
   with open(f'{out["out_dir"]}/results.md') as f:
     print(f.read(), end='')
-  print(f'wrote {out["out_dir"]}/{{results.json,results.md,roc.png}}')
-  if out['calibration']:
-    print(f'calibrated threshold {out["calibration"]["threshold"]:.6g} -> {cli.threshold_path(FLAGS.workdir)}')
+  print(f'wrote {out["out_dir"]}/{{results.json,results.md,roc.png,threshold.json}}')
+  name = out['calibration']['name']
+  if out['calibrated']:
+    print(f'calibrated threshold {out["calibration"]["threshold"]:.6g} on {name} -> '
+          f'{cli.threshold_path(FLAGS.workdir)} (launch.verify\'s default)')
+  else:
+    print(f'threshold {out["calibration"]["threshold"]:.6g} on {name} kept in {out["out_dir"]}/threshold.json: '
+          f'launch.verify --pairs={name} uses it; --config.calibrate=True makes it the default')
 
 
 if __name__ == '__main__':

@@ -1,7 +1,8 @@
 """Same person or not: python -m launch.verify --workdir=RUN IMG_A IMG_B
 
-Prints the distance, the calibrated threshold (RUN/threshold.json, written by launch.evaluate; for dlib's converted
-net without one, dlib's published rule: raw descriptors closer than 0.6), how faces were prepared and, on the last
+Prints the distance, the calibrated threshold and the pair set it came from (RUN/threshold.json, written by
+launch.evaluate --config.calibrate=True, or with --pairs=NAME RUN/eval/NAME/threshold.json; for dlib's converted
+net without any, dlib's published rule: raw descriptors closer than 0.6), how faces were prepared and, on the last
 line, `same` or `different`. --workdir may be an exported model M.jaxexport (threshold: M.jaxexport.threshold.json).
 Exit status 0 either way; 1 for errors (unreadable image, no face found, missing run or threshold).
 """
@@ -16,6 +17,9 @@ flags.DEFINE_string('workdir', None, 'Run directory evaluated by launch.evaluate
                     'dlib run, or an exported model (.jaxexport, with .jaxexport.threshold.json).')
 flags.DEFINE_enum('align', 'auto', ['auto', 'on', 'off'],
                   'Face alignment (dlib 5-point chips); auto: when the model asks for it (dlib\'s converted net).')
+flags.DEFINE_string('pairs', '', 'Use the threshold calibrated on this pair set (RUN/eval/<pairs>/threshold.json, '
+                    'written by launch.evaluate); default: RUN/threshold.json (launch.evaluate '
+                    '--config.calibrate=True).')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -25,7 +29,7 @@ def main(argv):
   common.quiet_library_logs()
   from facejax.evaluation import cli
   try:
-    result = cli.verify_pair(FLAGS.workdir, argv[1], argv[2], align=FLAGS.align)
+    result = cli.verify_pair(FLAGS.workdir, argv[1], argv[2], align=FLAGS.align, pairs=FLAGS.pairs)
   except (OSError, ValueError, ImportError) as e:
     sys.exit(f'launch.verify: error: {e}')
   print(cli.format_verification(result))

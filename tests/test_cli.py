@@ -53,7 +53,8 @@ def lfw_dir(tmp_path_factory):
 def evaluated(run_dir, lfw_dir):
   """launch.evaluate on the fake LFW tree (a subprocess: the real command line)."""
   proc = launch('evaluate', '--config=configs/lfw_eval.py', f'--workdir={run_dir}',
-                f'--config.data.lfw_dir={lfw_dir}', f'--config.data.pairs={lfw_dir}/pairs.txt', '--config.batch_size=8')
+                f'--config.data.lfw_dir={lfw_dir}', f'--config.data.pairs={lfw_dir}/pairs.txt', '--config.batch_size=8',
+                '--config.calibrate=True')
   assert proc.returncode == 0, proc.stderr
   return proc
 
@@ -96,10 +97,10 @@ def test_verify_prints_distance_threshold_and_decision(run_dir, lfw_dir, evaluat
   assert v['same'] == (v['distance'] < calibration['threshold'])
   try:
     for thr, expected in ((-1.0, 'different'), (4.5, 'same')):
-      cli.write_threshold(run_dir, dict(calibration, threshold=thr))
+      cli.write_threshold(cli.threshold_path(run_dir), dict(calibration, threshold=thr))
       assert cli.format_verification(cli.verify_pair(run_dir, img, other)).splitlines()[-1] == expected
   finally:
-    cli.write_threshold(run_dir, calibration)
+    cli.write_threshold(cli.threshold_path(run_dir), calibration)
 
 
 def test_verify_errors(run_dir, lfw_dir, evaluated, tmp_path):
@@ -125,7 +126,7 @@ def test_verify_errors(run_dir, lfw_dir, evaluated, tmp_path):
   stale = tmp_path / 'stale'
   shutil.copytree(run_dir, stale)
   calibration = json.loads((stale / 'threshold.json').read_text())
-  cli.write_threshold(str(stale), dict(calibration, step=99))
+  cli.write_threshold(cli.threshold_path(str(stale)), dict(calibration, step=99))
   with pytest.raises(FileNotFoundError, match='calibrated on checkpoint step 99, which is gone'):
     cli.verify_pair(str(stale), img, img)
 
@@ -156,7 +157,7 @@ def test_embed_writes_names_and_skips_unreadable(run_dir, lfw_dir, evaluated, tm
     cli.embed_paths(run_dir, str(tmp_path / 'nothing' / '*.jpg'), str(tmp_path / 'x.npz'))
 
 
-def test_evaluate_synthetic_default_without_calibration(run_dir, evaluated):
+def test_evaluate_synthetic_default_without_calibration(run_dir, lfw_dir, evaluated):
   from configs.lfw_eval import get_config
   c = get_config('classic')
   c.data.synthetic.update(num_identities=8, images_per_identity=2, num_folds=2, pairs_per_fold=4)
@@ -165,9 +166,21 @@ def test_evaluate_synthetic_default_without_calibration(run_dir, evaluated):
   before = open(os.path.join(run_dir, 'threshold.json')).read()
   out = cli.evaluate_run(c, run_dir)
   assert out['out_dir'] == os.path.join(run_dir, 'eval', 'synthetic_pairs')
-  assert out['result']['threshold_search'] == 'grid' and out['calibration'] is None
+  assert out['result']['threshold_search'] == 'grid' and not out['calibrated']
   assert out['protocol']['images'] <= 16  # only the images the 8 pairs use
-  assert open(os.path.join(run_dir, 'threshold.json')).read() == before
+  assert open(os.path.join(run_dir, 'threshold.json')).read() == before  # the second pair set replaced nothing
+  # ... but its own calibration is kept, and verify uses it when asked for by name.
+  with open(os.path.join(out['out_dir'], 'threshold.json')) as f:
+    assert json.load(f)['threshold'] == pytest.approx(out['result']['threshold'])
+  assert cli.calibrated_pair_sets(run_dir) == ['lfw', 'synthetic_pairs']
+  img = os.path.join(lfw_dir, NAMES[0], f'{NAMES[0]}_0001.jpg')
+  default, chosen = (cli.verify_pair(run_dir, img, img, pairs=p) for p in ('', 'synthetic_pairs'))
+  assert default['threshold_file'] == os.path.join(run_dir, 'threshold.json')
+  assert chosen['threshold'] == pytest.approx(out['result']['threshold'])
+  assert 'calibrated on: pair set synthetic_pairs' in cli.format_verification(chosen)
+  assert 'calibrated on: pair set lfw' in cli.format_verification(default)
+  with pytest.raises(FileNotFoundError, match='calibrated pair sets: lfw, synthetic_pairs'):
+    cli.verify_pair(run_dir, img, img, pairs='cfp')
 
 
 def test_config_switches():
@@ -227,6 +240,7 @@ def test_evaluate_and_verify_an_exported_model(run_dir, lfw_dir, exported):
   c.data.lfw_dir = lfw_dir
   c.batch_size = 8
   c.progress = False
+  c.calibrate = True
   out = cli.evaluate_run(c, exported)
   assert out['out_dir'] == exported + '.eval/lfw' and os.path.isfile(exported + '.threshold.json')
   calibration = cli.read_threshold(exported)

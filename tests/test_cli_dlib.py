@@ -67,7 +67,7 @@ def test_verify_applies_dlibs_rule_to_aligned_photos(dlib_run, photos):
   lines = proc.stdout.strip().splitlines()
   assert lines[0].startswith('distance: ') and 'raw, un-normalised descriptors' in lines[0]
   assert lines[1] == RULE_LINE
-  assert lines[2] == 'faces: dlib 5-point chips (150 px, padding 0.25)'
+  assert lines[2] == 'faces: dlib 5-point chips (150 px, padding 0.25, detector hog, upsample 1)'
   assert lines[-1] == 'same'
   distance = float(lines[0].split()[1])
   assert distance == pytest.approx(_dlib_distance(a, b), abs=1e-4) and distance < 0.6
@@ -88,7 +88,8 @@ def test_embed_aligns_skips_faceless_photos_and_matches_the_export(dlib_run, pho
   assert 'skipped 1 no-face (e.g. blank.png: no face found' in ref.summary.format()
   np.testing.assert_allclose(np.linalg.norm(ref.embeddings, axis=1), 1, rtol=1e-5)
   with np.load(tmp_path / 'run.npz') as z:
-    assert json.loads(str(z['meta']))['align'] == {'kind': 'dlib_5pt', 'size': 150, 'padding': 0.25}
+    assert json.loads(str(z['meta']))['align'] == {'kind': 'dlib_5pt', 'size': 150, 'padding': 0.25, 'detector': 'hog',
+                                                  'upsample': 1}
 
   # The same model exported (what launch.export writes, the sidecar carrying the run's "align"): same embeddings.
   model, variables, info = load_run(dlib_run)
@@ -116,7 +117,7 @@ def test_align_off_on_prealigned_chips_and_a_calibrated_threshold_wins(dlib_run,
   assert plain['distance'] == pytest.approx(aligned['distance'], abs=1e-5)
   assert cli.format_verification(plain).splitlines()[2] == 'faces: none (center crop)'
   try:
-    cli.write_threshold(dlib_run, {'threshold': 0.01, 'distance': 'euclidean', 'flip': '', 'step': 0})
+    cli.write_threshold(cli.threshold_path(dlib_run), {'threshold': 0.01, 'distance': 'euclidean', 'flip': '', 'step': 0})
     v = cli.verify_pair(dlib_run, *chips, align='off')
     assert not v['raw'] and v['threshold'] == 0.01 and v['threshold_file'].endswith('threshold.json')
     assert cli.format_verification(v).splitlines()[-1] == 'different'
@@ -142,7 +143,7 @@ def test_evaluate_aligns_lfw_photos_and_counts_faceless_ones(dlib_run, photos, t
   c.calibrate = False
   out = cli.evaluate_run(c, dlib_run)
   p = out['protocol']
-  assert p['align'] == 'dlib 5-point chips (150 px, padding 0.25)'
+  assert p['align'] == 'dlib 5-point chips (150 px, padding 0.25, detector hog, upsample 1)'
   assert p['no_face'] == 1 and p['no_face_images'] == [os.path.join('Grey_Card', 'Grey_Card_0001.jpg')]
   assert out['result']['accuracy'] == 1.0
   with open(os.path.join(out['out_dir'], 'results.md')) as f:

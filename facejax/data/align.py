@@ -10,7 +10,13 @@ padding=0.25)`: eyes and nose moved to canonical positions by a similarity trans
 
 Policy for several faces: `align_face` / `FaceAligner.align` keep the largest detection (box area; ties: the
 higher detector score), the usual choice for portrait-style verification photos. A photo without a face raises
-`NoFaceError`. LFW-style pre-cropped data needs none of this: the facejax pipelines keep their center crop.
+`NoFaceError`.
+
+Policy for no face, where a photo cannot be dropped (a verification pair must still be scored; dropping its pairs
+biases accuracy): `FaceAligner.align_or_fallback` runs the 5-point predictor inside `FALLBACK_BOX`, where the face
+sits in LFW-style crops centred on the face (the median HOG box over LFW deep-funneled photos), and makes the chip
+from those landmarks; callers count such photos. Detectors: 'hog' (fast, frontal), 'cnn' (dlib's MMOD CNN: finds
+profile faces, ~60x slower) and 'hog+cnn' (the CNN only where HOG finds nothing).
 
 Only this module imports dlib (`dlib-bin` on PyPI); the models ship in `face-recognition-models`.
 """
@@ -25,7 +31,11 @@ import numpy as np
 
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
-DETECTORS = ('hog', 'cnn')
+DETECTORS = ('hog', 'cnn', 'hog+cnn')
+# (left, top, right, bottom) as fractions of the photo: the median dlib HOG box (upsample 1) over 200 LFW
+# deep-funneled 250x250 photos was (67, 80, 175, 187).
+FALLBACK_BOX = (0.27, 0.32, 0.70, 0.75)
+RECOGNITION_MODEL = 'dlib_face_recognition_resnet_model_v1.dat'
 SHAPE_PREDICTOR = 'shape_predictor_5_face_landmarks.dat'
 CNN_DETECTOR = 'mmod_human_face_detector.dat'
 INSTALL_HINT = "pip install 'facejax[align]' (dlib-bin and face-recognition-models)"
@@ -84,7 +94,8 @@ class Face:
 class FaceAligner:
   """dlib detector + 5-point shape predictor -> aligned chips.
 
-  detector: 'hog' (dlib's frontal face detector, fast) or 'cnn' (dlib's MMOD CNN, slower, finds more faces).
+  detector: 'hog' (dlib's frontal face detector, fast), 'cnn' (dlib's MMOD CNN, slower, finds more faces) or
+    'hog+cnn' (the CNN only for photos where HOG finds nothing).
   upsample: times the image is doubled before detection (1 finds faces down to ~40 px).
   """
 
@@ -94,30 +105,47 @@ class FaceAligner:
       raise ValueError(f'detector={detector!r}: expected one of {DETECTORS}')
     self.dlib = require_dlib()
     self.detector_kind, self.upsample, self.size, self.padding = detector, int(upsample), int(size), float(padding)
-    if detector == 'hog':
-      self._detector = self.dlib.get_frontal_face_detector()
-    else:
-      self._detector = self.dlib.cnn_face_detection_model_v1(packaged_model_path(CNN_DETECTOR))
+    if detector != 'cnn':
+      self._hog = self.dlib.get_frontal_face_detector()
+    if detector != 'hog':
+      self._cnn = self.dlib.cnn_face_detection_model_v1(packaged_model_path(CNN_DETECTOR))
     self._predictor = self.dlib.shape_predictor(predictor_path or packaged_model_path(SHAPE_PREDICTOR))
 
   def _detections(self, image: np.ndarray):
-    if self.detector_kind == 'hog':
-      rects, scores, _ = self._detector.run(image, self.upsample, 0.0)
-      return list(zip(rects, scores))
-    return [(d.rect, d.confidence) for d in self._detector(image, self.upsample)]
+    found = []
+    if self.detector_kind != 'cnn':
+      rects, scores, _ = self._hog.run(image, self.upsample, 0.0)
+      found = list(zip(rects, scores))
+    if not found and self.detector_kind != 'hog':
+      found = [(d.rect, d.confidence) for d in self._cnn(image, self.upsample)]
+    return found
 
   def _shape(self, image, rect):
     return self._predictor(image, rect)
 
+  def _face(self, image: np.ndarray, rect, score: float) -> Face:
+    shape = self._shape(image, rect)
+    pts = np.array([(shape.part(i).x, shape.part(i).y) for i in range(shape.num_parts)], np.float32)
+    return Face((rect.left(), rect.top(), rect.right(), rect.bottom()), float(score), pts)
+
   def detect(self, image: Any, name: str = 'image') -> list[Face]:
     """Every face, largest first (box area; ties: higher score)."""
     image = as_rgb_uint8(image, name)
-    faces = []
-    for rect, score in self._detections(image):
-      shape = self._shape(image, rect)
-      pts = np.array([(shape.part(i).x, shape.part(i).y) for i in range(shape.num_parts)], np.float32)
-      faces.append(Face((rect.left(), rect.top(), rect.right(), rect.bottom()), float(score), pts))
+    faces = [self._face(image, rect, score) for rect, score in self._detections(image)]
     return sorted(faces, key=lambda f: (-f.area, -f.score))
+
+  def fallback_face(self, image: Any, name: str = 'image') -> Face:
+    """The 5-point landmarks inside FALLBACK_BOX (score 0): the no-face policy for LFW-style crops."""
+    image = as_rgb_uint8(image, name)
+    h, w = image.shape[:2]
+    l, t, r, b = (round(f * s) for f, s in zip(FALLBACK_BOX, (w, h, w, h)))
+    return self._face(image, self.dlib.rectangle(l, t, r, b), 0.0)
+
+  def align_or_fallback(self, image: Any, name: str = 'image') -> tuple[np.ndarray, bool]:
+    """-> (chip of the largest face, True), or (chip from `fallback_face`, False) when no face is found."""
+    image = as_rgb_uint8(image, name)
+    faces = self.detect(image, name)
+    return self._chip(image, faces[0] if faces else self.fallback_face(image, name)), bool(faces)
 
   def _chip(self, image: np.ndarray, face: Face) -> np.ndarray:
     d = self.dlib
@@ -188,3 +216,88 @@ def align_folder(src: str, dst: str, *, detector: str = 'hog', upsample: int = 1
       Image.fromarray(chip).save(out)
       report['aligned'] += 1
   return report
+
+
+# ---- Many files at once (evaluation caches, dlib's own pipeline as the reference). ----
+
+def _read_rgb(path: str) -> np.ndarray | None:
+  from PIL import Image
+  try:
+    with Image.open(path) as im:
+      return np.asarray(im.convert('RGB'))
+  except OSError:
+    return None
+
+
+def _align_chunk(args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  paths, detector, upsample, size, padding = args
+  aligner = default_aligner(detector, upsample, size, padding)
+  chips = np.zeros((len(paths), size, size, 3), np.uint8)
+  found, readable = np.zeros(len(paths), bool), np.zeros(len(paths), bool)
+  for k, path in enumerate(paths):
+    image = _read_rgb(path)
+    if image is not None:
+      chips[k], found[k] = aligner.align_or_fallback(image, path)
+      readable[k] = True
+  return chips, found, readable
+
+
+def _descriptor_chunk(chips: np.ndarray) -> np.ndarray:
+  net = _recognition_net()
+  return np.asarray([np.asarray(net.compute_face_descriptor(np.ascontiguousarray(c))) for c in chips], np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def _recognition_net():
+  return require_dlib().face_recognition_model_v1(packaged_model_path(RECOGNITION_MODEL))
+
+
+def _map_chunks(fn, chunks: list, workers: int, progress: str = ''):
+  """fn over chunks, in order; `workers` > 1: spawned processes (dlib computes on one thread; spawn, not fork,
+  because the caller may hold JAX's threads)."""
+  bar = None
+  if progress:
+    from tqdm import tqdm
+    bar = tqdm(total=len(chunks), desc=progress, unit='chunk')
+  out = []
+  if workers > 1 and len(chunks) > 1:
+    import concurrent.futures
+    import multiprocessing
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn')) as pool:
+      for r in pool.map(fn, chunks):
+        out.append(r)
+        bar and bar.update()
+  else:
+    for c in chunks:
+      out.append(fn(c))
+      bar and bar.update()
+  bar and bar.close()
+  return out
+
+
+def align_files(paths: list[str], *, detector: str = 'hog', upsample: int = 1, size: int = CHIP_SIZE,
+                padding: float = CHIP_PADDING, workers: int = 1, chunk: int = 32, progress: str = '') -> dict:
+  """Photos -> {'chips': uint8 [N, size, size, 3], 'found': bool [N] (False: `FALLBACK_BOX` chip),
+  'readable': bool [N] (False: the file could not be decoded; its chip is black)}, in the order of `paths`."""
+  if detector not in DETECTORS:
+    raise ValueError(f'detector={detector!r}: expected one of {DETECTORS}')
+  require_dlib()
+  chunks = [(list(paths[i:i + chunk]), detector, int(upsample), int(size), float(padding))
+            for i in range(0, len(paths), chunk)]
+  parts = _map_chunks(_align_chunk, chunks, workers, progress)
+  if not parts:
+    return {'chips': np.zeros((0, size, size, 3), np.uint8), 'found': np.zeros(0, bool),
+            'readable': np.zeros(0, bool)}
+  return {k: np.concatenate([p[i] for p in parts]) for i, k in enumerate(('chips', 'found', 'readable'))}
+
+
+def dlib_descriptors(chips: np.ndarray, workers: int = 1, chunk: int = 64, progress: str = '') -> np.ndarray:
+  """uint8 [N, 150, 150, 3] aligned chips -> float32 [N, 128]: dlib's own `compute_face_descriptor`, raw (what
+  `compute_face_descriptor(photo, shape)` returns: it cuts the same chip with get_face_chip(size=150,
+  padding=0.25) before running the net)."""
+  chips = np.asarray(chips, np.uint8)
+  if chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3):
+    raise ValueError(f'chips: expected [N, {CHIP_SIZE}, {CHIP_SIZE}, 3] uint8, got {chips.shape}')
+  parts = _map_chunks(_descriptor_chunk, [chips[i:i + chunk] for i in range(0, len(chips), chunk)], workers,
+                      progress)
+  return np.concatenate(parts) if parts else np.zeros((0, 128), np.float32)

@@ -5,16 +5,27 @@ A model is a run directory RUN (model.json + checkpoints/) or an exported artifa
 - RUN/eval/<name>/{config.json, results.json, results.md, roc.png} (`M.jaxexport.eval/<name>/` for an export): one
   evaluation (`evaluate_run`); <name> is config.name or the data source, so LFW and synthetic evaluations sit side
   by side. Re-running replaces them (evaluation is deterministic).
-- RUN/threshold.json (`M.jaxexport.threshold.json`): the calibrated decision rule `launch.verify` applies, written by
-  `evaluate_run` (unless config.calibrate is False): the best-accuracy threshold over *all* pairs of that
-  evaluation (exact search or the classic grid, as configured; `verification.evaluate`'s 'threshold'), with the
-  distance kind, the flip mode and the checkpoint step it was computed for. A pair is 'same' when distance < threshold.
+- RUN/eval/<name>/threshold.json: every evaluation's calibration, kept per pair set: the best-accuracy threshold
+  over *all* pairs of that evaluation (exact search or the classic grid, as configured; `verification.evaluate`'s
+  'threshold'), with the distance kind, the embedding (normalised or raw), the flip mode and the checkpoint step it
+  was computed for. A pair is 'same' when distance < threshold.
+- RUN/threshold.json (`M.jaxexport.threshold.json`): the calibration `launch.verify` applies by default, written
+  only when asked (config.calibrate=True): a second pair set never silently replaces it. `launch.verify
+  --pairs=<name>` picks RUN/eval/<name>/threshold.json instead, and verify prints which pairs its threshold came
+  from.
 
 Face alignment. A model whose description (model.json, or the export's sidecar) has an "align" entry (dlib's
 converted net: {"kind": "dlib_5pt", "size": 150, "padding": 0.25}) expects aligned chips, so with align='auto'
 (the default) every photo goes through `facejax.data.align.align_face` before embedding; other models keep the
 center crop and never need dlib. A photo without a face: verify fails naming it, embed skips and counts it
-('no-face'), evaluate falls back to the center crop and reports how many.
+('no-face'), evaluate keeps it (dropping its pairs would bias accuracy) with the no-face policy config.no_face
+('box': the 5-point landmarks inside `facejax.data.align.FALLBACK_BOX`, the default; 'center': the center crop)
+and reports how many. With config.cache_dir the chips of a pair set are computed once (in config.workers
+processes) and shared by every model evaluated on it.
+
+Reference (config.reference='dlib'): dlib's own pipeline (its detector, 5-point predictor, `compute_face_descriptor`
+and raw euclidean distance) on the same photos, chips and folds, beside facejax's numbers with normalised and raw
+distances, so a difference can be traced to the network, the distance or the chips.
 
 dlib's rule. A run whose model.json has a "descriptor" entry with "normalised": false (dlib's converted net) and no
 threshold.json is verified with its published rule: euclidean distance of the raw (un-normalised) descriptors
@@ -44,6 +55,10 @@ THRESHOLD_SEARCH = ('exact', 'classic')
 SOURCES = ('auto', 'lfw', 'synthetic_pairs')
 EXPORT_SUFFIX = '.jaxexport'
 ALIGN_MODES = ('auto', 'on', 'off')
+NO_FACE = ('box', 'center')
+EMBEDDINGS = ('normalised', 'raw')
+REFERENCES = ('', 'dlib')
+DLIB_THRESHOLD = 0.6  # dlib's published rule: same person if the euclidean distance of raw descriptors < 0.6
 DLIB_RULE = "dlib's published rule for raw descriptors; run launch.evaluate on your pairs to calibrate"
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm', '.pgm')
 
@@ -144,17 +159,20 @@ def _raw_embed_fn(model, variables, preprocessing, image_size: int) -> Callable[
   return embed
 
 
-def resolve_align(mode: str, desc: dict, photos: bool = True) -> dict | None:
+def resolve_align(mode: str, desc: dict, photos: bool = True, detector: str = 'hog',
+                  upsample: int = 1) -> dict | None:
   """align='auto' | 'on' | 'off' for a model (describe_model) -> the alignment to apply ({'kind', 'size',
-  'padding'}) or None. 'auto': the model's "align" entry when it has one and the inputs are photos (synthetic
-  pairs are rendered as chips already); 'on' without an entry: dlib 5-point chips at the model's input size."""
+  'padding', 'detector', 'upsample'}) or None. 'auto': the model's "align" entry when it has one and the inputs are
+  photos (synthetic pairs are rendered as chips already); 'on' without an entry: dlib 5-point chips at the model's
+  input size."""
   if mode not in ALIGN_MODES:
     raise ValueError(f'align={mode!r}: expected one of {ALIGN_MODES}')
   spec = desc.get('align')
   if mode == 'off' or (mode == 'auto' and not (spec and photos)):
     return None
   from facejax.data.align import CHIP_PADDING, CHIP_SIZE, require_dlib
-  spec = {'kind': 'dlib_5pt', 'size': desc['image_size'] or CHIP_SIZE, 'padding': CHIP_PADDING, **(spec or {})}
+  spec = {'kind': 'dlib_5pt', 'size': desc['image_size'] or CHIP_SIZE, 'padding': CHIP_PADDING, **(spec or {}),
+          'detector': detector, 'upsample': int(upsample)}
   if spec['kind'] != 'dlib_5pt':
     raise ValueError(f'align kind {spec["kind"]!r} of the model: expected "dlib_5pt"')
   try:
@@ -171,13 +189,15 @@ def align_photo(image: np.ndarray, name: str, spec: dict | None) -> np.ndarray:
   if spec is None:
     return image
   from facejax.data.align import align_face
-  return align_face(image, name, size=int(spec['size']), padding=float(spec['padding']))
+  return align_face(image, name, size=int(spec['size']), padding=float(spec['padding']),
+                    detector=spec.get('detector', 'hog'), upsample=int(spec.get('upsample', 1)))
 
 
 def describe_align(spec: dict | None) -> str:
   if spec is None:
     return 'none (center crop)'
-  return f'dlib 5-point chips ({spec.get("size")} px, padding {spec.get("padding")})'
+  return (f'dlib 5-point chips ({spec.get("size")} px, padding {spec.get("padding")}, detector '
+          f'{spec.get("detector", "hog")}, upsample {spec.get("upsample", 1)})')
 
 
 # ---- Pairs. ----
@@ -240,29 +260,117 @@ def load_pairs(data: ml_collections.ConfigDict, image_size: int):
 
 # ---- launch.evaluate ----
 
-class _AlignedImages:
-  """images[k] -> the aligned chip of base[k] (a photo); a photo without a detectable face falls back to the
-  photo itself (center-cropped downstream) and is listed in `no_face`, so the pairs protocol stays complete."""
+def _image_paths(images) -> list[str] | None:
+  """The files behind a pair set's images (ImageFiles, or a subset of one), or None for in-memory images."""
+  from facejax.data.lfw import ImageFiles
+  if isinstance(images, ImageFiles):
+    return images.paths
+  if isinstance(images, _Subset) and isinstance(images.base, ImageFiles):
+    return [images.base.paths[int(k)] for k in images.indices]
+  return None
 
-  def __init__(self, base, names: list[str], spec: dict):
-    self.base, self.names, self.spec, self.no_face = base, names, spec, {}
 
-  def __len__(self) -> int:
-    return len(self.base)
+def _cache_file(cache_dir: str, kind: str, key: Any) -> str:
+  import hashlib
+  digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+  return os.path.join(cache_dir, f'{kind}-{digest}.npz')
 
-  def __getitem__(self, k):
-    from facejax.data.align import NoFaceError
-    from facejax.data.pipeline import as_rgb_array
-    image = as_rgb_array(self.base[int(k)])
-    try:
-      return align_photo(image, self.names[int(k)], self.spec)
-    except NoFaceError as e:
-      self.no_face[int(k)] = str(e)
-      return image
+
+def _cached(path: str, compute: Callable[[], dict]) -> dict:
+  """The arrays in `path` (.npz), or compute() written there atomically ('' path: no cache)."""
+  if path and os.path.isfile(path):
+    with np.load(path) as f:
+      return {k: f[k] for k in f.files}
+  out = compute()
+  if path:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + '.tmp', 'wb') as f:
+      np.savez(f, **out)
+    os.replace(path + '.tmp', path)
+  return out
+
+
+def aligned_chips(pairs, spec: dict, no_face: str = 'box', cache_dir: str = '', workers: int = 1,
+                  progress: bool = False) -> dict:
+  """Every image of `pairs` as an aligned chip -> {'chips': uint8 [N, S, S, 3], 'found': bool [N], 'readable':
+  bool [N], 'seconds': float (alignment wall time, when it was computed)}. A photo without a face keeps a chip
+  by the `no_face` policy; an unreadable file a black chip (both counted by the caller). With `cache_dir`, chips
+  are stored under it keyed by the photos and the alignment, so every model evaluated on a pair set shares them."""
+  import time
+  from facejax.data import align as fa
+  from facejax.data.pipeline import as_rgb_array, center_crop
+  if no_face not in NO_FACE:
+    raise ValueError(f'config.no_face={no_face!r}: expected one of {NO_FACE}')
+  paths = _image_paths(pairs.images)
+  size, args = int(spec['size']), dict(detector=spec.get('detector', 'hog'), upsample=int(spec.get('upsample', 1)),
+                                       size=int(spec['size']), padding=float(spec['padding']))
+  key = {'photos': [os.path.abspath(p) for p in paths] if paths else None, 'align': args, 'version': 1}
+
+  def compute() -> dict:
+    t0 = time.perf_counter()
+    if paths is not None:
+      out = fa.align_files(paths, workers=workers, progress='align' if progress else '', **args)
+    else:  # in-memory images (synthetic pairs): one process
+      aligner = fa.default_aligner(args['detector'], args['upsample'], size, args['padding'])
+      chips, found = zip(*(aligner.align_or_fallback(as_rgb_array(pairs.images[k]), pairs.names[k])
+                           for k in range(len(pairs.images))))
+      out = {'chips': np.stack(chips), 'found': np.array(found), 'readable': np.ones(len(chips), bool)}
+    return dict(out, seconds=np.float64(time.perf_counter() - t0))
+
+  out = _cached(_cache_file(cache_dir, 'chips', key) if cache_dir and paths else '', compute)
+  if no_face == 'center':
+    for k in np.flatnonzero(~out['found'] & out['readable']):
+      out['chips'][k] = center_crop(as_rgb_array(pairs.images[int(k)]), size)
+  return out
+
+
+def _l2_normalise(x: np.ndarray) -> np.ndarray:
+  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def dlib_reference(pairs, chips: np.ndarray, emb_raw: np.ndarray, config: ml_collections.ConfigDict,
+                   thresholds=None) -> dict:
+  """dlib's own pipeline on the same chips and folds, beside facejax's raw embeddings of them -> {'rows': {label:
+  results row}, 'results': {label: verification.evaluate}, 'dlib_fixed_threshold': accuracy of dlib's published
+  rule (raw euclidean < 0.6) mean/std over folds, 'dlib_seconds', 'comparison': facejax vs dlib (paired)}."""
+  import time
+  from facejax.data.align import dlib_descriptors
+  t0 = time.perf_counter()
+  ref = _cached(_cache_file(config.cache_dir, 'dlib', {'chips': _array_digest(chips)}) if config.cache_dir else '',
+                lambda: {'descriptors': dlib_descriptors(chips, workers=config.workers,
+                                                         progress='dlib' if config.progress else ''),
+                         'seconds': np.float64(time.perf_counter() - t0)})
+  variants = {'facejax, normalised': _l2_normalise(emb_raw), 'facejax, raw': emb_raw,
+              'dlib native, normalised': _l2_normalise(ref['descriptors']), 'dlib native, raw': ref['descriptors']}
+  results, rows = {}, {}
+  for label, emb in variants.items():
+    results[label] = verification.evaluate(emb[pairs.left], emb[pairs.right], pairs.issame, distance='euclidean',
+                                           thresholds=thresholds, folds=pairs.fold)
+    rows[label] = report.summary_row(results[label], threshold=results[label]['threshold'])
+  d = ref['descriptors']
+  same = np.linalg.norm(d[pairs.left].astype(np.float64) - d[pairs.right], axis=-1) < DLIB_THRESHOLD
+  fold_acc = np.array([np.mean(same[pairs.fold == f] == pairs.issame[pairs.fold == f])
+                       for f in range(pairs.num_folds)])
+  return {'rows': rows, 'results': results, 'dlib_seconds': float(ref['seconds']),
+          'dlib_fixed_threshold': {'threshold': DLIB_THRESHOLD, 'accuracy': float(fold_acc.mean()),
+                                   'accuracy_std': float(fold_acc.std()), 'fold_accuracies': fold_acc},
+          'comparison': {f'{a} vs dlib native, raw': verification.compare(
+              results[a], results['dlib native, raw'], a, 'dlib native, raw')
+              for a in ('facejax, normalised', 'facejax, raw')}}
+
+
+def _array_digest(x: np.ndarray) -> str:
+  import hashlib
+  return hashlib.sha1(np.ascontiguousarray(x).tobytes()).hexdigest()
 
 
 def _check_eval_config(config: ml_collections.ConfigDict) -> None:
   _flip(config.flip)
+  for field, allowed in (('no_face', NO_FACE), ('embedding', EMBEDDINGS), ('reference', REFERENCES)):
+    if config[field] not in allowed:
+      raise ValueError(f'config.{field}={config[field]!r}: expected one of {allowed}')
+  if config.workers < 1:
+    raise ValueError(f'config.workers={config.workers}: expected >= 1')
   if config.get('align', 'auto') not in ALIGN_MODES:
     raise ValueError(f'config.align={config.align!r}: expected one of {ALIGN_MODES}')
   if config.distance not in verification.DISTANCES:
@@ -275,24 +383,43 @@ def _check_eval_config(config: ml_collections.ConfigDict) -> None:
 
 
 def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Embed every image the pairs use once, run the 10-fold protocol, write RUN/eval/<name>/ and (calibrate)
-  RUN/threshold.json (`M.jaxexport.eval/<name>/` and `M.jaxexport.threshold.json` for an export).
-  Returns {'result' (verification.evaluate), 'row', 'out_dir', 'calibration' (or None), 'protocol'}."""
+  """Embed every image the pairs use once, run the 10-fold protocol, write RUN/eval/<name>/ (its threshold.json
+  included) and, with config.calibrate, RUN/threshold.json (`M.jaxexport.eval/<name>/` and
+  `M.jaxexport.threshold.json` for an export).
+  Returns {'result' (verification.evaluate), 'row', 'out_dir', 'calibration', 'protocol', 'reference' (or None)}."""
+  import time
   from facejax.inference.embed import embed_images
   _check_eval_config(config)
   desc = describe_model(workdir)
   flip = _flip(config.flip)
   if desc['kind'] == 'export' and not flip:
     flip = desc['flip']  # config.flip unset: the mode baked into the export
-  align = resolve_align(config.get('align', 'auto'), desc, photos=resolve_source(config.data) == 'lfw')
-  embed_fn, image_size = load_embedder(workdir, flip)
+  photos = resolve_source(config.data) == 'lfw'
+  align = resolve_align(config.get('align', 'auto'), desc, photos=photos, detector=config.detector,
+                        upsample=config.upsample)
+  raw = config.embedding == 'raw' or bool(config.reference)
+  if raw and flip:
+    raise ValueError(f'config.flip={flip!r}: raw embeddings (config.embedding=raw or config.reference) are '
+                     'single-image descriptors; expected no flip TTA')
+  if config.reference == 'dlib' and (align is None or int(align['size']) != 150):
+    raise ValueError('config.reference=dlib runs dlib on 150 px dlib 5-point chips: expected an aligning model '
+                     '(dlib\'s converted net) or config.align=on with a 150 px model')
+  embed_fn, image_size = load_embedder(workdir, flip, raw=raw)
   step = desc['step']
   pairs, described = load_pairs(config.data, image_size)
   name = config.name or described['source']
   out_dir = eval_dir(workdir, name)
 
-  images = pairs.images if align is None else _AlignedImages(pairs.images, pairs.names, align)
+  images, aligned = pairs.images, None
+  if align is not None:
+    aligned = aligned_chips(pairs, align, config.no_face, config.cache_dir, config.workers, config.progress)
+    images = aligned['chips']
+  t0 = time.perf_counter()
   emb = embed_images(embed_fn, images, image_size, batch_size=config.batch_size, progress=config.progress)
+  embed_seconds = time.perf_counter() - t0
+  emb_raw = emb if raw else None
+  if raw and config.embedding == 'normalised':
+    emb = _l2_normalise(emb)
   thresholds = classic_thresholds() if config.thresholds == 'classic' else None
   result = verification.evaluate(emb[pairs.left], emb[pairs.right], pairs.issame, distance=config.distance,
                                  thresholds=thresholds, folds=pairs.fold)
@@ -303,16 +430,24 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   row = report.summary_row(result, threshold=result['threshold'])
   protocol = {
       **described, 'pairs_total': len(pairs), 'images': len(pairs.images), 'folds': result['num_folds'],
-      'distance': config.distance, 'flip': flip or 'none', 'thresholds': config.thresholds,
-      'align': describe_align(align),
+      'distance': config.distance, 'embedding': config.embedding, 'flip': flip or 'none',
+      'thresholds': config.thresholds, 'align': describe_align(align),
       'accuracy': 'mean over folds; each fold uses the best-accuracy threshold of the other folds',
       'accuracy_std': 'std over folds, ddof=0', 'threshold': 'best accuracy over all pairs (same if distance < t)',
+      'embed_images_per_s': len(pairs.images) / embed_seconds,
   }
-  if align is not None:
-    no_face = [pairs.names[k] for k in sorted(images.no_face)]
-    protocol['no_face'] = len(no_face)
-    protocol['no_face_images'] = no_face[:20]
-    protocol['no_face_fallback'] = 'center crop of the photo'
+  if aligned is not None:
+    no_face = [pairs.names[k] for k in np.flatnonzero(~aligned['found'] & aligned['readable'])]
+    protocol.update(
+        no_face=len(no_face), no_face_images=no_face[:50],
+        no_face_fallback={'box': 'chip from the 5-point landmarks inside the fixed box facejax.data.align.'
+                                 'FALLBACK_BOX', 'center': 'center crop of the photo'}[config.no_face],
+        unreadable=[pairs.names[k] for k in np.flatnonzero(~aligned['readable'])],
+        align_images_per_s=len(pairs.images) / max(float(aligned['seconds']), 1e-9))
+  reference = None
+  if config.reference == 'dlib':
+    reference = dlib_reference(pairs, aligned['chips'], emb_raw, config, thresholds)
+    protocol['dlib_images_per_s'] = len(pairs.images) / max(reference['dlib_seconds'], 1e-9)
   run = {'workdir': os.path.abspath(workdir), 'kind': desc['kind'], 'model': desc['name'], 'step': step,
          'image_size': image_size}
   details = {k: v for k, v in result.items() if k not in ('roc', 'embeddings')}
@@ -321,27 +456,43 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, 'config.json'), 'w') as f:
     f.write(config.to_json_best_effort(indent=2))
+  record = {'models': {run_name: row}, 'run': run, 'protocol': protocol, 'result': details}
+  if reference:
+    record['reference'] = {k: v for k, v in reference.items() if k != 'results'}
   with open(os.path.join(out_dir, 'results.json'), 'w') as f:
-    json.dump(report.jsonable({'models': {run_name: row}, 'run': run, 'protocol': protocol, 'result': details}),
-              f, indent=2)
+    json.dump(report.jsonable(record), f, indent=2)
   with open(os.path.join(out_dir, 'results.md'), 'w') as f:
-    f.write(results_text(run_name, row, result, protocol, run, train_accuracy))
-  report.plot_roc({run_name: result}, os.path.join(out_dir, 'roc.png'),
+    f.write(results_text(run_name, row, result, protocol, run, train_accuracy) + reference_text(reference))
+  report.plot_roc({run_name: result, **({k: v for k, v in reference['results'].items() if k.startswith('dlib')}
+                                        if reference else {})}, os.path.join(out_dir, 'roc.png'),
                   title=f'{run_name} on {described["source"]} ({len(pairs)} pairs)')
 
-  calibration = None
+  calibration = {
+      'threshold': result['threshold'], 'distance': config.distance, 'embedding': config.embedding,
+      'flip': flip or '', 'rule': 'same if distance < threshold',
+      'chosen_by': f'best accuracy over all {len(pairs)} pairs ({config.thresholds} threshold search)',
+      'accuracy_at_threshold': train_accuracy, 'cv_accuracy': result['accuracy'],
+      'cv_accuracy_std': result['accuracy_std'], 'step': step, 'image_size': image_size, 'name': name,
+      'evaluation': os.path.relpath(out_dir, os.path.dirname(threshold_path(workdir))), 'pairs': described,
+      'align': align,
+  }
+  write_threshold(os.path.join(out_dir, THRESHOLD_FILE), calibration)
   if config.calibrate:
-    calibration = {
-        'threshold': result['threshold'], 'distance': config.distance, 'flip': flip or '',
-        'rule': 'same if distance < threshold',
-        'chosen_by': f'best accuracy over all {len(pairs)} pairs ({config.thresholds} threshold search)',
-        'accuracy_at_threshold': train_accuracy, 'cv_accuracy': result['accuracy'],
-        'cv_accuracy_std': result['accuracy_std'], 'step': step, 'image_size': image_size,
-        'evaluation': os.path.relpath(out_dir, os.path.dirname(threshold_path(workdir))), 'pairs': described,
-        'align': align,
-    }
-    write_threshold(workdir, calibration)
-  return {'result': result, 'row': row, 'out_dir': out_dir, 'calibration': calibration, 'protocol': protocol}
+    write_threshold(threshold_path(workdir), calibration)
+  return {'result': result, 'row': row, 'out_dir': out_dir, 'calibration': calibration, 'protocol': protocol,
+          'reference': reference, 'calibrated': bool(config.calibrate)}
+
+
+def reference_text(reference: dict | None) -> str:
+  """results.md's section on dlib's own pipeline (config.reference='dlib')."""
+  if not reference:
+    return ''
+  fixed = reference['dlib_fixed_threshold']
+  return ('\n## Reference: dlib\'s own pipeline on the same chips and folds\n\n'
+          f'{report.results_markdown(reference["rows"])}\n'
+          f'- dlib native at its published rule (raw euclidean < {fixed["threshold"]}): '
+          f'{100 * fixed["accuracy"]:.2f} +- {100 * fixed["accuracy_std"]:.2f} %\n'
+          + ''.join(f'- {k}: {v["summary"]}\n' for k, v in reference['comparison'].items()))
 
 
 def results_text(run_name: str, row: dict, result: dict, protocol: dict, run: dict, train_accuracy: float) -> str:
@@ -369,7 +520,7 @@ def results_text(run_name: str, row: dict, result: dict, protocol: dict, run: di
 def no_face_text(protocol: dict) -> str:
   if not protocol.get('no_face'):
     return ''
-  return (f'; no face found in {protocol["no_face"]} image(s), embedded as their center crop '
+  return (f'; no face found in {protocol["no_face"]} image(s), kept as the {protocol["no_face_fallback"]} '
           f'(e.g. {protocol["no_face_images"][0]})')
 
 
@@ -383,8 +534,7 @@ def eval_dir(path: str, name: str) -> str:
   return os.path.join(path + '.eval' if is_exported(path) else os.path.join(path, 'eval'), name)
 
 
-def write_threshold(workdir: str, calibration: dict) -> str:
-  path = threshold_path(workdir)
+def write_threshold(path: str, calibration: dict) -> str:
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     json.dump(report.jsonable(calibration), f, indent=2)
@@ -392,19 +542,29 @@ def write_threshold(workdir: str, calibration: dict) -> str:
   return path
 
 
-def read_threshold(workdir: str) -> dict:
-  """RUN/threshold.json (`M.jaxexport.threshold.json`) -> dict (threshold, distance, flip, step, ...); errors say
-  how to create it."""
+def calibrated_pair_sets(workdir: str) -> list[str]:
+  """Names of the pair sets with a calibration (RUN/eval/<name>/threshold.json)."""
+  root = os.path.dirname(eval_dir(workdir, 'x'))
+  return sorted(n for n in (os.listdir(root) if os.path.isdir(root) else [])
+                if os.path.isfile(os.path.join(root, n, THRESHOLD_FILE)))
+
+
+def read_threshold(workdir: str, pairs: str = '') -> dict:
+  """The calibration verify applies -> dict (threshold, distance, embedding, flip, step, ..., 'file'):
+  pairs='' -> RUN/threshold.json (`M.jaxexport.threshold.json`), the chosen default; else the one of pair set
+  `pairs` (RUN/eval/<pairs>/threshold.json). Errors say how to create one, and which pair sets have one."""
   if is_exported(workdir) and not os.path.isfile(workdir):
     raise FileNotFoundError(f'exported model {workdir} does not exist')
   if not is_exported(workdir) and not os.path.isdir(workdir):
     raise FileNotFoundError(f'run directory {workdir} does not exist')
-  path = threshold_path(workdir)
+  path = os.path.join(eval_dir(workdir, pairs), THRESHOLD_FILE) if pairs else threshold_path(workdir)
   if not os.path.isfile(path):
     what = 'exported model' if is_exported(workdir) else 'run'
-    raise FileNotFoundError(f'{path} not found: this {what} has no calibrated threshold; run '
-                            f'`python -m launch.evaluate --config=configs/lfw_eval.py --workdir={workdir}` first '
-                            f'(it writes {path})')
+    sets = calibrated_pair_sets(workdir)
+    have = (f'; calibrated pair sets: {", ".join(sets)} (pick one with --pairs=NAME)' if sets else '')
+    raise FileNotFoundError(f'{path} not found: this {what} has no {"" if pairs else "default "}calibrated '
+                            f'threshold{have}; run `python -m launch.evaluate --config=configs/lfw_eval.py '
+                            f'--workdir={workdir}{"" if pairs else " --config.calibrate=True"}` first')
   with open(path) as f:
     try:
       calibration = json.load(f)
@@ -414,7 +574,7 @@ def read_threshold(workdir: str) -> dict:
   if missing or not isinstance(calibration['threshold'], (int, float)):
     raise ValueError(f'{path}: expected a number "threshold" and "distance", "flip" entries, missing {missing}; '
                      f're-run launch.evaluate')
-  return calibration
+  return dict(calibration, file=path)
 
 
 # ---- Images. ----
@@ -573,35 +733,39 @@ def embed_paths(workdir: str, images: str, out: str, *, flip: str = 'auto', alig
 
 # ---- launch.verify ----
 
-def decision_rule(workdir: str, desc: dict | None = None) -> dict:
-  """The rule verify applies: the calibrated threshold file, else (dlib's converted net, whose model.json has a
-  "descriptor" entry with "normalised": false) dlib's published rule on raw descriptors, marked 'raw': True."""
+def decision_rule(workdir: str, desc: dict | None = None, pairs: str = '') -> dict:
+  """The rule verify applies: the calibrated threshold file (`read_threshold(workdir, pairs)`), else (dlib's
+  converted net, whose model.json has a "descriptor" entry with "normalised": false) dlib's published rule on raw
+  descriptors, marked 'published': True. 'raw': whether the distance is taken between raw embeddings."""
   desc = desc or describe_model(workdir)
   try:
-    return dict(read_threshold(workdir), raw=False)
+    calibration = read_threshold(workdir, pairs)
+    return dict(calibration, raw=calibration.get('embedding') == 'raw', published=False)
   except FileNotFoundError:
     d = desc.get('descriptor')
-    if desc['kind'] != 'run' or not d or d.get('normalised', True):
+    if pairs or calibrated_pair_sets(workdir) or desc['kind'] != 'run' or not d or d.get('normalised', True):
       raise
   if d.get('distance', 'euclidean') != 'euclidean' or not isinstance(d.get('threshold'), (int, float)):
     raise ValueError(f'{os.path.join(workdir, "model.json")}: "descriptor" expected a number "threshold" and '
                      f'"distance": "euclidean", got {d}')
-  return {'threshold': float(d['threshold']), 'distance': 'euclidean', 'flip': '', 'raw': True, 'step': None,
-          'rule': 'same if the euclidean distance of the raw descriptors < threshold', 'chosen_by': DLIB_RULE}
+  return {'threshold': float(d['threshold']), 'distance': 'euclidean', 'flip': '', 'raw': True, 'published': True,
+          'step': None, 'file': None, 'rule': 'same if the euclidean distance of the raw descriptors < threshold', 'chosen_by': DLIB_RULE}
 
 
-def verify_pair(workdir: str, img_a: str, img_b: str, align: str = 'auto') -> dict:
+def verify_pair(workdir: str, img_a: str, img_b: str, align: str = 'auto', pairs: str = '') -> dict:
   """Distance between two image files under the model's decision rule (`decision_rule`): RUN/threshold.json
   (`M.jaxexport.threshold.json`), else dlib's published rule for a converted dlib run.
 
+  pairs: the pair set whose calibration to use (RUN/eval/<pairs>/threshold.json); '' the default one.
   Uses the checkpoint the threshold was calibrated on (its step), with the same flip mode and distance. Photos are
   aligned as `resolve_align(align)` says; one without a face is a NoFaceError naming the file.
   -> {'distance', 'threshold', 'same', 'distance_kind', 'raw', 'flip', 'align', 'step', 'latest_step',
   'threshold_file' (None for dlib's rule), 'calibration'}.
   """
   desc = describe_model(workdir)
-  calibration = decision_rule(workdir, desc)
-  align_spec = resolve_align(align, desc)
+  calibration = decision_rule(workdir, desc, pairs)
+  spec = calibration.get('align') or {}
+  align_spec = resolve_align(align, desc, detector=spec.get('detector', 'hog'), upsample=spec.get('upsample', 1))
   # Before loading the model: bad input fails fast.
   photos = [align_photo(read_image(p), p, align_spec) for p in (img_a, img_b)]
   step, latest = calibration.get('step'), desc['step']
@@ -614,7 +778,7 @@ def verify_pair(workdir: str, img_a: str, img_b: str, align: str = 'auto') -> di
   embed_fn, image_size = load_embedder(workdir, calibration['flip'], step, raw=raw)
   from facejax.inference.embed import embed_images
   emb = embed_images(embed_fn, photos, image_size, batch_size=2)
-  if raw:  # dlib's rule: plain (not squared) euclidean distance of the raw descriptors
+  if calibration['published']:  # dlib's rule: plain (not squared) euclidean distance of the raw descriptors
     distance = float(np.linalg.norm(emb[0].astype(np.float64) - emb[1]))
   else:
     distance = float(verification.pair_distances(emb[:1], emb[1:], calibration['distance'])[0])
@@ -622,23 +786,26 @@ def verify_pair(workdir: str, img_a: str, img_b: str, align: str = 'auto') -> di
   return {'distance': distance, 'threshold': threshold, 'same': distance < threshold, 'raw': raw,
           'distance_kind': calibration['distance'], 'flip': calibration['flip'] or 'none', 'align': align_spec,
           'step': step if step is not None else latest, 'latest_step': latest,
-          'threshold_file': None if raw else threshold_path(workdir), 'calibration': calibration}
+          'published': calibration['published'], 'threshold_file': calibration['file'], 'calibration': calibration}
 
 
 def format_verification(v: dict) -> str:
   """The lines launch.verify prints; the last one is exactly 'same' or 'different'."""
   c = v['calibration']
-  if v['raw']:
+  if v['published']:
     lines = [f'distance: {v["distance"]:.6f} (euclidean distance of raw, un-normalised descriptors)',
              f'threshold: {v["threshold"]:g} ({DLIB_RULE})']
   else:
     kind = 'squared L2' if v['distance_kind'] == 'euclidean' else '1 - cos'
-    lines = [f'distance: {v["distance"]:.6f} ({v["distance_kind"]}: {kind} of L2-normalised embeddings, '
+    emb = 'raw' if v['raw'] else 'L2-normalised'
+    where = (c.get('pairs') or {}).get('pairs') or (c.get('pairs') or {}).get('source', '?')
+    lines = [f'distance: {v["distance"]:.6f} ({v["distance_kind"]}: {kind} of {emb} embeddings, '
              f'flip TTA: {v["flip"]})',
              f'threshold: {v["threshold"]:.6f} (from {v["threshold_file"]}: {c.get("chosen_by", "?")} of '
-             f'{c.get("evaluation", "?")}, checkpoint step {v["step"]}; same if distance < threshold)']
+             f'{c.get("evaluation", "?")}, checkpoint step {v["step"]}; same if distance < threshold)',
+             f'calibrated on: pair set {c.get("name") or os.path.basename(str(c.get("evaluation", "?")))} ({where})']
   lines.append(f'faces: {describe_align(v["align"])}')
-  if not v['raw'] and v['latest_step'] is not None and v['step'] is not None and v['latest_step'] != v['step']:
+  if not v['published'] and v['latest_step'] is not None and v['step'] is not None and v['latest_step'] != v['step']:
     lines.append(f'note: the run has a newer checkpoint (step {v["latest_step"]}) that is not calibrated; '
                  f're-run launch.evaluate to use it')
   lines.append('same' if v['same'] else 'different')
