@@ -1,15 +1,23 @@
 """The paper end to end: pretrain (ImageNet stand-in) -> transfer (teacher) -> compress (student) -> Siamese ->
 verification + CPU benchmark -> report. Every stage is a normal run in `<workdir>/<stage>`, so re-running the
-pipeline resumes unfinished stages and skips finished ones."""
+pipeline resumes unfinished stages and skips finished ones.
+
+With a `real` section (configs/real_faces.py) the teacher is a converted face model (dlib's ResNet) and the data
+are real photos, prepared first (`prepare_real_faces`): identity folders and LFW's photos outside View 2 aligned
+once, the teacher evaluated on LFW View 2 beside dlib's own pipeline, the identity-leakage check, then the
+prepared ArrayRecord sets the student (embedding mimic, cached teacher) and the Siamese stage train on."""
 from __future__ import annotations
 
 import json
 import os
+import time
 
 import ml_collections
+import numpy as np
 from absl import logging
 
 from facejax.evaluation.cli import evaluate_run
+from facejax.evaluation.leakage import leakage_check, leakage_text
 from facejax.evaluation.report import jsonable, plot_roc, results_markdown, summary_row
 from facejax.evaluation.verification import compare
 from facejax.inference.benchmark import benchmark_model
@@ -28,10 +36,11 @@ def stage_configs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   A given student.distill.teacher_workdir (e.g. one teacher shared by a sweep's variants) replaces the pretrain
   and teacher stages; siamese.total_steps=0 skips the Siamese stage (no student_siamese in the report).
   """
-  stages = {s: ml_collections.ConfigDict(config[s]) for s in STAGES}
+  stages = {s: ml_collections.ConfigDict(config[s]) for s in STAGES if s in config}
   run = lambda s: os.path.join(workdir, s)
   if stages['student'].distill.teacher_workdir:
-    del stages['pretrain'], stages['teacher']
+    for s in ('pretrain', 'teacher'):
+      stages.pop(s, None)
   elif stages['teacher'].init.path:
     del stages['pretrain']  # real pretrained weights given: no stand-in pretraining
   else:
@@ -56,15 +65,23 @@ def reported_runs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Run every stage, evaluate and benchmark teacher / student / student_siamese, write the report files."""
   os.makedirs(workdir, exist_ok=True)
+  timings, real = {}, None
+  if 'real' in config:
+    real = prepare_real_faces(config, workdir, timings)
+    config = real['config']
   for name, stage in stage_configs(config, workdir).items():
     logging.info('stage %s -> %s', name, os.path.join(workdir, name))
     print(f'== stage {name}: {stage.task} {stage.model.name}, {stage.total_steps} steps', flush=True)
+    t0 = time.perf_counter()
     train(stage, os.path.join(workdir, name))
+    timings[f'train {name}'] = time.perf_counter() - t0
 
   print('== evaluate + benchmark', flush=True)
   rows, results, runs = {}, {}, {}
   for name, run in reported_runs(config, workdir).items():
-    evaluation = evaluate_run(config.eval, run)  # also calibrates run/threshold.json for launch.verify
+    t0 = time.perf_counter()
+    evaluation = (real or {}).get('evaluations', {}).get(name) or evaluate_run(config.eval, run)
+    timings[f'evaluate {name}'] = time.perf_counter() - t0
     results[name] = evaluation['result']
     runs[name] = {'workdir': os.path.abspath(run),
                   'evaluation': os.path.abspath(os.path.join(evaluation['out_dir'], 'results.json'))}
@@ -75,7 +92,12 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
     rows[name] = summary_row(results[name], params=bench['params'], gflops=bench['gflops'],
                              cpu_ms_b1=bench['ms_median'], cpu_ms_per_img_batched=batched['ms_per_image'],
                              threshold=results[name]['threshold'])
+    timings[f'evaluate {name}'] = time.perf_counter() - t0
   protocol = evaluation['protocol']
+  if real:
+    # dlib's own C++ net: the teacher's architecture and weights, timed as dlib runs it (one thread).
+    rows['dlib_native'] = dict(real['dlib_row'], params=rows['teacher']['params'], gflops=rows['teacher']['gflops'])
+    results['dlib_native'] = real['dlib_result']
   teacher, student = rows['teacher'], rows['student']
   report = {
       'models': rows,
@@ -83,13 +105,18 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       'gflops_ratio': teacher['gflops'] / student['gflops'],
                       'cpu_speedup': teacher['cpu_ms_b1'] / student['cpu_ms_b1'],
                       'cpu_speedup_batched': teacher['cpu_ms_per_img_batched'] / student['cpu_ms_per_img_batched']},
-      'comparisons': {f'{a} vs teacher': compare(results[a], results['teacher'], a, 'teacher')
-                      for a in ('student', 'student_siamese') if a in results},
+      'comparisons': {f'{a} vs {b}': compare(results[a], results[b], a, b)
+                      for a, b in (('student', 'teacher'), ('student_siamese', 'teacher'),
+                                   ('student_siamese', 'student'), ('teacher', 'dlib_native'))
+                      if a in results and b in results},
       'protocol': dict(protocol, params='embedding network (no classifier)',
                        cpu_ms_b1=f'median of {config.benchmark.runs} AOT-compiled runs, batch 1, compile excluded',
                        cpu_ms_per_img_batched=f'the same at batch {config.benchmark.batch_size}, per image'),
       'runs': runs,  # where each row came from (a sweep finds fold accuracies and shared teachers here)
+      'timings_s': timings,
   }
+  if real:
+    report['leakage'], report['data'] = real['leakage'], real['data']
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
     json.dump(jsonable(report), f, indent=2)
   table = results_markdown(rows)
@@ -98,8 +125,192 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
              f'{c["cpu_speedup"]:.1f}x faster on CPU at batch 1, {c["cpu_speedup_batched"]:.1f}x at batch '
              f'{config.benchmark.batch_size}\n'
              + ''.join(f'{k}: {v["summary"]}\n' for k, v in report['comparisons'].items()))
+  if real:
+    summary += '\n' + leakage_text(real['leakage']) + '\n' + real_data_text(real['data'], protocol)
+  summary += '\nwall time (s): ' + ', '.join(f'{k} {v:.0f}' for k, v in timings.items()) + '\n'
   with open(os.path.join(workdir, 'results.md'), 'w') as f:
     f.write(f'# facejax pipeline: {workdir}\n\n{table}{summary}')
   plot_roc(results, os.path.join(workdir, 'roc.png'))
   print(table + summary, flush=True)
   return report
+
+
+# ---- Real faces (configs/real_faces.py). ----
+
+def _link_tree(sources: dict[str, str], out: str, exclude=frozenset(), mirror: bool = False) -> dict:
+  """Identity folders of several chip trees -> one tree under `out` of per-file symlinks (and, with `mirror`,
+  left-right mirrored PNG copies `<image>_mirror.png`: the teacher's cached outputs then cover two views of every
+  chip). `sources`: prefix -> chips root; identities are named `<prefix>/<identity>` -> '<prefix>_<identity>'.
+  Rebuilt from scratch each call (cheap), so a changed exclusion list takes effect. -> counts."""
+  import shutil
+  from PIL import Image
+  if os.path.isdir(out):
+    shutil.rmtree(out)
+  counts = {'identities': 0, 'images': 0, 'excluded_identities': 0}
+  for prefix, root in sources.items():
+    for identity in sorted(os.listdir(root)):
+      if f'{prefix}/{identity}' in exclude:
+        counts['excluded_identities'] += 1
+        continue
+      dst = os.path.join(out, f'{prefix}_{identity}')
+      os.makedirs(dst)
+      counts['identities'] += 1
+      for name in sorted(os.listdir(os.path.join(root, identity))):
+        src = os.path.abspath(os.path.join(root, identity, name))
+        os.symlink(src, os.path.join(dst, name))
+        counts['images'] += 1
+        if mirror:
+          with Image.open(src) as im:
+            im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(
+                os.path.join(dst, os.path.splitext(name)[0] + '_mirror.png'))
+          counts['images'] += 1
+  return counts
+
+
+def _unpaired_lfw_people(lfw_dir: str, pairs_path: str, out: str) -> int:
+  """A tree of symlinks to the LFW people who appear in no pair of `pairs_path` -> how many people."""
+  from facejax.data.lfw import read_pairs
+  paired = {n for line in read_pairs(pairs_path) for n in (line.name1, line.name2)}
+  os.makedirs(out, exist_ok=True)
+  people = [p for p in sorted(os.listdir(lfw_dir)) if os.path.isdir(os.path.join(lfw_dir, p)) and p not in paired]
+  for p in people:
+    if not os.path.lexists(os.path.join(out, p)):
+      os.symlink(os.path.abspath(os.path.join(lfw_dir, p)), os.path.join(out, p))
+  return len(people)
+
+
+def _chip_files(root: str) -> tuple[list[str], list[str]]:
+  """A chips tree -> (sorted file paths, their identity folder names)."""
+  paths = sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files)
+  return paths, [os.path.basename(os.path.dirname(p)) for p in paths]
+
+
+def prepare_real_faces(config: ml_collections.ConfigDict, workdir: str, timings: dict) -> dict:
+  """The data side of the real-faces pipeline (every step resumable: done markers, caches, skip-if-present):
+  convert the teacher, align the identity photos (and LFW's unpaired people), evaluate the teacher on LFW View 2
+  with dlib's own pipeline as reference, check identity leakage by face, prepare the training sets.
+  -> {'config' (stages pointed at the prepared sets), 'evaluations', 'dlib_row', 'dlib_result', 'leakage',
+  'data'}."""
+  from facejax.convert.dlib import convert_dlib, default_dat_path
+  from facejax.data.align import dlib_descriptors
+  from facejax.data.folders import align_once, prepare_folders
+  from facejax.data.pipeline import as_rgb_array
+  from facejax.evaluation.cli import load_embedder
+  from facejax.inference.embed import embed_images
+  from PIL import Image
+
+  r = config.real
+  for flag, path in (('lfw_dir', r.lfw_dir), ('identities_dir', r.identities_dir)):
+    if not os.path.isdir(path):
+      raise FileNotFoundError(f'config.real.{flag}={path}: no such folder (expected <folder>/<person>/<image>; '
+                              f'set --config.real.{flag}=DIR or FACEJAX_DATA)')
+  pairs_path = r.pairs or os.path.join(r.lfw_dir, 'pairs.txt')
+  data_dir = r.data_dir or os.path.join(workdir, 'data')
+  config = ml_collections.ConfigDict(config)
+  with config.unlocked():
+    config.eval.data.lfw_dir, config.eval.data.pairs = r.lfw_dir, pairs_path
+    config.eval.cache_dir = config.eval.cache_dir or os.path.join(workdir, 'cache')
+  teacher_dir = config.student.distill.teacher_workdir or os.path.join(workdir, 'teacher')
+
+  t0 = time.perf_counter()
+  if not os.path.isfile(os.path.join(teacher_dir, 'model.json')):
+    print(f'== convert dlib -> {teacher_dir}', flush=True)
+    convert_dlib(r.teacher_dat or default_dat_path(), teacher_dir)
+  timings['convert teacher'] = time.perf_counter() - t0
+
+  t0 = time.perf_counter()
+  print('== align identity photos and LFW people outside View 2', flush=True)
+  align = dict(detector=r.detector, upsample=r.upsample)
+  aligned = {'identities': align_once(r.identities_dir, os.path.join(data_dir, 'aligned', 'identities'), **align)}
+  if r.add_lfw_unpaired:
+    unpaired = os.path.join(data_dir, 'lfw_unpaired_photos')
+    _unpaired_lfw_people(r.lfw_dir, pairs_path, unpaired)
+    aligned['lfw_unpaired'] = align_once(unpaired, os.path.join(data_dir, 'aligned', 'lfw_unpaired'), **align)
+  timings['align training photos'] = time.perf_counter() - t0
+
+  t0 = time.perf_counter()
+  print('== evaluate the teacher on LFW View 2, with dlib\'s own pipeline as reference', flush=True)
+  teacher_eval_config = ml_collections.ConfigDict(config.eval)
+  teacher_eval_config.reference = 'dlib'
+  teacher_eval = evaluate_run(teacher_eval_config, teacher_dir)
+  ref = teacher_eval['reference']
+  dlib_result = ref['results']['dlib native, raw']
+  timings['evaluate teacher + dlib native'] = time.perf_counter() - t0
+
+  t0 = time.perf_counter()
+  print('== identity leakage check', flush=True)
+  embed_fn, size = load_embedder(teacher_dir)
+  paths, ids = _chip_files(aligned['identities']['chips'])
+  images = [as_rgb_array(np.asarray(Image.open(p).convert('RGB'))) for p in paths]
+  train_emb = embed_images(embed_fn, images, size, batch_size=config.eval.batch_size)
+  people = [n.replace('\\', '/').split('/')[0] for n in teacher_eval['names']]
+  threshold = r.leakage.threshold or teacher_eval['result']['threshold']
+  leakage = leakage_check(train_emb, ids, teacher_eval['embeddings'], people, threshold)
+  leakage['dropped'] = bool(r.leakage.drop)
+  exclude = {f'identities/{s["train"]}' for s in leakage['suspects']} if r.leakage.drop else set()
+  timings['leakage check'] = time.perf_counter() - t0
+
+  t0 = time.perf_counter()
+  print('== prepare the training sets', flush=True)
+  sources = {k: v['chips'] for k, v in aligned.items()}
+  trees = {'mimic': _link_tree(sources, os.path.join(data_dir, 'trees', 'mimic'), exclude, mirror=r.mirror),
+           'identities': _link_tree({'identities': sources['identities']},
+                                    os.path.join(data_dir, 'trees', 'identities'), exclude)}
+  tag = f'{len(exclude)}x'  # a changed exclusion list prepares new sets instead of reusing stale ones
+  names = {}
+  for name, min_images in (('mimic', 1), ('identities', 2)):
+    names[name] = f'{name}_{tag}'
+    prepare_folders(os.path.join(data_dir, 'trees', name), data_dir, name=names[name], val_fraction=0.0,
+                    min_images=min_images)
+  timings['prepare training sets'] = time.perf_counter() - t0
+
+  with config.unlocked():
+    config.student.distill.teacher_workdir = teacher_dir
+    config.student.data.kwargs = ml_collections.ConfigDict(dict(data_dir=data_dir, name=names['mimic'],
+                                                                split='train'))
+    config.siamese.data.kwargs = ml_collections.ConfigDict(dict(data_dir=data_dir, name=names['identities'],
+                                                                split='train'))
+
+  dlib_ms = _dlib_ms_per_chip(teacher_eval, dlib_descriptors)
+  dlib_row = summary_row(dlib_result, cpu_ms_b1=dlib_ms, threshold=dlib_result['threshold'],
+                         fixed_threshold_accuracy=ref['dlib_fixed_threshold']['accuracy'])
+  data = {'aligned': {k: {c: v[c] for c in ('aligned', 'no_face', 'unreadable', 'source')} for k, v in aligned.items()},
+          'trees': trees, 'prepared': names, 'data_dir': os.path.abspath(data_dir),
+          'lfw_no_face': teacher_eval['protocol'].get('no_face'),
+          'lfw_align_images_per_s': teacher_eval['protocol'].get('align_images_per_s'),
+          'dlib_images_per_s': teacher_eval['protocol'].get('dlib_images_per_s'),
+          'reference': {k: v for k, v in ref['rows'].items()},
+          'dlib_fixed_threshold': ref['dlib_fixed_threshold'],
+          'reference_comparison': {k: v['summary'] for k, v in ref['comparison'].items()}}
+  return {'config': config, 'evaluations': {'teacher': teacher_eval}, 'dlib_row': dlib_row,
+          'dlib_result': dlib_result, 'leakage': leakage, 'data': data}
+
+
+def _dlib_ms_per_chip(evaluation: dict, dlib_descriptors, runs: int = 20) -> float:
+  """dlib's own compute_face_descriptor, ms per aligned chip at batch 1 (median of `runs` calls, one thread)."""
+  from facejax.data.align import CHIP_SIZE
+  rng = np.random.default_rng(0)
+  chip = rng.integers(0, 256, (1, CHIP_SIZE, CHIP_SIZE, 3), dtype=np.uint8)
+  dlib_descriptors(chip)  # loads the net
+  times = []
+  for _ in range(runs):
+    t0 = time.perf_counter()
+    dlib_descriptors(chip)
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times) * 1e3)
+
+
+def real_data_text(data: dict, protocol: dict) -> str:
+  """results.md's notes on the real data: alignment counts, the dlib reference, speeds."""
+  lines = ['Data: ' + '; '.join(f'{k}: {v["aligned"]} photos aligned, {v["no_face"]} without a face (skipped), '
+                                 f'{v["unreadable"]} unreadable' for k, v in data['aligned'].items()),
+           f'Training sets: ' + '; '.join(f'{k}: {v["identities"]} identities, {v["images"]} images'
+                                          for k, v in data['trees'].items()),
+           f'LFW View 2: {protocol.get("no_face")} photos without a detected face kept as '
+           f'{protocol.get("no_face_fallback")}; alignment {data["lfw_align_images_per_s"]:.1f} img/s, '
+           f'dlib native {data["dlib_images_per_s"]:.1f} img/s',
+           f'dlib native at its fixed 0.6: {100 * data["dlib_fixed_threshold"]["accuracy"]:.2f} +- '
+           f'{100 * data["dlib_fixed_threshold"]["accuracy_std"]:.2f} %',
+           'Reference (same chips, same folds):', results_markdown(data['reference'])]
+  lines += [f'{k}: {v}' for k, v in data['reference_comparison'].items()]
+  return '\n'.join(lines) + '\n'

@@ -188,33 +188,31 @@ def align_images(images, names=None, **kwargs) -> np.ndarray:
 
 
 def align_folder(src: str, dst: str, *, detector: str = 'hog', upsample: int = 1, size: int = CHIP_SIZE,
-                 padding: float = CHIP_PADDING, extensions=('.jpg', '.jpeg', '.png', '.bmp', '.webp')) -> dict:
-  """Identity folders of photos (src/<identity>/<image>) -> the same tree of aligned PNG chips under dst (the
-  largest face of each photo). Photos without a face, or unreadable, are listed, not fatal.
-  -> {'aligned': n, 'no_face': [relative paths], 'unreadable': [relative paths]}."""
+                 padding: float = CHIP_PADDING, extensions=('.jpg', '.jpeg', '.png', '.bmp', '.webp'),
+                 workers: int | None = None) -> dict:
+  """Identity folders of photos (src/<identity>/<image>, symlinks followed) -> the same tree of aligned PNG chips
+  under dst (the largest face of each photo), aligned in `workers` processes (None: one per CPU core). Photos without a face, or
+  unreadable, are listed, not fatal. -> {'aligned': n, 'no_face': [relative paths], 'unreadable': [...]}."""
   from PIL import Image
-  aligner = default_aligner(detector, upsample, size, padding)
+  rels = sorted(os.path.relpath(os.path.join(root, name), src)
+                for root, _, files in os.walk(src, followlinks=True) for name in files
+                if name.lower().endswith(tuple(e.lower() for e in extensions)))
   report = {'aligned': 0, 'no_face': [], 'unreadable': []}
-  for root, _, files in sorted(os.walk(src)):
-    for name in sorted(files):
-      if not name.lower().endswith(extensions):
-        continue
-      rel = os.path.relpath(os.path.join(root, name), src)
-      try:
-        with Image.open(os.path.join(src, rel)) as im:
-          image = np.asarray(im.convert('RGB'))
-      except OSError:
+  step = 1024  # bounded memory: chips of one slice at a time
+  for start in range(0, len(rels), step):
+    part = rels[start:start + step]
+    out = align_files([os.path.join(src, r) for r in part], detector=detector, upsample=upsample, size=size,
+                      padding=padding, workers=workers or os.cpu_count() or 1)
+    for rel, chip, found, readable in zip(part, out['chips'], out['found'], out['readable']):
+      if not readable:
         report['unreadable'].append(rel)
-        continue
-      try:
-        chip = aligner.align(image, rel)
-      except NoFaceError:
+      elif not found:
         report['no_face'].append(rel)
-        continue
-      out = os.path.join(dst, os.path.splitext(rel)[0] + '.png')
-      os.makedirs(os.path.dirname(out), exist_ok=True)
-      Image.fromarray(chip).save(out)
-      report['aligned'] += 1
+      else:
+        path = os.path.join(dst, os.path.splitext(rel)[0] + '.png')
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.fromarray(chip).save(path)
+        report['aligned'] += 1
   return report
 
 

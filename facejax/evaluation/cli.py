@@ -386,7 +386,8 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Embed every image the pairs use once, run the 10-fold protocol, write RUN/eval/<name>/ (its threshold.json
   included) and, with config.calibrate, RUN/threshold.json (`M.jaxexport.eval/<name>/` and
   `M.jaxexport.threshold.json` for an export).
-  Returns {'result' (verification.evaluate), 'row', 'out_dir', 'calibration', 'protocol', 'reference' (or None)}."""
+  Returns {'result' (verification.evaluate), 'row', 'out_dir', 'calibration', 'protocol', 'reference' (or None),
+  'calibrated', 'embeddings' [N, D] and 'names' (the pair set's images)}."""
   import time
   from facejax.inference.embed import embed_images
   _check_eval_config(config)
@@ -480,7 +481,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.calibrate:
     write_threshold(threshold_path(workdir), calibration)
   return {'result': result, 'row': row, 'out_dir': out_dir, 'calibration': calibration, 'protocol': protocol,
-          'reference': reference, 'calibrated': bool(config.calibrate)}
+          'reference': reference, 'calibrated': bool(config.calibrate), 'embeddings': emb, 'names': pairs.names}
 
 
 def reference_text(reference: dict | None) -> str:

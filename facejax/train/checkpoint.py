@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from facejax.data.align import CHIP_PADDING, CHIP_SIZE
 from facejax.models import PREPROCESSING, Preprocessing, build_model
 
 
@@ -46,7 +47,8 @@ def model_info(config) -> dict:
   return {'name': m.name, 'num_classes': int(m.num_classes), 'embed_dim': int(m.embed_dim), 'dropout': float(m.dropout),
           'kwargs': m.kwargs.to_dict(), 'image_size': int(m.image_size),
           'preprocessing': PREPROCESSING[m.preprocessing].to_dict() if isinstance(m.preprocessing, str)
-                           else dict(m.preprocessing), 'task': config.task}
+                           else dict(m.preprocessing), 'task': config.task,
+          **({'align': {'kind': m.align, 'size': CHIP_SIZE, 'padding': CHIP_PADDING}} if m.get('align') else {})}
 
 
 def read_model_info(workdir: str) -> dict:

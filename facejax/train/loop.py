@@ -24,7 +24,7 @@ from facejax.train.tasks import ModelIO, make_task, teacher_outputs
 # Fields that may change between a run and its resumption without changing what is computed.
 RUNTIME_FIELDS = ('resume', 'log_every', 'progress', 'prefetch', 'eval_every', 'keep_checkpoints', 'checkpoint_every')
 # Fields added after runs were made, with the value that reproduces what those runs did (absent = this value).
-ADDED_FIELDS = {'data.augment_on': 'host'}
+ADDED_FIELDS = {'data.augment_on': 'host', 'model.align': ''}
 
 
 def _config_diff(a: dict, b: dict, prefix: str = '') -> list[str]:

