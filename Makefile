@@ -3,7 +3,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench clean
+DATA ?= ../shared/data
+
+.PHONY: venv demo real test bench clean
 
 venv: $(STAMP)
 
@@ -15,6 +17,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python -m launch.pipeline --config=configs/demo.py --workdir=runs/demo
+
+# The paper's lineage on real photos (LFW View 2 + a restricted identity set), read in place from $(DATA).
+real: $(STAMP)
+	FACEJAX_DATA=$(DATA) $(BIN)/python -m launch.pipeline --config=configs/real_faces.py --workdir=runs/real
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

@@ -74,5 +74,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval = lfw_eval.get_config('synthetic')  # the same protocol and files as `launch.evaluate` on each run
   c.eval.data.synthetic = ml_collections.ConfigDict(pairs)
   c.eval.progress = not micro
+  c.eval.calibrate = True  # each run's threshold.json (launch.verify's default) from these pairs
   c.benchmark = ml_collections.ConfigDict(dict(batch_size=32, warmup=2 if micro else 5, runs=3 if micro else 30))
   return c

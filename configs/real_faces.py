@@ -72,7 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           threshold=0.0)),  # squared L2 between identity means; 0 -> the teacher's calibrated LFW threshold
   ))
 
-  c.student = _stage('distill', 4000, 0.1, 64)
+  c.student = _stage('distill', 3000, 0.1, 64)
   c.student.distill.embed_weight = 1.0
   c.student.distill.embed_kind = 'l2'
   c.student.distill.soft_weight = 0.0  # dlib has no identity classifier to soften
@@ -80,7 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.student.distill.cache_teacher = True
   c.student.data.augment = False  # the cache holds the teacher's outputs of each chip (and its mirror)
 
-  c.siamese = _stage('siamese', 1000, 0.01, 64)
+  c.siamese = _stage('siamese', 800, 0.01, 64)
   c.siamese.data.sampler = 'identity'
   c.siamese.data.images_per_identity = 4
   c.siamese.init.mode = 'all'
