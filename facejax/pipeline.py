@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 
 from facejax.evaluation.cli import evaluate_run
-from facejax.evaluation.leakage import leakage_check, leakage_text
+from facejax.evaluation.leakage import identity_threshold, leakage_check, leakage_text
 from facejax.evaluation.report import jsonable, plot_roc, results_markdown, summary_row
 from facejax.evaluation.verification import compare
 from facejax.inference.benchmark import benchmark_model
@@ -244,10 +244,19 @@ def prepare_real_faces(config: ml_collections.ConfigDict, workdir: str, timings:
   images = [as_rgb_array(np.asarray(Image.open(p).convert('RGB'))) for p in paths]
   train_emb = embed_images(embed_fn, images, size, batch_size=config.eval.batch_size)
   people = [n.replace('\\', '/').split('/')[0] for n in teacher_eval['names']]
-  threshold = r.leakage.threshold or teacher_eval['result']['threshold']
-  leakage = leakage_check(train_emb, ids, teacher_eval['embeddings'], people, threshold)
-  leakage['dropped'] = bool(r.leakage.drop)
+  calibration = None if r.leakage.threshold else identity_threshold(teacher_eval['embeddings'], people,
+                                                                      r.leakage.far)
+  leakage = leakage_check(train_emb, ids, teacher_eval['embeddings'], people,
+                          r.leakage.threshold or calibration['threshold'])
+  leakage.update(calibration=calibration, dropped=bool(r.leakage.drop))
+  with open(os.path.join(workdir, 'leakage.json'), 'w') as f:
+    json.dump(jsonable(leakage), f, indent=2)
+  print(leakage_text(leakage), flush=True)
   exclude = {f'identities/{s["train"]}' for s in leakage['suspects']} if r.leakage.drop else set()
+  if len(exclude) == leakage['train_identities']:
+    raise ValueError(f'the leakage check flags all {len(exclude)} training identities (threshold '
+                     f'{leakage["threshold"]:.4f}); lower config.real.leakage.threshold or far, or set '
+                     f'config.real.leakage.drop=False')
   timings['leakage check'] = time.perf_counter() - t0
 
   t0 = time.perf_counter()

@@ -132,3 +132,23 @@ def test_real_pipeline_tiny(tiny_real, tmp_path):
     assert json.load(f)['align'] == {'kind': 'dlib_5pt', 'size': 150, 'padding': 0.25}
   again = run_pipeline(c, workdir)
   assert again['models']['student']['accuracy'] == report['models']['student']['accuracy']
+
+
+def test_identity_threshold_is_calibrated_on_the_test_people():
+  """Halves of the same person sit closer than the `far` quantile of the nearest other person, so a planted
+  overlap is caught and ~far of new identities are flagged by chance."""
+  from facejax.evaluation.leakage import identity_threshold, leakage_check
+  rng = np.random.default_rng(1)
+  norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+  people = norm(rng.normal(size=(300, 32)))
+  test = norm(np.repeat(people, 4, axis=0) + 0.05 * rng.normal(size=(1200, 32)))
+  test_ids = np.repeat([f'p{i}' for i in range(300)], 4)
+  cal = identity_threshold(test, test_ids, far=0.01)
+  assert cal['people'] == 300 and cal['recall'] > 0.99
+  new = norm(rng.normal(size=(200, 32)))
+  train = norm(np.concatenate([np.repeat(people[:3], 5, axis=0), np.repeat(new, 5, axis=0)])
+               + 0.05 * rng.normal(size=(1015, 32)))
+  train_ids = np.repeat([f'leak{i}' for i in range(3)] + [f'new{i}' for i in range(200)], 5)
+  check = leakage_check(train, train_ids, test, test_ids, cal['threshold'])
+  flagged = {s['train'] for s in check['suspects']}
+  assert {'leak0', 'leak1', 'leak2'} <= flagged and len(flagged - {'leak0', 'leak1', 'leak2'}) <= 10
