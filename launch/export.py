@@ -29,7 +29,7 @@ def main(argv):
   import json
   import numpy as np
   from facejax.inference.export import export_embedder, save_exported
-  from facejax.train.checkpoint import load_run
+  from facejax.runs import load_run
   model, variables, info = load_run(FLAGS.workdir, FLAGS.step)
   options = {'dtype': FLAGS.dtype, 'conv': FLAGS.conv} if FLAGS.optimize else False
   if FLAGS.calibration:

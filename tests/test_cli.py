@@ -204,7 +204,7 @@ def test_config_switches():
 def exported(run_dir, tmp_path_factory):
   """The tiny run exported as launch.export does it (optimized forward, no flip), with its sidecar."""
   from facejax.inference.export import export_embedder, save_exported
-  from facejax.train.checkpoint import load_run
+  from facejax.runs import load_run
   model, variables, info = load_run(run_dir)
   path = str(tmp_path_factory.mktemp('export') / 'tiny.jaxexport')
   meta = {'model': info['name'], 'image_size': 48, 'flip': None, 'step': info['step']}

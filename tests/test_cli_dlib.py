@@ -81,7 +81,7 @@ def test_verify_no_face_is_an_error_naming_the_file(dlib_run, photos):
 
 def test_embed_aligns_skips_faceless_photos_and_matches_the_export(dlib_run, photos, tmp_path):
   from facejax.inference.export import export_embedder, save_exported
-  from facejax.train.checkpoint import load_run
+  from facejax.runs import load_run
   ref = cli.embed_paths(dlib_run, str(photos), str(tmp_path / 'run.npz'), batch_size=4, progress=False)
   assert ref.names == ['hopper.jpg', 'mirror.png'] and sorted(ref.skipped) == ['blank.png', 'notes.jpg']
   assert dict(ref.summary.skipped) == {'no-face': 1, 'not-an-image': 1}

@@ -208,7 +208,7 @@ def test_no_face_and_largest_face(hopper, aligner):
 
 def test_run_directory_embeds_like_dlib(dat_path, tmp_path, chips):
   from facejax.inference.embed import make_embed_fn
-  from facejax.train.checkpoint import load_run
+  from facejax.runs import load_run
   out = str(tmp_path / 'dlib')
   meta = cd.convert_dlib(dat_path, out)
   assert meta['params'] == 5_614_976 and len(meta['sha256']) == 64

@@ -48,12 +48,13 @@ import ml_collections
 import numpy as np
 
 from facejax.evaluation import report, verification
+from facejax.runs import (EXPORT_SUFFIX, THRESHOLD_FILE, calibrated_pair_sets, checkpoint_dir, eval_dir,
+                          is_exported, latest_step, load_run, read_model_info, read_threshold, threshold_path,
+                          write_threshold, jsonable)
 
-THRESHOLD_FILE = 'threshold.json'
 FLIP_MODES = ('', 'sum', 'concat')
 THRESHOLD_SEARCH = ('exact', 'classic')
 SOURCES = ('auto', 'lfw', 'synthetic_pairs')
-EXPORT_SUFFIX = '.jaxexport'
 ALIGN_MODES = ('auto', 'on', 'off')
 NO_FACE = ('box', 'center')
 EMBEDDINGS = ('normalised', 'raw')
@@ -79,10 +80,6 @@ def _flip(flip: str | None) -> str | None:
 
 # ---- The model seam. ----
 
-def is_exported(path: str) -> bool:
-  return path.endswith(EXPORT_SUFFIX)
-
-
 def describe_model(path: str) -> dict:
   """A run directory or `*.jaxexport` -> {'kind': 'run' | 'export', 'name', 'image_size', 'step' (latest / exported),
   'flip' (baked into an export, else None), 'align', 'descriptor' (None when absent), 'info' (model.json or the
@@ -100,7 +97,6 @@ def describe_model(path: str) -> dict:
   if not os.path.isdir(path):
     raise FileNotFoundError(f'run directory {path} does not exist (expected a launch.train workdir with '
                             f'model.json and checkpoints/<step>/, or an exported {EXPORT_SUFFIX} file)')
-  from facejax.train.checkpoint import latest_step, read_model_info
   info = read_model_info(path)
   return {'kind': 'run', 'name': info['name'], 'image_size': int(info['image_size']), 'step': latest_step(path),
           'flip': None, 'align': info.get('align'), 'descriptor': info.get('descriptor'), 'info': info}
@@ -130,7 +126,6 @@ def load_embedder(path: str, flip: str | None = '', step: int | None = None,
     embedder = load_exported(path)
     return embedder, embedder.image_size
   describe_model(path)  # errors naming what is missing
-  from facejax.train.checkpoint import load_run
   model, variables, info = load_run(path, step)
   image_size, preprocessing = int(info['image_size']), info['preprocessing_obj']
   if not raw:
@@ -478,7 +473,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if reference:
     record['reference'] = {k: v for k, v in reference.items() if k != 'results'}
   with open(os.path.join(out_dir, 'results.json'), 'w') as f:
-    json.dump(report.jsonable(record), f, indent=2)
+    json.dump(jsonable(record), f, indent=2)
   with open(os.path.join(out_dir, 'results.md'), 'w') as f:
     f.write(results_text(run_name, row, result, protocol, run, train_accuracy) + reference_text(reference))
   report.plot_roc({run_name: result, **({k: v for k, v in reference['results'].items() if k.startswith('dlib')}
@@ -540,59 +535,6 @@ def no_face_text(protocol: dict) -> str:
     return ''
   return (f'; no face found in {protocol["no_face"]} image(s), kept as the {protocol["no_face_fallback"]} '
           f'(e.g. {protocol["no_face_images"][0]})')
-
-
-def threshold_path(path: str) -> str:
-  """RUN/threshold.json, or `M.jaxexport.threshold.json` beside an exported model."""
-  return path + '.threshold.json' if is_exported(path) else os.path.join(path, THRESHOLD_FILE)
-
-
-def eval_dir(path: str, name: str) -> str:
-  """RUN/eval/<name>, or `M.jaxexport.eval/<name>` for an exported model."""
-  return os.path.join(path + '.eval' if is_exported(path) else os.path.join(path, 'eval'), name)
-
-
-def write_threshold(path: str, calibration: dict) -> str:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(report.jsonable(calibration), f, indent=2)
-  os.replace(tmp, path)  # verify never reads a half-written file
-  return path
-
-
-def calibrated_pair_sets(workdir: str) -> list[str]:
-  """Names of the pair sets with a calibration (RUN/eval/<name>/threshold.json)."""
-  root = os.path.dirname(eval_dir(workdir, 'x'))
-  return sorted(n for n in (os.listdir(root) if os.path.isdir(root) else [])
-                if os.path.isfile(os.path.join(root, n, THRESHOLD_FILE)))
-
-
-def read_threshold(workdir: str, pairs: str = '') -> dict:
-  """The calibration verify applies -> dict (threshold, distance, embedding, flip, step, ..., 'file'):
-  pairs='' -> RUN/threshold.json (`M.jaxexport.threshold.json`), the chosen default; else the one of pair set
-  `pairs` (RUN/eval/<pairs>/threshold.json). Errors say how to create one, and which pair sets have one."""
-  if is_exported(workdir) and not os.path.isfile(workdir):
-    raise FileNotFoundError(f'exported model {workdir} does not exist')
-  if not is_exported(workdir) and not os.path.isdir(workdir):
-    raise FileNotFoundError(f'run directory {workdir} does not exist')
-  path = os.path.join(eval_dir(workdir, pairs), THRESHOLD_FILE) if pairs else threshold_path(workdir)
-  if not os.path.isfile(path):
-    what = 'exported model' if is_exported(workdir) else 'run'
-    sets = calibrated_pair_sets(workdir)
-    have = (f'; calibrated pair sets: {", ".join(sets)} (pick one with --pairs=NAME)' if sets else '')
-    raise FileNotFoundError(f'{path} not found: this {what} has no {"" if pairs else "default "}calibrated '
-                            f'threshold{have}; run `python -m launch.evaluate --config=configs/lfw_eval.py '
-                            f'--workdir={workdir}{"" if pairs else " --config.calibrate=True"}` first')
-  with open(path) as f:
-    try:
-      calibration = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f'{path}: not valid JSON ({e}); re-run launch.evaluate') from None
-  missing = [k for k in ('threshold', 'distance', 'flip') if k not in calibration]
-  if missing or not isinstance(calibration['threshold'], (int, float)):
-    raise ValueError(f'{path}: expected a number "threshold" and "distance", "flip" entries, missing {missing}; '
-                     f're-run launch.evaluate')
-  return dict(calibration, file=path)
 
 
 # ---- Images. ----
@@ -788,7 +730,6 @@ def verify_pair(workdir: str, img_a: str, img_b: str, align: str = 'auto', pairs
   photos = [align_photo(read_image(p), p, align_spec) for p in (img_a, img_b)]
   step, latest = calibration.get('step'), desc['step']
   if desc['kind'] == 'run' and step is not None:
-    from facejax.train.checkpoint import checkpoint_dir
     if not os.path.isdir(os.path.join(checkpoint_dir(workdir), str(step), 'state')):
       raise FileNotFoundError(f'{threshold_path(workdir)} was calibrated on checkpoint step {step}, which is gone '
                               f'(latest is {latest}); re-run launch.evaluate on {workdir}')
