@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from facejax.evaluation.cli import evaluate_run
+from facejax.evaluation.evaluator import evaluate_run
 from facejax.evaluation.leakage import leakage_check, leakage_text
 from facejax.evaluation.report import plot_roc, results_markdown, summary_row
 from facejax.evaluation.verification import compare
@@ -195,7 +195,7 @@ def prepare_real_faces(config: ml_collections.ConfigDict, workdir: str, timings:
   from facejax.data.align import dlib_descriptors
   from facejax.data.folders import align_once, prepare_folders
   from facejax.data.pipeline import as_rgb_array
-  from facejax.evaluation.cli import load_embedder
+  from facejax.inference.embedder import load_embedder
   from facejax.inference.embed import embed_images
   from PIL import Image
 

@@ -27,7 +27,7 @@ def main(argv):
   del argv
   import numpy as np
   from facejax.data.align import DETECTORS, detector_benchmark
-  from facejax.evaluation.cli import find_images
+  from facejax.inference.embedder import find_images
   from facejax.inference.benchmark import cpu_info
   unknown = [d for d in FLAGS.detectors if d not in DETECTORS]
   if unknown:

@@ -35,7 +35,7 @@ def main(argv):
   if FLAGS.calibration:
     if options is False or FLAGS.dtype != 'int8':
       raise app.UsageError('--calibration: static activation scales are for --dtype=int8 (with --optimize)')
-    from facejax.evaluation.cli import calibration_images
+    from facejax.inference.embedder import calibration_images
     crops = calibration_images(FLAGS.workdir, FLAGS.calibration, int(info['image_size']), FLAGS.calibration_images)
     options['calibration'] = np.asarray(info['preprocessing_obj'].apply(crops))
   meta = {}

@@ -235,7 +235,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _validate(config, student: ModelIO, state: TrainState, writer: MetricWriter, step: int) -> None:
-  from facejax.evaluation.pairs import evaluate_pairs
-  pairs = fdata.make_pairs(config.val.source, **config.val.kwargs.to_dict())
+  from facejax.data.pairs import make_pairs
+  from facejax.evaluation.evaluator import evaluate_pairs
+  pairs = make_pairs(config.val.source, **config.val.kwargs.to_dict())
   result = evaluate_pairs(student, {'params': state.params, 'batch_stats': state.batch_stats}, pairs)
   writer.write({'step': step, 'val_accuracy': result['accuracy'], 'val_auc': result['auc']})
