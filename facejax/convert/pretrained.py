@@ -10,7 +10,7 @@ import jax
 from facejax.convert import keras_h5, torchvision
 from facejax.runs import check_out_dir, save_converted
 from facejax.convert.plan import ConversionReport, apply_plan
-from facejax.models.registry import PREPROCESSING
+from facejax.models.preprocessing import PREPROCESSING
 
 SOURCES = ('keras_h5', 'torchvision')
 KERAS_SUFFIXES = ('.h5', '.hdf5', '.keras')

@@ -22,7 +22,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict(dict(
       name='vgg_small', embed_dim=128, dropout=0.0, image_size=64,
-      preprocessing='facejax',  # facejax.models.registry.PREPROCESSING key (or taken from the init checkpoint)
+      preprocessing='facejax',  # facejax.models.preprocessing.PREPROCESSING key (or taken from the init checkpoint)
       align='',  # 'dlib_5pt': the model reads dlib 5-point chips (model.json "align"; evaluate/verify align photos)
       kwargs=ml_collections.ConfigDict()))  # module field overrides, e.g. width=0.25
 
