@@ -24,7 +24,7 @@ from facejax.inference.optimize import fold_batch_norm, optimize_for_inference, 
 from facejax.models import MODELS, build_model
 from facejax.models.preprocessing import FACEJAX
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 F32_TOL = 1e-4
 LOW_PRECISION_MIN_COS = 0.98
 

@@ -20,7 +20,7 @@ from facejax.train.state import TrainState, make_optimizer
 from facejax.train.steps import make_p_train_step
 from tests.configs.tiny import get_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 
 
 def losses(workdir):
