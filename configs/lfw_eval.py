@@ -14,7 +14,7 @@ M.jaxexport.threshold.json (what launch.verify --workdir=M.jaxexport reads).
 
 Writes RUN/eval/<name>/{config.json, results.json, results.md, roc.png, threshold.json} (name: config.name, default
 the data source) and, with --config.calibrate=True, RUN/threshold.json, the default threshold of launch.verify
-(see facejax/evaluation/cli.py).
+(see facejax/evaluation/evaluator.py).
 """
 from __future__ import annotations
 

@@ -16,12 +16,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from facejax.evaluation.cli import evaluate_run
+from facejax.evaluation.evaluator import evaluate_run
 from facejax.evaluation.leakage import identity_threshold, leakage_check, leakage_text
-from facejax.evaluation.report import jsonable, plot_roc, results_markdown, summary_row
+from facejax.evaluation.report import plot_roc, results_markdown, summary_row
 from facejax.evaluation.verification import compare
 from facejax.inference.benchmark import benchmark_model
-from facejax.train import checkpoint as ckpt
+from facejax.runs import jsonable, load_run
 from facejax.train import train
 
 STAGES = ('pretrain', 'teacher', 'student', 'siamese')
@@ -85,7 +85,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results[name] = evaluation['result']
     runs[name] = {'workdir': os.path.abspath(run),
                   'evaluation': os.path.abspath(os.path.join(evaluation['out_dir'], 'results.json'))}
-    model, variables, info = ckpt.load_run(run)
+    model, variables, info = load_run(run)
     bench, batched = (benchmark_model(model, variables, batch_size=b, image_size=info['image_size'],
                                       warmup=config.benchmark.warmup, runs=config.benchmark.runs)
                       for b in (1, config.benchmark.batch_size))
@@ -195,7 +195,7 @@ def prepare_real_faces(config: ml_collections.ConfigDict, workdir: str, timings:
   from facejax.data.align import dlib_descriptors
   from facejax.data.folders import align_once, prepare_folders
   from facejax.data.pipeline import as_rgb_array
-  from facejax.evaluation.cli import load_embedder
+  from facejax.inference.embedder import load_embedder
   from facejax.inference.embed import embed_images
   from PIL import Image
 

@@ -33,8 +33,8 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from facejax.evaluation.report import jsonable
 from facejax.evaluation.verification import compare
+from facejax.runs import jsonable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ('pretrain', 'teacher', 'student', 'siamese')  # the pipeline's, in order (loss curves)

@@ -51,7 +51,7 @@ def main(argv):
         f.write(table + '\n')
     return
   if FLAGS.workdir:
-    from facejax.train.checkpoint import load_run
+    from facejax.runs import load_run
     model, variables, info = load_run(FLAGS.workdir)
     record = benchmark_model(model, variables, batch_size=FLAGS.batch_size,
                              image_size=FLAGS.image_size or int(info['image_size']), optimize=_options(), **timing)

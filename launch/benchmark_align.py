@@ -27,8 +27,8 @@ def main(argv):
   del argv
   import numpy as np
   from facejax.data.align import DETECTORS, detector_benchmark
-  from facejax.evaluation.cli import find_images
-  from facejax.inference.benchmark import cpu_info
+  from facejax.inference.embedder import find_images
+  from facejax.inference.hardware import cpu_info
   unknown = [d for d in FLAGS.detectors if d not in DETECTORS]
   if unknown:
     raise app.UsageError(f'--detectors: unknown {unknown}, expected some of {DETECTORS}')

@@ -325,7 +325,8 @@ def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, emb
   import numpy as np
   import torch
 
-  from facejax.inference.benchmark import cpu_info, inference_params, num_threads, random_variables
+  from facejax.inference.benchmark import inference_params, random_variables
+  from facejax.inference.hardware import cpu_info, num_threads
   from facejax.inference.optimize import layer_flops, optimize_for_inference, trace_plan
   from facejax.models import build_model, default_image_size
   threads, cpu = num_threads(), cpu_info()

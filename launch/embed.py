@@ -28,10 +28,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   common.quiet_library_logs()
-  from facejax.evaluation import cli
+  from facejax.inference.embedder import embed_paths
   try:
-    result = cli.embed_paths(FLAGS.workdir, FLAGS.images, FLAGS.out, flip=FLAGS.flip, align=FLAGS.align,
-                             batch_size=FLAGS.batch_size, progress=FLAGS.progress)
+    result = embed_paths(FLAGS.workdir, FLAGS.images, FLAGS.out, flip=FLAGS.flip, align=FLAGS.align,
+                         batch_size=FLAGS.batch_size, progress=FLAGS.progress)
   except (OSError, ValueError, ImportError) as e:
     sys.exit(f'launch.embed: error: {e}')
   print(result.summary.format())

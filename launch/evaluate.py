@@ -4,8 +4,9 @@
       [--config.data.lfw_dir=data/lfw --config.data.pairs=data/lfw/pairs.txt]
 
 Writes RUN/eval/<name>/{config.json, results.json, results.md, roc.png, threshold.json}; with
---config.calibrate=True also RUN/threshold.json, the default threshold of launch.verify; see facejax/evaluation/cli.py. --workdir=M.jaxexport (launch.export) writes M.jaxexport.eval/<name>/
-and M.jaxexport.threshold.json. Models that ask for aligned faces (dlib's) get their LFW photos aligned
+--config.calibrate=True also RUN/threshold.json, the default threshold of launch.verify; see
+facejax/evaluation/evaluator.py. --workdir=M.jaxexport (launch.export) writes M.jaxexport.eval/<name>/ and
+M.jaxexport.threshold.json. Models that ask for aligned faces (dlib's) get their LFW photos aligned
 (config.align='auto').
 """
 import sys
@@ -25,9 +26,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   common.quiet_library_logs()
-  from facejax.evaluation import cli
+  from facejax.evaluation.evaluator import evaluate_run
+  from facejax.runs import threshold_path
   try:
-    out = cli.evaluate_run(FLAGS.config, FLAGS.workdir)
+    out = evaluate_run(FLAGS.config, FLAGS.workdir)
   except (OSError, ValueError, ImportError) as e:
     sys.exit(f'launch.evaluate: error: {e}')
   with open(f'{out["out_dir"]}/results.md') as f:
@@ -36,7 +38,7 @@ def main(argv):
   name = out['calibration']['name']
   if out['calibrated']:
     print(f'calibrated threshold {out["calibration"]["threshold"]:.6g} on {name} -> '
-          f'{cli.threshold_path(FLAGS.workdir)} (launch.verify\'s default)')
+          f'{threshold_path(FLAGS.workdir)} (launch.verify\'s default)')
   else:
     print(f'threshold {out["calibration"]["threshold"]:.6g} on {name} kept in {out["out_dir"]}/threshold.json: '
           f'launch.verify --pairs={name} uses it; --config.calibrate=True makes it the default')

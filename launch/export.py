@@ -29,13 +29,13 @@ def main(argv):
   import json
   import numpy as np
   from facejax.inference.export import export_embedder, save_exported
-  from facejax.train.checkpoint import load_run
+  from facejax.runs import load_run
   model, variables, info = load_run(FLAGS.workdir, FLAGS.step)
   options = {'dtype': FLAGS.dtype, 'conv': FLAGS.conv} if FLAGS.optimize else False
   if FLAGS.calibration:
     if options is False or FLAGS.dtype != 'int8':
       raise app.UsageError('--calibration: static activation scales are for --dtype=int8 (with --optimize)')
-    from facejax.evaluation.cli import calibration_images
+    from facejax.inference.embedder import calibration_images
     crops = calibration_images(FLAGS.workdir, FLAGS.calibration, int(info['image_size']), FLAGS.calibration_images)
     options['calibration'] = np.asarray(info['preprocessing_obj'].apply(crops))
   meta = {}

@@ -27,12 +27,12 @@ def main(argv):
   if len(argv) != 3:
     raise app.UsageError(f'expected two image paths IMG_A IMG_B, got {len(argv) - 1} argument(s)')
   common.quiet_library_logs()
-  from facejax.evaluation import cli
+  from facejax.evaluation.threshold import format_verification, verify_pair
   try:
-    result = cli.verify_pair(FLAGS.workdir, argv[1], argv[2], align=FLAGS.align, pairs=FLAGS.pairs)
+    result = verify_pair(FLAGS.workdir, argv[1], argv[2], align=FLAGS.align, pairs=FLAGS.pairs)
   except (OSError, ValueError, ImportError) as e:
     sys.exit(f'launch.verify: error: {e}')
-  print(cli.format_verification(result))
+  print(format_verification(result))
 
 
 if __name__ == '__main__':

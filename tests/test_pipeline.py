@@ -62,6 +62,6 @@ def test_unknown_model_and_bad_workdir_errors(tmp_path):
   from facejax.models import build_model
   with pytest.raises(ValueError, match="unknown model 'vgg17'; expected one of"):
     build_model('vgg17', 10)
-  from facejax.train.checkpoint import load_run
+  from facejax.runs import load_run
   with pytest.raises(FileNotFoundError, match='not a facejax run directory'):
     load_run(str(tmp_path))

@@ -63,7 +63,7 @@ def test_align_files_matches_one_process_and_falls_back_in_the_box(tiny_real):
 def test_evaluate_with_dlib_reference_on_real_lfw_pairs(tiny_real, tmp_path):
   from configs.lfw_eval import get_config
   from facejax.convert.dlib import convert_dlib, default_dat_path
-  from facejax.evaluation import cli
+  from facejax.evaluation.evaluator import evaluate_run
   run = str(tmp_path / 'dlib')
   convert_dlib(default_dat_path(), run)
   c = get_config('lfw')
@@ -72,7 +72,7 @@ def test_evaluate_with_dlib_reference_on_real_lfw_pairs(tiny_real, tmp_path):
   c.cache_dir = str(tmp_path / 'cache')
   c.progress = False
   c.batch_size = 8
-  out = cli.evaluate_run(c, run)
+  out = evaluate_run(c, run)
   ref = out['reference']
   # facejax's converted net and dlib's own on the same chips: the same verdicts on these real pairs.
   assert out['result']['accuracy'] == ref['results']['facejax, normalised']['accuracy']
@@ -87,7 +87,7 @@ def test_evaluate_with_dlib_reference_on_real_lfw_pairs(tiny_real, tmp_path):
                                              'dlib native, raw'}
   assert saved['protocol']['no_face'] == 0 and saved['protocol']['align_images_per_s'] > 0
   # The second evaluation reads the cached chips and descriptors, and gives the same numbers.
-  again = cli.evaluate_run(c, run)
+  again = evaluate_run(c, run)
   assert list(again['result']['fold_accuracies']) == list(out['result']['fold_accuracies'])
   np.testing.assert_array_equal(again['embeddings'], out['embeddings'])
 

@@ -2,10 +2,9 @@
 
   model, variables = load_pretrained('resnet50', 'resnet50.pth')        # in memory
   python -m launch.convert --from=torchvision --arch=resnet50 --src=resnet50.pth --out=DIR   # checkpoint
-  arch, variables, metadata = load_converted(DIR)
+  arch, variables, metadata = facejax.runs.load_converted(DIR)
   face_variables, report = transfer_backbone(face_variables, variables)  # backbone only; heads stay new
 """
-from facejax.convert.checkpoint import load_converted, save_converted
 from facejax.convert.keras_h5 import read_keras_h5
 from facejax.convert.plan import ConversionReport
 from facejax.convert.pretrained import Converted, convert_pretrained, convert_to_checkpoint, load_pretrained

@@ -411,7 +411,7 @@ def _flat(tree, prefix=''):
 
 
 def model_info(net: DlibNet) -> dict:
-  """model.json of a converted dlib run: what `facejax.train.checkpoint.build_from_info` rebuilds."""
+  """model.json of a converted dlib run: what `facejax.runs.build_from_info` rebuilds."""
   return {'name': 'dlib_resnet', 'num_classes': 0, 'embed_dim': dr.DESCRIPTOR_DIM, 'dropout': 0.0, 'kwargs': {},
           'image_size': dr.IMAGE_SIZE, 'preprocessing': dr.dlib_preprocessing(net.input['means']).to_dict(),
           'task': 'convert',
@@ -426,7 +426,7 @@ def convert_dlib(src: str | None, out: str, overwrite: bool = False) -> dict:
   -> run directory `out` with model.json, config.json, dlib.json (source, sha256, layers) and
   checkpoints/0/state (orbax, {'params', 'batch_stats'}). Returns the dlib.json dict."""
   import orbax.checkpoint as ocp
-  from facejax.train.checkpoint import checkpoint_dir
+  from facejax.runs import checkpoint_dir
   src = src or default_dat_path()
   out = os.path.abspath(out)
   state = os.path.join(checkpoint_dir(out), '0', 'state')

@@ -8,9 +8,9 @@ import flax.linen as nn
 import jax
 
 from facejax.convert import keras_h5, torchvision
-from facejax.convert.checkpoint import check_out_dir, save_converted
 from facejax.convert.plan import ConversionReport, apply_plan
-from facejax.models.registry import PREPROCESSING
+from facejax.models.preprocessing import PREPROCESSING
+from facejax.runs import check_out_dir, save_converted
 
 SOURCES = ('keras_h5', 'torchvision')
 KERAS_SUFFIXES = ('.h5', '.hdf5', '.keras')

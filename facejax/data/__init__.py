@@ -36,21 +36,3 @@ def make_source(name: str, /, **kwargs):
   if name == 'tfds':
     return TfdsSource(kwargs['path'], kwargs.get('split', 'train'))
   raise ValueError(f'unknown data source {name!r}; expected one of: {", ".join(SOURCES)}')
-
-
-PAIRS = ('synthetic', 'lfw')
-
-
-def make_pairs(name: str, /, **kwargs) -> VerificationPairs:
-  """Verification pairs by name:
-    'synthetic' (or 'synthetic_pairs')  synthetic_pairs(num_identities, images_per_identity, image_size, difficulty,
-                                        seed, identity_offset, num_folds, pairs_per_fold)
-    'lfw'                               lfw_pairs(lfw_dir, pairs_path=<lfw_dir>/pairs.txt)
-  """
-  if name in ('synthetic', 'synthetic_pairs'):
-    return synthetic_pairs(**kwargs)
-  if name == 'lfw':
-    import os  # pylint: disable=g-import-not-at-top
-    lfw_dir = kwargs['lfw_dir']
-    return lfw_pairs(lfw_dir, kwargs.get('pairs_path') or os.path.join(lfw_dir, 'pairs.txt'))
-  raise ValueError(f'unknown pairs source {name!r}; expected one of: {", ".join(PAIRS)}')

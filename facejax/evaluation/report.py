@@ -1,7 +1,7 @@
-"""Reports from `verification.evaluate` results: a markdown results table, a ROC plot, JSON-ready dicts."""
+"""Reports from `verification.evaluate` results: a markdown results table, a ROC plot (JSON-ready dicts:
+`facejax.runs.jsonable`)."""
 from __future__ import annotations
 
-import math
 from typing import Mapping
 
 import numpy as np
@@ -74,21 +74,6 @@ def plot_roc(results: Mapping[str, dict], path, title: str = 'ROC', min_far: flo
   ax.legend(loc='lower right', fontsize=8)
   fig.tight_layout()
   fig.savefig(path, format='png')
-
-
-def jsonable(obj):
-  """Arrays -> lists, numpy scalars -> Python numbers, recursively; non-finite floats -> None (strict JSON)."""
-  if isinstance(obj, Mapping):
-    return {(str(k) if not isinstance(k, str) else k): jsonable(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [jsonable(v) for v in obj]
-  if isinstance(obj, np.ndarray):
-    return jsonable(obj.tolist())
-  if isinstance(obj, np.generic):
-    obj = obj.item()
-  if isinstance(obj, float) and not math.isfinite(obj):
-    return None
-  return obj
 
 
 def _fmt(value, fmt) -> str:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 import os
-import resource
 import time
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from facejax.inference.hardware import cpu_info, num_threads, peak_rss_mb
 
 
 def compiled_flops(compiled) -> float | None:
@@ -130,36 +131,6 @@ def jaxpr_flops(fn: Callable, *args, axis_env: Sequence[tuple[str, int]] = (), *
   """
   closed = jax.make_jaxpr(fn, axis_env=list(axis_env))(*args, **kwargs)
   return float(_jaxpr_flops(closed.jaxpr))
-
-
-def num_threads() -> int:
-  """CPU threads this process may use (the XLA CPU thread pool is sized from the same affinity mask)."""
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:
-    return os.cpu_count() or 1
-
-
-CPU_FLAGS = ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'amx_bf16', 'amx_int8')  # what the dtype policies use
-
-
-def cpu_info() -> dict:
-  """{'cpu': model name, 'cpu_flags': the CPU_FLAGS this machine has} from /proc/cpuinfo (Linux; {} elsewhere):
-  recorded with every timing, since bf16 and int8 speed depends on them (AMX: bf16 3-5x float32 matmuls)."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      text = f.read()
-  except OSError:
-    return {}
-  fields = dict(line.split(':', 1) for line in text.split('\n\n')[0].splitlines() if ':' in line)
-  fields = {k.strip(): v.strip() for k, v in fields.items()}
-  flags = set(fields.get('flags', '').split())
-  return {'cpu': fields.get('model name', ''), 'cpu_flags': [f for f in CPU_FLAGS if f in flags]}
-
-
-def peak_rss_mb() -> float:
-  """Peak resident set size of this process so far, MiB (Linux reports ru_maxrss in KiB)."""
-  return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def benchmark(fn: Callable, example_args: Sequence[Any], *, warmup: int = 3, runs: int = 15,

@@ -568,8 +568,8 @@ def optimize_for_inference(model, variables, *, image_size: int, conv: str = 'au
   if weights not in WEIGHTS:
     raise ValueError(f'weights={weights!r}: expected one of {WEIGHTS}')
   if dtype == 'bfloat16' and jax.default_backend() == 'cpu':
-    from facejax.inference.benchmark import cpu_info
-    flags = cpu_info().get('cpu_flags')
+    from facejax.inference import hardware
+    flags = hardware.cpu_info().get('cpu_flags')
     if flags is not None and not {'avx512_bf16', 'amx_bf16'} & set(flags):
       warnings.warn("dtype='bfloat16': this CPU has neither avx512_bf16 nor amx_bf16, so the bf16 matmuls run "
                     'without hardware support and may be slower than float32', stacklevel=2)

@@ -41,6 +41,7 @@ import numpy as np
 
 from facejax.models.common import Dtype, ModuleDef, scaled
 from facejax.models.heads import FaceNet
+from facejax.models.preprocessing import Preprocessing
 
 IMAGE_SIZE = 150
 DESCRIPTOR_DIM = 128
@@ -52,7 +53,6 @@ DLIB_STAGES = ((32, 3, False), (64, 4, True), (128, 3, True), (256, 3, True), (2
 
 def dlib_preprocessing(means=DLIB_MEANS):
   """dlib's input_rgb_image as a facejax Preprocessing: x = (rgb - means) / 256, RGB order."""
-  from facejax.models.registry import Preprocessing  # the registry imports this module
   return Preprocessing(tuple(float(m) / 255 for m in means), (256 / 255,) * 3)
 
 

@@ -1,9 +1,4 @@
-"""Model registry: name -> backbone constructor, its default input size and preprocessing.
-
-Preprocessing belongs to the weights: a converted Keras VGG16 expects BGR minus the Caffe means, a
-torchvision net RGB in [0, 1] normalised by ImageNet mean/std, and nets trained in facejax RGB scaled to
-[-1, 1]. `Preprocessing.apply` turns `[B, H, W, 3]` uint8/float RGB in [0, 255] into model input.
-"""
+"""Model registry: name -> backbone constructor and its default input size (preprocessing: models/preprocessing.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,30 +14,6 @@ from facejax.models.heads import Classifier, FaceNet
 from facejax.models.resnet import ResNet18, ResNet50
 from facejax.models.students import MobileFaceNet
 from facejax.models.vgg import VGG
-
-
-@dataclasses.dataclass(frozen=True)
-class Preprocessing:
-  """x_model = (x[..., order] / 255 - mean) / std for RGB input in [0, 255]."""
-  mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-  std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-  bgr: bool = False
-
-  def apply(self, images):
-    x = jnp.asarray(images, jnp.float32) / 255.0
-    if self.bgr:
-      x = x[..., ::-1]
-    return (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
-
-  def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
-
-
-FACEJAX = Preprocessing()  # nets trained here: RGB, [-1, 1]
-TORCHVISION = Preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-# keras.applications 'caffe' mode: BGR, minus per-channel means in [0, 255], no scaling.
-KERAS_CAFFE = Preprocessing((103.939 / 255, 116.779 / 255, 123.68 / 255), (1 / 255,) * 3, bgr=True)
-PREPROCESSING = {'facejax': FACEJAX, 'torchvision': TORCHVISION, 'keras': KERAS_CAFFE}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict(dict(
       name='vgg_small', embed_dim=128, dropout=0.0, image_size=64,
-      preprocessing='facejax',  # facejax.models.registry.PREPROCESSING key (or taken from the init checkpoint)
+      preprocessing='facejax',  # facejax.models.preprocessing.PREPROCESSING key (or taken from the init checkpoint)
       align='',  # 'dlib_5pt': the model reads dlib 5-point chips (model.json "align"; evaluate/verify align photos)
       kwargs=ml_collections.ConfigDict()))  # module field overrides, e.g. width=0.25
 
@@ -48,7 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
       cache_teacher=False))  # True: run the teacher once over the data (needs data.augment=False), then look up
   c.siamese = ml_collections.ConfigDict(dict(loss='contrastive', margin=1.0))
 
-  # Held-out verification pairs (facejax.data.make_pairs) for periodic validation.
+  # Held-out verification pairs (facejax.data.pairs.make_pairs) for periodic validation.
   c.val = ml_collections.ConfigDict(dict(
       source='synthetic', kwargs=ml_collections.ConfigDict(dict(
           num_identities=40, images_per_identity=10, image_size=64, identity_offset=100000, num_folds=10,

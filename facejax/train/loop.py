@@ -15,7 +15,7 @@ from flax import jax_utils
 from tqdm import tqdm
 
 from facejax import data as fdata
-from facejax.train import checkpoint as ckpt
+from facejax import runs
 from facejax.train.feed import DeviceFeed, batch_sharding, device_augmentation
 from facejax.train.state import TrainState, create_train_state, make_optimizer
 from facejax.train.steps import make_p_train_step
@@ -80,11 +80,11 @@ def initial_variables(config, student: ModelIO, rng):
     return variables, None
   if config.init.mode not in ('backbone', 'all'):
     raise ValueError(f"config.init.mode={config.init.mode!r}: expected 'backbone' or 'all'")
-  from facejax.convert import load_converted, transfer_backbone
+  from facejax.convert import transfer_backbone
   if os.path.isfile(os.path.join(path, 'model.json')):
-    source = ckpt.restore_variables(path)
+    source = runs.restore_variables(path)
   else:
-    _, source, _ = load_converted(path)  # converted ImageNet weights (launch.convert)
+    _, source, _ = runs.load_converted(path)  # converted ImageNet weights (launch.convert)
   try:
     return transfer_backbone(variables, source, heads=config.init.mode == 'all')
   except ValueError as e:
@@ -94,10 +94,10 @@ def initial_variables(config, student: ModelIO, rng):
 def load_teacher(config):
   """(ModelIO, variables) of the distillation teacher run, frozen in fp32 (or bf16 with half_precision)."""
   wd = config.distill.teacher_workdir
-  info = ckpt.read_model_info(wd)
+  info = runs.read_model_info(wd)
   dtype = jnp.bfloat16 if config.half_precision else jnp.float32
-  model, pre, size = ckpt.build_from_info(info, dtype=dtype)
-  variables = ckpt.restore_variables(wd)
+  model, pre, size = runs.build_from_info(info, dtype=dtype)
+  variables = runs.restore_variables(wd)
   # The frozen teacher's weights are cast once here, not in every step (BN statistics stay float32).
   variables['params'] = jax.tree_util.tree_map(lambda x: np.asarray(x, dtype), variables['params'])
   return ModelIO(model, pre, size), variables
@@ -146,12 +146,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with config.unlocked():
     config.model.num_classes = int(source.num_classes)  # identities of the training data
   check_workdir_config(config, workdir)
-  finished = ckpt.latest_step(workdir)
+  finished = runs.latest_step(workdir)
   if finished is not None and finished >= config.total_steps:  # nothing to do: skip model/teacher set-up
     return {'step': finished, 'resumed_finished': True}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'model.json'), 'w') as f:
-      json.dump(ckpt.model_info(config), f, indent=2)
+      json.dump(runs.model_info(config), f, indent=2)
 
   n_dev, n_proc = jax.local_device_count(), jax.process_count()
   if config.batch_size % (n_dev * n_proc):
@@ -183,7 +183,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                               augment_on=config.data.augment_on, sampler=config.data.sampler,
                               images_per_identity=config.data.images_per_identity,
                               process_index=jax.process_index(), process_count=n_proc)
-  manager = ckpt.checkpoint_manager(workdir, config.keep_checkpoints)
+  manager = runs.checkpoint_manager(workdir, config.keep_checkpoints)
   start = manager.latest_step()
   if start is not None:
     restored = manager.restore(start, args=ocp.args.Composite(
@@ -235,7 +235,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _validate(config, student: ModelIO, state: TrainState, writer: MetricWriter, step: int) -> None:
-  from facejax.evaluation.pairs import evaluate_pairs
-  pairs = fdata.make_pairs(config.val.source, **config.val.kwargs.to_dict())
+  from facejax.data.pairs import make_pairs
+  from facejax.evaluation.evaluator import evaluate_pairs
+  pairs = make_pairs(config.val.source, **config.val.kwargs.to_dict())
   result = evaluate_pairs(student, {'params': state.params, 'batch_stats': state.batch_stats}, pairs)
   writer.write({'step': step, 'val_accuracy': result['accuracy'], 'val_auc': result['auc']})

@@ -15,7 +15,7 @@ from PIL import Image
 from facejax.data import lfw_pairs, make_source, read_pairs, train_loader
 from facejax.data.decode import UnreadableImage, decode_image
 from facejax.data.pipeline import as_rgb_array
-from tests.shared_data import shared_data
+from tests.shared_data import ROOT, shared_data
 
 
 def _encode(array_or_image, fmt='JPEG', **kw) -> bytes:
@@ -168,7 +168,7 @@ def test_prepare_data_cli_prints_summary(tmp_path):
   make_identity_tree(root)
   out = subprocess.run([sys.executable, '-m', 'launch.prepare_data', '--dataset=folders', f'--manual_dir={root}',
                         f'--data_dir={tmp_path / "tfds"}', '--name=cli', f'--summary_json={tmp_path / "s.json"}'],
-                       capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)), check=False)
+                       capture_output=True, text=True, cwd=ROOT, check=False)
   assert out.returncode == 0, out.stderr[-2000:]
   assert 'skipped 1 truncated' in out.stdout and 'converted 1 from CMYK to RGB' in out.stdout
   assert json.load(open(tmp_path / 's.json'))['decode']['skipped'] == 5
@@ -322,7 +322,7 @@ def test_prepare_data_cli_aligns_first(tmp_path, monkeypatch):
   out = subprocess.run([sys.executable, '-m', 'launch.prepare_data', '--dataset=folders', f'--manual_dir={src}',
                         f'--data_dir={data_dir}', '--align=hog', '--align_size=64', '--val_fraction=0',
                         f'--summary_json={tmp_path / "s.json"}'],
-                       capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)), check=False)
+                       capture_output=True, text=True, cwd=ROOT, check=False)
   assert out.returncode == 0, out.stderr[-2000:]
   summary = json.load(open(tmp_path / 's.json'))
   a = summary['align']

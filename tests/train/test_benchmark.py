@@ -17,7 +17,7 @@ import pytest
 from facejax.train import benchmark as tb
 from facejax.train.feed import DeviceFeed, batch_sharding, replicate
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 KEYS = ('task', 'model', 'data', 'batch_size', 'image_size', 'dtype', 'img_per_s', 'step_ms_median', 'compile_s',
         'gflops_per_step_per_device', 'mfu', 'peak_tflops', 'memory', 'backend', 'device_kind', 'num_devices',
         'final_loss', 'nonfinite_total', 'window_ms')

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from facejax.evaluation import report, verification as V
+from facejax.runs import jsonable
 
 GRID = np.arange(0, 4, 0.01)  # the classic facenet / insightface LFW grid
 
@@ -334,5 +335,5 @@ def test_reports(tmp_path):
   assert table.count('\n') == 4 and '| teacher | 138.00M | 15.5 | 80.00 |' in table
   assert '| student | - | - | - |' in table
   assert f'{100 * results["teacher"]["accuracy"]:.2f} +- ' in table
-  text = json.dumps(report.jsonable({'models': rows, 'result': results['teacher']}), allow_nan=False)
+  text = json.dumps(jsonable({'models': rows, 'result': results['teacher']}), allow_nan=False)
   assert json.loads(text)['result']['tar_at_far']['0.001'] == results['teacher']['tar_at_far'][1e-3]

@@ -14,13 +14,13 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from facejax.train import checkpoint as ckpt
+from facejax.runs import latest_step, restore_variables
 from facejax.train import train
 from facejax.train.state import TrainState, make_optimizer
 from facejax.train.steps import make_p_train_step
 from tests.configs.tiny import get_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 
 
 def losses(workdir):
@@ -46,7 +46,7 @@ def output(p) -> str:
 
 
 def final_params(workdir):
-  return ckpt.restore_variables(workdir)['params']
+  return restore_variables(workdir)['params']
 
 
 def assert_trees_equal(a, b, **tol):
@@ -92,7 +92,7 @@ def test_exact_resume_after_sigkill(tmp_path):
   assert p.wait() == 0, output(p)
   p = run_train(killed, overrides=steps)
   for _ in range(6000):  # poll every 50 ms, give up after 5 minutes
-    if (ckpt.latest_step(str(killed)) or 0) >= 2:
+    if (latest_step(str(killed)) or 0) >= 2:
       break
     assert p.poll() is None, 'run ended before it could be killed: ' + output(p)
     time.sleep(0.05)
@@ -100,13 +100,13 @@ def test_exact_resume_after_sigkill(tmp_path):
     pytest.fail('no checkpoint appeared within 5 minutes: ' + output(p))
   p.send_signal(signal.SIGKILL)
   p.wait()
-  killed_at = ckpt.latest_step(str(killed))
+  killed_at = latest_step(str(killed))
   assert 2 <= killed_at < 40
   p = run_train(killed, overrides=steps)
   assert p.wait() == 0, output(p)
   with open(killed / 'metrics.jsonl') as f:
     assert json.loads(f.readline())['step'] == 1
-  assert_trees_equal(ckpt.restore_variables(str(killed), 40), ckpt.restore_variables(str(straight), 40))
+  assert_trees_equal(restore_variables(str(killed), 40), restore_variables(str(straight), 40))
 
 
 def test_nonfinite_step_is_skipped_and_counted():
@@ -154,7 +154,7 @@ def test_transfer_freezing_and_config_guard(tmp_path):
   c.init.path = str(tmp_path / 'source')
   c.optim.freeze = ('backbone/conv1_1', 'backbone/bn1_1')
   train(c, str(tmp_path / 'frozen'))
-  src, out = ckpt.restore_variables(str(tmp_path / 'source')), ckpt.restore_variables(str(tmp_path / 'frozen'))
+  src, out = restore_variables(str(tmp_path / 'source')), restore_variables(str(tmp_path / 'frozen'))
   np.testing.assert_array_equal(out['params']['backbone']['conv1_1']['kernel'],
                                 src['params']['backbone']['conv1_1']['kernel'])
   assert not np.array_equal(out['params']['backbone']['conv2_1']['kernel'],
@@ -208,7 +208,7 @@ def test_device_count_does_not_change_training(tmp_path):
   for n in (1, 8):
     p = run_train(tmp_path / f'dev{n}', overrides=['--config.total_steps=4'], device_count=n)
     assert p.wait() == 0, output(p)
-    runs[n] = ckpt.restore_variables(str(tmp_path / f'dev{n}'), 4)
+    runs[n] = restore_variables(str(tmp_path / f'dev{n}'), 4)
   assert_trees_equal(runs[1], runs[8], rtol=1e-4, atol=1e-5)
 
 
@@ -227,8 +227,8 @@ def test_two_processes_agree_with_one(tmp_path):
                      device_count=1, log=f'{tmp_path}/multi{i}.log') for i in range(2)]
   for q in procs:
     assert q.wait(timeout=600) == 0, output(q)
-  assert_trees_equal(ckpt.restore_variables(str(tmp_path / 'single'), 4),
-                     ckpt.restore_variables(str(tmp_path / 'multi'), 4), rtol=1e-4, atol=1e-5)
+  assert_trees_equal(restore_variables(str(tmp_path / 'single'), 4),
+                     restore_variables(str(tmp_path / 'multi'), 4), rtol=1e-4, atol=1e-5)
 
 
 def test_periodic_validation_and_tensorboard(tmp_path):

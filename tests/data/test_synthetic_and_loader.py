@@ -215,7 +215,8 @@ def test_worker_processes_give_the_same_batches_and_resume():
 
 
 def test_make_source_and_make_pairs_by_name():
-  from facejax.data import make_pairs, make_source
+  from facejax.data import make_source
+  from facejax.data.pairs import make_pairs
   assert len(make_source('synthetic', num_identities=3, images_per_identity=2)) == 6
   assert make_source('synthetic_objects', num_classes=4, images_per_class=2).num_classes == 4
   assert len(make_pairs('synthetic', num_identities=20, images_per_identity=2, num_folds=10, pairs_per_fold=4)) == 40

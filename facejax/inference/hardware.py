@@ -1,0 +1,38 @@
+"""The machine a timing ran on: usable threads, the CPU features the dtype policies depend on, peak memory.
+
+numpy-free and jax-free, so the optimizer (bf16 warning), the benchmarks and the launch scripts share it.
+"""
+from __future__ import annotations
+
+import os
+import resource
+
+
+def num_threads() -> int:
+  """CPU threads this process may use (the XLA CPU thread pool is sized from the same affinity mask)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
+CPU_FLAGS = ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'amx_bf16', 'amx_int8')  # what the dtype policies use
+
+
+def cpu_info() -> dict:
+  """{'cpu': model name, 'cpu_flags': the CPU_FLAGS this machine has} from /proc/cpuinfo (Linux; {} elsewhere):
+  recorded with every timing, since bf16 and int8 speed depends on them (AMX: bf16 3-5x float32 matmuls)."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      text = f.read()
+  except OSError:
+    return {}
+  fields = dict(line.split(':', 1) for line in text.split('\n\n')[0].splitlines() if ':' in line)
+  fields = {k.strip(): v.strip() for k, v in fields.items()}
+  flags = set(fields.get('flags', '').split())
+  return {'cpu': fields.get('model name', ''), 'cpu_flags': [f for f in CPU_FLAGS if f in flags]}
+
+
+def peak_rss_mb() -> float:
+  """Peak resident set size of this process so far, MiB (Linux reports ru_maxrss in KiB)."""
+  return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -1,0 +1,183 @@
+"""The import direction of DESIGN.md, checked on the source: every `import` in facejax/ (module level or inside a
+function: a lazy import is an edge too) is parsed with `ast`, never executed.
+
+  data, models, losses (0) -> runs (1) -> inference, convert (2) -> evaluation (3) -> train (4) -> pipeline, sweep (5)
+
+No edge points up this order, no modules import each other in a circle, and nothing in facejax/ imports launch/,
+tests/ or configs/ (launch/ sits above everything; configs/ are read by path, never imported)."""
+from __future__ import annotations
+
+import ast
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = 'facejax'
+
+LAYERS = {
+    'facejax.data': 0, 'facejax.models': 0, 'facejax.losses': 0,
+    'facejax.runs': 1,
+    'facejax.inference': 2, 'facejax.convert': 2,
+    'facejax.evaluation': 3,
+    'facejax.train': 4,
+    'facejax.pipeline': 5, 'facejax.sweep': 5,
+}
+FORBIDDEN = ('launch', 'tests', 'configs')  # top-level names facejax/ never imports
+
+
+def module_files(root: str = ROOT) -> dict[str, str]:
+  """facejax module name -> its file (a package is its __init__.py)."""
+  out = {}
+  for d, _, files in os.walk(os.path.join(root, PACKAGE)):
+    for f in files:
+      if f.endswith('.py'):
+        parts = os.path.relpath(os.path.join(d, f), root)[:-3].split(os.sep)
+        if parts[-1] == '__init__':
+          parts = parts[:-1]
+        out['.'.join(parts)] = os.path.join(d, f)
+  return out
+
+
+def imports(name: str, path: str, modules: set[str]) -> list[tuple[str, int]]:
+  """Every module `name` imports (anywhere in the file) -> [(imported module, line)]. `from a.b import c` is
+  a.b.c when that is a module of the package, else a.b; relative imports are resolved against `name`."""
+  with open(path) as f:
+    tree = ast.parse(f.read(), path)
+  is_package = path.endswith('__init__.py')
+  out = []
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      out += [(a.name, node.lineno) for a in node.names]
+    elif isinstance(node, ast.ImportFrom):
+      base = node.module or ''
+      if node.level:
+        parent = name.split('.')[:len(name.split('.')) - node.level + is_package]
+        base = '.'.join(parent + ([base] if base else []))
+      for a in node.names:
+        full = f'{base}.{a.name}'
+        out.append((full if full in modules else base, node.lineno))
+  return out
+
+
+def layer(module: str) -> int | None:
+  for prefix, level in LAYERS.items():
+    if module == prefix or module.startswith(prefix + '.'):
+      return level
+  return None
+
+
+def import_graph(root: str = ROOT) -> tuple[dict[str, dict[str, int]], list[str]]:
+  """-> ({module: {imported facejax module: first line}}, forbidden imports as 'module:line imports X')."""
+  files = module_files(root)
+  graph, forbidden = {}, []
+  for name, path in sorted(files.items()):
+    graph[name] = {}
+    for target, line in imports(name, path, set(files)):
+      if target.split('.')[0] in FORBIDDEN:
+        forbidden.append(f'{name}:{line} imports {target}')
+      elif target in files and target != name:
+        graph[name].setdefault(target, line)
+  return graph, forbidden
+
+
+def upward_edges(graph: dict[str, dict[str, int]]) -> list[str]:
+  return [f'{a}:{line} (layer {layer(a)}) imports {b} (layer {layer(b)})'
+          for a, targets in graph.items() for b, line in targets.items()
+          if layer(a) is not None and layer(b) is not None and layer(b) > layer(a)]
+
+
+def cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+  """The strongly connected components with more than one module (Tarjan), each sorted."""
+  index, low, stack, on_stack, out = {}, {}, [], set(), []
+
+  def visit(v):
+    index[v] = low[v] = len(index)
+    stack.append(v)
+    on_stack.add(v)
+    for w in graph.get(v, {}):
+      if w not in index:
+        visit(w)
+        low[v] = min(low[v], low[w])
+      elif w in on_stack:
+        low[v] = min(low[v], index[w])
+    if low[v] == index[v]:
+      component = []
+      while True:
+        w = stack.pop()
+        on_stack.discard(w)
+        component.append(w)
+        if w == v:
+          break
+      if len(component) > 1:
+        out.append(sorted(component))
+
+  for v in sorted(graph):
+    if v not in index:
+      visit(v)
+  return out
+
+
+def test_every_module_has_a_layer():
+  graph, _ = import_graph()
+  assert len(graph) > 20  # the walk found the package
+  unplaced = [m for m in graph if m != PACKAGE and layer(m) is None]
+  assert not unplaced, f'modules outside the layer order of DESIGN.md (add them to LAYERS): {unplaced}'
+
+
+def test_no_import_points_up_the_layers():
+  graph, _ = import_graph()
+  bad = upward_edges(graph)
+  assert not bad, 'imports against the direction ' + ' -> '.join(LAYERS) + ':\n' + '\n'.join(bad)
+
+
+def test_no_import_circles():
+  graph, _ = import_graph()
+  found = cycles(graph)
+  detail = '\n'.join(' <-> '.join(c) + ': ' + ', '.join(f'{a} -> {b} (line {graph[a][b]})' for a in c
+                                                        for b in graph[a] if b in c) for c in found)
+  assert not found, f'modules that import each other in a circle:\n{detail}'
+
+
+def package_graph(graph: dict[str, dict[str, int]]) -> dict[str, dict[str, str]]:
+  """Modules collapsed to their package under facejax/ (facejax.data.align -> facejax.data) -> {package:
+  {imported package: 'the first module edge behind it'}}."""
+  top = lambda m: '.'.join(m.split('.')[:2])
+  out = {}
+  for a, targets in graph.items():
+    for b, line in targets.items():
+      if top(a) != top(b):
+        out.setdefault(top(a), {}).setdefault(top(b), f'{a}:{line} -> {b}')
+  return out
+
+
+def test_no_import_circles_between_packages():
+  """Same-layer packages (data and models; inference and convert) may use each other, but never both ways."""
+  packages = package_graph(import_graph()[0])
+  found = cycles(packages)
+  detail = '\n'.join(', '.join(packages[a][b] for a in c for b in packages[a] if b in c) for c in found)
+  assert not found, f'packages that import each other in a circle:\n{detail}'
+
+
+def test_facejax_imports_no_launch_tests_or_configs():
+  _, forbidden = import_graph()
+  assert not forbidden, '\n'.join(forbidden)
+
+
+def test_the_checker_sees_lazy_and_relative_imports(tmp_path):
+  """The checker itself: a function-level import is an edge, a relative import resolves, an upward edge, a circle
+  and an import of launch/ are all reported."""
+  pkg = tmp_path / PACKAGE
+  for d in ('data', 'train'):
+    (pkg / d).mkdir(parents=True)
+    (pkg / d / '__init__.py').write_text('')
+  (pkg / '__init__.py').write_text('')
+  (pkg / 'data' / 'a.py').write_text('def f():\n  from facejax.train import loop\n')
+  (pkg / 'data' / 'b.py').write_text('from . import c\n')
+  (pkg / 'data' / 'c.py').write_text('import facejax.data.b\nimport launch.train\n')
+  (pkg / 'train' / 'loop.py').write_text('from facejax.data import a\n')
+  graph, forbidden = import_graph(str(tmp_path))
+  assert graph['facejax.data.a'] == {'facejax.train.loop': 2}
+  assert graph['facejax.data.b'] == {'facejax.data.c': 1}
+  assert upward_edges(graph) == ['facejax.data.a:2 (layer 0) imports facejax.train.loop (layer 4)']
+  assert cycles(graph) == [['facejax.data.a', 'facejax.train.loop'], ['facejax.data.b', 'facejax.data.c']]
+  assert cycles(package_graph(graph)) == [['facejax.data', 'facejax.train']]
+  assert forbidden == ['facejax.data.c:2 imports launch.train']
