@@ -15,23 +15,9 @@ from __future__ import annotations
 import ml_collections
 
 from configs import lfw_eval
-from facejax.train import base_config
+from facejax.train import stage_config
 
 IMAGE_SIZE = 48
-
-
-def _stage(task: str, model: str, steps: int, lr: float, batch: int) -> ml_collections.ConfigDict:
-  c = base_config()
-  c.task = task
-  c.total_steps = steps
-  c.batch_size = batch
-  c.log_every = max(1, steps // 10)
-  c.checkpoint_every = max(1, steps // 2)
-  c.model.name = model
-  c.model.image_size = IMAGE_SIZE
-  c.optim.learning_rate = lr
-  c.optim.warmup_steps = max(1, steps // 10)
-  return c
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -45,20 +31,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   batch = 16 if micro else 64
 
   c = ml_collections.ConfigDict()
-  c.pretrain = _stage('classify', 'vgg_small', steps(150), 0.05, batch)
+  c.pretrain = stage_config('classify', 'vgg_small', IMAGE_SIZE, steps(150), 0.05, batch)
   c.pretrain.data.source = 'synthetic_objects'
   c.pretrain.data.kwargs = ml_collections.ConfigDict(objects)
 
-  c.teacher = _stage('classify', 'vgg_small', steps(400), 0.05, batch)
+  c.teacher = stage_config('classify', 'vgg_small', IMAGE_SIZE, steps(400), 0.05, batch)
   c.teacher.optim.lr_mult = ml_collections.ConfigDict({'backbone': 0.5})  # transfer: gentler on pretrained layers
   c.teacher.init.mode = 'backbone'  # init.path: the pretrain run, unless set (e.g. a converted checkpoint)
 
-  c.student = _stage('distill', 'student_vgg', steps(400), 0.05, batch)
+  c.student = stage_config('distill', 'student_vgg', IMAGE_SIZE, steps(400), 0.05, batch)
   c.student.distill.embed_weight = 1.0
   c.student.distill.soft_weight = 0.5
   c.student.distill.hard_weight = 0.5
 
-  c.siamese = _stage('siamese', 'student_vgg', steps(150), 0.01, batch)
+  c.siamese = stage_config('siamese', 'student_vgg', IMAGE_SIZE, steps(150), 0.01, batch)
   c.siamese.data.sampler = 'identity'
   c.siamese.data.images_per_identity = 4
   c.siamese.init.mode = 'all'  # init.path: the student run

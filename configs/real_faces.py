@@ -25,7 +25,7 @@ import os
 import ml_collections
 
 from configs import lfw_eval
-from facejax.train import base_config
+from facejax.train import stage_config
 
 STUDENT_SIZE = 112
 
@@ -34,20 +34,13 @@ def data_root() -> str:
   return os.environ.get('FACEJAX_DATA', os.path.join('..', 'shared', 'data'))
 
 
-def _stage(task: str, steps: int, lr: float, batch: int) -> ml_collections.ConfigDict:
-  c = base_config()
-  c.task = task
-  c.total_steps = steps
-  c.batch_size = batch
-  c.log_every = max(1, steps // 20)
-  c.checkpoint_every = max(1, steps // 5)
-  c.model.name = 'resnet18'
+def _stage(task: str, steps: int, lr: float) -> ml_collections.ConfigDict:
+  c = stage_config(task, 'resnet18', STUDENT_SIZE, steps, lr, 64)
+  c.log_every, c.checkpoint_every = max(1, steps // 20), max(1, steps // 5)
+  c.optim.warmup_steps = max(1, steps // 20)
   c.model.kwargs = ml_collections.ConfigDict(dict(width=0.22))
-  c.model.image_size = STUDENT_SIZE
   c.model.embed_dim = 128  # = dlib's descriptor
   c.model.align = 'dlib_5pt'  # reads dlib chips: evaluate / verify / embed align photos for it
-  c.optim.learning_rate = lr
-  c.optim.warmup_steps = max(1, steps // 20)
   c.data.source = 'folders'
   return c
 
@@ -73,7 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           threshold=0.0)),  # squared L2 between identity means; 0 -> calibrated on the View 2 people at `far`
   ))
 
-  c.student = _stage('distill', 3000, 0.1, 64)
+  c.student = _stage('distill', 3000, 0.1)
   c.student.distill.embed_weight = 1.0
   c.student.distill.embed_kind = 'l2'
   c.student.distill.soft_weight = 0.0  # dlib has no identity classifier to soften
@@ -81,7 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.student.distill.cache_teacher = True
   c.student.data.augment = False  # the cache holds the teacher's outputs of each chip (and its mirror)
 
-  c.siamese = _stage('siamese', 800, 0.01, 64)
+  c.siamese = _stage('siamese', 800, 0.01)
   c.siamese.data.sampler = 'identity'
   c.siamese.data.images_per_identity = 4
   c.siamese.init.mode = 'all'

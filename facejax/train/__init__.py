@@ -1,3 +1,3 @@
 """One trainer, three tasks (classify, distill, siamese)."""
-from facejax.train.config import base_config
+from facejax.train.config import base_config, stage_config
 from facejax.train.loop import train

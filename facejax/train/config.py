@@ -56,6 +56,22 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def stage_config(task: str, model: str, image_size: int, steps: int, lr: float, batch: int) -> ml_collections.ConfigDict:
+  """One pipeline stage (configs/demo.py, configs/real_faces.py): base_config() with its task, model, length,
+  learning rate and batch; it logs 10 times, checkpoints twice and warms up over the first tenth."""
+  c = base_config()
+  c.task = task
+  c.total_steps = steps
+  c.batch_size = batch
+  c.log_every = max(1, steps // 10)
+  c.checkpoint_every = max(1, steps // 2)
+  c.model.name = model
+  c.model.image_size = image_size
+  c.optim.learning_rate = lr
+  c.optim.warmup_steps = max(1, steps // 10)
+  return c
+
+
 def set_data(c: ml_collections.ConfigDict, kind: str, image_size: int) -> ml_collections.ConfigDict:
   """Point a run at its training data by `get_config` arg: 'synthetic' (default, runs anywhere) or 'folders'
   (identity folders prepared by `launch.prepare_data --dataset=folders --data_dir=D --name=N`; then pass
