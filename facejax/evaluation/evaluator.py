@@ -55,25 +55,21 @@ def evaluate_pairs(model_io, variables: dict, pairs, *, batch_size: int = 64, fl
   return result
 
 
-def _l2_normalise(x: np.ndarray) -> np.ndarray:
-  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 def dlib_reference(pairs, chips: np.ndarray, emb_raw: np.ndarray, config: ml_collections.ConfigDict,
                    thresholds=None) -> dict:
   """dlib's own pipeline on the same chips and folds, beside facejax's raw embeddings of them -> {'rows': {label:
   results row}, 'results': {label: verification.evaluate}, 'dlib_fixed_threshold': accuracy of dlib's published
   rule (raw euclidean < 0.6) mean/std over folds, 'dlib_images_per_s', 'comparison': facejax vs dlib (paired)}."""
   descriptors, dlib_images_per_s = _dlib_descriptors_cached(chips, config.cache_dir, config.workers, config.progress)
-  variants = {'facejax, normalised': _l2_normalise(emb_raw), 'facejax, raw': emb_raw,
-              'dlib native, normalised': _l2_normalise(descriptors), 'dlib native, raw': descriptors}
+  variants = {'facejax, normalised': verification.l2_normalise(emb_raw), 'facejax, raw': emb_raw,
+              'dlib native, normalised': verification.l2_normalise(descriptors), 'dlib native, raw': descriptors}
   results, rows = {}, {}
   for label, emb in variants.items():
     results[label] = verification.evaluate(emb[pairs.left], emb[pairs.right], pairs.issame, distance='euclidean',
                                            thresholds=thresholds, folds=pairs.fold)
     rows[label] = report.summary_row(results[label], threshold=results[label]['threshold'])
-  d = descriptors
-  same = np.linalg.norm(d[pairs.left].astype(np.float64) - d[pairs.right], axis=-1) < DLIB_THRESHOLD
+  same = (np.linalg.norm(descriptors[pairs.left].astype(np.float64) - descriptors[pairs.right], axis=-1)
+          < DLIB_THRESHOLD)
   fold_acc = np.array([np.mean(same[pairs.fold == f] == pairs.issame[pairs.fold == f])
                        for f in range(pairs.num_folds)])
   return {'rows': rows, 'results': results, 'dlib_images_per_s': dlib_images_per_s,
@@ -167,7 +163,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   embed_seconds = time.perf_counter() - t0
   emb_raw = emb if raw else None
   if raw and config.embedding == 'normalised':
-    emb = _l2_normalise(emb)
+    emb = verification.l2_normalise(emb)
   thresholds = classic_thresholds() if config.thresholds == 'classic' else None
   result = verification.evaluate(emb[pairs.left], emb[pairs.right], pairs.issame, distance=config.distance,
                                  thresholds=thresholds, folds=pairs.fold)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from facejax.evaluation.verification import l2_normalise
+
 
 def identity_means(embeddings: np.ndarray, identities) -> tuple[list[str], np.ndarray]:
   """float [N, D] embeddings and N identity names -> (sorted unique names, float32 [K, D] L2-normalised means)."""
@@ -24,7 +26,7 @@ def identity_means(embeddings: np.ndarray, identities) -> tuple[list[str], np.nd
   names, inverse = np.unique(identities, return_inverse=True)
   sums = np.zeros((len(names), embeddings.shape[1]), np.float64)
   np.add.at(sums, inverse, embeddings)
-  means = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+  means = l2_normalise(sums)
   return [str(n) for n in names], means.astype(np.float32)
 
 
@@ -44,8 +46,7 @@ def identity_threshold(embeddings: np.ndarray, identities, far: float = 0.01) ->
       owners.append(index[name])
   if not owners:
     raise ValueError('identity_threshold: no test person has >= 2 images to calibrate on')
-  halves = np.asarray(halves, np.float64)
-  halves /= np.maximum(np.linalg.norm(halves, axis=1, keepdims=True), 1e-12)
+  halves = l2_normalise(np.asarray(halves, np.float64))
   a, b = halves[0::2], halves[1::2]
   genuine = np.maximum(2.0 - 2.0 * np.sum(a * b, axis=1), 0.0)
   to_all = np.maximum(2.0 - 2.0 * a @ means.T.astype(np.float64), 0.0)

@@ -31,6 +31,12 @@ import numpy as np
 DISTANCES = ('euclidean', 'cosine')
 
 
+def l2_normalise(x) -> np.ndarray:
+  """[..., D] -> the same rows scaled to unit L2 norm (all-zero rows stay zero); keeps the dtype."""
+  x = np.asarray(x)
+  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
 def pair_distances(emb1, emb2, distance: str = 'euclidean') -> np.ndarray:
   """[N, D], [N, D] -> [N] float64 distances.
 
