@@ -140,9 +140,19 @@ def _link_tree(sources: dict[str, str], out: str, exclude=frozenset(), mirror: b
   """Identity folders of several chip trees -> one tree under `out` of per-file symlinks (and, with `mirror`,
   left-right mirrored PNG copies `<image>_mirror.png`: the teacher's cached outputs then cover two views of every
   chip). `sources`: prefix -> chips root; identities are named `<prefix>/<identity>` -> '<prefix>_<identity>'.
-  Rebuilt from scratch each call (cheap), so a changed exclusion list takes effect. -> counts."""
+  A resumed run reuses the tree when `<out>.json` records the same sources, exclusions and mirroring; otherwise it
+  is rebuilt, so a changed exclusion list takes effect. -> counts."""
   import shutil
   from PIL import Image
+  spec = {'sources': {k: os.path.abspath(v) for k, v in sources.items()}, 'exclude': sorted(exclude),
+          'mirror': bool(mirror)}
+  if os.path.isfile(out + '.json') and os.path.isdir(out):
+    with open(out + '.json') as f:
+      stored = json.load(f)
+    if stored['spec'] == spec:
+      return stored['counts']
+  if os.path.exists(out + '.json'):
+    os.remove(out + '.json')
   if os.path.isdir(out):
     shutil.rmtree(out)
   counts = {'identities': 0, 'images': 0, 'excluded_identities': 0}
@@ -163,6 +173,9 @@ def _link_tree(sources: dict[str, str], out: str, exclude=frozenset(), mirror: b
             im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(
                 os.path.join(dst, os.path.splitext(name)[0] + '_mirror.png'))
           counts['images'] += 1
+  with open(out + '.json.tmp', 'w') as f:
+    json.dump({'spec': spec, 'counts': counts}, f, indent=2)
+  os.replace(out + '.json.tmp', out + '.json')  # written last: a tree without it is rebuilt
   return counts
 
 
