@@ -12,9 +12,9 @@ config.real.data_dir). Stages (facejax.pipeline.prepare_real_faces, then the usu
   data      identity photos (CelebA) and the LFW people outside View 2 aligned with dlib's HOG detector +
             5-point predictor (photos without a face skipped and counted); the teacher evaluated on LFW View 2
             beside dlib's own pipeline; identity leakage checked by face (suspects dropped: real.leakage.drop)
-  student   ResNet-18 at 0.22 width on 112 px chips (10x fewer parameters than dlib's), embedding mimic only
-            (no labels needed, so LFW's unpaired people join the identities), the teacher's outputs cached once
-            for every chip and its mirror image
+  student   dlib's net at 0.32 width (9.6x fewer parameters), cut from the teacher: its most-used channels
+            (facejax.convert.prune); then embedding mimic only (no labels needed, so LFW's unpaired people join
+            the identities), the teacher's outputs cached once for every chip and its mirror image
   siamese   the student continued with a contrastive loss on P x K identity batches of the identity set
 Args: '' (the full run) or 'tiny' (a few identities and steps: the test of the wiring).
 """
@@ -27,7 +27,8 @@ import ml_collections
 from configs import lfw_eval
 from facejax.train import stage_config
 
-STUDENT_SIZE = 112
+STUDENT_SIZE = 150  # dlib's chips: the student reads the teacher's input
+STUDENT_WIDTH = 0.32  # of dlib's channels: 585K parameters
 
 
 def data_root() -> str:
@@ -35,11 +36,12 @@ def data_root() -> str:
 
 
 def _stage(task: str, steps: int, lr: float) -> ml_collections.ConfigDict:
-  c = stage_config(task, 'resnet18', STUDENT_SIZE, steps, lr, 64)
+  c = stage_config(task, 'dlib_resnet', STUDENT_SIZE, steps, lr, 64)
   c.log_every, c.checkpoint_every = max(1, steps // 20), max(1, steps // 5)
   c.optim.warmup_steps = max(1, steps // 20)
-  c.model.kwargs = ml_collections.ConfigDict(dict(width=0.22))
+  c.model.kwargs = ml_collections.ConfigDict(dict(width=STUDENT_WIDTH))
   c.model.embed_dim = 128  # = dlib's descriptor
+  c.model.preprocessing = 'dlib'
   c.model.align = 'dlib_5pt'  # reads dlib chips: evaluate / verify / embed align photos for it
   c.data.source = 'folders'
   return c
@@ -60,6 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       detector='hog', upsample=1,  # facejax.data.align
       add_lfw_unpaired=True,  # LFW people in no View 2 pair join the (label-free) mimic set
       mirror=True,  # the mimic set holds every chip and its mirror image (two cached teacher views)
+      student_init='prune',  # 'prune': the student starts as the teacher's most-used channels; '': random init
       leakage=ml_collections.ConfigDict(dict(
           drop=True,  # drop training identities suspected to be View 2 people
           far=0.01,  # the share of new identities flagged by chance (leakage.identity_threshold)
@@ -92,7 +95,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       stage.progress = False
       stage.model.name, stage.model.image_size, stage.val.kwargs.image_size = 'student_vgg', 48, 48
       stage.model.kwargs = ml_collections.ConfigDict(dict(width=0.25))
-    c.real.add_lfw_unpaired = False
+      stage.model.preprocessing = 'facejax'
+    c.real.add_lfw_unpaired, c.real.student_init = False, ''
     c.eval.progress = False
     c.benchmark.update(warmup=1, runs=2, batch_size=4)
   return c

@@ -281,7 +281,16 @@ def prepare_real_faces(config: ml_collections.ConfigDict, workdir: str, timings:
                     min_images=min_images)
   timings['prepare training sets'] = time.perf_counter() - t0
 
+  t0 = time.perf_counter()
+  student_init = None
+  if r.student_init:
+    student_init = _prune_student(config.student, teacher_dir, os.path.join(data_dir, 'trees', 'mimic'),
+                                  os.path.join(workdir, 'student_init'))
+  timings['cut the student from the teacher'] = time.perf_counter() - t0
+
   with config.unlocked():
+    if student_init:
+      config.student.init.path, config.student.init.mode = student_init['path'], 'all'
     config.student.distill.teacher_workdir = teacher_dir
     config.student.data.kwargs = ml_collections.ConfigDict(dict(data_dir=data_dir, name=names['mimic'],
                                                                 split='train'))
@@ -290,7 +299,8 @@ def prepare_real_faces(config: ml_collections.ConfigDict, workdir: str, timings:
 
   dlib_row = summary_row(dlib_result, cpu_ms_b1=_dlib_ms_per_chip(), threshold=dlib_result['threshold'],
                          fixed_threshold_accuracy=ref['dlib_fixed_threshold']['accuracy'])
-  data = {'aligned': {k: {c: v[c] for c in ('aligned', 'no_face', 'unreadable', 'source')} for k, v in aligned.items()},
+  data = {'student_init': student_init,
+          'aligned': {k: {c: v[c] for c in ('aligned', 'no_face', 'unreadable', 'source')} for k, v in aligned.items()},
           'trees': trees, 'prepared': names, 'data_dir': os.path.abspath(data_dir),
           'lfw_no_face': teacher_eval['protocol'].get('no_face'),
           'lfw_align_images_per_s': teacher_eval['protocol'].get('align_images_per_s'),
@@ -300,6 +310,40 @@ def prepare_real_faces(config: ml_collections.ConfigDict, workdir: str, timings:
           'reference_comparison': {k: v['summary'] for k, v in ref['comparison'].items()}}
   return {'config': config, 'evaluations': {'teacher': teacher_eval}, 'dlib_row': dlib_row,
           'dlib_result': dlib_result, 'leakage': leakage, 'data': data}
+
+
+def _prune_student(stage: ml_collections.ConfigDict, teacher_dir: str, chips_root: str, out: str,
+                   calibration_images: int = 256) -> dict:
+  """The student's initial weights, cut from the dlib teacher (facejax.convert.prune) with its BatchNorms
+  re-expressed on `calibration_images` chips spread over `chips_root`, as converted weights in `out` (kept: a
+  resumed run reuses them). -> {'path', 'summary', ...}."""
+  from facejax.convert.prune import prune_dlib
+  from facejax.inference.embedder import read_image
+  from facejax.models import dlib_resnet as dr
+  from facejax.runs import CONVERTED_METADATA, load_converted, restore_variables, save_converted
+  m = stage.model
+  if (m.name, m.image_size, m.preprocessing, m.embed_dim) != ('dlib_resnet', dr.IMAGE_SIZE, 'dlib', dr.DESCRIPTOR_DIM):
+    raise ValueError(f"config.real.student_init='prune' cuts the student from dlib's net: it needs "
+                     f"config.student.model name='dlib_resnet', image_size={dr.IMAGE_SIZE}, preprocessing='dlib', "
+                     f'embed_dim={dr.DESCRIPTOR_DIM}; got {m.name!r}, {m.image_size}, {m.preprocessing!r}, '
+                     f"{m.embed_dim} (or set config.real.student_init='' for a random init)")
+  width = float(m.kwargs.get('width', 1.0))
+  if os.path.isfile(os.path.join(out, CONVERTED_METADATA)):
+    meta = load_converted(out)[2]
+    if meta.get('width') == width and meta.get('teacher') == os.path.abspath(teacher_dir):
+      return {'path': out, **{k: meta[k] for k in ('width', 'summary', 'calibration_images')}}
+  print(f'== cut the student from the teacher (width {width}) -> {out}', flush=True)
+  paths, _ = _chip_files(chips_root)
+  step = max(1, len(paths) // calibration_images)
+  chips = np.stack([read_image(p) for p in paths[::step][:calibration_images]])  # aligned 150 px chips
+  variables, report = prune_dlib(restore_variables(teacher_dir), width,
+                                 np.asarray(dr.dlib_preprocessing().apply(chips)))
+  meta = {'arch': 'dlib_resnet', 'source': 'prune', 'teacher': os.path.abspath(teacher_dir), 'width': width,
+          'summary': report.summary(), 'calibration_images': len(chips), 'kept': report.kept,
+          'params': report.student_params}
+  save_converted(out, variables, jsonable(meta), overwrite=True)
+  print(report.summary(), flush=True)
+  return {'path': out, **{k: meta[k] for k in ('width', 'summary', 'calibration_images')}}
 
 
 def _dlib_ms_per_chip(runs: int = 20) -> float:

@@ -41,19 +41,13 @@ import numpy as np
 
 from facejax.models.common import Dtype, ModuleDef, scaled
 from facejax.models.heads import FaceNet
-from facejax.models.preprocessing import Preprocessing
+from facejax.models.preprocessing import DLIB_MEANS, dlib_preprocessing  # noqa: F401 (part of this module's API)
 
 IMAGE_SIZE = 150
 DESCRIPTOR_DIM = 128
 BN_EPS = 1e-5  # dlib's DEFAULT_BATCH_NORM_EPS; also FaceNet's embedding-head BatchNorm epsilon
-DLIB_MEANS = (122.782, 117.001, 104.298)  # input_rgb_image's avg_red/green/blue (also read from each .dat)
 # (width, blocks, whether the first block downsamples), from the input up.
 DLIB_STAGES = ((32, 3, False), (64, 4, True), (128, 3, True), (256, 3, True), (256, 1, True))
-
-
-def dlib_preprocessing(means=DLIB_MEANS):
-  """dlib's input_rgb_image as a facejax Preprocessing: x = (rgb - means) / 256, RGB order."""
-  return Preprocessing(tuple(float(m) / 255 for m in means), (256 / 255,) * 3)
 
 
 def identity_variance(eps: float = BN_EPS) -> np.float32:

@@ -1,6 +1,7 @@
 """Preprocessing belongs to the weights: a converted Keras VGG16 expects BGR minus the Caffe means, a
 torchvision net RGB in [0, 1] normalised by ImageNet mean/std, and nets trained in facejax RGB scaled to
-[-1, 1]. `Preprocessing.apply` turns `[B, H, W, 3]` uint8/float RGB in [0, 255] into model input.
+[-1, 1]; dlib's net its own means and scale. `Preprocessing.apply` turns `[B, H, W, 3]` uint8/float RGB in
+[0, 255] into model input.
 """
 from __future__ import annotations
 
@@ -30,4 +31,13 @@ FACEJAX = Preprocessing()  # nets trained here: RGB, [-1, 1]
 TORCHVISION = Preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # keras.applications 'caffe' mode: BGR, minus per-channel means in [0, 255], no scaling.
 KERAS_CAFFE = Preprocessing((103.939 / 255, 116.779 / 255, 123.68 / 255), (1 / 255,) * 3, bgr=True)
-PREPROCESSING = {'facejax': FACEJAX, 'torchvision': TORCHVISION, 'keras': KERAS_CAFFE}
+DLIB_MEANS = (122.782, 117.001, 104.298)  # dlib input_rgb_image's avg_red/green/blue (also read from each .dat)
+
+
+def dlib_preprocessing(means=DLIB_MEANS) -> Preprocessing:
+  """dlib's input_rgb_image: x = (rgb - means) / 256, RGB order."""
+  return Preprocessing(tuple(float(m) / 255 for m in means), (256 / 255,) * 3)
+
+
+# 'dlib': nets trained from dlib's face ResNet (a student cut from it, facejax.convert.prune) read its input.
+PREPROCESSING = {'facejax': FACEJAX, 'torchvision': TORCHVISION, 'keras': KERAS_CAFFE, 'dlib': dlib_preprocessing()}

@@ -1,0 +1,173 @@
+"""A thin student cut from dlib's face ResNet: the same net at a fraction of the width, initialised with the
+teacher's most-used channels instead of at random (the real-faces student, configs/real_faces.py).
+
+  variables, report = prune_dlib(teacher_variables, width=0.32, images=x)   # x: dlib-preprocessed chips
+
+Channels are kept per group, by how strongly the layers after them read them (the L1 norm of the consuming
+kernels' input slices, scaled by the producing BatchNorm's |gamma| inside a block):
+- a residual stream (the stem and every block of a stage add into the same channels) keeps one channel set. Where
+  a stage widens, dlib's add_prev zero-extends the pooled shortcut into the first channels, so the wider stream
+  keeps the narrower one's channels first (in order), then its own best: the shortcut stays exactly a shortcut;
+- each block's inner channels (conv1 -> bn1 -> conv2) are chosen on their own;
+- the 128-d embedding keeps every output; its dense layer keeps the rows of the last stream's channels.
+
+BatchNorm. The converted teacher's BatchNorms are dlib's folded affines (mean 0, var + eps = 1). Trained as they
+are, batch statistics would rescale every channel, so the cut net's BatchNorms are re-expressed on `images`:
+each gets that batch's mean m and variance v of its input as running statistics, gamma * sqrt(v + eps) as scale
+and beta + gamma * m as bias. On that batch, training mode then computes what the cut net computes in eval mode,
+and eval mode computes it on average.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from facejax.convert.plan import flatten, unflatten
+from facejax.models import dlib_resnet as dr
+from facejax.models.common import scaled
+
+
+@dataclasses.dataclass
+class PruneReport:
+  width: float
+  teacher_params: int
+  student_params: int
+  kept: dict  # group -> (kept, of)
+
+  def summary(self) -> str:
+    groups = ', '.join(f'{k} {a}/{b}' for k, (a, b) in self.kept.items() if k.startswith('stream'))
+    return (f'dlib ResNet cut to width {self.width}: {self.student_params:,} of {self.teacher_params:,} parameters '
+            f'({self.teacher_params / self.student_params:.1f}x fewer); streams kept: {groups}')
+
+
+def _l1_in(kernel: np.ndarray) -> np.ndarray:
+  """[kh, kw, in, out] (or [in, out]) -> [in]: how strongly the layer reads each input channel."""
+  k = np.abs(kernel)
+  return k.reshape(-1, k.shape[-2], k.shape[-1]).sum(axis=(0, 2))
+
+
+def _stream_groups(stages=dr.DLIB_STAGES) -> tuple[list[int], list[int]]:
+  """-> (the stream group of every block's output, each group's teacher width). The stem writes group 0; a stage
+  that keeps its input width (no downsampling, or 256 -> 256) continues its input's group."""
+  groups, widths, width = [], [stages[0][0]], stages[0][0]
+  for filters, blocks, _ in stages:
+    if filters != width:
+      widths.append(filters)
+      width = filters
+    groups += [len(widths) - 1] * blocks
+  return groups, widths
+
+
+def select_channels(params: dict, width: float, stages=dr.DLIB_STAGES) -> dict[str, np.ndarray]:
+  """Teacher params (a FaceNet(DlibResNet) 'params' tree) -> kept teacher channel indices per group:
+  'stream<g>' for each residual stream and 'block<i>' for each block's inner channels."""
+  b = params['backbone']
+  groups, widths = _stream_groups(stages)
+  n_blocks = len(groups)
+  readers = [np.zeros(w) for w in widths]  # stream channel importance: every kernel that reads the stream
+  for i in range(n_blocks):
+    src = groups[i - 1] if i else 0  # block i reads the stream its predecessor (or the stem) wrote
+    readers[src] += _l1_in(np.asarray(b[f'block{i}']['conv1']['kernel']))
+  readers[groups[-1]] += _l1_in(np.asarray(params['embedding']['dense']['kernel']))
+  keep, prev = {}, np.zeros(0, int)
+  for g, w in enumerate(widths):
+    n = scaled(w, width)
+    if n < len(prev):
+      raise ValueError(f'width {width}: stream {g} would keep {n} channels, fewer than the {len(prev)} its '
+                       'shortcut carries in')
+    score = readers[g].copy()
+    score[prev] = np.inf  # the shortcut's channels come first, in their order
+    order = np.argsort(-score, kind='stable')
+    rest = [c for c in order if c not in set(prev.tolist())][:n - len(prev)]
+    keep[f'stream{g}'] = np.concatenate([prev, np.sort(np.asarray(rest, int))]).astype(int)
+    prev = keep[f'stream{g}']
+  for i, (filters, _) in enumerate(dr.block_strides(stages)):
+    blk = b[f'block{i}']
+    score = np.abs(np.asarray(blk['bn1']['scale'])) * _l1_in(np.asarray(blk['conv2']['kernel']))
+    keep[f'block{i}'] = np.sort(np.argsort(-score, kind='stable')[:scaled(filters, width)])
+  return keep
+
+
+def _cut(variables: dict, keep: dict, stages=dr.DLIB_STAGES) -> dict:
+  """Slices every teacher tensor to the kept channels -> a FaceNet(DlibResNet(width)) variable tree."""
+  groups, _ = _stream_groups(stages)
+  ins, outs = {'conv0': np.arange(3)}, {'conv0': keep['stream0'], 'bn0': keep['stream0']}
+  for i, g in enumerate(groups):
+    src = keep[f'stream{groups[i - 1]}'] if i else keep['stream0']
+    ins[f'block{i}/conv1'], outs[f'block{i}/conv1'] = src, keep[f'block{i}']
+    outs[f'block{i}/bn1'] = keep[f'block{i}']
+    ins[f'block{i}/conv2'], outs[f'block{i}/conv2'] = keep[f'block{i}'], keep[f'stream{g}']
+    outs[f'block{i}/bn2'] = keep[f'stream{g}']
+  last = keep[f'stream{groups[-1]}']
+  out = {}
+  for col, tree in variables.items():
+    flat = {}
+    for path, v in flatten(dict(tree)).items():
+      v = np.asarray(v)
+      if path == 'embedding/dense/kernel':
+        v = v[last]
+      elif path.startswith('backbone/'):
+        layer, leaf = path[len('backbone/'):].rsplit('/', 1)
+        if leaf == 'kernel':
+          v = v[:, :, ins[layer]][..., outs[layer]]
+        else:
+          v = v[outs[layer]]
+      flat[path] = v
+    out[col] = unflatten(flat)
+  return out
+
+
+def recalibrate_batchnorm(model: nn.Module, variables: dict, images) -> dict:
+  """Every BatchNorm of `model` (a FaceNet) re-expressed on `images` (see the module docstring): the same
+  eval-mode function on that batch, with running statistics and affine parameters a training run can start from."""
+  is_linear = lambda mdl, _: isinstance(mdl, (nn.Conv, nn.Dense))
+  _, state = model.apply(variables, jnp.asarray(images), method='forward', capture_intermediates=is_linear,
+                         mutable=['intermediates'])
+  acts = {path.rsplit('/', 1)[0]: np.asarray(v[0], np.float64) for path, v in  # 'backbone/conv0/__call__'
+          flatten(jax.device_get(state['intermediates'])).items()}
+  params, stats = flatten(dict(variables['params'])), flatten(dict(variables['batch_stats']))
+  for path in [p for p in stats if p.endswith('/mean')]:
+    bn = path[:-len('/mean')]
+    producer = {'bn': 'dense', 'bn0': 'conv0', 'bn1': 'conv1', 'bn2': 'conv2'}[bn.rsplit('/', 1)[-1]]
+    x = acts[bn.rsplit('/', 1)[0] + '/' + producer]
+    x = x.reshape(-1, x.shape[-1])
+    m, v = x.mean(axis=0), x.var(axis=0)
+    gamma, beta = np.asarray(params[bn + '/scale'], np.float64), np.asarray(params[bn + '/bias'], np.float64)
+    mean0, var0 = np.asarray(stats[bn + '/mean'], np.float64), np.asarray(stats[bn + '/var'], np.float64)
+    gamma = gamma / np.sqrt(var0 + dr.BN_EPS)  # the affine the BatchNorm computes now: gamma * x + beta
+    beta = beta - gamma * mean0
+    params[bn + '/scale'] = (gamma * np.sqrt(v + dr.BN_EPS)).astype(np.float32)
+    params[bn + '/bias'] = (beta + gamma * m).astype(np.float32)
+    stats[bn + '/mean'], stats[bn + '/var'] = m.astype(np.float32), v.astype(np.float32)
+  return {'params': unflatten(params), 'batch_stats': unflatten(stats)}
+
+
+def prune_dlib(teacher_variables: dict, width: float, images) -> tuple[dict, PruneReport]:
+  """Converted dlib teacher variables -> (variables of `build_dlib_model(width=width)`, report). `images`:
+  `[N, 150, 150, 3]` dlib-preprocessed aligned chips (a few hundred) for the BatchNorm statistics."""
+  from facejax.models.registry import count_params
+  if not 0 < width <= 1:
+    raise ValueError(f'width={width}: expected a fraction of the teacher width in (0, 1]')
+  images = np.asarray(images)
+  if images.ndim != 4 or images.shape[1:] != (dr.IMAGE_SIZE, dr.IMAGE_SIZE, 3) or len(images) < 2:
+    raise ValueError(f'images: expected [N >= 2, {dr.IMAGE_SIZE}, {dr.IMAGE_SIZE}, 3] preprocessed chips, got '
+                     f'{images.shape}')
+  keep = select_channels(teacher_variables['params'], width)
+  student = dr.build_dlib_model(width=width)
+  variables = _cut(teacher_variables, keep)
+  expected = jax.eval_shape(lambda: student.init(jax.random.PRNGKey(0), jnp.zeros((1, dr.IMAGE_SIZE, dr.IMAGE_SIZE, 3)),
+                                                 method='forward'))
+  for col in expected:
+    for path, leaf in flatten(dict(expected[col])).items():
+      got = flatten(dict(variables[col]))[path].shape
+      if got != leaf.shape:  # a bug here, not bad input
+        raise AssertionError(f'{col}/{path}: cut to {got}, the width-{width} net has {leaf.shape}')
+  variables = recalibrate_batchnorm(student, variables, images)
+  groups, widths = _stream_groups()
+  report = PruneReport(width, count_params(teacher_variables['params']), count_params(variables['params']),
+                       {k: (len(v), widths[int(k[6:])] if k.startswith('stream') else None) for k, v in keep.items()})
+  return variables, report
