@@ -12,7 +12,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,align]'
+	$(BIN)/pip install -q -e '.[dev,align,bench]'
 	touch $(STAMP)
 
 demo: $(STAMP)

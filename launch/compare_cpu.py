@@ -1,6 +1,6 @@
 """facejax vs ONNX Runtime vs PyTorch eager on the CPU, same networks, same weights, same process, interleaved.
 
-  pip install -e '.[bench]'      # onnxruntime, onnx, torch (this script only; facejax never imports them)
+  pip install -e '.[bench]'      # onnxruntime, onnx, openvino, jax2onnx, torch (facejax never imports torch)
   python -m launch.compare_cpu --models=resnet50,vgg16 --batch_size=8 --json_out=runs/bench/compare_cpu.json
 
 For each model (a FaceNet embedder: backbone + 128-d head, random weights with random BN statistics) the
@@ -17,6 +17,10 @@ all but the first, so a framework's idle spinning threads do not tax the next on
   jax_int8_static  int8 with static activation scales calibrated on 32 other random inputs
   ort         ONNX Runtime, all graph optimizations, intra-op threads = usable cores, sequential
   ort_int8    ONNX Runtime dynamic quantization of the same graph (--ort_int8)
+  ort_facejax ONNX Runtime on facejax's own ONNX export of the net (jax2onnx, `launch.export --format=onnx`)
+  openvino    OpenVINO on the torch twin's ONNX graph at its default precision for this CPU (bf16 where the CPU
+              has avx512_bf16 / AMX), static batch, latency hint, threads = usable cores
+  openvino_f32  the same with f32 inference precision forced
   torch       PyTorch eager, torch.set_num_threads(usable cores), inference_mode
   torch_1t    the same on one thread (OpenMP's barriers collapse when another process holds a core)
 
@@ -34,8 +38,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list('models', ['resnet50', 'vgg16', 'vgg_small', 'student_vgg', 'mobilefacenet', 'resnet18',
                              'resnet18_w050'], 'Registry models (each at its default input size).')
 flags.DEFINE_list('batch_sizes', ['1', '8'], 'Batch sizes (the table shows batch 1 and ms/image at the largest).')
-flags.DEFINE_list('variants', ['jax_plain', 'jax_opt', 'jax_bf16', 'jax_int8', 'jax_int8_static', 'ort', 'torch',
-                                'torch_1t'],
+flags.DEFINE_list('variants', ['jax_plain', 'jax_opt', 'jax_bf16', 'jax_int8', 'jax_int8_static', 'ort',
+                                'ort_facejax', 'openvino', 'openvino_f32', 'torch', 'torch_1t'],
                   'What to time.')
 flags.DEFINE_bool('ort_int8', False, 'Also time ONNX Runtime dynamic int8 quantization.')
 flags.DEFINE_integer('rounds', 7, 'Interleaved rounds.')
@@ -311,9 +315,24 @@ def ort_session(path: str, threads: int):
   return ort.InferenceSession(path, opts, providers=['CPUExecutionProvider'])
 
 
+def openvino_model(path: str, batch: int, image_size: int, threads: int, f32: bool):
+  """OpenVINO CPU executable of an NCHW ONNX graph at a static batch; f32 forces float32 inference precision
+  (otherwise OpenVINO's default for this CPU: bf16 where it has avx512_bf16 or AMX)."""
+  import openvino as ov
+  core = ov.Core()
+  net = core.read_model(path)
+  net.reshape([batch, 3, image_size, image_size])
+  config = {'PERFORMANCE_HINT': 'LATENCY', 'INFERENCE_NUM_THREADS': threads}
+  if f32:
+    config['INFERENCE_PRECISION_HINT'] = 'f32'
+  compiled = core.compile_model(net, 'CPU', config)
+  return compiled, str(compiled.get_property('INFERENCE_PRECISION_HINT'))
+
+
 # --------------------------------------------------------------------------------------------------------
 
 
+ANCHORS = ('jax_plain', 'ort', 'ort_facejax', 'openvino', 'openvino_f32', 'torch', 'torch_1t')
 OPT_VARIANTS = {'jax_opt': {}, 'jax_bf16': {'dtype': 'bfloat16'}, 'jax_int8': {'dtype': 'int8'},
                 'jax_int8_static': {'dtype': 'int8', 'calibration': 'random'}}  # 'random': 32 uniform inputs
 
@@ -337,12 +356,20 @@ def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, emb
   flops = layer_flops(trace_plan(model, variables, size))
   tmpdir = tempfile.mkdtemp(prefix=f'compare_{name}_')
   net = onnx_path = None
-  uses_ort = any(v.startswith('ort') for v in variants) or ort_int8
-  if uses_ort or any(v.startswith('torch') for v in variants):
+  uses_onnx = any(v in ('ort', 'ort_int8', 'openvino', 'openvino_f32') for v in variants) or ort_int8
+  if uses_onnx or any(v.startswith('torch') for v in variants):
     net = torch_twin(model, variables, size)
-  if uses_ort:  # the ONNX graph is the torch twin's export
+  if uses_onnx:  # the ONNX graph is the torch twin's export
     onnx_path = os.path.join(tmpdir, f'{name}.onnx')
     export_onnx(net, size, onnx_path)
+  if 'ort_facejax' in variants:  # facejax's own export (BN folded), fed the same float NHWC input
+    from facejax.inference.export import embedding_function
+    from facejax.inference.onnx_export import export_onnx as facejax_onnx
+    as_is = type('AsIs', (), {'apply': staticmethod(lambda x: x)})  # the inputs are model inputs already
+    fn, _ = embedding_function(model, variables, as_is, size, optimize={'conv': 'xla'})
+    facejax_onnx_path = os.path.join(tmpdir, f'{name}.facejax.onnx')
+    facejax_onnx(fn, size, facejax_onnx_path, dtype='float32')
+  precision = {}
   records = []
   for b in batch_sizes:
     rng = np.random.default_rng(b)
@@ -367,6 +394,13 @@ def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, emb
       elif v == 'ort':
         sess = ort_session(onnx_path, threads)
         fns[v] = lambda s=sess: s.run(None, {'images': x_nchw})[0]
+      elif v == 'ort_facejax':
+        sess = ort_session(facejax_onnx_path, threads)
+        fns[v] = lambda s=sess: s.run(None, {'images': x_nhwc})[0]
+      elif v in ('openvino', 'openvino_f32'):
+        compiled, precision[v] = openvino_model(onnx_path, b, size, threads, f32=v == 'openvino_f32')
+        request = compiled.create_infer_request()
+        fns[v] = lambda r=request: r.infer({0: x_nchw})[0]
       elif v == 'ort_int8':
         from onnxruntime.quantization import QuantType, quantize_dynamic
         q = os.path.join(tmpdir, f'{name}.int8.onnx')
@@ -405,6 +439,8 @@ def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, emb
            'compile_or_load_s': round(compile_s[v], 2), 'threads': threads, 'samples': len(ms), **cpu}
       if v in opt_variants:
         r['options'] = opt_variants[v]
+      if v in precision:
+        r['inference_precision'] = precision[v]
       if ref is not None:
         r['max_abs_diff_vs_jax_plain'] = float(f'{np.abs(out - ref).max():.3g}')
         r['min_cosine_vs_jax_plain'] = round(float(np.min(np.sum(out * ref, -1))), 6)
@@ -415,7 +451,7 @@ def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, emb
 
 def markdown(records: list[dict]) -> str:
   """Per model: params, GFLOPs, ms at batch 1 and ms/image at the largest batch for each variant, and each
-  optimized facejax variant / ONNX Runtime at batch 1 and at the largest batch."""
+  optimized facejax variant / ONNX Runtime (and / OpenVINO at its default precision) at both batches."""
   models = list(dict.fromkeys(r['model'] for r in records))
   variants = list(dict.fromkeys(r['variant'] for r in records))
   bmax = max(r['batch_size'] for r in records)
@@ -423,20 +459,22 @@ def markdown(records: list[dict]) -> str:
                              None)
   batches = ((1, 'ms_median'),) + (((bmax, 'ms_per_image'),) if bmax > 1 else ())
   ratios = [v for v in variants if v.startswith('jax_') and v != 'jax_plain']
+  anchors = [(a, label) for a, label in (('ort', 'ORT'), ('openvino', 'OV')) if a in variants]
   head = ['model', 'params (M)', 'GFLOPs'] + [f'{v} b1' for v in variants]
   if bmax > 1:
     head += [f'{v} b{bmax} /img' for v in variants]
-  head += [f'{v[4:]}/ORT b{b}' for b, _ in batches for v in ratios]
+  head += [f'{v[4:]}/{label} b{b}' for a, label in anchors for b, _ in batches for v in ratios]
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * 2 + '---:|' * (len(head) - 2)]
   for m in models:
     any_r = next(r for r in records if r['model'] == m)
     row = [m, f"{any_r['params'] / 1e6:.2f}", f"{any_r['gflops_per_image']:.2f}"]
     for b, key in batches:
       row += [f"{get(m, v, b)[key]:.2f}" if get(m, v, b) else '-' for v in variants]
-    for b, key in batches:
-      for v in ratios:
-        a, o = get(m, v, b), get(m, 'ort', b)
-        row.append(f"{a[key] / o[key]:.2f}" if a and o else '-')
+    for anchor, _ in anchors:
+      for b, key in batches:
+        for v in ratios:
+          x, o = get(m, v, b), get(m, anchor, b)
+          row.append(f"{x[key] / o[key]:.2f}" if x and o else '-')
     lines.append('| ' + ' | '.join(row) + ' |')
   return '\n'.join(lines)
 
@@ -447,19 +485,22 @@ def missing_packages(variants, ort_int8: bool) -> list[str]:
   needed = ['torch']  # the inputs are built with torch whatever is timed
   if any(v.startswith('ort') for v in variants) or ort_int8:
     needed += ['onnx', 'onnxruntime']
+  if any(v.startswith('openvino') for v in variants):
+    needed += ['openvino']
+  if 'ort_facejax' in variants:
+    needed += ['jax2onnx']
   return [m for m in needed if importlib.util.find_spec(m) is None]
 
 
 def main(argv):
   del argv
-  unknown = sorted(set(FLAGS.variants) - {'jax_plain', 'ort', 'torch', 'torch_1t'} - set(OPT_VARIANTS)
-                   - set(json.loads(FLAGS.opt_variants)))
+  unknown = sorted(set(FLAGS.variants) - set(ANCHORS) - set(OPT_VARIANTS) - set(json.loads(FLAGS.opt_variants)))
   if unknown:
     raise app.UsageError(f'--variants: unknown {unknown}; expected some of jax_plain, {", ".join(OPT_VARIANTS)}, '
-                         f'ort, torch, torch_1t (or a name defined in --opt_variants)')
+                         f'{", ".join(ANCHORS[1:])} (or a name defined in --opt_variants)')
   missing = missing_packages(FLAGS.variants, FLAGS.ort_int8)
   if missing:
-    without_ort = ','.join(v for v in FLAGS.variants if not v.startswith('ort')) or 'jax_plain,jax_opt'
+    without_ort = ','.join(v for v in FLAGS.variants if not v.startswith(('ort', 'openvino'))) or 'jax_plain,jax_opt'
     sys.exit(f'launch.compare_cpu: --variants={",".join(FLAGS.variants)}{" --ort_int8" * FLAGS.ort_int8} need '
              f"{', '.join(missing)}, not installed: pip install -e '.[bench]'"
              + ('' if 'torch' in missing else f' (or leave ONNX Runtime out: --variants={without_ort})'))

@@ -38,9 +38,9 @@ def flip_tta(raw_fn: Callable[[jnp.ndarray], jnp.ndarray], x: jnp.ndarray, flip:
     raise ValueError(f'flip={flip!r}: expected one of {FLIP_MODES}')
   if flip is None:
     return l2_normalize(raw_fn(x))
-  b = x.shape[0]
-  raw = raw_fn(jnp.concatenate([x, x[:, :, ::-1, :]], axis=0)).astype(jnp.float32)
-  a, f = raw[:b], raw[b:]
+  # Stacked and split by reshapes, not concatenated and sliced at B: jax2onnx keeps a symbolic B through these.
+  raw = raw_fn(jnp.stack([x, x[:, :, ::-1, :]]).reshape((-1,) + x.shape[1:])).astype(jnp.float32)
+  a, f = raw.reshape((2, -1) + raw.shape[1:])
   if flip == 'sum':
     return l2_normalize(a + f)
   return l2_normalize(jnp.concatenate([l2_normalize(a), l2_normalize(f)], axis=-1))

@@ -21,33 +21,39 @@ import numpy as np
 FORMAT = 'facejax.embedder/1'
 
 
-def export_embedder(model, variables, preprocessing, image_size: int, *, flip: str | None = None,
-                    optimize: bool | dict = True, platforms: Sequence[str] = ('cpu',),
-                    metadata: dict | None = None) -> jax.export.Exported:
-  """-> `jax.export.Exported` of fn(uint8 [b, image_size, image_size, 3]) -> float32 [b, D] L2-normalised
-  ([b, 2D] for flip='concat'), polymorphic in b.
+def embedding_function(model, variables, preprocessing, image_size: int, *, flip: str | None = None,
+                       optimize: bool | dict = True) -> tuple[Any, dict]:
+  """-> (fn(uint8 [b, S, S, 3]) -> float32 [b, D] L2-normalised ([b, 2D] for flip='concat'), the XLA CPU options
+  the optimized forward was built for): what both serialized formats (jax.export, ONNX) trace.
 
   `optimize`: True (default) or a dict of `optimize_for_inference` options (weights are always constants
-  here: the artifact must be self-contained); False exports the reference flax forward. `metadata`, when given,
-  gets 'cpu_compiler_options': the XLA CPU options the optimized forward was built for (for `save_exported`'s
-  sidecar; `load_exported` compiles with them).
-  """
+  here: the artifact must be self-contained); False traces the reference flax forward."""
   from facejax.inference.embed import flip_tta, raw_embed_forward
   if isinstance(optimize, dict) or optimize:  # {} = the default options, not "off"
     from facejax.inference.optimize import inference_forward
     options = dict(optimize) if isinstance(optimize, dict) else {}
     options['weights'] = 'const'
     raw_fn = inference_forward(model, variables, image_size=image_size, **options)
-    compiler_options = raw_fn.compiler_options
+    compiler_options = dict(raw_fn.compiler_options)
   else:
     raw_fn = raw_embed_forward(model, jax.tree_util.tree_map(jnp.asarray, variables))
     compiler_options = {}
-  if metadata is not None:
-    metadata['cpu_compiler_options'] = dict(compiler_options)
 
   def embed(images):
     return flip_tta(raw_fn, preprocessing.apply(images), flip)
 
+  return embed, compiler_options
+
+
+def export_embedder(model, variables, preprocessing, image_size: int, *, flip: str | None = None,
+                    optimize: bool | dict = True, platforms: Sequence[str] = ('cpu',),
+                    metadata: dict | None = None) -> jax.export.Exported:
+  """-> `jax.export.Exported` of `embedding_function(...)`, polymorphic in the batch b. `metadata`, when given,
+  gets 'cpu_compiler_options' (for `save_exported`'s sidecar; `load_exported` compiles with them)."""
+  embed, compiler_options = embedding_function(model, variables, preprocessing, image_size, flip=flip,
+                                               optimize=optimize)
+  if metadata is not None:
+    metadata['cpu_compiler_options'] = compiler_options
   (b,) = jax.export.symbolic_shape('b')
   spec = jax.ShapeDtypeStruct((b, image_size, image_size, 3), jnp.uint8)
   return jax.export.export(jax.jit(embed), platforms=tuple(platforms))(spec)

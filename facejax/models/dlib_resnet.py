@@ -90,7 +90,7 @@ class DlibResidual(nn.Module):
     y = nn.relu(self.norm(name='bn1')(y))
     y = self.conv(self.filters, (3, 3), padding=_conv_padding(3, 1), name='conv2')(y)
     y = self.norm(name='bn2')(y)
-    shortcut = nn.avg_pool(x, (2, 2), (2, 2), padding='VALID') if s != 1 else x
+    shortcut = nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2), padding='VALID') if s != 1 else x
     return nn.relu(pad_add(y, shortcut))
 
 
@@ -112,7 +112,7 @@ class DlibResNet(nn.Module):
     x = conv(scaled(self.stem_filters, self.width), (7, 7), (2, 2), padding=_conv_padding(7, 2),
              name='conv0')(x.astype(self.dtype))
     x = nn.relu(norm(name='bn0')(x))
-    x = nn.max_pool(x, (3, 3), (2, 2), padding='VALID')
+    x = nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding='VALID')
     i = 0
     for filters, blocks, down in self.stages:
       for j in range(blocks):

@@ -37,7 +37,7 @@ class VGG(nn.Module):
         if self.norm:
           x = norm(name=f'bn{s}_{i}')(x)
         x = nn.relu(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
     if not self.fc_dims:
       return jnp.mean(x, axis=(1, 2))
     x = x.reshape(x.shape[0], -1)  # NHWC flatten (Keras order; torch NCHW weights are permuted on import)

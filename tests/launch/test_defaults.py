@@ -38,7 +38,7 @@ BARE = {
     'benchmark_data': None,
     'benchmark_dlib': None,
     'benchmark_train': ('--config',),
-    'compare_cpu': None if installed('onnx', 'onnxruntime', 'torch') else ('pip install',),
+    'compare_cpu': None if installed('onnx', 'onnxruntime', 'openvino', 'jax2onnx', 'torch') else ('pip install',),
     'convert': ('--from', '--out'),
     'embed': ('--workdir', '--images'),
     'evaluate': ('--config', '--workdir'),
@@ -52,7 +52,7 @@ BARE = {
 }
 SLOW_BARE = {
     'benchmark_dlib': 'the default is the full dlib benchmark (~90 s on 2 busy cores); its cheap run is below',
-    **({'compare_cpu': 'the default compares 7 models with ONNX Runtime and torch (minutes)'}
+    **({'compare_cpu': 'the default compares 7 models with ONNX Runtime, OpenVINO and torch (minutes)'}
        if BARE['compare_cpu'] is None else {}),
 }
 
@@ -164,10 +164,15 @@ def cheap_benchmark_train(request, tmp_path):
 
 def cheap_compare_cpu(request, tmp_path):
   variants = 'jax_plain,jax_opt' + (',torch' if installed('torch') else '')
+  if installed('torch', 'onnx', 'onnxruntime', 'openvino', 'jax2onnx'):
+    variants += ',ort,ort_facejax,openvino,openvino_f32'
   out = tmp_path / 'c.json'
   succeeded(run('compare_cpu', '--models=student_vgg', '--batch_sizes=1', f'--variants={variants}', '--rounds=1',
                 '--calls=2', f'--json_out={out}'))
-  assert {r['variant'] for r in json.loads(out.read_text())['records']} == set(variants.split(','))
+  records = json.loads(out.read_text())['records']
+  assert {r['variant'] for r in records} == set(variants.split(','))
+  for r in records:  # every anchor computes the same embeddings (OpenVINO's default may be bf16 on this CPU)
+    assert r['min_cosine_vs_jax_plain'] > (0.99 if r['variant'] == 'openvino' else 0.99999), r
 
 
 def cheap_convert(request, tmp_path):

@@ -152,3 +152,37 @@ def test_evaluate_aligns_lfw_photos_and_counts_faceless_ones(dlib_run, photos, t
   with open(os.path.join(out['out_dir'], 'results.md')) as f:
     assert 'no face found in 1 image(s)' in f.read()
   assert not os.path.exists(os.path.join(dlib_run, THRESHOLD_FILE))
+
+
+def test_onnx_export_reproduces_the_embeddings_of_real_faces(dlib_run, photos, tmp_path):
+  """launch.export --format=onnx (jax2onnx): ONNX Runtime gives facejax's embeddings of aligned real photos (Grace
+  Hopper, and LFW photos where the shared data is present), BN folded or not, at any batch size."""
+  pytest.importorskip('jax2onnx')
+  pytest.importorskip('onnxruntime')
+  from facejax.data.align import FaceAligner
+  from facejax.inference.embed import embed_images
+  from facejax.inference.embedder import load_embedder, read_image
+  from facejax.inference.onnx_export import onnx_embed, onnx_session
+  from tests.shared_data import ROOT
+  files = [str(photos / 'hopper.jpg'), str(photos / 'mirror.png')]
+  lfw = os.path.join(os.environ.get('FACEJAX_DATA') or os.path.join(os.path.dirname(ROOT), 'shared', 'data'), 'lfw')
+  if os.path.isdir(lfw):
+    people = sorted(p for p in os.listdir(lfw) if os.path.isdir(os.path.join(lfw, p)))[::500]
+    files += [os.path.join(lfw, p, sorted(os.listdir(os.path.join(lfw, p)))[0]) for p in people]
+  aligner = FaceAligner()
+  chips = np.stack([aligner.align(read_image(f), f) for f in files])
+  embed_fn, size = load_embedder(dlib_run)
+  ref = embed_images(embed_fn, list(chips), size, batch_size=4)
+  for flags in ([], ['--nooptimize']):
+    out = str(tmp_path / f'dlib{len(flags)}.onnx')
+    proc = launch('export', '--format=onnx', f'--workdir={dlib_run}', f'--out={out}', *flags)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    meta = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert meta['input'] == {'name': 'images', 'shape': [None, 150, 150, 3], 'dtype': 'uint8', 'layout': 'NHWC RGB'}
+    assert meta['align']['kind'] == 'dlib_5pt' and meta['optimize'] == ({'dtype': 'float32', 'conv': 'xla'}
+                                                                        if not flags else None)
+    session = onnx_session(out)
+    got = np.concatenate([onnx_embed(session, chips[:1]), onnx_embed(session, chips[1:])])  # batch 1 and the rest
+    np.testing.assert_allclose(got, ref, atol=2e-5)
+  proc = launch('export', '--format=onnx', '--dtype=int8', f'--workdir={dlib_run}', f'--out={out}')
+  assert proc.returncode != 0 and '--format=onnx exports float32 with ONNX Conv ops: drop --dtype' in proc.stderr
