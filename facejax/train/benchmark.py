@@ -24,8 +24,6 @@ registry name (no teacher run directory needed), and the input-pipeline knobs.
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
-import functools
 import io
 import json
 import os
@@ -33,14 +31,13 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from facejax.train.feed import DeviceFeed, batch_sharding, device_augmentation, replicate
-from facejax.train.state import create_train_state, make_optimizer
-from facejax.train.steps import AXIS, make_p_train_step, train_step
-from facejax.train.tasks import ModelIO, make_task
+from facejax.train.setup import TrainingSetup, compute_dtype, load_teacher, model_io, setup
+from facejax.train.steps import AXIS
+from facejax.train.tasks import ModelIO
 
 # Dense bf16 peak per chip, TFLOP/s (vendor datasheets, no sparsity). Matched as substrings of device_kind,
 # longest first: 'NVIDIA H100 PCIe' must not read as the SXM part.
@@ -163,29 +160,6 @@ def benchmark_config(task: str, model: str, *, image_size: int, batch_size: int 
 # ---------------------------------------------------------------------------------------------------- setup
 
 
-@dataclasses.dataclass
-class TrainingSetup:
-  """What `train` would build, ready to step: the task, host state, the pmapped step and the frozen inputs."""
-  task: Any
-  student: ModelIO
-  teacher: ModelIO | None
-  state: Any
-  p_step: Callable
-  step_fn: Callable  # the per-device step before pmap (for backend-independent FLOP counts)
-  frozen: dict
-  num_classes: int
-  params: int
-  teacher_params: int | None
-
-
-def _count(tree) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
-
-
-def _dtype(config):
-  return jnp.bfloat16 if config.half_precision else jnp.float32
-
-
 def random_teacher(config: ml_collections.ConfigDict, num_classes: int) -> tuple[ModelIO, dict]:
   """The distillation teacher `config.bench.teacher` names, with random weights (host-drawn, no compile)."""
   from facejax.inference.benchmark import random_variables
@@ -194,42 +168,31 @@ def random_teacher(config: ml_collections.ConfigDict, num_classes: int) -> tuple
   if t.preprocessing not in PREPROCESSING:
     raise ValueError(f'config.bench.teacher.preprocessing={t.preprocessing!r}: expected one of '
                      f'{sorted(PREPROCESSING)}')
-  model = build_model(t.name, num_classes, t.embed_dim, dtype=_dtype(config), **t.kwargs.to_dict())
+  model = build_model(t.name, num_classes, t.embed_dim, dtype=compute_dtype(config), **t.kwargs.to_dict())
   variables = random_variables(model, t.image_size, config.seed + 1, method='forward')
   return ModelIO(model, PREPROCESSING[t.preprocessing], t.image_size), variables
 
 
 def build_training(config: ml_collections.ConfigDict, num_classes: int) -> TrainingSetup:
-  """The trainer's pieces for `config` (facejax.train.loop.train, minus data, checkpoints and logging)."""
-  from facejax.train import loop  # the trainer's own model/teacher/init builders
-  student = loop.model_io(config, num_classes)
-  teacher, teacher_vars = None, None
+  """The trainer's own `setup` for `config`, its teacher from config.distill.teacher_workdir or (random weights)
+  config.bench.teacher, its initial weights from the trainer (bench.init='trainer') or drawn on the host."""
+  teacher = None
   if config.task == 'distill':
     if config.distill.teacher_workdir:
-      teacher, teacher_vars = loop.load_teacher(config)
+      teacher = load_teacher(config)
     elif config.bench.teacher.name:
-      teacher, teacher_vars = random_teacher(config, num_classes)
+      teacher = random_teacher(config, num_classes)
     else:
       raise ValueError('config.task=distill: set config.distill.teacher_workdir (a classify run) or '
                        'config.bench.teacher.name (a registry model with random weights)')
-  task = make_task(config, loop.model_io(config, num_classes, bn_axis=AXIS), teacher, teacher_vars)
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, state_rng = jax.random.split(rng)
+  if config.bench.init not in ('numpy', 'trainer'):
+    raise ValueError(f"config.bench.init={config.bench.init!r}: expected 'numpy' or 'trainer'")
+  variables = None
   if config.bench.init == 'numpy':
     from facejax.inference.benchmark import random_variables
-    variables = random_variables(student.model, student.image_size, config.seed, method='forward')
-  elif config.bench.init == 'trainer':
-    variables, _ = loop.initial_variables(config, student, init_rng)
-  else:
-    raise ValueError(f"config.bench.init={config.bench.init!r}: expected 'numpy' or 'trainer'")
-  tx, schedule = make_optimizer(config.optim, config.total_steps, variables['params'])
-  state = create_train_state(state_rng, student.model, tx, student.image_size, variables)
-  return TrainingSetup(task=task, student=student, teacher=teacher, state=state,
-                       p_step=make_p_train_step(task.loss_fn, tx, schedule),
-                       step_fn=functools.partial(train_step, loss_fn=task.loss_fn, tx=tx, schedule=schedule),
-                       frozen=task.frozen(),
-                       num_classes=num_classes, params=_count(variables['params']),
-                       teacher_params=None if teacher_vars is None else _count(teacher_vars['params']))
+    variables = random_variables(model_io(config, num_classes).model, config.model.image_size, config.seed,
+                                 method='forward')
+  return setup(config, num_classes, teacher, variables=variables)
 
 
 def device_batch(config: ml_collections.ConfigDict, image_size: int, num_classes: int, sharding) -> dict:

@@ -6,7 +6,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -17,9 +16,9 @@ from tqdm import tqdm
 from facejax import data as fdata
 from facejax import runs
 from facejax.train.feed import DeviceFeed, batch_sharding, device_augmentation
-from facejax.train.state import TrainState, create_train_state, make_optimizer
-from facejax.train.steps import make_p_train_step
-from facejax.train.tasks import ModelIO, make_task, teacher_outputs
+from facejax.train.setup import load_teacher, setup
+from facejax.train.state import TrainState
+from facejax.train.tasks import ModelIO, teacher_outputs
 
 # Fields that may change between a run and its resumption without changing what is computed.
 RUNTIME_FIELDS = ('resume', 'log_every', 'progress', 'prefetch', 'eval_every', 'keep_checkpoints', 'checkpoint_every')
@@ -57,50 +56,6 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> Non
     os.makedirs(workdir, exist_ok=True)
     with open(path, 'w') as f:
       json.dump(current, f, indent=2, sort_keys=True)
-
-
-def model_io(config, num_classes: int, bn_axis=None) -> ModelIO:
-  from facejax.models import PREPROCESSING, build_model
-  m = config.model
-  if m.preprocessing not in PREPROCESSING:
-    raise ValueError(f'config.model.preprocessing={m.preprocessing!r}: expected one of {sorted(PREPROCESSING)}')
-  model = build_model(m.name, num_classes, m.embed_dim, m.dropout,
-                      dtype=jnp.bfloat16 if config.half_precision else jnp.float32, bn_axis=bn_axis,
-                      **m.kwargs.to_dict())
-  return ModelIO(model, PREPROCESSING[m.preprocessing], m.image_size)
-
-
-def initial_variables(config, student: ModelIO, rng):
-  """Fresh init, then (config.init.path) copy pretrained tensors in: a facejax run dir or a converted checkpoint.
-  init.mode 'backbone': the backbone only (transfer: new heads); 'all': heads too where shapes match."""
-  x = jnp.zeros((1, student.image_size, student.image_size, 3))
-  variables = jax.jit(lambda r: student.model.init({'params': r, 'dropout': r}, x, method='forward'))(rng)
-  path = config.init.path
-  if not path:
-    return variables, None
-  if config.init.mode not in ('backbone', 'all'):
-    raise ValueError(f"config.init.mode={config.init.mode!r}: expected 'backbone' or 'all'")
-  from facejax.convert import transfer_backbone
-  if os.path.isfile(os.path.join(path, 'model.json')):
-    source = runs.restore_variables(path)
-  else:
-    _, source, _ = runs.load_converted(path)  # converted ImageNet weights (launch.convert)
-  try:
-    return transfer_backbone(variables, source, heads=config.init.mode == 'all')
-  except ValueError as e:
-    raise ValueError(f'config.init.path={path}: {e}') from None
-
-
-def load_teacher(config):
-  """(ModelIO, variables) of the distillation teacher run, frozen in fp32 (or bf16 with half_precision)."""
-  wd = config.distill.teacher_workdir
-  info = runs.read_model_info(wd)
-  dtype = jnp.bfloat16 if config.half_precision else jnp.float32
-  model, pre, size = runs.build_from_info(info, dtype=dtype)
-  variables = runs.restore_variables(wd)
-  # The frozen teacher's weights are cast once here, not in every step (BN statistics stay float32).
-  variables['params'] = jax.tree_util.tree_map(lambda x: np.asarray(x, dtype), variables['params'])
-  return ModelIO(model, pre, size), variables
 
 
 def first_replica(tree):
@@ -158,25 +113,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise ValueError(f'config.batch_size={config.batch_size} must divide evenly over {n_proc} process(es) x '
                      f'{n_dev} local device(s)')
   num_classes = config.model.num_classes
-  student = model_io(config, num_classes)  # host-side twin: init and evaluation
-  teacher, teacher_vars = load_teacher(config) if config.task == 'distill' else (None, None)
+  teacher = load_teacher(config) if config.task == 'distill' else None
   # Batches come at the larger input size of student and teacher; each model resizes in-graph to its own.
-  load_size = max(student.image_size, teacher.image_size if teacher else 0)
+  load_size = max(config.model.image_size, teacher[0].image_size if teacher else 0)
   cache = None
   if config.task == 'distill' and config.distill.cache_teacher:
     if config.data.augment:
       raise ValueError('config.distill.cache_teacher=True needs config.data.augment=False: the cache holds the '
                        "teacher's outputs for the un-augmented images")
-    cache = teacher_outputs(teacher, teacher_vars, source, load_size)
-  task = make_task(config, model_io(config, num_classes, bn_axis='batch'), teacher, teacher_vars, cache)
-
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, state_rng = jax.random.split(rng)
-  variables, init_report = initial_variables(config, student, init_rng)
-  if init_report and jax.process_index() == 0:
-    logging.info('init from %s: %s', config.init.path, init_report.summary())
-  tx, schedule = make_optimizer(config.optim, config.total_steps, variables['params'])
-  state = create_train_state(state_rng, student.model, tx, student.image_size, variables)
+    cache = teacher_outputs(*teacher, source, load_size)
+  run = setup(config, num_classes, teacher, cache)
+  if run.init_report and jax.process_index() == 0:
+    logging.info('init from %s: %s', config.init.path, run.init_report.summary())
+  student, state = run.student, run.state
 
   loader = fdata.train_loader(source, global_batch_size=config.batch_size, image_size=load_size,
                               seed=config.seed, num_devices=n_dev, augment=config.data.augment,
@@ -193,8 +142,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info('resumed %s at step %d', workdir, start)
   start = int(start or 0)
 
-  p_step = make_p_train_step(task.loss_fn, tx, schedule)
-  frozen = jax_utils.replicate(task.frozen())
+  p_step = run.p_step
+  frozen = jax_utils.replicate(run.frozen)
   pstate = jax_utils.replicate(state)
   # Batches are copied to the devices ahead of the step; the feed reports the loader state of the last batch
   # handed out, so a checkpoint never skips the batches still queued.
