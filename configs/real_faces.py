@@ -12,8 +12,8 @@ config.real.data_dir). Stages (facejax.pipeline.prepare_real_faces, then the usu
   data      identity photos (CelebA) and the LFW people outside View 2 aligned with dlib's HOG detector +
             5-point predictor (photos without a face skipped and counted); the teacher evaluated on LFW View 2
             beside dlib's own pipeline; identity leakage checked by face (suspects dropped: real.leakage.drop)
-  student   dlib's net at 0.32 width (9.6x fewer parameters), cut from the teacher: its most-used channels
-            (facejax.convert.prune); then embedding mimic only (no labels needed, so LFW's unpaired people join
+  student   dlib's net at 0.32 width and 8 of its 14 residual blocks (13.5x fewer parameters), cut from the
+            teacher: its strongest blocks and most-used channels (facejax.convert.prune); then embedding mimic only (no labels needed, so LFW's unpaired people join
             the identities), the teacher's outputs cached once for every chip and its mirror image
   siamese   the student continued with a contrastive loss on P x K identity batches of the identity set
 Args: '' (the full run) or 'tiny' (a few identities and steps: the test of the wiring).
@@ -28,7 +28,8 @@ from configs import lfw_eval
 from facejax.train import stage_config
 
 STUDENT_SIZE = 150  # dlib's chips: the student reads the teacher's input
-STUDENT_WIDTH = 0.32  # of dlib's channels: 585K parameters
+STUDENT_WIDTH = 0.32  # of dlib's channels
+STUDENT_BLOCKS = (1, 2, 2, 2, 1)  # residual blocks per stage (dlib: 3, 4, 3, 3, 1): 415K parameters
 
 
 def data_root() -> str:
@@ -39,7 +40,7 @@ def _stage(task: str, steps: int, lr: float) -> ml_collections.ConfigDict:
   c = stage_config(task, 'dlib_resnet', STUDENT_SIZE, steps, lr, 64)
   c.log_every, c.checkpoint_every = max(1, steps // 20), max(1, steps // 5)
   c.optim.warmup_steps = max(1, steps // 20)
-  c.model.kwargs = ml_collections.ConfigDict(dict(width=STUDENT_WIDTH))
+  c.model.kwargs = ml_collections.ConfigDict(dict(width=STUDENT_WIDTH, blocks=STUDENT_BLOCKS))
   c.model.embed_dim = 128  # = dlib's descriptor
   c.model.preprocessing = 'dlib'
   c.model.align = 'dlib_5pt'  # reads dlib chips: evaluate / verify / embed align photos for it
@@ -69,7 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           threshold=0.0)),  # squared L2 between identity means; 0 -> calibrated on the View 2 people at `far`
   ))
 
-  c.student = _stage('distill', 3000, 0.1)
+  c.student = _stage('distill', 3000, 0.02)  # from the cut teacher: a tenth of a from-scratch rate
   c.student.distill.embed_weight = 1.0
   c.student.distill.embed_kind = 'l2'
   c.student.distill.soft_weight = 0.0  # dlib has no identity classifier to soften
@@ -77,7 +78,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.student.distill.cache_teacher = True
   c.student.data.augment = False  # the cache holds the teacher's outputs of each chip (and its mirror)
 
-  c.siamese = _stage('siamese', 800, 0.01)
+  c.siamese = _stage('siamese', 800, 0.002)
   c.siamese.data.sampler = 'identity'
   c.siamese.data.images_per_identity = 4
   c.siamese.init.mode = 'all'

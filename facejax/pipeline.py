@@ -328,22 +328,24 @@ def _prune_student(stage: ml_collections.ConfigDict, teacher_dir: str, chips_roo
                      f'embed_dim={dr.DESCRIPTOR_DIM}; got {m.name!r}, {m.image_size}, {m.preprocessing!r}, '
                      f"{m.embed_dim} (or set config.real.student_init='' for a random init)")
   width = float(m.kwargs.get('width', 1.0))
+  blocks = m.kwargs.get('blocks')
+  blocks = None if blocks is None else [int(b) for b in blocks]
   if os.path.isfile(os.path.join(out, CONVERTED_METADATA)):
     meta = load_converted(out)[2]
-    if meta.get('width') == width and meta.get('teacher') == os.path.abspath(teacher_dir):
-      return {'path': out, **{k: meta[k] for k in ('width', 'summary', 'calibration_images')}}
-  print(f'== cut the student from the teacher (width {width}) -> {out}', flush=True)
+    if (meta.get('width'), meta.get('blocks'), meta.get('teacher')) == (width, blocks, os.path.abspath(teacher_dir)):
+      return {'path': out, **{k: meta[k] for k in ('width', 'blocks', 'summary', 'calibration_images')}}
+  print(f'== cut the student from the teacher (width {width}, blocks {blocks or "all"}) -> {out}', flush=True)
   paths, _ = _chip_files(chips_root)
   step = max(1, len(paths) // calibration_images)
   chips = np.stack([read_image(p) for p in paths[::step][:calibration_images]])  # aligned 150 px chips
   variables, report = prune_dlib(restore_variables(teacher_dir), width,
-                                 np.asarray(dr.dlib_preprocessing().apply(chips)))
+                                 np.asarray(dr.dlib_preprocessing().apply(chips)), blocks)
   meta = {'arch': 'dlib_resnet', 'source': 'prune', 'teacher': os.path.abspath(teacher_dir), 'width': width,
-          'summary': report.summary(), 'calibration_images': len(chips), 'kept': report.kept,
+          'blocks': blocks, 'summary': report.summary(), 'calibration_images': len(chips), 'kept': report.kept,
           'params': report.student_params}
   save_converted(out, variables, jsonable(meta), overwrite=True)
   print(report.summary(), flush=True)
-  return {'path': out, **{k: meta[k] for k in ('width', 'summary', 'calibration_images')}}
+  return {'path': out, **{k: meta[k] for k in ('width', 'blocks', 'summary', 'calibration_images')}}
 
 
 def _dlib_ms_per_chip(runs: int = 20) -> float:

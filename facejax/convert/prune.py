@@ -1,9 +1,12 @@
 """A thin student cut from dlib's face ResNet: the same net at a fraction of the width, initialised with the
 teacher's most-used channels instead of at random (the real-faces student, configs/real_faces.py).
 
-  variables, report = prune_dlib(teacher_variables, width=0.32, images=x)   # x: dlib-preprocessed chips
+  variables, report = prune_dlib(teacher_variables, width=0.32, images=x, blocks=(1, 2, 2, 2, 1))
+  # x: dlib-preprocessed chips; blocks: residual blocks kept per stage (dlib has 3, 4, 3, 3, 1)
 
-Channels are kept per group, by how strongly the layers after them read them (the L1 norm of the consuming
+Blocks. Each stage keeps its first block (it changes width and resolution) and its strongest others, by the
+|gamma| of their last BatchNorm (how much they add to the stream); a dropped stride-1 block leaves the stream as
+it was. Channels are kept per group, by how strongly the layers after them read them (the L1 norm of the consuming
 kernels' input slices, scaled by the producing BatchNorm's |gamma| inside a block):
 - a residual stream (the stem and every block of a stage add into the same channels) keeps one channel set. Where
   a stage widens, dlib's add_prev zero-extends the pooled shortcut into the first channels, so the wider stream
@@ -36,12 +39,14 @@ class PruneReport:
   width: float
   teacher_params: int
   student_params: int
-  kept: dict  # group -> (kept, of)
+  kept: dict  # group -> (kept, of); 'blocks' -> (kept, [teacher block indices])
 
   def summary(self) -> str:
     groups = ', '.join(f'{k} {a}/{b}' for k, (a, b) in self.kept.items() if k.startswith('stream'))
+    n, blocks = self.kept['blocks']
     return (f'dlib ResNet cut to width {self.width}: {self.student_params:,} of {self.teacher_params:,} parameters '
-            f'({self.teacher_params / self.student_params:.1f}x fewer); streams kept: {groups}')
+            f'({self.teacher_params / self.student_params:.1f}x fewer); streams kept: {groups}; residual blocks '
+            f'kept: {n} of {len(dr.block_strides())} ({", ".join(map(str, blocks))})')
 
 
 def _l1_in(kernel: np.ndarray) -> np.ndarray:
@@ -62,14 +67,31 @@ def _stream_groups(stages=dr.DLIB_STAGES) -> tuple[list[int], list[int]]:
   return groups, widths
 
 
-def select_channels(params: dict, width: float, stages=dr.DLIB_STAGES) -> dict[str, np.ndarray]:
+def select_blocks(params: dict, blocks, stages=dr.DLIB_STAGES) -> list[int]:
+  """-> the teacher blocks a student with `blocks[s]` blocks in stage s keeps, in order: each stage's first block
+  (it changes the width and resolution) and its strongest others, by how much they add to the stream
+  (|gamma| of their last BatchNorm). Dropped blocks are stride-1 residual blocks: the stream goes on without them."""
+  b = params['backbone']
+  kept, i = [], 0
+  for (_, n, _), want in zip(stages, dr.with_blocks(stages, blocks)):
+    want = want[1]
+    if want > n:
+      raise ValueError(f'blocks={tuple(blocks)}: a stage of {n} blocks cannot keep {want}')
+    rest = sorted(range(i + 1, i + n), key=lambda j: -float(np.abs(np.asarray(b[f'block{j}']['bn2']['scale'])).sum()))
+    kept += [i] + sorted(rest[:want - 1])
+    i += n
+  return kept
+
+
+def select_channels(params: dict, width: float, kept_blocks=None, stages=dr.DLIB_STAGES) -> dict[str, np.ndarray]:
   """Teacher params (a FaceNet(DlibResNet) 'params' tree) -> kept teacher channel indices per group:
-  'stream<g>' for each residual stream and 'block<i>' for each block's inner channels."""
+  'stream<g>' for each residual stream and 'block<i>' for the inner channels of each kept teacher block i
+  (`kept_blocks`, default all)."""
   b = params['backbone']
   groups, widths = _stream_groups(stages)
-  n_blocks = len(groups)
+  kept_blocks = range(len(groups)) if kept_blocks is None else kept_blocks
   readers = [np.zeros(w) for w in widths]  # stream channel importance: every kernel that reads the stream
-  for i in range(n_blocks):
+  for i in kept_blocks:
     src = groups[i - 1] if i else 0  # block i reads the stream its predecessor (or the stem) wrote
     readers[src] += _l1_in(np.asarray(b[f'block{i}']['conv1']['kernel']))
   readers[groups[-1]] += _l1_in(np.asarray(params['embedding']['dense']['kernel']))
@@ -85,40 +107,46 @@ def select_channels(params: dict, width: float, stages=dr.DLIB_STAGES) -> dict[s
     rest = [c for c in order if c not in set(prev.tolist())][:n - len(prev)]
     keep[f'stream{g}'] = np.concatenate([prev, np.sort(np.asarray(rest, int))]).astype(int)
     prev = keep[f'stream{g}']
-  for i, (filters, _) in enumerate(dr.block_strides(stages)):
+  strides = dr.block_strides(stages)
+  for i in kept_blocks:
     blk = b[f'block{i}']
     score = np.abs(np.asarray(blk['bn1']['scale'])) * _l1_in(np.asarray(blk['conv2']['kernel']))
-    keep[f'block{i}'] = np.sort(np.argsort(-score, kind='stable')[:scaled(filters, width)])
+    keep[f'block{i}'] = np.sort(np.argsort(-score, kind='stable')[:scaled(strides[i][0], width)])
   return keep
 
 
-def _cut(variables: dict, keep: dict, stages=dr.DLIB_STAGES) -> dict:
-  """Slices every teacher tensor to the kept channels -> a FaceNet(DlibResNet(width)) variable tree."""
+def _cut(variables: dict, keep: dict, kept_blocks=None, stages=dr.DLIB_STAGES) -> dict:
+  """Slices the teacher's tensors to the kept blocks and channels -> a FaceNet(DlibResNet(width, blocks))
+  variable tree (student block k is teacher block kept_blocks[k])."""
   groups, _ = _stream_groups(stages)
-  ins, outs = {'conv0': np.arange(3)}, {'conv0': keep['stream0'], 'bn0': keep['stream0']}
-  for i, g in enumerate(groups):
+  kept_blocks = list(range(len(groups)) if kept_blocks is None else kept_blocks)
+  ins, outs, source = {'conv0': np.arange(3)}, {'conv0': keep['stream0'], 'bn0': keep['stream0']}, {}
+  for k, i in enumerate(kept_blocks):
     src = keep[f'stream{groups[i - 1]}'] if i else keep['stream0']
-    ins[f'block{i}/conv1'], outs[f'block{i}/conv1'] = src, keep[f'block{i}']
-    outs[f'block{i}/bn1'] = keep[f'block{i}']
-    ins[f'block{i}/conv2'], outs[f'block{i}/conv2'] = keep[f'block{i}'], keep[f'stream{g}']
-    outs[f'block{i}/bn2'] = keep[f'stream{g}']
+    ins[f'block{k}/conv1'], outs[f'block{k}/conv1'] = src, keep[f'block{i}']
+    outs[f'block{k}/bn1'] = keep[f'block{i}']
+    ins[f'block{k}/conv2'], outs[f'block{k}/conv2'] = keep[f'block{i}'], keep[f'stream{groups[i]}']
+    outs[f'block{k}/bn2'] = keep[f'stream{groups[i]}']
+    source[f'block{k}'] = f'block{i}'
   last = keep[f'stream{groups[-1]}']
   out = {}
   for col, tree in variables.items():
-    flat = {}
-    for path, v in flatten(dict(tree)).items():
-      v = np.asarray(v)
-      if path == 'embedding/dense/kernel':
-        v = v[last]
-      elif path.startswith('backbone/'):
-        layer, leaf = path[len('backbone/'):].rsplit('/', 1)
-        if leaf == 'kernel':
-          v = v[:, :, ins[layer]][..., outs[layer]]
-        else:
-          v = v[outs[layer]]
-      flat[path] = v
-    out[col] = unflatten(flat)
+    teacher = flatten(dict(tree))
+    student = {p: np.asarray(v)[last] if p == 'embedding/dense/kernel' else np.asarray(v)
+               for p, v in teacher.items() if not p.startswith('backbone/')}
+    for layer in outs:  # every student backbone layer, from its teacher layer
+      block, _, sub = layer.rpartition('/')
+      prefix = f'backbone/{source[block]}/{sub}/' if block else f'backbone/{layer}/'
+      for path, v in teacher.items():
+        if path.startswith(prefix):
+          leaf = path[len(prefix):]
+          student[f'backbone/{layer}/{leaf}'] = _slice(np.asarray(v), layer, leaf, ins, outs)
+    out[col] = unflatten(student)
   return out
+
+
+def _slice(v: np.ndarray, layer: str, leaf: str, ins: dict, outs: dict) -> np.ndarray:
+  return v[:, :, ins[layer]][..., outs[layer]] if leaf == 'kernel' else v[outs[layer]]
 
 
 def recalibrate_batchnorm(model: nn.Module, variables: dict, images) -> dict:
@@ -146,9 +174,10 @@ def recalibrate_batchnorm(model: nn.Module, variables: dict, images) -> dict:
   return {'params': unflatten(params), 'batch_stats': unflatten(stats)}
 
 
-def prune_dlib(teacher_variables: dict, width: float, images) -> tuple[dict, PruneReport]:
-  """Converted dlib teacher variables -> (variables of `build_dlib_model(width=width)`, report). `images`:
-  `[N, 150, 150, 3]` dlib-preprocessed aligned chips (a few hundred) for the BatchNorm statistics."""
+def prune_dlib(teacher_variables: dict, width: float, images, blocks=None) -> tuple[dict, PruneReport]:
+  """Converted dlib teacher variables -> (variables of `build_dlib_model(width=width, blocks=blocks)`, report).
+  `blocks`: residual blocks per stage (None: all of dlib's). `images`: `[N, 150, 150, 3]` dlib-preprocessed
+  aligned chips (a few hundred) for the BatchNorm statistics."""
   from facejax.models.registry import count_params
   if not 0 < width <= 1:
     raise ValueError(f'width={width}: expected a fraction of the teacher width in (0, 1]')
@@ -156,18 +185,21 @@ def prune_dlib(teacher_variables: dict, width: float, images) -> tuple[dict, Pru
   if images.ndim != 4 or images.shape[1:] != (dr.IMAGE_SIZE, dr.IMAGE_SIZE, 3) or len(images) < 2:
     raise ValueError(f'images: expected [N >= 2, {dr.IMAGE_SIZE}, {dr.IMAGE_SIZE}, 3] preprocessed chips, got '
                      f'{images.shape}')
-  keep = select_channels(teacher_variables['params'], width)
-  student = dr.build_dlib_model(width=width)
-  variables = _cut(teacher_variables, keep)
+  kept_blocks = select_blocks(teacher_variables['params'], blocks)
+  keep = select_channels(teacher_variables['params'], width, kept_blocks)
+  student = dr.build_dlib_model(width=width, blocks=None if blocks is None else tuple(blocks))
+  variables = _cut(teacher_variables, keep, kept_blocks)
   expected = jax.eval_shape(lambda: student.init(jax.random.PRNGKey(0), jnp.zeros((1, dr.IMAGE_SIZE, dr.IMAGE_SIZE, 3)),
                                                  method='forward'))
   for col in expected:
-    for path, leaf in flatten(dict(expected[col])).items():
-      got = flatten(dict(variables[col]))[path].shape
-      if got != leaf.shape:  # a bug here, not bad input
-        raise AssertionError(f'{col}/{path}: cut to {got}, the width-{width} net has {leaf.shape}')
+    got = flatten(dict(variables[col]))
+    want = flatten(dict(expected[col]))
+    if set(got) != set(want) or any(got[p].shape != want[p].shape for p in want):  # a bug here, not bad input
+      raise AssertionError(f'{col}: the cut tree does not match the width-{width} net: '
+                           f'{sorted(set(got) ^ set(want))[:5]} or shapes differ')
   variables = recalibrate_batchnorm(student, variables, images)
-  groups, widths = _stream_groups()
+  _, widths = _stream_groups()
+  kept = {k: (len(v), widths[int(k[6:])] if k.startswith('stream') else None) for k, v in keep.items()}
   report = PruneReport(width, count_params(teacher_variables['params']), count_params(variables['params']),
-                       {k: (len(v), widths[int(k[6:])] if k.startswith('stream') else None) for k, v in keep.items()})
+                       dict(kept, blocks=(len(kept_blocks), kept_blocks)))
   return variables, report

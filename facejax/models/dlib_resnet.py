@@ -96,10 +96,12 @@ class DlibResidual(nn.Module):
 
 class DlibResNet(nn.Module):
   """dlib's face ResNet trunk: `[B, 150, 150, 3]` (`dlib_preprocessing()`) -> `[B, 256]` average-pooled features.
-  `width` scales every stage (1.0 is dlib's net); `stages` as DLIB_STAGES."""
+  `width` scales every stage (1.0 is dlib's net); `stages` as DLIB_STAGES; `blocks` (one count per stage)
+  replaces the stages' block counts (a shallower student)."""
   stages: tuple = DLIB_STAGES
   stem_filters: int = 32
   width: float = 1.0
+  blocks: tuple | None = None
   bn_eps: float = BN_EPS
   bn_axis: str | None = None
   dtype: Dtype = jnp.float32
@@ -114,11 +116,20 @@ class DlibResNet(nn.Module):
     x = nn.relu(norm(name='bn0')(x))
     x = nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding='VALID')
     i = 0
-    for filters, blocks, down in self.stages:
+    for filters, blocks, down in with_blocks(self.stages, self.blocks):
       for j in range(blocks):
         x = DlibResidual(scaled(filters, self.width), conv, norm, 2 if (down and j == 0) else 1, name=f'block{i}')(x)
         i += 1
     return jnp.mean(x, axis=(1, 2))
+
+
+def with_blocks(stages=DLIB_STAGES, blocks=None) -> tuple:
+  """`stages` with each stage's block count replaced by `blocks` (None: as they are)."""
+  if blocks is None:
+    return tuple(stages)
+  if len(blocks) != len(stages) or any(int(b) < 1 for b in blocks):
+    raise ValueError(f'blocks={tuple(blocks)}: expected {len(stages)} counts >= 1, one per stage of {stages}')
+  return tuple((f, int(b), down) for (f, _, down), b in zip(stages, blocks))
 
 
 def block_strides(stages=DLIB_STAGES) -> list[tuple[int, int]]:

@@ -29,16 +29,23 @@ def images():
   return np.asarray(dr.dlib_preprocessing().apply(faces))
 
 
+SHALLOW = (1, 2, 2, 2, 1)  # residual blocks per stage (dlib: 3, 4, 3, 3, 1)
+
+
 @pytest.fixture(scope='module')
 def cut(teacher, images):
   return prune.prune_dlib(teacher[1], WIDTH, images)
 
 
-def _masked_teacher(variables: dict, keep: dict) -> dict:
-  """The teacher with every dropped channel's BatchNorm output (and so the channel) set to zero."""
+def _masked_teacher(variables: dict, keep: dict, kept_blocks) -> dict:
+  """The teacher with every dropped channel's BatchNorm output (and so the channel) set to zero, and every
+  dropped block's last BatchNorm zeroed (the block then passes its input on: the stream is >= 0 after ReLU)."""
   groups, _ = prune._stream_groups()
   kept = {'backbone/bn0': keep['stream0']}
   for i, g in enumerate(groups):
+    if i not in kept_blocks:
+      kept[f'backbone/block{i}/bn2'] = np.zeros(0, int)
+      continue
     kept[f'backbone/block{i}/bn1'], kept[f'backbone/block{i}/bn2'] = keep[f'block{i}'], keep[f'stream{g}']
   params = flatten(dict(variables['params']))
   for bn, idx in kept.items():
@@ -48,15 +55,19 @@ def _masked_teacher(variables: dict, keep: dict) -> dict:
   return {'params': unflatten(params), 'batch_stats': variables['batch_stats']}
 
 
-def test_cut_net_is_the_teacher_with_dropped_channels_zeroed(teacher, images, cut):
+@pytest.mark.parametrize('blocks', [None, SHALLOW])
+def test_cut_net_is_the_teacher_with_dropped_channels_and_blocks_zeroed(teacher, images, blocks):
   model, variables = teacher
-  student_vars, report = cut
-  keep = prune.select_channels(variables['params'], WIDTH)
-  want = model.apply(_masked_teacher(variables, keep), images, method='forward')['raw_embedding']
-  got = dr.build_dlib_model(width=WIDTH).apply(student_vars, images, method='forward')['raw_embedding']
-  np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5)
+  student_vars, report = prune.prune_dlib(variables, WIDTH, images, blocks)
+  kept_blocks = prune.select_blocks(variables['params'], blocks)
+  keep = prune.select_channels(variables['params'], WIDTH, kept_blocks)
+  want = model.apply(_masked_teacher(variables, keep, kept_blocks), images, method='forward')['raw_embedding']
+  got = dr.build_dlib_model(width=WIDTH, blocks=blocks).apply(student_vars, images, method='forward')
+  np.testing.assert_allclose(got['raw_embedding'], want, rtol=1e-4, atol=2e-5)
   assert report.teacher_params / report.student_params >= 9  # the paper's compression, at this width
-  assert report.student_params == 585_041
+  assert report.student_params == {None: 585_041, SHALLOW: 414_653}[blocks]
+  assert len(kept_blocks) == sum(SHALLOW if blocks else (3, 4, 3, 3, 1))
+  assert [0, 3, 7, 10, 13] == [i for i in (0, 3, 7, 10, 13) if i in kept_blocks]  # each stage's first block
 
 
 def test_wider_stream_keeps_the_shortcut_channels_first(teacher):
@@ -82,8 +93,12 @@ def test_recalibrated_batchnorm_trains_from_the_same_function(images, cut):
   np.testing.assert_allclose(trained['embedding'], evaluated, atol=1e-4)
 
 
-def test_bad_images_and_width_are_named(teacher):
+def test_bad_images_width_and_blocks_are_named(teacher):
   with pytest.raises(ValueError, match=r'images: expected \[N >= 2, 150, 150, 3\].*\(4, 112, 112, 3\)'):
     prune.prune_dlib(teacher[1], WIDTH, jnp.zeros((4, 112, 112, 3)))
   with pytest.raises(ValueError, match=r'width=1.5: expected a fraction'):
     prune.prune_dlib(teacher[1], 1.5, jnp.zeros((4, 150, 150, 3)))
+  with pytest.raises(ValueError, match=r'blocks=\(1, 5, 1, 1, 1\): a stage of 4 blocks cannot keep 5'):
+    prune.prune_dlib(teacher[1], WIDTH, jnp.zeros((4, 150, 150, 3)), (1, 5, 1, 1, 1))
+  with pytest.raises(ValueError, match=r'blocks=\(1, 2\): expected 5 counts >= 1, one per stage'):
+    prune.prune_dlib(teacher[1], WIDTH, jnp.zeros((4, 150, 150, 3)), (1, 2))
