@@ -8,12 +8,13 @@ MobileFaceNet at 112x112 (the teacher resizes the student's batch in-graph, as i
 Arg: teacher=vgg16, student=mobilefacenet, batch=256, size=112 (student), teacher_size=224, classes=10575,
 data_dir='', tiny. A trained teacher instead: --config.distill.teacher_workdir=RUN.
 """
-from facejax.train.benchmark import benchmark_config, parse_arg
+from facejax.train.benchmark import benchmark_config
+from facejax.train.config import parse_arg
 
 
 def get_config(arg=None):
-  a = parse_arg(arg, teacher='vgg16', student='mobilefacenet', batch=256, size=112, teacher_size=224, classes=10575,
-                data_dir='', tiny=False)
+  a = parse_arg(arg, 'configs/bench_distill.py', teacher='vgg16', student='mobilefacenet', batch=256, size=112,
+                teacher_size=224, classes=10575, data_dir='', tiny=False)
   c = benchmark_config('distill', a.student, image_size=a.size, batch_size=a.batch, num_classes=a.classes,
                        data_dir=a.data_dir, teacher=a.teacher, teacher_image_size=a.teacher_size, tiny=a.tiny)
   c.distill.embed_weight = 1.0

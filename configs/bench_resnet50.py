@@ -9,11 +9,13 @@ Arg (comma-separated key=value): model=resnet50, batch=256, size=224, classes=10
 folders; '' reads the on-the-fly synthetic faces), s2d (the stem conv on 2x2 space-to-depth input: ResNet's
 stem_space_to_depth), tiny (CPU smoke: same code at 1/16 width, 32x32, batch 8).
 """
-from facejax.train.benchmark import benchmark_config, parse_arg
+from facejax.train.benchmark import benchmark_config
+from facejax.train.config import parse_arg
 
 
 def get_config(arg=None):
-  a = parse_arg(arg, model='resnet50', batch=256, size=224, classes=10575, data_dir='', s2d=False, tiny=False)
+  a = parse_arg(arg, 'configs/bench_resnet50.py', model='resnet50', batch=256, size=224, classes=10575, data_dir='',
+                s2d=False, tiny=False)
   return benchmark_config('classify', a.model, image_size=a.size, batch_size=a.batch, num_classes=a.classes,
                           data_dir=a.data_dir, tiny=a.tiny,
                           model_kwargs={'stem_space_to_depth': True} if a.s2d else None)

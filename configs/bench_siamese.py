@@ -6,12 +6,13 @@ batches (64 identities x 4 images = 256), bf16, 10,575 identities.
 Arg: model=mobilefacenet, batch=256, size=112, per_identity=4, loss=contrastive (or triplet), classes=10575,
 data_dir='', tiny.
 """
-from facejax.train.benchmark import benchmark_config, parse_arg
+from facejax.train.benchmark import benchmark_config
+from facejax.train.config import parse_arg
 
 
 def get_config(arg=None):
-  a = parse_arg(arg, model='mobilefacenet', batch=256, size=112, per_identity=4, loss='contrastive', classes=10575,
-                data_dir='', tiny=False)
+  a = parse_arg(arg, 'configs/bench_siamese.py', model='mobilefacenet', batch=256, size=112, per_identity=4,
+                loss='contrastive', classes=10575, data_dir='', tiny=False)
   c = benchmark_config('siamese', a.model, image_size=a.size, batch_size=a.batch, num_classes=a.classes,
                        data_dir=a.data_dir, tiny=a.tiny)
   c.data.sampler = 'identity'

@@ -15,13 +15,13 @@ from __future__ import annotations
 import ml_collections
 
 from configs import lfw_eval
-from facejax.train import stage_config
+from facejax.train.config import parse_arg, stage_config
 
 IMAGE_SIZE = 48
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  micro = arg == 'micro'
+  micro = parse_arg(arg, 'configs/demo.py', micro=False).micro
   faces = dict(num_identities=12 if micro else 200, images_per_identity=8 if micro else 40, image_size=IMAGE_SIZE,
                difficulty=1.0, seed=0)
   objects = dict(num_classes=10 if micro else 50, images_per_class=8 if micro else 60, image_size=IMAGE_SIZE, seed=1)

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import ml_collections
 
-from facejax.train import base_config
+from facejax.train.config import base_config, parse_arg
 
 TEACHER = 'runs/dlib'
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = arg or 'synthetic'
-  if arg not in ('synthetic', 'folders', 'tiny'):
-    raise ValueError(f"configs/distill_dlib.py:{arg}: expected 'synthetic', 'folders' or 'tiny'")
+  a = parse_arg(arg, 'configs/distill_dlib.py', bare='data', data='synthetic', tiny=False)
+  if a.data not in ('synthetic', 'folders'):
+    raise ValueError(f"configs/distill_dlib.py:{arg}: data={a.data!r}, expected 'synthetic', 'folders' or 'tiny'")
   c = base_config()
   c.task = 'distill'
   c.distill.teacher_workdir = TEACHER
@@ -51,13 +51,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.warmup_steps = 500
   c.data.augment = True
 
-  if arg == 'synthetic':
+  if a.data == 'synthetic':
     c.data.source = 'synthetic'
     c.data.kwargs = ml_collections.ConfigDict(dict(num_identities=500, images_per_identity=40, image_size=150))
-  elif arg == 'folders':
+  else:
     c.data.source = 'folders'
     c.data.kwargs = ml_collections.ConfigDict(dict(data_dir='data', name='default', split='train'))
-  else:  # tiny: a few steps on a handful of small synthetic faces, small student
+  if a.tiny:  # a few steps on a handful of small synthetic faces, small student
+    c.data.source = 'synthetic'
     c.model.name = 'student_vgg'
     c.model.image_size = 32
     c.model.kwargs = ml_collections.ConfigDict(dict(width=0.25))

@@ -10,13 +10,14 @@ from facejax.train.config import base_config, parse_arg, set_data
 
 
 def get_config(arg=None):
-  args = parse_arg(arg)
+  args = parse_arg(arg, 'configs/distill_student.py', bare='data', data='synthetic', student='mobilefacenet', size=0,
+                   embed_dim=256)
   c = base_config()
   c.task = 'distill'
-  c.model.name = args.get('student', 'mobilefacenet')
-  c.model.image_size = int(args.get('size', default_image_size(c.model.name)))
-  c.model.embed_dim = int(args.get('embed_dim', 256))  # must equal the teacher's for embedding mimic
-  set_data(c, args.get('data', 'synthetic'), c.model.image_size)
+  c.model.name = args.student
+  c.model.image_size = args.size or default_image_size(c.model.name)
+  c.model.embed_dim = args.embed_dim  # must equal the teacher's for embedding mimic
+  set_data(c, args.data, c.model.image_size)
   c.distill.update(teacher_workdir='', embed_weight=1.0, embed_kind='l2', soft_weight=0.5, temperature=4.0,
                    hard_weight=0.5)
   c.batch_size = 256

@@ -10,14 +10,15 @@ from facejax.train.config import base_config, parse_arg, set_data
 
 
 def get_config(arg=None):
-  args = parse_arg(arg)
+  args = parse_arg(arg, 'configs/finetune_resnet50.py', bare='data', data='synthetic', model='resnet50',
+                   preprocessing='torchvision')
   c = base_config()
   c.task = 'classify'
-  c.model.name = args.get('model', 'resnet50')
+  c.model.name = args.model
   c.model.image_size = 224
   c.model.embed_dim = 256
-  c.model.preprocessing = args.get('preprocessing', 'torchvision')
-  set_data(c, args.get('data', 'synthetic'), 224)
+  c.model.preprocessing = args.preprocessing
+  set_data(c, args.data, 224)
   c.batch_size = 256
   c.total_steps = 20_000
   c.half_precision = True

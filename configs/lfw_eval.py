@@ -20,14 +20,11 @@ from __future__ import annotations
 
 import ml_collections
 
-SWITCHES = ('lfw', 'synthetic', 'classic', 'flip')
+from facejax.train.config import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  switches = [s for s in (arg or '').split(',') if s]
-  unknown = [s for s in switches if s not in SWITCHES]
-  if unknown:
-    raise ValueError(f'configs/lfw_eval.py:{arg}: unknown switch(es) {unknown}, expected some of {SWITCHES}')
+  a = parse_arg(arg, 'configs/lfw_eval.py', lfw=False, synthetic=False, classic=False, flip=False)
 
   c = ml_collections.ConfigDict()
   c.name = ''  # eval/<name>/ subdirectory of the run; '' -> the resolved data source ('lfw' or 'synthetic_pairs')
@@ -61,13 +58,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.calibrate = False
   c.progress = True
 
-  if 'lfw' in switches:
+  if a.lfw:
     c.data.source = 'lfw'
     c.data.lfw_dir = 'data/lfw'
-  if 'synthetic' in switches:
+  if a.synthetic:
     c.data.source = 'synthetic_pairs'
-  if 'classic' in switches:
+  if a.classic:
     c.thresholds = 'classic'
-  if 'flip' in switches:
+  if a.flip:
     c.flip = 'sum'
   return c

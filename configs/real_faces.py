@@ -25,7 +25,7 @@ import os
 import ml_collections
 
 from configs import lfw_eval
-from facejax.train import stage_config
+from facejax.train.config import parse_arg, stage_config
 
 STUDENT_SIZE = 150  # dlib's chips: the student reads the teacher's input
 STUDENT_WIDTH = 0.32  # of dlib's channels
@@ -49,9 +49,7 @@ def _stage(task: str, steps: int, lr: float) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, '', 'tiny'):
-    raise ValueError(f"configs/real_faces.py:{arg}: expected '' or 'tiny'")
-  tiny = arg == 'tiny'
+  tiny = parse_arg(arg, 'configs/real_faces.py', tiny=False).tiny
   root = data_root()
   c = ml_collections.ConfigDict()
   c.real = ml_collections.ConfigDict(dict(

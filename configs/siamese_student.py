@@ -8,13 +8,14 @@ from facejax.train.config import base_config, parse_arg, set_data
 
 
 def get_config(arg=None):
-  args = parse_arg(arg)
+  args = parse_arg(arg, 'configs/siamese_student.py', bare='data', data='synthetic', student='mobilefacenet', size=0,
+                   embed_dim=256)
   c = base_config()
   c.task = 'siamese'
-  c.model.name = args.get('student', 'mobilefacenet')
-  c.model.image_size = int(args.get('size', default_image_size(c.model.name)))
-  c.model.embed_dim = int(args.get('embed_dim', 256))
-  set_data(c, args.get('data', 'synthetic'), c.model.image_size)
+  c.model.name = args.student
+  c.model.image_size = args.size or default_image_size(c.model.name)
+  c.model.embed_dim = args.embed_dim
+  set_data(c, args.data, c.model.image_size)
   c.data.sampler = 'identity'
   c.data.images_per_identity = 4
   c.init.mode = 'all'  # the whole distilled student, not just its backbone

@@ -92,22 +92,6 @@ def bench_section() -> ml_collections.ConfigDict:
   ))
 
 
-def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
-  """'key=value,key=value' (a config file's `:arg`) -> ConfigDict over `defaults`, each value cast to its
-  default's type; a bare 'key' sets a bool to True. Unknown keys are refused."""
-  out = ml_collections.ConfigDict(defaults)
-  for item in filter(None, (arg or '').split(',')):
-    key, eq, value = item.partition('=')
-    if key not in defaults:
-      raise ValueError(f'config arg {item!r}: unknown key {key!r}; expected one of {sorted(defaults)}')
-    kind = type(defaults[key])
-    if kind is bool:
-      out[key] = (value.lower() in ('1', 'true', 'yes')) if eq else True
-    else:
-      out[key] = kind(value)
-  return out
-
-
 # Models shrunk for CPU smoke runs (`:tiny`): same registry names and code paths, 1/16-1/8 of the width.
 TINY_KWARGS = {'resnet50': dict(width=0.0625), 'vgg16': dict(width=0.0625, fc_dims=(32, 32)),
                'mobilefacenet': dict(width=0.125, out_dim=32), 'resnet18': dict(width=0.125)}

@@ -88,10 +88,26 @@ def set_data(c: ml_collections.ConfigDict, kind: str, image_size: int) -> ml_col
   return c
 
 
-def parse_arg(arg: str | None) -> dict[str, str]:
-  """big_vision-style 'key=value,key2=value2' (a bare word sets data=word)."""
-  out = {}
-  for part in filter(None, (arg or '').split(',')):
-    key, _, value = part.partition('=')
-    out[key if value else 'data'] = value or key
+def parse_arg(arg: str | None, where: str = 'config', bare: str | None = None, **defaults) -> ml_collections.ConfigDict:
+  """A config file's `:arg`, big_vision style ('key=value,key2=value2') -> ConfigDict over `defaults`, each value
+  cast to its default's type. A bare word sets a bool key to True, or else (with `bare`) becomes the value of
+  key `bare` (`configs/x.py:folders` -> data='folders'). Unknown keys and words are refused, naming `where`."""
+  out = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or '').split(',')):
+    key, eq, value = item.partition('=')
+    if not eq and not isinstance(defaults.get(key), bool):
+      if bare is None:
+        raise ValueError(f'{where}:{arg}: unknown switch {key!r}; expected key=value or one of '
+                         f'{sorted(k for k, v in defaults.items() if isinstance(v, bool))}')
+      key, value, eq = bare, key, '='
+    if key not in defaults:
+      raise ValueError(f'{where}:{arg}: unknown key {key!r}; expected one of {sorted(defaults)}')
+    kind = type(defaults[key])
+    if kind is bool:
+      out[key] = (value.lower() in ('1', 'true', 'yes')) if eq else True
+    else:
+      try:
+        out[key] = kind(value)
+      except ValueError:
+        raise ValueError(f'{where}:{arg}: {key}={value!r}: expected type {kind.__name__}') from None
   return out

@@ -162,15 +162,11 @@ def test_device_feed_state_resumes_exactly():
     np.testing.assert_array_equal(next(resumed)['image'], third, err_msg=mode)
 
 
-def test_peak_and_arg_parsing():
+def test_peak_tflops():
   assert tb.peak_tflops_for('NVIDIA H100 80GB HBM3') == 989.0
   assert tb.peak_tflops_for('NVIDIA H100 PCIe') == 756.0
   assert tb.peak_tflops_for('NVIDIA H200') == 989.0
   assert tb.peak_tflops_for('cpu') is None
-  a = tb.parse_arg('tiny,batch=64,data_dir=/tmp/x', tiny=False, batch=256, data_dir='')
-  assert a.tiny is True and a.batch == 64 and a.data_dir == '/tmp/x'
-  with pytest.raises(ValueError, match='unknown key'):
-    tb.parse_arg('bacth=3', batch=256)
 
 
 class StaggeredLoader:
