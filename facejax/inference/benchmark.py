@@ -313,3 +313,30 @@ def markdown_table(records: list[dict]) -> str:
     lines.append(f"| {model} | {variant} | {row['params'] / 1e6:.2f} | {fmt(row['gflops'])} | {fmt(row['b1'])} | "
                  f"{batched} |")
   return '\n'.join(lines)
+
+
+def zoo_row(name: str, embed_dim: int = 128) -> dict:
+  """A registry model's card: input size, feature width, parameters (backbone, with the ImageNet head, as a face
+  model with `embed_dim`) and the face model's batch-1 GFLOPs as every facejax report counts them
+  (`optimize.layer_flops`: 2 x the multiply-accumulates of its conv and dense layers)."""
+  from facejax.inference.optimize import layer_flops, trace_plan
+  from facejax.models import MODELS, build_backbone, build_classifier, build_model, count_params, default_image_size
+  size = default_image_size(name)
+  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  shapes = lambda model, **kw: jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False, **kw), x)
+  backbone, face = build_backbone(name), build_model(name, num_classes=0, embed_dim=embed_dim)
+  bvars = shapes(backbone)
+  features = jax.eval_shape(lambda v, x: backbone.apply(v, x, train=False), bvars, x).shape[-1]
+  return {'model': name, 'image_size': size, 'features': int(features),
+          'params_backbone': count_params(bvars['params']),
+          'params_imagenet_head': count_params(shapes(build_classifier(name, 1000))['params']),
+          f'params_face_d{embed_dim}': count_params(shapes(face, method='forward')['params']),
+          'gflops': round(layer_flops(trace_plan(face, random_variables(face, size), size)) / 1e9, 3),
+          'doc': MODELS[name].doc}
+
+
+def zoo_markdown(rows: list[dict]) -> str:
+  keys = [k for k in rows[0] if k != 'doc'] + ['doc']
+  fmt = lambda v: f'{v:,}' if isinstance(v, int) else str(v)
+  lines = ['| ' + ' | '.join(keys) + ' |', '|' + '---|' * len(keys)]
+  return '\n'.join(lines + ['| ' + ' | '.join(fmt(r[k]) for k in keys) + ' |' for r in rows])

@@ -159,3 +159,11 @@ def test_resnet50_forward_is_8_2_gflops():
   flops = jaxpr_flops(lambda v, x: model.apply(v, x), variables, x)
   # 7.90e9: the usual 4.09 GMACs (8.18e9) count the taps on zero padding, which XLA (and so this) does not.
   assert flops == pytest.approx(2 * 4.09e9, rel=0.05)
+
+
+def test_model_zoo_row():
+  from facejax.inference.benchmark import zoo_markdown, zoo_row
+  row = zoo_row('resnet18_w050', embed_dim=128)
+  assert row['image_size'] == 112 and row['features'] == 256 and row['params_backbone'] == 2_798_880
+  assert 0.1 < row['gflops'] < 1.0
+  assert '| resnet18_w050 | 112 | 256 | 2,798,880 |' in zoo_markdown([row])

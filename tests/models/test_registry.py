@@ -85,14 +85,6 @@ def test_embedding_only_model():
   assert 'logits' not in out and out['embedding'].shape == (3, 32)
 
 
-def test_model_zoo_row():
-  from launch.model_zoo import markdown, zoo_row
-  row = zoo_row('resnet18_w050', embed_dim=128)
-  assert row['image_size'] == 112 and row['features'] == 256 and row['params_backbone'] == 2_798_880
-  assert 0.1 < row['gflops'] < 1.0
-  assert '| resnet18_w050 | 112 | 256 | 2,798,880 |' in markdown([row])
-
-
 @pytest.mark.parametrize('hw,use_bias', [((32, 32), False), ((33, 30), True), ((31, 35), False)])
 def test_space_to_depth_stem_matches_the_7x7_conv(hw, use_bias):
   """SpaceToDepthStem: nn.Conv's parameter tree and init, its outputs and kernel gradients, on odd and even sides."""
