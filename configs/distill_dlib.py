@@ -35,9 +35,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.distill.soft_weight = 0.0  # the teacher has no classifier
   c.distill.hard_weight = 0.0
 
-  # ResNet-18 at quarter width, 112x112: 0.72M params (7.8x fewer than dlib's 5.6M) and 8.6x faster on this CPU
-  # (optimized path, batch 1: 1.6 vs 13.6 ms, same run). MobileFaceNet has 5.6x fewer params but about dlib's FLOPs
-  # (0.44 vs 0.54 GFLOPs) and XLA's CPU depthwise convs make it no faster than dlib.
+  # ResNet-18 at quarter width, 112x112: 0.72M params (7.8x fewer than dlib's 5.6M). MobileFaceNet has 5.6x fewer
+  # params but about dlib's FLOPs (0.44 vs 0.54 GFLOPs), and XLA's CPU depthwise convs are slow. configs/real_faces.py
+  # is the measured real-faces lineage (README, "Real faces").
   c.model.name = 'resnet18'
   c.model.kwargs = ml_collections.ConfigDict(dict(width=0.25))
   c.model.image_size = 112

@@ -246,10 +246,10 @@ def auto_lowering(entry: LayerPlan, dtype: str = 'float32', im2col_max_pixels: i
   per image (14x14 and smaller) -> 'winograd' for 3x3 stride 1, else 'matmul' (im2col); larger maps -> 'xla'
   (XLA's native convolution wins there: im2col copies k*k times the input, measured 2-6x slower at 56x56 and
   above, and Winograd's transforms are memory-bound at large maps). bfloat16: 'matmul' while the per-image
-  im2col matrix is at most `bf16_im2col_max_bytes` (bf16 x bf16 -> f32 dots run at 500-700 GFLOP/s on AMX,
-  2-2.5x XLA's float32 convs from 56x56x256 down; 112x112 64->128 5.4 vs 7.8 ms), else 'xla' in float32
-  (VGG's 112x112x128 and 224x224 maps: the copy is memory-bound, im2col 28 vs 12 ms at 112x112x128); also
-  'xla' for inputs of fewer than 8 channels (RGB stems: k*k slices of 3 channels copy slowly, 2.7 vs 1.7 ms)."""
+  im2col matrix is at most `bf16_im2col_max_bytes` (on AMX, bf16 x bf16 -> f32 dots beat XLA's float32 convs
+  from 56x56x256 down), else 'xla' in float32 (VGG's 112x112x128 and 224x224 maps: the copy is memory-bound);
+  also 'xla' for inputs of fewer than 8 channels (RGB stems: k*k slices of 3 channels copy slowly). The
+  measurements behind these rules: docs/cpu_inference.md."""
   if np.prod(entry.module.kernel_size) == 1:
     return 'matmul'
   pixels = int(np.prod(entry.out_shape[1:-1]))
