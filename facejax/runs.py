@@ -34,6 +34,7 @@ from facejax.data.align import CHIP_PADDING, CHIP_SIZE
 
 THRESHOLD_FILE = 'threshold.json'
 EXPORT_SUFFIX = '.jaxexport'
+EXPORT_SUFFIXES = (EXPORT_SUFFIX, '.onnx')  # exported embedders: jax.export artifacts and ONNX models
 CONVERTED_CHECKPOINT = 'checkpoint'
 CONVERTED_METADATA = 'metadata.json'
 
@@ -126,7 +127,7 @@ def load_run(workdir: str, step: int | None = None) -> tuple[Any, dict, dict]:
 # ---- Evaluations and threshold files. ----
 
 def is_exported(path: str) -> bool:
-  return path.endswith(EXPORT_SUFFIX)
+  return path.endswith(EXPORT_SUFFIXES)
 
 
 def threshold_path(path: str) -> str:

@@ -20,7 +20,7 @@ from absl import logging
 import numpy as np
 
 from facejax.data.align import align_photo, resolve_align
-from facejax.runs import EXPORT_SUFFIX, is_exported, latest_step, load_run, read_model_info, read_threshold
+from facejax.runs import EXPORT_SUFFIXES, is_exported, latest_step, load_run, read_model_info, read_threshold
 
 FLIP_MODES = ('', 'sum', 'concat')
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm', '.pgm')
@@ -36,7 +36,7 @@ def flip_mode(flip: str | None) -> str | None:
 
 
 def describe_model(path: str) -> dict:
-  """A run directory or `*.jaxexport` -> {'kind': 'run' | 'export', 'name', 'image_size', 'step' (latest / exported),
+  """A run directory, `*.jaxexport` or `*.onnx` -> {'kind': 'run' | 'export', 'name', 'image_size', 'step' (latest / exported),
   'flip' (baked into an export, else None), 'align', 'descriptor' (None when absent), 'info' (model.json or the
   export's sidecar, {} when it has none)}, without loading weights."""
   if is_exported(path):
@@ -51,7 +51,8 @@ def describe_model(path: str) -> dict:
             'flip': flip_mode(info.get('flip')), 'align': info.get('align'), 'descriptor': None, 'info': info}
   if not os.path.isdir(path):
     raise FileNotFoundError(f'run directory {path} does not exist (expected a launch.train workdir with '
-                            f'model.json and checkpoints/<step>/, or an exported {EXPORT_SUFFIX} file)')
+                            f'model.json and checkpoints/<step>/, or an exported {" or ".join(EXPORT_SUFFIXES)} '
+                            'file)')
   info = read_model_info(path)
   return {'kind': 'run', 'name': info['name'], 'image_size': int(info['image_size']), 'step': latest_step(path),
           'flip': None, 'align': info.get('align'), 'descriptor': info.get('descriptor'), 'info': info}
@@ -59,8 +60,9 @@ def describe_model(path: str) -> dict:
 
 def load_embedder(path: str, flip: str | None = '', step: int | None = None,
                   raw: bool = False) -> tuple[Callable[[Any], Any], int]:
-  """Run directory or `*.jaxexport` -> (embed_fn, image_size): embed_fn(uint8 [B, S, S, 3] RGB) -> [B, D]
-  L2-normalised ([B, 2D] for flip='concat'), jitted; S = image_size. `step`: checkpoint step (default the latest).
+  """Run directory, `*.jaxexport` or `*.onnx` (run by ONNX Runtime) -> (embed_fn, image_size): embed_fn(uint8
+  [B, S, S, 3] RGB) -> [B, D] L2-normalised ([B, 2D] for flip='concat'); S = image_size. `step`: checkpoint step
+  (default the latest).
 
   raw=True: the un-normalised embeddings, `FaceNet.forward(x)['raw_embedding']` (dlib's descriptors for its
   converted net); run directories only, no flip. An export's flip mode is baked in: `flip` must match it.
@@ -77,8 +79,12 @@ def load_embedder(path: str, flip: str | None = '', step: int | None = None,
                        f'flip={flip or "none"} (re-export with launch.export --flip to change it)')
     if step is not None and desc['step'] is not None and step != desc['step']:
       raise ValueError(f'{path}: exported from checkpoint step {desc["step"]}, got step={step}')
-    from facejax.inference.export import load_exported
-    embedder = load_exported(path)
+    if path.endswith('.onnx'):
+      from facejax.inference.onnx_export import OnnxEmbedder
+      embedder = OnnxEmbedder(path)
+    else:
+      from facejax.inference.export import load_exported
+      embedder = load_exported(path)
     return embedder, embedder.image_size
   describe_model(path)  # errors naming what is missing
   model, variables, info = load_run(path, step)

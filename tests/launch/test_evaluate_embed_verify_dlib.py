@@ -184,5 +184,10 @@ def test_onnx_export_reproduces_the_embeddings_of_real_faces(dlib_run, photos, t
     session = onnx_session(out)
     got = np.concatenate([onnx_embed(session, chips[:1]), onnx_embed(session, chips[1:])])  # batch 1 and the rest
     np.testing.assert_allclose(got, ref, atol=2e-5)
+  # The CLIs take the ONNX model like any export: photos aligned as its sidecar says, embedded by ONNX Runtime.
+  want = embed_paths(dlib_run, str(photos), str(tmp_path / 'run.npz'), batch_size=4, progress=False)
+  got = embed_paths(out, str(photos), str(tmp_path / 'onnx.npz'), batch_size=4, progress=False)
+  assert got.names == want.names == ['hopper.jpg', 'mirror.png'] and got.skipped == want.skipped
+  np.testing.assert_allclose(got.embeddings, want.embeddings, atol=2e-5)
   proc = launch('export', '--format=onnx', '--dtype=int8', f'--workdir={dlib_run}', f'--out={out}')
   assert proc.returncode != 0 and '--format=onnx exports float32 with ONNX Conv ops: drop --dtype' in proc.stderr
