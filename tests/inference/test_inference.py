@@ -33,8 +33,9 @@ SMALL = {
     'vgg16': dict(width=0.125), 'vgg16_gap': dict(width=0.125), 'resnet50': dict(width=0.25),
     'resnet50_keras': dict(width=0.25), 'vgg_small': {}, 'student_vgg': {}, 'mobilefacenet': dict(width=0.25),
     'resnet18': dict(width=0.25), 'resnet18_w050': dict(width=0.25), 'dlib_resnet': dict(width=0.25),
+    'dlib_student': {},
 }
-SIZES = {'dlib_resnet': 112}  # its unpadded stride-2 layers need a larger input
+SIZES = {'dlib_resnet': 112, 'dlib_student': 112}  # their unpadded stride-2 layers need a larger input
 SIZE = 32
 
 
