@@ -366,8 +366,9 @@ def real_data_text(data: dict, protocol: dict) -> str:
   """results.md's notes on the real data: alignment counts, the dlib reference, speeds."""
   lines = ['Data: ' + '; '.join(f'{k}: {v["aligned"]} photos aligned, {v["no_face"]} without a face (skipped), '
                                  f'{v["unreadable"]} unreadable' for k, v in data['aligned'].items()),
-           f'Training sets: ' + '; '.join(f'{k}: {v["identities"]} identities, {v["images"]} images'
-                                          for k, v in data['trees'].items()),
+           'Training sets: ' + '; '.join(f'{k}: {v["identities"]} identities, {v["images"]} images'
+                                         for k, v in data['trees'].items()),
+           *([f'Student init: {data["student_init"]["summary"]}'] if data.get('student_init') else []),
            f'LFW View 2: {protocol.get("no_face")} photos without a detected face kept as '
            f'{protocol.get("no_face_fallback")}; alignment {data["lfw_align_images_per_s"]:.1f} img/s, '
            f'dlib native {data["dlib_images_per_s"]:.1f} img/s',
