@@ -18,8 +18,8 @@ all but the first, so a framework's idle spinning threads do not tax the next on
   ort         ONNX Runtime, all graph optimizations, intra-op threads = usable cores, sequential
   ort_int8    ONNX Runtime dynamic quantization of the same graph (--ort_int8)
   ort_facejax ONNX Runtime on facejax's own ONNX export of the net (jax2onnx, `launch.export --format=onnx`)
-  openvino    OpenVINO on the torch twin's ONNX graph at its default precision for this CPU (bf16 where the CPU
-              has avx512_bf16 / AMX), static batch, latency hint, threads = usable cores
+  openvino    OpenVINO on the torch twin's ONNX graph (no twin: facejax's own export) at its default precision
+              for this CPU (bf16 where it has avx512_bf16 / AMX), static batch, latency hint, threads = usable cores
   openvino_f32  the same with f32 inference precision forced
   torch       PyTorch eager, torch.set_num_threads(usable cores), inference_mode
   torch_1t    the same on one thread (OpenMP's barriers collapse when another process holds a core)
@@ -315,25 +315,26 @@ def ort_session(path: str, threads: int):
   return ort.InferenceSession(path, opts, providers=['CPUExecutionProvider'])
 
 
-def openvino_model(path: str, batch: int, image_size: int, threads: int, f32: bool):
-  """OpenVINO CPU executable of an NCHW ONNX graph at a static batch; f32 forces float32 inference precision
+def openvino_model(path: str, shape: list[int], threads: int, f32: bool):
+  """OpenVINO CPU executable of an ONNX graph at a static input `shape`; f32 forces float32 inference precision
   (otherwise OpenVINO's default for this CPU: bf16 where it has avx512_bf16 or AMX)."""
   import openvino as ov
   core = ov.Core()
   net = core.read_model(path)
-  net.reshape([batch, 3, image_size, image_size])
+  net.reshape(shape)
   config = {'PERFORMANCE_HINT': 'LATENCY', 'INFERENCE_NUM_THREADS': threads}
   if f32:
     config['INFERENCE_PRECISION_HINT'] = 'f32'
   compiled = core.compile_model(net, 'CPU', config)
-  return compiled, str(compiled.get_property('INFERENCE_PRECISION_HINT'))
+  precision = compiled.get_property('INFERENCE_PRECISION_HINT')
+  return compiled, getattr(precision, 'get_type_name', lambda: str(precision))()
 
 
 # --------------------------------------------------------------------------------------------------------
 
 
 TWINS = ('ResNet', 'VGG', 'MobileFaceNet')  # backbones with a torch twin (and so a torch-exported ONNX graph)
-TWIN_VARIANTS = ('ort', 'ort_int8', 'openvino', 'openvino_f32', 'torch', 'torch_1t')
+TWIN_VARIANTS = ('ort', 'ort_int8', 'torch', 'torch_1t')  # OpenVINO reads facejax's own export without a twin
 ANCHORS = ('jax_plain', 'ort', 'ort_facejax', 'openvino', 'openvino_f32', 'torch', 'torch_1t')
 OPT_VARIANTS = {'jax_opt': {}, 'jax_bf16': {'dtype': 'bfloat16'}, 'jax_int8': {'dtype': 'int8'},
                 'jax_int8_static': {'dtype': 'int8', 'calibration': 'random'}}  # 'random': 32 uniform inputs
@@ -357,22 +358,25 @@ def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, emb
   variables = random_variables(model, size)
   flops = layer_flops(trace_plan(model, variables, size))
   tmpdir = tempfile.mkdtemp(prefix=f'compare_{name}_')
-  if type(model.backbone).__name__ not in TWINS:  # e.g. dlib's ResNet: ONNX Runtime reads facejax's own export
+  no_twin = type(model.backbone).__name__ not in TWINS  # e.g. dlib's ResNet: the runtimes read facejax's export
+  if no_twin:
     dropped = [v for v in variants if v in TWIN_VARIANTS]
-    variants = [v for v in variants if v not in TWIN_VARIANTS] + (['ort_facejax'] if dropped else [])
-    variants = list(dict.fromkeys(variants))
+    variants = list(dict.fromkeys([v for v in variants if v not in TWIN_VARIANTS] + (['ort_facejax'] if dropped
+                                                                                       else [])))
     ort_int8 = False
     if dropped:
       log({'model': name, 'note': f'no torch twin for {type(model.backbone).__name__}: {", ".join(dropped)} '
-                                  'left out, ort_facejax (ONNX Runtime on the jax2onnx export) is the anchor'})
+                                  'left out; ort_facejax (ONNX Runtime on the jax2onnx export) is the anchor'})
   net = onnx_path = None
-  uses_onnx = any(v in ('ort', 'ort_int8', 'openvino', 'openvino_f32') for v in variants) or ort_int8
+  uses_onnx = not no_twin and (ort_int8 or any(v in ('ort', 'ort_int8') or v.startswith('openvino')
+                                                for v in variants))
   if uses_onnx or any(v.startswith('torch') for v in variants):
     net = torch_twin(model, variables, size)
   if uses_onnx:  # the ONNX graph is the torch twin's export
     onnx_path = os.path.join(tmpdir, f'{name}.onnx')
     export_onnx(net, size, onnx_path)
-  if 'ort_facejax' in variants:  # facejax's own export (BN folded), fed the same float NHWC input
+  if 'ort_facejax' in variants or (no_twin and any(v.startswith('openvino') for v in variants)):
+    # facejax's own export (BN folded), fed the same float NHWC input
     from facejax.inference.export import embedding_function
     from facejax.inference.onnx_export import export_onnx as facejax_onnx
     as_is = type('AsIs', (), {'apply': staticmethod(lambda x: x)})  # the inputs are model inputs already
@@ -408,9 +412,12 @@ def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, emb
         sess = ort_session(facejax_onnx_path, threads)
         fns[v] = lambda s=sess: s.run(None, {'images': x_nhwc})[0]
       elif v in ('openvino', 'openvino_f32'):
-        compiled, precision[v] = openvino_model(onnx_path, b, size, threads, f32=v == 'openvino_f32')
+        nhwc = onnx_path is None  # no twin: facejax's own NHWC export
+        compiled, precision[v] = openvino_model(facejax_onnx_path if nhwc else onnx_path,
+                                                list(x_nhwc.shape if nhwc else x_nchw.shape), threads,
+                                                f32=v == 'openvino_f32')
         request = compiled.create_infer_request()
-        fns[v] = lambda r=request: r.infer({0: x_nchw})[0]
+        fns[v] = lambda r=request, x=(x_nhwc if nhwc else x_nchw): r.infer({0: x})[0]
       elif v == 'ort_int8':
         from onnxruntime.quantization import QuantType, quantize_dynamic
         q = os.path.join(tmpdir, f'{name}.int8.onnx')
