@@ -292,6 +292,8 @@ def prepare_real_faces(config: ml_collections.ConfigDict, workdir: str, timings:
     if student_init:
       config.student.init.path, config.student.init.mode = student_init['path'], 'all'
     config.student.distill.teacher_workdir = teacher_dir
+    if config.siamese.siamese.mimic_weight:  # the Siamese stage keeps mimicking the teacher as an anchor
+      config.siamese.distill.teacher_workdir = teacher_dir
     config.student.data.kwargs = ml_collections.ConfigDict(dict(data_dir=data_dir, name=names['mimic'],
                                                                 split='train'))
     config.siamese.data.kwargs = ml_collections.ConfigDict(dict(data_dir=data_dir, name=names['identities'],

@@ -46,7 +46,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.distill = ml_collections.ConfigDict(dict(
       teacher_workdir='', embed_weight=1.0, embed_kind='l2', soft_weight=0.0, temperature=4.0, hard_weight=0.0,
       cache_teacher=False))  # True: run the teacher once over the data (needs data.augment=False), then look up
-  c.siamese = ml_collections.ConfigDict(dict(loss='contrastive', margin=1.0))
+  # mimic_weight > 0: also mimic config.distill.teacher_workdir's embeddings (cached with distill.cache_teacher).
+  c.siamese = ml_collections.ConfigDict(dict(loss='contrastive', margin=1.0, mimic_weight=0.0))
 
   # Held-out verification pairs (facejax.data.pairs.make_pairs) for periodic validation.
   c.val = ml_collections.ConfigDict(dict(

@@ -23,7 +23,7 @@ from facejax.train.tasks import ModelIO, teacher_outputs
 # Fields that may change between a run and its resumption without changing what is computed.
 RUNTIME_FIELDS = ('resume', 'log_every', 'progress', 'prefetch', 'eval_every', 'keep_checkpoints', 'checkpoint_every')
 # Fields added after runs were made, with the value that reproduces what those runs did (absent = this value).
-ADDED_FIELDS = {'data.augment_on': 'host', 'model.align': ''}
+ADDED_FIELDS = {'data.augment_on': 'host', 'model.align': '', 'siamese.mimic_weight': 0.0}
 
 
 def _config_diff(a: dict, b: dict, prefix: str = '') -> list[str]:
@@ -113,11 +113,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise ValueError(f'config.batch_size={config.batch_size} must divide evenly over {n_proc} process(es) x '
                      f'{n_dev} local device(s)')
   num_classes = config.model.num_classes
-  teacher = load_teacher(config) if config.task == 'distill' else None
+  mimics = config.task == 'distill' or (config.task == 'siamese' and config.siamese.get('mimic_weight', 0.0))
+  teacher = load_teacher(config) if mimics else None
   # Batches come at the larger input size of student and teacher; each model resizes in-graph to its own.
   load_size = max(config.model.image_size, teacher[0].image_size if teacher else 0)
   cache = None
-  if config.task == 'distill' and config.distill.cache_teacher:
+  if mimics and config.distill.cache_teacher:
     if config.data.augment:
       raise ValueError('config.distill.cache_teacher=True needs config.data.augment=False: the cache holds the '
                        "teacher's outputs for the un-augmented images")

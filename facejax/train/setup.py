@@ -58,6 +58,9 @@ def initial_variables(config, student: ModelIO, rng):
 def load_teacher(config):
   """(ModelIO, variables) of the distillation teacher run, frozen in fp32 (or bf16 with half_precision)."""
   wd = config.distill.teacher_workdir
+  if not wd:
+    why = 'config.siamese.mimic_weight > 0' if config.task == 'siamese' else f'config.task={config.task}'
+    raise ValueError(f'{why} needs config.distill.teacher_workdir (the teacher run to mimic)')
   info = runs.read_model_info(wd)
   dtype = compute_dtype(config)
   model, pre, size = runs.build_from_info(info, dtype=dtype)

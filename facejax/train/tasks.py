@@ -62,6 +62,14 @@ class Classify:
     return loss, ({'loss': loss, 'accuracy': _accuracy(out['logits'], batch['label'])}, batch_stats)
 
 
+def _teacher_outputs(teacher: ModelIO, frozen: dict, batch: dict) -> dict:
+  """The frozen teacher's outputs for `batch`: looked up by record index in `frozen['cache']`, or computed."""
+  if 'cache' in frozen:
+    return jax.tree_util.tree_map(lambda table: table[batch['index']], frozen['cache'])
+  t = frozen['teacher']
+  return teacher(t['params'], t['batch_stats'], batch['image'], train=False)[0]
+
+
 @dataclasses.dataclass(frozen=True)
 class Distill:
   """Teacher -> student: w_embed * mimic(student emb, teacher emb) + w_soft * KL_T(teacher || student) + w_hard * CE.
@@ -84,12 +92,7 @@ class Distill:
     return {'teacher': self.teacher_variables}
 
   def loss_fn(self, params, batch_stats, batch, frozen, rng):
-    if 'cache' in frozen:
-      t_out = jax.tree_util.tree_map(lambda table: table[batch['index']], frozen['cache'])
-    else:
-      t = frozen['teacher']
-      t_out, _ = self.teacher(t['params'], t['batch_stats'], batch['image'], train=False)
-    t_out = jax.lax.stop_gradient(t_out)
+    t_out = jax.lax.stop_gradient(_teacher_outputs(self.teacher, frozen, batch))
     out, batch_stats = self.student(params, batch_stats, batch['image'], train=True, rng=rng)
     metrics = {}
     loss = 0.0
@@ -110,13 +113,21 @@ class Distill:
 
 @dataclasses.dataclass(frozen=True)
 class Siamese:
-  """Metric learning on P x K identity batches: balanced contrastive loss (margin) or batch-hard triplet."""
+  """Metric learning on P x K identity batches: balanced contrastive loss (margin) or batch-hard triplet, plus
+  (mimic_weight > 0) the distillation teacher's embedding mimic as an anchor, so a few identities do not pull
+  the student away from the geometry it learnt from the teacher. The teacher arrives like Distill's."""
   student: ModelIO
   loss: str = 'contrastive'
   margin: float = 1.0
+  mimic_weight: float = 0.0
+  teacher: ModelIO | None = None
+  teacher_variables: Any = dataclasses.field(repr=False, default=None)
+  teacher_cache: Any = dataclasses.field(repr=False, default=None)
 
   def frozen(self) -> dict:
-    return {}
+    if not self.mimic_weight:
+      return {}
+    return {'cache': self.teacher_cache} if self.teacher_cache is not None else {'teacher': self.teacher_variables}
 
   def loss_fn(self, params, batch_stats, batch, frozen, rng):
     out, batch_stats = self.student(params, batch_stats, batch['image'], train=True, rng=rng)
@@ -126,6 +137,10 @@ class Siamese:
       loss, metrics = losses.batch_hard_triplet(out['embedding'], batch['label'], self.margin)
     else:
       raise ValueError(f"config.siamese.loss={self.loss!r}: expected 'contrastive' or 'triplet'")
+    if self.mimic_weight:
+      t_out = jax.lax.stop_gradient(_teacher_outputs(self.teacher, frozen, batch))
+      metrics['embed_loss'] = losses.embedding_mimic(out['embedding'], t_out['embedding'])
+      loss = loss + self.mimic_weight * metrics['embed_loss']
     return loss, (dict(metrics, loss=loss), batch_stats)
 
 
@@ -158,5 +173,7 @@ def make_task(config: ml_collections.ConfigDict, student: ModelIO, teacher: Mode
                    c.hard_weight, teacher_cache)
   if config.task == 'siamese':
     c = config.siamese
-    return Siamese(student, c.loss, c.margin)
+    if c.get('mimic_weight', 0.0) and teacher is None:
+      raise ValueError('config.siamese.mimic_weight > 0 needs config.distill.teacher_workdir (the teacher to mimic)')
+    return Siamese(student, c.loss, c.margin, c.get('mimic_weight', 0.0), teacher, teacher_variables, teacher_cache)
   raise ValueError(f'config.task={config.task!r}: expected one of {TASKS}')

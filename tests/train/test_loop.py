@@ -260,3 +260,24 @@ def test_cached_teacher_outputs_match_running_the_teacher(tmp_path):
   c.data.augment = True
   with pytest.raises(ValueError, match='cache_teacher=True needs config.data.augment=False'):
     train(c, str(tmp_path / 'bad'))
+
+
+def test_siamese_with_a_mimic_anchor_adds_the_teachers_embedding_loss(tmp_path):
+  teacher = get_config()
+  teacher.total_steps = 2
+  train(teacher, str(tmp_path / 'teacher'))
+  runs = {}
+  for cache in (False, True):
+    c = get_config('siamese')
+    c.total_steps = 3
+    c.data.augment = False
+    c.siamese.mimic_weight = 0.5
+    c.distill.update(teacher_workdir=str(tmp_path / 'teacher'), cache_teacher=cache)
+    train(c, str(tmp_path / f'cache{cache}'))
+    with open(tmp_path / f'cache{cache}' / 'metrics.jsonl') as f:
+      runs[cache] = [r for r in map(json.loads, f) if 'loss' in r]
+  np.testing.assert_allclose([r['loss'] for r in runs[True]], [r['loss'] for r in runs[False]], rtol=1e-4)
+  assert all(r['embed_loss'] > 0 for r in runs[True])
+  c.distill.teacher_workdir = ''
+  with pytest.raises(ValueError, match='mimic_weight > 0 needs config.distill.teacher_workdir'):
+    train(c, str(tmp_path / 'no_teacher'))
