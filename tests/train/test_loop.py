@@ -244,38 +244,35 @@ def test_periodic_validation_and_tensorboard(tmp_path):
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(tmp_path / 'tb'))
 
 
-def test_cached_teacher_outputs_match_running_the_teacher(tmp_path):
+def _cached_and_live(tmp_path, task: str, steps: int, configure):
+  """`task` trained from a 2-step tiny teacher twice, its outputs cached and run live -> (the last config, {cache:
+  metric records}); `configure(c)` sets the task's own fields."""
   teacher = get_config()
   teacher.total_steps = 2
   train(teacher, str(tmp_path / 'teacher'))
   runs = {}
   for cache in (False, True):
-    c = get_config('distill')
-    c.total_steps = 4
+    c = get_config(task)
+    c.total_steps = steps
     c.data.augment = False
-    c.distill.update(teacher_workdir=str(tmp_path / 'teacher'), soft_weight=0.5, cache_teacher=cache)
+    c.distill.update(teacher_workdir=str(tmp_path / 'teacher'), cache_teacher=cache)
+    configure(c)
     train(c, str(tmp_path / f'cache{cache}'))
-    runs[cache] = losses(str(tmp_path / f'cache{cache}'))
-  np.testing.assert_allclose(runs[True], runs[False], rtol=1e-4)
+    with open(tmp_path / f'cache{cache}' / 'metrics.jsonl') as f:
+      runs[cache] = [r for r in map(json.loads, f) if 'loss' in r]
+  return c, runs
+
+
+def test_cached_teacher_outputs_match_running_the_teacher(tmp_path):
+  c, runs = _cached_and_live(tmp_path, 'distill', 4, lambda c: c.distill.update(soft_weight=0.5))
+  np.testing.assert_allclose([r['loss'] for r in runs[True]], [r['loss'] for r in runs[False]], rtol=1e-4)
   c.data.augment = True
   with pytest.raises(ValueError, match='cache_teacher=True needs config.data.augment=False'):
     train(c, str(tmp_path / 'bad'))
 
 
 def test_siamese_with_a_mimic_anchor_adds_the_teachers_embedding_loss(tmp_path):
-  teacher = get_config()
-  teacher.total_steps = 2
-  train(teacher, str(tmp_path / 'teacher'))
-  runs = {}
-  for cache in (False, True):
-    c = get_config('siamese')
-    c.total_steps = 3
-    c.data.augment = False
-    c.siamese.mimic_weight = 0.5
-    c.distill.update(teacher_workdir=str(tmp_path / 'teacher'), cache_teacher=cache)
-    train(c, str(tmp_path / f'cache{cache}'))
-    with open(tmp_path / f'cache{cache}' / 'metrics.jsonl') as f:
-      runs[cache] = [r for r in map(json.loads, f) if 'loss' in r]
+  c, runs = _cached_and_live(tmp_path, 'siamese', 3, lambda c: c.siamese.update(mimic_weight=0.5))
   np.testing.assert_allclose([r['loss'] for r in runs[True]], [r['loss'] for r in runs[False]], rtol=1e-4)
   assert all(r['embed_loss'] > 0 for r in runs[True])
   c.distill.teacher_workdir = ''
