@@ -38,7 +38,8 @@ def main(argv):
   from facejax.inference.export import export_embedder, save_exported
   from facejax.runs import load_run
   model, variables, info = load_run(FLAGS.workdir, FLAGS.step)
-  options = {'dtype': FLAGS.dtype, 'conv': 'xla' if FLAGS.format == 'onnx' else FLAGS.conv} if FLAGS.optimize else False
+  conv = 'xla' if FLAGS.format == 'onnx' else FLAGS.conv  # ONNX keeps Conv ops for the runtime to lower
+  options = {'dtype': FLAGS.dtype, 'conv': conv} if FLAGS.optimize else False
   if FLAGS.calibration:
     if options is False or FLAGS.dtype != 'int8':
       raise app.UsageError('--calibration: static activation scales are for --dtype=int8 (with --optimize)')

@@ -36,8 +36,8 @@ def flip_mode(flip: str | None) -> str | None:
 
 
 def describe_model(path: str) -> dict:
-  """A run directory, `*.jaxexport` or `*.onnx` -> {'kind': 'run' | 'export', 'name', 'image_size', 'step' (latest / exported),
-  'flip' (baked into an export, else None), 'align', 'descriptor' (None when absent), 'info' (model.json or the
+  """A run directory, `*.jaxexport` or `*.onnx` -> {'kind': 'run' | 'export', 'name', 'image_size', 'step'
+  (latest / exported), 'flip' (baked into an export, else None), 'align', 'descriptor' (None when absent), 'info' (model.json or the
   export's sidecar, {} when it has none)}, without loading weights."""
   if is_exported(path):
     if not os.path.isfile(path):

@@ -112,7 +112,8 @@ class ResNet(nn.Module):
       x = conv(f0, (7, 7), (2, 2), padding=pad(7), name='conv1')(x.astype(self.dtype))
     x = nn.relu(norm(name='bn1')(x))
     if self.stem_pool:
-      x = nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding=pad(3))  # inputs are >= 0 after ReLU: zero pad == -inf pad
+      # Inputs are >= 0 after ReLU: zero pad == -inf pad.
+      x = nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding=pad(3))
     for i, n in enumerate(self.stage_sizes):
       for j in range(n):
         x = self.block_cls(f0 * 2**i, conv=conv, norm=norm, strides=2 if i > 0 and j == 0 else 1,
