@@ -102,10 +102,9 @@ def select_channels(params: dict, width: float, kept_blocks=None, stages=dr.DLIB
       raise ValueError(f'width {width}: stream {g} would keep {n} channels, fewer than the {len(prev)} its '
                        'shortcut carries in')
     score = readers[g].copy()
-    score[prev] = np.inf  # the shortcut's channels come first, in their order
-    order = np.argsort(-score, kind='stable')
-    rest = [c for c in order if c not in set(prev.tolist())][:n - len(prev)]
-    keep[f'stream{g}'] = np.concatenate([prev, np.sort(np.asarray(rest, int))]).astype(int)
+    score[prev] = -np.inf  # the shortcut's channels are kept first (below), so never chosen again here
+    rest = np.argsort(-score, kind='stable')[:n - len(prev)]
+    keep[f'stream{g}'] = np.concatenate([prev, np.sort(rest)]).astype(int)
     prev = keep[f'stream{g}']
   strides = dr.block_strides(stages)
   for i in kept_blocks:
