@@ -335,7 +335,7 @@ def _prune_student(stage: ml_collections.ConfigDict, teacher_dir: str, chips_roo
   if os.path.isfile(os.path.join(out, CONVERTED_METADATA)):
     meta = load_converted(out)[2]
     if (meta.get('width'), meta.get('blocks'), meta.get('teacher')) == (width, blocks, os.path.abspath(teacher_dir)):
-      return {'path': out, **{k: meta[k] for k in ('width', 'blocks', 'summary', 'calibration_images')}}
+      return _init_summary(out, meta)
   print(f'== cut the student from the teacher (width {width}, blocks {blocks or "all"}) -> {out}', flush=True)
   paths, _ = _chip_files(chips_root)
   step = max(1, len(paths) // calibration_images)
@@ -347,7 +347,11 @@ def _prune_student(stage: ml_collections.ConfigDict, teacher_dir: str, chips_roo
           'params': report.student_params}
   save_converted(out, variables, jsonable(meta), overwrite=True)
   print(report.summary(), flush=True)
-  return {'path': out, **{k: meta[k] for k in ('width', 'blocks', 'summary', 'calibration_images')}}
+  return _init_summary(out, meta)
+
+
+def _init_summary(path: str, meta: dict) -> dict:
+  return {'path': path, **{k: meta[k] for k in ('width', 'blocks', 'summary', 'calibration_images')}}
 
 
 def _dlib_ms_per_chip(runs: int = 20) -> float:
