@@ -53,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   for stage in (c.teacher, c.student, c.siamese):
     stage.data.kwargs = ml_collections.ConfigDict(faces)
   for stage in (c.pretrain, c.teacher, c.student, c.siamese):
-    stage.val.kwargs = ml_collections.ConfigDict(pairs)
+    stage.val.synthetic = ml_collections.ConfigDict(pairs)
     if micro:
       stage.progress = False
 

@@ -71,5 +71,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.progress = False
     c.optim.warmup_steps = 1
     c.optim.learning_rate = 0.01
-  c.val.kwargs.image_size = c.data.kwargs.get('image_size', 150)
+  c.val.synthetic.image_size = c.data.kwargs.get('image_size', 150)
   return c

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from facejax.data.pairs import pairs_config
 from facejax.train.config import parse_arg
 
 
@@ -28,17 +29,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c = ml_collections.ConfigDict()
   c.name = ''  # eval/<name>/ subdirectory of the run; '' -> the resolved data source ('lfw' or 'synthetic_pairs')
-  c.data = ml_collections.ConfigDict(dict(
-      # 'auto': 'lfw' when lfw_dir is set, else 'synthetic_pairs' (so the bare config runs out of the box).
-      source='auto',
-      lfw_dir='',  # <lfw_dir>/<Name>/<Name>_0001.jpg (plain, funneled or deep-funneled tree)
-      pairs='',  # pairs.txt (View 2: 10 folds of 300 matched + 300 mismatched pairs); '' -> <lfw_dir>/pairs.txt
-      # synthetic_pairs(**kwargs); identities disjoint from the training ones (offset), 10 folds of 60 pairs.
-      # image_size=0: render at the run's input size.
-      synthetic=ml_collections.ConfigDict(dict(
-          num_identities=300, images_per_identity=8, image_size=0, difficulty=1.0, seed=0,
-          identity_offset=100_000, num_folds=10, pairs_per_fold=60)),
-  ))
+  # The pair set (facejax.data.pairs.pairs_config, the schema of a trainer's config.val too): 'auto' reads LFW
+  # when data.lfw_dir is set, else synthetic identities disjoint from the training ones (offset), 10 folds of 60
+  # pairs rendered at the run's input size (image_size=0).
+  c.data = pairs_config(num_identities=300, images_per_identity=8, image_size=0, difficulty=1.0, seed=0,
+                        identity_offset=100_000, num_folds=10, pairs_per_fold=60)
   c.batch_size = 64
   c.flip = ''  # '' | 'sum' | 'concat': flip test-time augmentation (an exported model: '' -> its baked mode)
   # 'auto': align LFW photos (facejax.data.align, needs dlib) when the model asks for it (model.json "align",

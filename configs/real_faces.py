@@ -87,7 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.siamese.init.mode = 'all'
   c.siamese.siamese.margin = 1.0
   for stage in (c.student, c.siamese):
-    stage.val.kwargs.image_size = STUDENT_SIZE
+    stage.val.synthetic.image_size = STUDENT_SIZE
 
   c.eval = lfw_eval.get_config('lfw')
   c.eval.calibrate = True  # each run's threshold.json: LFW View 2, for launch.verify
@@ -97,7 +97,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     for stage in (c.student, c.siamese):
       stage.total_steps, stage.batch_size, stage.log_every, stage.checkpoint_every = 2, 8, 1, 2
       stage.progress = False
-      stage.model.name, stage.model.image_size, stage.val.kwargs.image_size = 'student_vgg', 48, 48
+      stage.model.name, stage.model.image_size, stage.val.synthetic.image_size = 'student_vgg', 48, 48
       stage.model.kwargs = ml_collections.ConfigDict(dict(width=0.25))
       stage.model.preprocessing = 'facejax'
     c.real.add_lfw_unpaired, c.real.student_init = False, ''

@@ -1,8 +1,9 @@
-"""Every source of verification pairs, as a `VerificationPairs` set (facejax.data.lfw).
+"""Every source of verification pairs, as a `VerificationPairs` set (facejax.data.lfw), configured one way:
 
-  make_pairs(name, **kwargs)   by name, for periodic validation while training (config.val.source/kwargs)
-  load_pairs(config.data, S)   launch.evaluate's config.data (source 'auto' | 'lfw' | 'synthetic_pairs'): the pairs
-                               over only the images they use, and a description for the reports
+  pairs_config(**synthetic)  the pair-set config: source 'auto' | 'lfw' | 'synthetic_pairs', lfw_dir, pairs,
+                             synthetic (synthetic_pairs' kwargs). A trainer's periodic validation (config.val)
+                             and launch.evaluate / the pipeline (config.data of configs/lfw_eval.py) both use it.
+  load_pairs(cfg, S)         -> the pairs over only the images they use, and a description for the reports
 """
 from __future__ import annotations
 
@@ -14,24 +15,17 @@ import numpy as np
 from facejax.data.lfw import VerificationPairs, lfw_pairs
 from facejax.data.synthetic import synthetic_pairs
 
-PAIRS = ('synthetic', 'lfw')
-
-
-def make_pairs(name: str, /, **kwargs) -> VerificationPairs:
-  """Verification pairs by name:
-    'synthetic' (or 'synthetic_pairs')  synthetic_pairs(num_identities, images_per_identity, image_size, difficulty,
-                                        seed, identity_offset, num_folds, pairs_per_fold)
-    'lfw'                               lfw_pairs(lfw_dir, pairs_path=<lfw_dir>/pairs.txt)
-  """
-  if name in ('synthetic', 'synthetic_pairs'):
-    return synthetic_pairs(**kwargs)
-  if name == 'lfw':
-    lfw_dir = kwargs['lfw_dir']
-    return lfw_pairs(lfw_dir, kwargs.get('pairs_path') or os.path.join(lfw_dir, 'pairs.txt'))
-  raise ValueError(f'unknown pairs source {name!r}; expected one of: {", ".join(PAIRS)}')
-
-
 SOURCES = ('auto', 'lfw', 'synthetic_pairs')
+
+
+def pairs_config(**synthetic) -> ml_collections.ConfigDict:
+  """A pair set. 'auto' is 'lfw' when lfw_dir is set, else the synthetic pairs (so a bare config runs anywhere).
+  synthetic: synthetic_pairs' kwargs; image_size 0 (or absent) renders at the model's input size."""
+  return ml_collections.ConfigDict(dict(
+      source='auto',
+      lfw_dir='',  # <lfw_dir>/<Name>/<Name>_0001.jpg (plain, funneled or deep-funneled tree)
+      pairs='',  # pairs.txt (View 2: 10 folds of 300 matched + 300 mismatched pairs); '' -> <lfw_dir>/pairs.txt
+      synthetic=ml_collections.ConfigDict(synthetic)))
 
 
 class _Subset:
@@ -59,24 +53,25 @@ def needed_images(pairs):
                            issame=pairs.issame, fold=pairs.fold)
 
 
-def resolve_source(data: ml_collections.ConfigDict) -> str:
-  """config.data.source, with 'auto' -> 'lfw' when data.lfw_dir is set, else 'synthetic_pairs'."""
+def resolve_source(data: ml_collections.ConfigDict, where: str = 'config.data') -> str:
+  """A pairs_config's source, with 'auto' -> 'lfw' when lfw_dir is set, else 'synthetic_pairs'. `where` names
+  the config field in errors (config.data for launch.evaluate, config.val for a trainer)."""
   if data.source not in SOURCES:
-    raise ValueError(f'config.data.source={data.source!r}: expected one of {SOURCES}')
+    raise ValueError(f'{where}.source={data.source!r}: expected one of {SOURCES}')
   if data.source == 'auto':
     return 'lfw' if data.lfw_dir else 'synthetic_pairs'
   return data.source
 
 
-def load_pairs(data: ml_collections.ConfigDict, image_size: int):
-  """config.data -> (VerificationPairs, description dict for the reports)."""
-  source = resolve_source(data)
+def load_pairs(data: ml_collections.ConfigDict, image_size: int, where: str = 'config.data'):
+  """A pairs_config -> (VerificationPairs, description dict for the reports)."""
+  source = resolve_source(data, where)
   if source == 'lfw':
     if not data.lfw_dir:
-      raise ValueError('config.data.source=lfw needs config.data.lfw_dir (the folder of <Name>/<Name>_0001.jpg)')
+      raise ValueError(f'{where}.source=lfw needs {where}.lfw_dir (the folder of <Name>/<Name>_0001.jpg)')
     pairs_path = data.pairs or os.path.join(data.lfw_dir, 'pairs.txt')
     if not os.path.isfile(pairs_path):
-      raise FileNotFoundError(f'config.data.pairs={pairs_path}: no such file (expected LFW pairs.txt, View 2)')
+      raise FileNotFoundError(f'{where}.pairs={pairs_path}: no such file (expected LFW pairs.txt, View 2)')
     pairs = lfw_pairs(data.lfw_dir, pairs_path)
     described = {'source': 'lfw', 'lfw_dir': os.path.abspath(data.lfw_dir), 'pairs': os.path.abspath(pairs_path)}
   else:

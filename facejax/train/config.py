@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from facejax.data.pairs import pairs_config
+
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -49,11 +51,10 @@ def base_config() -> ml_collections.ConfigDict:
   # mimic_weight > 0: also mimic config.distill.teacher_workdir's embeddings (cached with distill.cache_teacher).
   c.siamese = ml_collections.ConfigDict(dict(loss='contrastive', margin=1.0, mimic_weight=0.0))
 
-  # Held-out verification pairs (facejax.data.pairs.make_pairs) for periodic validation.
-  c.val = ml_collections.ConfigDict(dict(
-      source='synthetic', kwargs=ml_collections.ConfigDict(dict(
-          num_identities=40, images_per_identity=10, image_size=64, identity_offset=100000, num_folds=10,
-          pairs_per_fold=60))))
+  # Held-out verification pairs for periodic validation: the pair-set schema of launch.evaluate's config.data
+  # (facejax.data.pairs.pairs_config); synthetic by default, LFW with --config.val.lfw_dir=DIR.
+  c.val = pairs_config(num_identities=40, images_per_identity=10, image_size=64, identity_offset=100000,
+                       num_folds=10, pairs_per_fold=60)
   return c
 
 
@@ -85,7 +86,7 @@ def set_data(c: ml_collections.ConfigDict, kind: str, image_size: int) -> ml_col
     c.data.kwargs = ml_collections.ConfigDict(dict(data_dir='', name='default', split='train'))
   else:
     raise ValueError(f"config arg data={kind!r}: expected 'synthetic' or 'folders'")
-  c.val.kwargs.image_size = image_size
+  c.val.synthetic.image_size = image_size
   return c
 
 

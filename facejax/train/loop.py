@@ -20,8 +20,10 @@ from facejax.train.setup import load_teacher, setup
 from facejax.train.state import TrainState
 from facejax.train.tasks import ModelIO, teacher_outputs
 
-# Fields that may change between a run and its resumption without changing what is computed.
-RUNTIME_FIELDS = ('resume', 'log_every', 'progress', 'prefetch', 'eval_every', 'keep_checkpoints', 'checkpoint_every')
+# Fields that may change between a run and its resumption without changing what is computed (val: the pairs
+# periodic validation reports on; runs made before it took the pair-set schema saved val.source/kwargs).
+RUNTIME_FIELDS = ('resume', 'log_every', 'progress', 'prefetch', 'eval_every', 'keep_checkpoints', 'checkpoint_every',
+                  'val')
 # Fields added after runs were made, with the value that reproduces what those runs did (absent = this value).
 ADDED_FIELDS = {'data.augment_on': 'host', 'model.align': '', 'siamese.mimic_weight': 0.0}
 
@@ -185,8 +187,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _validate(config, student: ModelIO, state: TrainState, writer: MetricWriter, step: int) -> None:
-  from facejax.data.pairs import make_pairs
+  from facejax.data.pairs import load_pairs
   from facejax.evaluation.evaluator import evaluate_pairs
-  pairs = make_pairs(config.val.source, **config.val.kwargs.to_dict())
+  pairs, _ = load_pairs(config.val, config.model.image_size, 'config.val')
   result = evaluate_pairs(student, {'params': state.params, 'batch_stats': state.batch_stats}, pairs)
   writer.write({'step': step, 'val_accuracy': result['accuracy'], 'val_auc': result['auc']})

@@ -214,16 +214,23 @@ def test_worker_processes_give_the_same_batches_and_resume():
   it.close(), resumed.close()
 
 
-def test_make_source_and_make_pairs_by_name():
+def test_make_source_by_name_and_one_pair_set_schema():
   from facejax.data import make_source
-  from facejax.data.pairs import make_pairs
+  from facejax.data.pairs import load_pairs, pairs_config
   assert len(make_source('synthetic', num_identities=3, images_per_identity=2)) == 6
   assert make_source('synthetic_objects', num_classes=4, images_per_class=2).num_classes == 4
-  assert len(make_pairs('synthetic', num_identities=20, images_per_identity=2, num_folds=10, pairs_per_fold=4)) == 40
   with pytest.raises(ValueError, match="unknown data source 'nope'; expected one of: synthetic"):
     make_source('nope')
-  with pytest.raises(ValueError, match='unknown pairs source'):
-    make_pairs('nope')
+  cfg = pairs_config(num_identities=20, images_per_identity=2, num_folds=10, pairs_per_fold=4)
+  pairs, described = load_pairs(cfg, 24)  # image_size absent: the model's input size
+  assert len(pairs) == 40 and np.asarray(pairs.images[0]).shape == (24, 24, 3)
+  assert described['source'] == 'synthetic_pairs' and described['image_size'] == 24
+  cfg.source = 'nope'
+  with pytest.raises(ValueError, match=r"config\.val\.source='nope': expected one of \('auto', 'lfw'"):
+    load_pairs(cfg, 24, 'config.val')
+  cfg.source = 'lfw'
+  with pytest.raises(ValueError, match=r'config\.val\.source=lfw needs config\.val\.lfw_dir'):
+    load_pairs(cfg, 24, 'config.val')
 
 
 def test_augment_parts_match_references():

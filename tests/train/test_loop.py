@@ -168,7 +168,8 @@ def test_transfer_freezing_and_config_guard(tmp_path):
 
 def test_augment_on_device_trains_like_the_host_and_old_workdirs_resume(tmp_path):
   """data.augment_on='device' trains on the host's draws made into pixels on the devices: the first loss matches
-  the host-augmented run's. A workdir saved before the field existed resumes under its default ('host')."""
+  the host-augmented run's. A workdir saved before the field existed resumes under its default ('host'), and one
+  saved before config.val took the pair-set schema (val.source='synthetic', val.kwargs) resumes too."""
   first = {}
   for where in ('host', 'device'):
     c = get_config()
@@ -180,6 +181,7 @@ def test_augment_on_device_trains_like_the_host_and_old_workdirs_resume(tmp_path
   path = tmp_path / 'host' / 'config.json'
   saved = json.loads(path.read_text())
   del saved['data']['augment_on']
+  saved['val'] = {'source': 'synthetic', 'kwargs': saved['val'].pop('synthetic')}
   path.write_text(json.dumps(saved))
   c = get_config()
   c.total_steps = 2
@@ -235,8 +237,8 @@ def test_periodic_validation_and_tensorboard(tmp_path):
   c = get_config()
   c.total_steps = 4
   c.eval_every = 2
-  c.val.kwargs = ml_collections.ConfigDict(dict(num_identities=6, images_per_identity=2, image_size=16,
-                                                identity_offset=1000, num_folds=2, pairs_per_fold=4))
+  c.val.synthetic = ml_collections.ConfigDict(dict(num_identities=6, images_per_identity=2, image_size=16,
+                                                   identity_offset=1000, num_folds=2, pairs_per_fold=4))
   train(c, str(tmp_path))
   with open(tmp_path / 'metrics.jsonl') as f:
     val = [r for r in map(json.loads, f) if 'val_accuracy' in r]
