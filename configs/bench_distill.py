@@ -8,8 +8,7 @@ MobileFaceNet at 112x112 (the teacher resizes the student's batch in-graph, as i
 Arg: teacher=vgg16, student=mobilefacenet, batch=256, size=112 (student), teacher_size=224, classes=10575,
 data_dir='', tiny. A trained teacher instead: --config.distill.teacher_workdir=RUN.
 """
-from facejax.train.benchmark import benchmark_config
-from facejax.train.config import parse_arg
+from facejax.train.config import benchmark_config, parse_arg
 
 
 def get_config(arg=None):

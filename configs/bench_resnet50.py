@@ -9,8 +9,7 @@ Arg (comma-separated key=value): model=resnet50, batch=256, size=224, classes=10
 folders; '' reads the on-the-fly synthetic faces), s2d (the stem conv on 2x2 space-to-depth input: ResNet's
 stem_space_to_depth), tiny (CPU smoke: same code at 1/16 width, 32x32, batch 8).
 """
-from facejax.train.benchmark import benchmark_config
-from facejax.train.config import parse_arg
+from facejax.train.config import benchmark_config, parse_arg
 
 
 def get_config(arg=None):

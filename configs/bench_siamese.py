@@ -6,8 +6,7 @@ batches (64 identities x 4 images = 256), bf16, 10,575 identities.
 Arg: model=mobilefacenet, batch=256, size=112, per_identity=4, loss=contrastive (or triplet), classes=10575,
 data_dir='', tiny.
 """
-from facejax.train.benchmark import benchmark_config
-from facejax.train.config import parse_arg
+from facejax.train.config import benchmark_config, parse_arg
 
 
 def get_config(arg=None):

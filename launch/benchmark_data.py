@@ -35,17 +35,6 @@ flags.DEFINE_integer('side', 250, 'Temporary tree: JPEG side in pixels.')
 flags.DEFINE_string('json_out', None, 'Optional path for the JSON results.')
 
 
-def _write_tree(root, identities, per_identity, side):
-  from PIL import Image
-
-  from facejax.data import SyntheticFaces
-  faces = SyntheticFaces(identities, per_identity, image_size=side)
-  for i in range(len(faces)):
-    r = faces[i]
-    os.makedirs(os.path.join(root, r['identity']), exist_ok=True)
-    Image.fromarray(r['image']).save(os.path.join(root, r['identity'], f'{i:05d}.jpg'), quality=90)
-
-
 def measure(source, *, image_size, batch_size, num_workers, num_threads, batches, augment_on='host'):
   """-> images/s of train_loader (augment=True) over `batches` batches after two warm-up batches."""
   from facejax.data import train_loader
@@ -71,7 +60,9 @@ def main(argv):
       dataset = f'{FLAGS.data_dir}:{FLAGS.name}'
     else:
       from facejax.data.folders import prepare_folders
-      _write_tree(os.path.join(tmp, 'faces'), FLAGS.identities, FLAGS.images_per_identity, FLAGS.side)
+      from facejax.data.synthetic import write_identity_folders
+      write_identity_folders(os.path.join(tmp, 'faces'), FLAGS.identities, FLAGS.images_per_identity, FLAGS.side,
+                             processes=1)
       prepare_folders(os.path.join(tmp, 'faces'), os.path.join(tmp, 'tfds'), name='bench', val_fraction=0)
       source = make_source('folders', data_dir=os.path.join(tmp, 'tfds'), name='bench', split='train')
       dataset = f'temporary tree: {len(source)} JPEG {FLAGS.side}x{FLAGS.side} synthetic faces'

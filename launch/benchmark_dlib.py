@@ -65,7 +65,7 @@ def benchmark_dlib(batch_sizes, variants, runs: int = 15, dat: str = '', rounds:
   import jax.numpy as jnp
   import numpy as np
   from facejax.convert.dlib import default_dat_path, load_dlib
-  from facejax.inference.benchmark import compiled_flops
+  from facejax.inference.flops import compiled_flops
   from facejax.inference.hardware import num_threads, peak_rss_mb
   from facejax.inference.optimize import inference_forward
   from facejax.models import count_params

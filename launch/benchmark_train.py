@@ -52,7 +52,7 @@ def main(argv):
   del argv
   common.quiet_library_logs()
   if FLAGS.summarize:
-    from facejax.train.benchmark import paired_table, summary_table
+    from facejax.train.throughput import paired_table, summary_table
     records = []
     for path in sorted(glob.glob(os.path.join(FLAGS.summarize, '*.json')), key=os.path.getmtime):  # run order
       with open(path) as f:
@@ -67,7 +67,7 @@ def main(argv):
   if FLAGS.prepare_data:
     import time
 
-    from facejax.train.benchmark import prepare_bench_folders
+    from facejax.train.throughput import prepare_bench_folders
     t0 = time.perf_counter()
     out = prepare_bench_folders(FLAGS.prepare_data, num_identities=FLAGS.prepare_identities,
                                 images_per_identity=FLAGS.prepare_images, image_size=FLAGS.prepare_size,
@@ -76,7 +76,7 @@ def main(argv):
     return
   if FLAGS.config is None:
     raise app.UsageError('pass --config=configs/bench_*.py[:arg] (or --prepare_data / --summarize)')
-  from facejax.train.benchmark import benchmark_training
+  from facejax.train.throughput import benchmark_training
   record = benchmark_training(FLAGS.config, steps=FLAGS.steps, warmup=FLAGS.warmup, data=FLAGS.data,
                               window=FLAGS.window, peak_tflops=FLAGS.peak_tflops, profile_dir=FLAGS.profile_dir,
                               profile_steps=FLAGS.profile_steps, hlo_out=FLAGS.hlo_out, log=_log)

@@ -349,7 +349,9 @@ def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, emb
 
   from facejax.inference.benchmark import inference_params, random_variables
   from facejax.inference.hardware import cpu_info, num_threads
-  from facejax.inference.optimize import layer_flops, optimize_for_inference, trace_plan
+  from facejax.inference.flops import layer_flops
+  from facejax.inference.optimize import optimize_for_inference
+  from facejax.inference.optimize.trace import trace_plan
   from facejax.models import build_model, default_image_size
   threads, cpu = num_threads(), cpu_info()
   torch.set_num_threads(threads)

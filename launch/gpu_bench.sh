@@ -113,7 +113,7 @@ else
   echo "nothing to install"
 fi
 IMPORTS='import jax, flax, optax, grain, ml_collections, tensorflow_datasets, array_record, simplejpeg
-import facejax.train.benchmark, facejax.data.tfds_source
+import facejax.train.throughput, facejax.data.tfds_source
 import google.protobuf, etils
 print("versions: jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, "protobuf",
       google.protobuf.__version__, "etils", etils.__version__, "tfds", tensorflow_datasets.__version__)'

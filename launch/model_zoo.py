@@ -4,7 +4,7 @@
   python -m launch.model_zoo --format=json --json_out=runs/zoo.json --models=resnet50,mobilefacenet
 
 GFLOPs: the batch-1 face model (embedding head included), 2 x the multiply-accumulates of its conv and dense
-layers (facejax.inference.optimize.layer_flops, the count every facejax report uses).
+layers (facejax.inference.flops.layer_flops, the count every facejax report uses).
 """
 import json
 

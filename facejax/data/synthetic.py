@@ -9,10 +9,16 @@ as soft-edged layers (hair, neck, face, fringe, brows, eyes, nose, mouth, option
 pixel grid is mapped into face coordinates by the per-image pose (shift, in-plane rotation, scale), and a
 horizontal squash plus feature offset fakes a slight yaw. Lighting, colour cast, background and noise are
 applied in image space. `difficulty` scales every per-image nuisance; 0 renders each identity identically.
+
+`write_identity_folders` writes the faces out as a JPEG identity-folder tree (root/<identity>/<index>.jpg), the
+layout `facejax.data.folders.prepare_folders` reads.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import io
+import os
 
 import numpy as np
 
@@ -439,3 +445,35 @@ def synthetic_pairs(num_identities: int, images_per_identity: int, image_size: i
   return VerificationPairs(images=SourceImages(source), names=names, left=np.asarray(left, np.int32),
                            right=np.asarray(right, np.int32), issame=np.asarray(issame, bool),
                            fold=np.asarray(fold, np.int32))
+
+
+def _render_folder_chunk(root: str, num_identities: int, images_per_identity: int, image_size: int,
+                         indices: list[int]) -> int:
+  from PIL import Image
+  faces = SyntheticFaces(num_identities, images_per_identity, image_size=image_size, cache_bytes=0)
+  for i in indices:
+    r = faces[i]
+    folder = os.path.join(root, r['identity'])
+    os.makedirs(folder, exist_ok=True)
+    buf = io.BytesIO()
+    Image.fromarray(r['image']).save(buf, format='JPEG', quality=90)
+    with open(os.path.join(folder, f'{i:06d}.jpg'), 'wb') as f:
+      f.write(buf.getvalue())
+  return len(indices)
+
+
+def write_identity_folders(root: str, num_identities: int, images_per_identity: int, image_size: int, *,
+                           processes: int | None = None) -> str:
+  """SyntheticFaces(num_identities, images_per_identity, image_size) as an identity-folder tree of JPEGs (quality
+  90): root/<identity>/<record index, 6 digits>.jpg. Renders in `processes` worker processes (default: every
+  core, at most 16); -> root."""
+  n = num_identities * images_per_identity
+  processes = max(1, min(processes or (os.cpu_count() or 1), 16, n))
+  chunks = [list(range(k, n, processes)) for k in range(processes)]
+  args = [(root, num_identities, images_per_identity, image_size, c) for c in chunks]
+  if processes == 1:
+    _render_folder_chunk(*args[0])
+  else:
+    with concurrent.futures.ProcessPoolExecutor(processes) as pool:
+      list(pool.map(_render_folder_chunk, *zip(*args)))
+  return root

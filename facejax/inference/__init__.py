@@ -12,7 +12,7 @@ import importlib
 _EXPORTS = {
     'make_embed_fn': 'embed', 'embed_images': 'embed', 'resize_center_crop': 'embed',
     'benchmark': 'benchmark', 'benchmark_model': 'benchmark',
-    'optimize_for_inference': 'optimize', 'fold_batch_norm': 'optimize',
+    'optimize_for_inference': 'optimize', 'fold_batch_norm': 'optimize.fold',
     'export_embedder': 'export', 'save_exported': 'export', 'load_exported': 'export',
 }
 

@@ -1,4 +1,6 @@
-"""Defaults for one training run. Config files start from `base_config()` and change what they need."""
+"""Defaults for one training run. Config files start from `base_config()` and change what they need;
+`benchmark_config()` is the start of the throughput benchmark's (`facejax.train.throughput`), with its `bench`
+section (`bench_section()`)."""
 from __future__ import annotations
 
 import ml_collections
@@ -71,6 +73,80 @@ def stage_config(task: str, model: str, image_size: int, steps: int, lr: float, 
   c.model.image_size = image_size
   c.optim.learning_rate = lr
   c.optim.warmup_steps = max(1, steps // 10)
+  return c
+
+
+def bench_section() -> ml_collections.ConfigDict:
+  """The `config.bench` defaults (benchmark-only fields; `train` never reads them)."""
+  return ml_collections.ConfigDict(dict(
+      # Classifier size; 0: from the data source, as `train` does. Fixed, the device and pipeline runs compile
+      # the same step (and share the persistent compilation cache) whatever the prepared dataset holds.
+      num_classes=0,
+      # Distillation teacher with random weights when config.distill.teacher_workdir is '' (speed does not
+      # depend on the weights): a registry name, its embedding size, input size and preprocessing.
+      teacher=ml_collections.ConfigDict(dict(name='', embed_dim=128, image_size=224, preprocessing='facejax',
+                                             kwargs=ml_collections.ConfigDict())),
+      # 'numpy': random variables drawn on the host (facejax.inference.benchmark.random_variables), no init
+      # compile; 'trainer': the trainer's own initialisation (jitted init, config.init.path honoured).
+      init='numpy',
+      window=5,  # steps dispatched between two host syncs
+      peak_tflops=0.0,  # per chip; 0: throughput.PEAK_BF16_TFLOPS by device kind
+      # Input pipeline (data='pipeline').
+      prefetch='thread',  # 'thread' | 'device_put' | 'none' (see DeviceFeed)
+      prefetch_depth=2,  # batches on the devices ahead of the step
+      num_workers=-1,  # grain worker processes; -1: cpu_count - 4 (at least 0)
+      num_threads=2,  # grain read threads per process
+      grain_prefetch=2,  # grain prefetch buffer (batches) per process
+      cache='none',  # 'none' | 'decoded': decode every record once into memory first (threads only)
+      loader_seconds=3.0,  # loader-only throughput timed this long after its warm-up (0: skip)
+  ))
+
+
+# Models shrunk for CPU smoke runs (`:tiny`): same registry names and code paths, 1/16-1/8 of the width.
+TINY_KWARGS = {'resnet50': dict(width=0.0625), 'vgg16': dict(width=0.0625, fc_dims=(32, 32)),
+               'mobilefacenet': dict(width=0.125, out_dim=32), 'resnet18': dict(width=0.125)}
+TINY_FIELDS = {k for kwargs in TINY_KWARGS.values() for k in kwargs}
+
+
+def benchmark_config(task: str, model: str, *, image_size: int, batch_size: int = 256, num_classes: int = 10575,
+                     data_dir: str = '', teacher: str = '', teacher_image_size: int = 224,
+                     tiny: bool = False, model_kwargs: dict | None = None) -> ml_collections.ConfigDict:
+  """A training config for `throughput.benchmark_training`: bf16 compute, the trainer's default optimizer, a fixed class
+  count (CASIA-WebFace's 10,575 by default) and data from the bench folders prepared under `data_dir`
+  (`throughput.prepare_bench_folders`), else the on-the-fly synthetic faces at 250x250.
+
+  tiny: the same models (and dtype) at a fraction of their width, 32x32 inputs, batch 8, 16 classes: a CPU
+  smoke run of the same code paths. model_kwargs: module fields of the student (config.model.kwargs)."""
+  c = base_config()
+  c.task = task
+  c.half_precision = True
+  c.batch_size = batch_size
+  c.total_steps = 10_000  # the schedule's length only; the benchmark runs what it is told
+  c.progress = False
+  c.model.name = model
+  c.model.image_size = image_size
+  c.bench = bench_section()
+  c.bench.num_classes = num_classes
+  if data_dir:
+    c.data.source = 'folders'
+    c.data.kwargs = ml_collections.ConfigDict(dict(data_dir=data_dir, name='bench'))
+  else:
+    c.data.kwargs = ml_collections.ConfigDict(dict(num_identities=200, images_per_identity=8, image_size=250))
+  if teacher:
+    c.bench.teacher.name = teacher
+    c.bench.teacher.image_size = teacher_image_size
+  if tiny:
+    c.batch_size = 8
+    c.model.image_size = 32
+    c.model.kwargs = ml_collections.ConfigDict(TINY_KWARGS.get(model, {}))
+    c.bench.num_classes = 16
+    c.bench.teacher.image_size = 32
+    c.bench.teacher.kwargs = ml_collections.ConfigDict(TINY_KWARGS.get(teacher, {}))
+    c.bench.num_workers = 0
+    c.bench.loader_seconds = 0.5
+    if not data_dir:
+      c.data.kwargs = ml_collections.ConfigDict(dict(num_identities=8, images_per_identity=4, image_size=40))
+  c.model.kwargs.update(model_kwargs or {})
   return c
 
 

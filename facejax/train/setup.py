@@ -1,5 +1,5 @@
 """What a training run is made of, built once from its config: the models, the task, the initial state and the
-pmapped step. `loop.train` feeds it batches and checkpoints; `train.benchmark` times the same pieces (as flax's
+pmapped step. `loop.train` feeds it batches and checkpoints; `train.throughput` times the same pieces (as flax's
 imagenet benchmark runs the real trainer)."""
 from __future__ import annotations
 

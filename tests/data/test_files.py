@@ -187,6 +187,21 @@ def test_synthetic_tfds_roundtrip_is_exact(tmp_path):
   assert len(val) == 4 and val[0]['identity'] not in {ref[i]['identity'] for i in range(6)}
 
 
+def test_write_identity_folders_is_a_jpeg_tree_of_the_synthetic_faces(tmp_path):
+  from facejax.data import SyntheticFaces
+  from facejax.data.folders import prepare_folders
+  from facejax.data.synthetic import write_identity_folders
+  root = write_identity_folders(str(tmp_path / 'faces'), 3, 2, 24, processes=1)
+  ref = SyntheticFaces(3, 2, image_size=24)
+  files = sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+  assert files == [f"{ref[i]['identity']}/{i:06d}.jpg" for i in range(6)]
+  for i, rel in enumerate(files):
+    with open(os.path.join(root, rel), 'rb') as f:
+      assert f.read() == _encode(ref[i]['image'], quality=90)  # Pillow's JPEG at quality 90
+  _, summary, _ = prepare_folders(root, str(tmp_path / 'tfds'), name='w', val_fraction=0.0)
+  assert summary['splits']['train'] == {'identities': 3, 'images': 6}
+
+
 # LFW.
 
 LFW_NAMES = {'Ann_Smith': 2, 'Bob_Jones': 3, 'Cy_Young': 1, 'Di_Ross': 2}

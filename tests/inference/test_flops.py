@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from facejax.inference.benchmark import compiled_flops, jaxpr_flops
+from facejax.inference.flops import compiled_flops, jaxpr_flops
 from facejax.models import build_classifier, build_model
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')

@@ -20,7 +20,9 @@ import pytest
 from facejax.inference.benchmark import benchmark, benchmark_model, markdown_table, random_variables
 from facejax.inference.embed import embed_images, make_embed_fn
 from facejax.inference.export import export_embedder, load_exported, save_exported
-from facejax.inference.optimize import fold_batch_norm, optimize_for_inference, prepare_layers, trace_plan
+from facejax.inference.optimize import optimize_for_inference, prepare_layers
+from facejax.inference.optimize.fold import fold_batch_norm
+from facejax.inference.optimize.trace import trace_plan
 from facejax.models import MODELS, build_model
 from facejax.models.preprocessing import FACEJAX
 
@@ -79,7 +81,7 @@ def test_low_precision_rewrites_keep_embeddings(name):
 
 
 def test_static_int8_calibration():
-  from facejax.inference.optimize import activation_ranges
+  from facejax.inference.optimize.quantize import activation_ranges
   model, variables = _model('resnet18_w050')
   calibration = np.asarray(_inputs(8, seed=5))
   ranges = activation_ranges(model, variables, calibration)
@@ -131,7 +133,7 @@ def test_auto_lowering_choices():
 def test_bf16_lowering_by_im2col_bytes():
   """bf16: im2col matmuls while the per-image im2col matrix fits AUTO_BF16_IM2COL_MAX_BYTES, float32 native
   convs above (VGG's 224 and 112x112x128 maps) and on RGB inputs; dense layers stay float32, stored [F, K]."""
-  from facejax.inference.optimize import auto_lowering
+  from facejax.inference.optimize.lowering import auto_lowering
   for name, native in [('resnet50', {'backbone/conv1'}), ('vgg16', {'conv1_1', 'conv1_2', 'conv2_2'})]:
     model = build_model(name, num_classes=0, embed_dim=16)
     shapes = jax.eval_shape(lambda k, x: model.init(k, x, method=model.embed), jax.random.PRNGKey(0),

@@ -1,4 +1,4 @@
-"""Training benchmark smoke tests: tiny models on 2 CPU devices, every task and both data modes produce the JSON
+"""Training throughput smoke tests: tiny models on 2 CPU devices, every task and both data modes produce the JSON
 record with finite numbers (no timing assertions: this machine is shared)."""
 import gzip
 import json
@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from facejax.train import benchmark as tb
+from facejax.train import throughput as tp
 from facejax.train.feed import DeviceFeed, batch_sharding, replicate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
@@ -49,9 +49,9 @@ def test_bf16_step_computes_in_bf16_and_donates_its_state(name, arg, loss_f32_do
   """The half-precision policy in the lowered pmapped step: every convolution and every matmul of the models
   (teacher included) takes and returns bf16, and the train state's buffers are donated (aliased to outputs)."""
   config = load_config(name, arg)
-  setup = tb.build_training(config, config.bench.num_classes)
+  setup = tp.build_training(config, config.bench.num_classes)
   sharding = batch_sharding()
-  batch = tb.device_batch(config, setup.student.image_size, config.bench.num_classes, sharding)
+  batch = tp.device_batch(config, setup.student.image_size, config.bench.num_classes, sharding)
   state = replicate(setup.state, sharding)
   text = setup.p_step.lower(state, batch, replicate(setup.frozen, sharding)).as_text()
   ops = [(m.group(1), tuple(re.findall(r'x([a-z]\w*)>', line.rsplit(':', 1)[-1])))
@@ -66,7 +66,7 @@ def test_bf16_step_computes_in_bf16_and_donates_its_state(name, arg, loss_f32_do
 def test_classify_device_then_pipeline(tmp_path):
   config = load_config('bench_resnet50', 'tiny,model=student_vgg')
   hlo = str(tmp_path / 'step.hlo.txt.gz')
-  r = tb.benchmark_training(config, steps=4, warmup=1, data='device', window=2, profile_dir=str(tmp_path / 'trace'),
+  r = tp.benchmark_training(config, steps=4, warmup=1, data='device', window=2, profile_dir=str(tmp_path / 'trace'),
                             profile_steps=2, hlo_out=hlo)
   check(r, steps=4, window=2, data='device')
   assert r['per_device_batch'] == 4 and r['num_classes'] == 16
@@ -83,12 +83,12 @@ def test_classify_device_then_pipeline(tmp_path):
   assert sum(row['frac'] for row in prof['by_op_kind']) <= 1.0 + 1e-6
   config.bench.prefetch = 'device_put'
   config.bench.cache = 'decoded'
-  p = tb.benchmark_training(config, steps=3, warmup=1, data='pipeline', window=2, peak_tflops=1.0)
+  p = tp.benchmark_training(config, steps=3, warmup=1, data='pipeline', window=2, peak_tflops=1.0)
   assert p['mfu'] is not None and 0 < p['mfu'] < 1
   p['mfu'] = None
   check(p, steps=3, window=2, data='pipeline')
   assert p['data_source'] == 'synthetic' and p['cache'] == 'decoded' and p['prefetch'] == 'device_put'
-  assert p['loader_img_per_s'] > 0 and p['loader_warmup_batches'] == tb.loader_warmup_batches(0, 2) == 6
+  assert p['loader_img_per_s'] > 0 and p['loader_warmup_batches'] == tp.loader_warmup_batches(0, 2) == 6
   # Same program on both paths: the FLOPs agree.
   assert p['gflops_per_step_per_device'] == r['gflops_per_step_per_device']
 
@@ -96,7 +96,7 @@ def test_classify_device_then_pipeline(tmp_path):
 def test_distill_random_teacher():
   config = load_config('bench_distill', 'tiny,teacher=vgg_small,student=student_vgg')
   config.bench.teacher.image_size = 48  # batches come at the teacher's larger size, as the trainer loads them
-  r = tb.benchmark_training(config, steps=2, warmup=1, data='device', window=2)
+  r = tp.benchmark_training(config, steps=2, warmup=1, data='device', window=2)
   check(r, steps=2, window=2, data='device')
   assert r['image_size'] == 32 and r['teacher_image_size'] == r['load_size'] == 48
   assert r['teacher'] == 'vgg_small' and r['label'] == 'vgg_small->student_vgg' and r['teacher_params'] > 0
@@ -105,7 +105,7 @@ def test_distill_random_teacher():
 
 def test_cli_siamese_pipeline_from_prepared_folders(tmp_path):
   data_dir = str(tmp_path / 'tfds')
-  out = tb.prepare_bench_folders(data_dir, num_identities=6, images_per_identity=4, image_size=48, processes=1)
+  out = tp.prepare_bench_folders(data_dir, num_identities=6, images_per_identity=4, image_size=48, processes=1)
   assert os.path.isfile(os.path.join(out, 'dataset_info.json'))
   env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=2',
              PYTHONPATH=ROOT)
@@ -121,7 +121,7 @@ def test_cli_siamese_pipeline_from_prepared_folders(tmp_path):
   assert r['name'] == 'siamese_pipeline' and r['task'] == 'siamese'
   assert r['data_source'] == 'folders' and r['encoded'] and r['records'] == 24 and r['prefetch'] == 'thread'
   assert r['augment_on'] == 'device'
-  table = tb.summary_table([r, {'name': 'broken', 'error': 'timeout after 90 s'}])
+  table = tp.summary_table([r, {'name': 'broken', 'error': 'timeout after 90 s'}])
   assert 'siamese_pipeline' in table and 'failed: timeout' in table
 
 
@@ -163,10 +163,10 @@ def test_device_feed_state_resumes_exactly():
 
 
 def test_peak_tflops():
-  assert tb.peak_tflops_for('NVIDIA H100 80GB HBM3') == 989.0
-  assert tb.peak_tflops_for('NVIDIA H100 PCIe') == 756.0
-  assert tb.peak_tflops_for('NVIDIA H200') == 989.0
-  assert tb.peak_tflops_for('cpu') is None
+  assert tp.peak_tflops_for('NVIDIA H100 80GB HBM3') == 989.0
+  assert tp.peak_tflops_for('NVIDIA H100 PCIe') == 756.0
+  assert tp.peak_tflops_for('NVIDIA H200') == 989.0
+  assert tp.peak_tflops_for('cpu') is None
 
 
 class StaggeredLoader:
@@ -195,25 +195,25 @@ class StaggeredLoader:
 def test_loader_throughput_skips_worker_start_up(monkeypatch):
   # 4 workers starting 0.15 s apart, then 20 ms a batch: 50 batches/s in steady state, 4 batches in the first
   # 0.6 s. prefetch 1 + grain's queue of 1 per worker: 2 x 4 x 3 = 24 batches of warm-up (0.84 s here).
-  warmup = tb.loader_warmup_batches(num_workers=4, prefetch=1)
-  assert warmup == 24 and tb.loader_warmup_batches(num_workers=0, prefetch=2) == 6
+  warmup = tp.loader_warmup_batches(num_workers=4, prefetch=1)
+  assert warmup == 24 and tp.loader_warmup_batches(num_workers=0, prefetch=2) == 6
   loader = StaggeredLoader(workers=4, start_s=0.15, buffered=8, step_s=0.02)
-  monkeypatch.setattr(tb, 'time', types.SimpleNamespace(perf_counter=loader.now))
-  m = tb.loader_throughput(loader, batch_size=16, seconds=0.49, warmup_batches=warmup)
+  monkeypatch.setattr(tp, 'time', types.SimpleNamespace(perf_counter=loader.now))
+  m = tp.loader_throughput(loader, batch_size=16, seconds=0.49, warmup_batches=warmup)
   assert m['warmup_batches'] == warmup and m['warmup_s'] == pytest.approx(0.84)
   assert m['batches'] == 25 and m['window_s'] == pytest.approx(0.5)
   assert m['img_per_s'] == pytest.approx(16 / 0.02), m  # the steady rate exactly
   cold = StaggeredLoader(workers=4, start_s=0.15, buffered=8, step_s=0.02)
-  monkeypatch.setattr(tb, 'time', types.SimpleNamespace(perf_counter=cold.now))
-  unwarmed = tb.loader_throughput(cold, batch_size=16, seconds=0.49)
+  monkeypatch.setattr(tp, 'time', types.SimpleNamespace(perf_counter=cold.now))
+  unwarmed = tp.loader_throughput(cold, batch_size=16, seconds=0.49)
   assert unwarmed['img_per_s'] < 0.5 * 16 / 0.02  # what the old measurement reported: start-up dominates
-  assert tb.loader_throughput(loader, batch_size=16, seconds=0) is None
+  assert tp.loader_throughput(loader, batch_size=16, seconds=0) is None
 
 
 def test_img_per_s_counts_every_stall_of_the_feed(monkeypatch):
   """img/s is images over the wall time of all timed steps: a feed that stalls once (a loader falling behind)
   lowers it, while the median window (the step's own speed) does not see the stall."""
-  class StallingFeed(tb.ConstantFeed):
+  class StallingFeed(tp.ConstantFeed):
     calls = 0
 
     def __next__(self):
@@ -222,9 +222,9 @@ def test_img_per_s_counts_every_stall_of_the_feed(monkeypatch):
         time.sleep(1.0)
       return self.batch
 
-  monkeypatch.setattr(tb, 'ConstantFeed', StallingFeed)
+  monkeypatch.setattr(tp, 'ConstantFeed', StallingFeed)
   config = load_config('bench_resnet50', 'tiny,model=student_vgg')
-  r = tb.benchmark_training(config, steps=6, warmup=1, data='device', window=2)
+  r = tp.benchmark_training(config, steps=6, warmup=1, data='device', window=2)
   wall_s = sum(r['window_ms']) * 2 / 1e3
   assert r['img_per_s'] == pytest.approx(6 * config.batch_size / wall_s, abs=0.1)  # rounded to 0.1
   assert r['window_ms'][1] > 500 > max(r['window_ms'][0], r['window_ms'][2])
@@ -249,14 +249,14 @@ def test_paired_table_pairs_device_and_pipeline_runs():
                   model_kwargs={'stem_space_to_depth': True}),
              dict(base, data='device', img_per_s=5500.0, xla_flags='--a=1 --b=2', compile_cache_hit=True),
              {'name': 'broken', 'error': 'timeout'}]
-  rows = tb.paired_table(records).splitlines()
+  rows = tp.paired_table(records).splitlines()
   assert rows[2] == '| classify | resnet50@224 | 256 | 5,618 | 5,597 | 5,610 | 1.00 | 13.5% | 25.0 |'
   assert rows[3] == ('| classify | resnet50@224 (stem_space_to_depth=True) | 256 | 6,100 | 4,800 | - | 0.79 | 13.5% '
                      '| 25.0 |')
   assert rows[4] == '| classify | resnet50@224 [--b=2] | 256 | 5,500 | - | - | - | 13.5% | 25.0 (cache) |'
   assert len(rows) == 7 and rows[-1] == 'XLA_FLAGS of every run: --a=1'
   # A flag only the device runs share is theirs, not every run's (a pipeline run without it).
-  rows = tb.paired_table([dict(base, data='device', img_per_s=5618.0, xla_flags='--lhs'),
+  rows = tp.paired_table([dict(base, data='device', img_per_s=5618.0, xla_flags='--lhs'),
                           dict(base, data='pipeline', prefetch='thread', cache='none', img_per_s=5000.0,
                                xla_flags='')]).splitlines()
   assert rows[2].startswith('| classify | resnet50@224 [--lhs] | 256 | 5,618 | - | - |') and len(rows) == 3

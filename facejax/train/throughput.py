@@ -17,14 +17,14 @@ own count of the compiled step cannot see inside the cuDNN/cuBLAS calls; it is k
 MFU = those FLOPs x steps / timed wall time / the chip's dense bf16 peak (`PEAK_BF16_TFLOPS`, or
 `peak_tflops=`).
 
-The `bench` config section (`bench_section()`) holds what only the benchmark needs: a fixed class count (so the
-device and pipeline runs compile the same program), a randomly initialised distillation teacher named by
-registry name (no teacher run directory needed), and the input-pipeline knobs.
+The `bench` config section (`facejax.train.config.bench_section()`; `benchmark_config()` there builds the bench
+configs) holds what only the benchmark needs: a fixed class count (so the device and pipeline runs compile the
+same program), a randomly initialised distillation teacher named by registry name (no teacher run directory
+needed), and the input-pipeline knobs. `--profile_dir` traces are summarised by `facejax.train.profile`.
 """
 from __future__ import annotations
 
 import concurrent.futures
-import io
 import json
 import os
 import time
@@ -34,7 +34,9 @@ import jax
 import ml_collections
 import numpy as np
 
+from facejax.train.config import TINY_FIELDS, bench_section
 from facejax.train.feed import DeviceFeed, batch_sharding, device_augmentation, replicate
+from facejax.train.profile import latest_xplane, trace_summary, write_text
 from facejax.train.setup import TrainingSetup, compute_dtype, load_teacher, model_io, setup
 from facejax.train.steps import AXIS
 from facejax.train.tasks import ModelIO
@@ -64,81 +66,6 @@ def peak_tflops_for(device_kind: str) -> float | None:
     if name.lower() in device_kind.lower():
       return PEAK_BF16_TFLOPS[name]
   return None
-
-
-def bench_section() -> ml_collections.ConfigDict:
-  """The `config.bench` defaults (benchmark-only fields; `train` never reads them)."""
-  return ml_collections.ConfigDict(dict(
-      # Classifier size; 0: from the data source, as `train` does. Fixed, the device and pipeline runs compile
-      # the same step (and share the persistent compilation cache) whatever the prepared dataset holds.
-      num_classes=0,
-      # Distillation teacher with random weights when config.distill.teacher_workdir is '' (speed does not
-      # depend on the weights): a registry name, its embedding size, input size and preprocessing.
-      teacher=ml_collections.ConfigDict(dict(name='', embed_dim=128, image_size=224, preprocessing='facejax',
-                                             kwargs=ml_collections.ConfigDict())),
-      # 'numpy': random variables drawn on the host (facejax.inference.benchmark.random_variables), no init
-      # compile; 'trainer': the trainer's own initialisation (jitted init, config.init.path honoured).
-      init='numpy',
-      window=5,  # steps dispatched between two host syncs
-      peak_tflops=0.0,  # per chip; 0: PEAK_BF16_TFLOPS by device kind
-      # Input pipeline (data='pipeline').
-      prefetch='thread',  # 'thread' | 'device_put' | 'none' (see DeviceFeed)
-      prefetch_depth=2,  # batches on the devices ahead of the step
-      num_workers=-1,  # grain worker processes; -1: cpu_count - 4 (at least 0)
-      num_threads=2,  # grain read threads per process
-      grain_prefetch=2,  # grain prefetch buffer (batches) per process
-      cache='none',  # 'none' | 'decoded': decode every record once into memory first (threads only)
-      loader_seconds=3.0,  # loader-only throughput timed this long after its warm-up (0: skip)
-  ))
-
-
-# Models shrunk for CPU smoke runs (`:tiny`): same registry names and code paths, 1/16-1/8 of the width.
-TINY_KWARGS = {'resnet50': dict(width=0.0625), 'vgg16': dict(width=0.0625, fc_dims=(32, 32)),
-               'mobilefacenet': dict(width=0.125, out_dim=32), 'resnet18': dict(width=0.125)}
-TINY_FIELDS = {k for kwargs in TINY_KWARGS.values() for k in kwargs}
-
-
-def benchmark_config(task: str, model: str, *, image_size: int, batch_size: int = 256, num_classes: int = 10575,
-                     data_dir: str = '', teacher: str = '', teacher_image_size: int = 224,
-                     tiny: bool = False, model_kwargs: dict | None = None) -> ml_collections.ConfigDict:
-  """A training config for benchmark_training: bf16 compute, the trainer's default optimizer, a fixed class
-  count (CASIA-WebFace's 10,575 by default) and data from the bench folders prepared under `data_dir`
-  (`prepare_bench_folders`), else the on-the-fly synthetic faces at 250x250.
-
-  tiny: the same models (and dtype) at a fraction of their width, 32x32 inputs, batch 8, 16 classes: a CPU
-  smoke run of the same code paths. model_kwargs: module fields of the student (config.model.kwargs)."""
-  from facejax.train.config import base_config
-  c = base_config()
-  c.task = task
-  c.half_precision = True
-  c.batch_size = batch_size
-  c.total_steps = 10_000  # the schedule's length only; the benchmark runs what it is told
-  c.progress = False
-  c.model.name = model
-  c.model.image_size = image_size
-  c.bench = bench_section()
-  c.bench.num_classes = num_classes
-  if data_dir:
-    c.data.source = 'folders'
-    c.data.kwargs = ml_collections.ConfigDict(dict(data_dir=data_dir, name='bench'))
-  else:
-    c.data.kwargs = ml_collections.ConfigDict(dict(num_identities=200, images_per_identity=8, image_size=250))
-  if teacher:
-    c.bench.teacher.name = teacher
-    c.bench.teacher.image_size = teacher_image_size
-  if tiny:
-    c.batch_size = 8
-    c.model.image_size = 32
-    c.model.kwargs = ml_collections.ConfigDict(TINY_KWARGS.get(model, {}))
-    c.bench.num_classes = 16
-    c.bench.teacher.image_size = 32
-    c.bench.teacher.kwargs = ml_collections.ConfigDict(TINY_KWARGS.get(teacher, {}))
-    c.bench.num_workers = 0
-    c.bench.loader_seconds = 0.5
-    if not data_dir:
-      c.data.kwargs = ml_collections.ConfigDict(dict(num_identities=8, images_per_identity=4, image_size=40))
-  c.model.kwargs.update(model_kwargs or {})
-  return c
 
 
 # ---------------------------------------------------------------------------------------------------- setup
@@ -333,103 +260,6 @@ def _pipeline(config, image_size: int, num_classes: int, sharding, log) -> tuple
                     transform=transform), info, loader
 
 
-# ------------------------------------------------------------------------------------------------ profiling
-
-
-def write_text(path: str, text: str) -> int:
-  """Writes `text` to `path` (gzip-compressed when it ends in .gz), making its folder; -> bytes written."""
-  import gzip
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  data = text.encode()
-  with (gzip.open(path, 'wb') if path.endswith('.gz') else open(path, 'wb')) as f:
-    f.write(data)
-  return os.path.getsize(path)
-
-
-def _union_ns(intervals: list[tuple[float, float]]) -> float:
-  """Total length of the union of [start, end) intervals (kernels on concurrent streams count once)."""
-  total, end = 0.0, -float('inf')
-  for s, e in sorted(intervals):
-    if e > end:
-      total += e - max(s, end)
-      end = e
-  return total
-
-
-def _top(totals: dict, counts: dict, steps: int, n: int) -> list[dict]:
-  """The n largest of `totals` (ns over `steps`), each with its share of the summed op time."""
-  rows = sorted(totals.items(), key=lambda kv: -kv[1])[:n]
-  total = sum(totals.values())
-  return [{'name': k[:160], 'ms_per_step': round(v / steps / 1e6, 3), 'calls_per_step': round(counts[k] / steps, 2),
-           'frac': round(v / total, 4) if total else None} for k, v in rows]
-
-
-# Lines a profiler derives from the kernels (xprof's names): listed with their busy time, not counted again.
-DERIVED_LINES = frozenset({'XLA Ops', 'XLA Modules', 'Async XLA Ops', 'Steps', 'Framework Ops', 'Framework Name Scope',
-                           'Source code', 'XLA TraceMe'})
-
-
-def trace_summary(xplane_path: str, *, steps: int, wall_s: float, top: int = 30) -> dict:
-  """What the device did during `steps` profiled steps, from a jax.profiler trace (`*.xplane.pb`): device busy
-  time per step (the union of all its kernels) against the wall time per step, and the summed op time per kernel,
-  per HLO op (the `hlo_op` each kernel ran for) and per HLO op kind (the op name without its '.N' suffix), largest
-  first, with each one's share of the summed time ('frac'; concurrent kernels make the sum exceed the busy time).
-
-  Device ops are the events on '/device:*' planes (GPU/TPU); without any (CPU) the events tagged with an
-  `hlo_op` on the host planes stand in. A busy time well under the wall time means the device waits on the host
-  (dispatch, input); a busy time near it means the kernels themselves are the cost."""
-  import re
-  data = jax.profiler.ProfileData.from_file(xplane_path)
-  events, lines = [], []
-  device_planes = [p for p in data.planes if p.name.startswith('/device:')]
-  for plane in device_planes or list(data.planes):
-    for line in plane.lines:
-      busy, line_events = [], []
-      for e in line.events:
-        stats = dict(e.stats)
-        if not device_planes and 'hlo_op' not in stats:
-          continue
-        line_events.append((e.name, float(e.start_ns), float(e.duration_ns), str(stats.get('hlo_op', ''))))
-        busy.append((float(e.start_ns), float(e.start_ns) + float(e.duration_ns)))
-      if busy:
-        lines.append({'plane': plane.name, 'line': line.name, 'events': len(busy),
-                      'busy_ms_per_step': round(_union_ns(busy) / steps / 1e6, 3)})
-      if line.name not in DERIVED_LINES:  # the same time again, regrouped by the profiler
-        events += line_events
-  busy_ns = _union_ns([(s, s + d) for _, s, d, _ in events])
-  by_kernel, by_op, by_kind, n_kernel, n_op, n_kind = {}, {}, {}, {}, {}, {}
-  for name, _, dur, op in events:
-    kind = re.sub(r'\.\d+$', '', op) if op else '(no hlo_op)'
-    for totals, counts, key in ((by_kernel, n_kernel, name), (by_op, n_op, op or '(no hlo_op)'),
-                                (by_kind, n_kind, kind)):
-      totals[key] = totals.get(key, 0.0) + dur
-      counts[key] = counts.get(key, 0) + 1
-  wall_ms = wall_s / steps * 1e3
-  busy_ms = busy_ns / steps / 1e6
-  return {
-      'trace_file': xplane_path,
-      'steps': steps,
-      'wall_ms_per_step': round(wall_ms, 3),
-      'device_busy_ms_per_step': round(busy_ms, 3),
-      'device_busy_frac': round(busy_ms / wall_ms, 4) if wall_ms else None,
-      'op_ms_per_step': round(sum(d for _, _, d, _ in events) / steps / 1e6, 3),
-      'device_planes': [p.name for p in device_planes],
-      'events_per_step': round(len(events) / steps, 1),
-      'lines': lines,
-      'by_op_kind': _top(by_kind, n_kind, steps, top),
-      'by_hlo_op': _top(by_op, n_op, steps, top),
-      'by_kernel': _top(by_kernel, n_kernel, steps, top),
-  }
-
-
-def _latest_xplane(log_dir: str) -> str:
-  import glob
-  files = glob.glob(os.path.join(log_dir, 'plugins', 'profile', '*', '*.xplane.pb'))
-  if not files:
-    raise FileNotFoundError(f'{log_dir}: no plugins/profile/*/*.xplane.pb after the trace')
-  return max(files, key=os.path.getmtime)
-
-
 # ------------------------------------------------------------------------------------------------- timing
 
 
@@ -499,7 +329,7 @@ def _profiled_steps(compiled, pstate, feed, frozen, steps: int, log_dir: str):
   finally:
     jax.profiler.stop_trace()
   try:
-    return pstate, metrics, trace_summary(_latest_xplane(log_dir), steps=steps, wall_s=wall_s)
+    return pstate, metrics, trace_summary(latest_xplane(log_dir), steps=steps, wall_s=wall_s)
   except Exception as e:  # pylint: disable=broad-except
     return pstate, metrics, {'error': _error(e), 'log_dir': log_dir}
 
@@ -567,7 +397,7 @@ def benchmark_training(config: ml_collections.ConfigDict, *, steps: int = 30, wa
     except Exception as e:  # pylint: disable=broad-except  # not every backend prints its executable
       hlo = {'hlo_error': _error(e)}
 
-  from facejax.inference.benchmark import compiled_flops, jaxpr_flops
+  from facejax.inference.flops import compiled_flops, jaxpr_flops
   one_device = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), (pstate, example, frozen))
   flops = jaxpr_flops(setup.step_fn, *one_device, axis_env=[(AXIS, jax.device_count())])
   flops_xla = compiled_flops(compiled)  # pmap compiles one device's program
@@ -676,24 +506,7 @@ def benchmark_training(config: ml_collections.ConfigDict, *, steps: int = 30, wa
   return record
 
 
-# --------------------------------------------------------------------------------------- data and reports
-
-
-def _render_folder_chunk(root: str, num_identities: int, images_per_identity: int, image_size: int,
-                         indices: list[int]) -> int:
-  from PIL import Image
-
-  from facejax.data import SyntheticFaces
-  faces = SyntheticFaces(num_identities, images_per_identity, image_size=image_size, cache_bytes=0)
-  for i in indices:
-    r = faces[i]
-    folder = os.path.join(root, r['identity'])
-    os.makedirs(folder, exist_ok=True)
-    buf = io.BytesIO()
-    Image.fromarray(r['image']).save(buf, format='JPEG', quality=90)
-    with open(os.path.join(folder, f'{i:06d}.jpg'), 'wb') as f:
-      f.write(buf.getvalue())
-  return len(indices)
+# ----------------------------------------------------------------------------------------------------- data
 
 
 def prepare_bench_folders(data_dir: str, *, num_identities: int = 200, images_per_identity: int = 8,
@@ -702,20 +515,16 @@ def prepare_bench_folders(data_dir: str, *, num_identities: int = 200, images_pe
   as ArrayRecord under data_dir for make_source('folders', data_dir=..., name=...). Renders in `processes`
   worker processes; reused if already prepared. -> the prepared dataset dir."""
   from facejax.data.folders import prepare_folders, prepared_dir
+  from facejax.data.synthetic import write_identity_folders
   out = prepared_dir(data_dir, name)
   if os.path.exists(os.path.join(out, 'dataset_info.json')):
     return out
-  root = os.path.join(data_dir, f'{name}_jpeg')
-  n = num_identities * images_per_identity
-  processes = max(1, min(processes or (os.cpu_count() or 1), 16, n))
-  chunks = [list(range(k, n, processes)) for k in range(processes)]
-  args = [(root, num_identities, images_per_identity, image_size, c) for c in chunks]
-  if processes == 1:
-    _render_folder_chunk(*args[0])
-  else:
-    with concurrent.futures.ProcessPoolExecutor(processes) as pool:
-      list(pool.map(_render_folder_chunk, *zip(*args)))
+  root = write_identity_folders(os.path.join(data_dir, f'{name}_jpeg'), num_identities, images_per_identity,
+                                image_size, processes=processes)
   return prepare_folders(root, data_dir, name=name, val_fraction=0.0)[0]
+
+
+# --------------------------------------------------------------------------------------------------- tables
 
 
 def summary_table(records: list[dict]) -> str:

@@ -1,0 +1,185 @@
+"""Inference-only rewrites of a trained FaceNet: the same variables, a faster forward.
+
+One abstract trace of the embedding forward gives the plan (`trace`); from it BatchNorms fold into the layer
+before them (`fold`), convs are re-lowered (`lowering`), weights are cast or quantised per dtype policy
+(`quantize`) and XLA options are picked per dtype and network (`options`). This module holds the entry points:
+`optimize_for_inference` (and `inference_forward`, its raw output), with `prepare_layers` between the folded
+tree and the forward.
+
+- **Weights as constants or arguments.** `weights='const'` closes the folded tree into the jitted function so
+  XLA sees compile-time constants; `weights='args'` passes it as an argument (`fn.forward(fn.params, x)`).
+
+Everything else (ReLU/PReLU, residual adds, pooling, the L2 norm) is the model's own code, traced as usual;
+XLA fuses the bias, activation and residual add into the loop after each matmul (or YNNPACK into the matmul).
+Measured effect of each lever: docs/cpu_inference.md.
+
+Tolerances the tests hold these rewrites to (random weights, random BN statistics, max abs difference of the
+L2-normalised embedding relative to 1): float32 1e-4 (seen ~1e-6); bfloat16 and int8 cosine similarity to
+the reference >= 0.98 per embedding (typ. >= 0.995).
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from facejax.inference.optimize.fold import fold_batch_norm
+from facejax.inference.optimize.lowering import (AUTO_IM2COL_MAX_PIXELS, AUTO_INT8_IM2COL_MAX_PIXELS, CONV_IMPLS,
+                                                 _winograd_ok, auto_lowering, conv_forward, conv_lowering,
+                                                 dense_forward, winograd_kernel)
+from facejax.inference.optimize.options import DTYPES, default_compiler_options
+from facejax.inference.optimize.quantize import _quantize_weights, activation_ranges
+from facejax.inference.optimize.trace import LayerPlan, _path, _raw_embed, trace_plan
+from facejax.models.heads import l2_normalize
+
+__all__ = ['InferenceFn', 'inference_forward', 'optimize_for_inference', 'prepare_layers']
+
+WEIGHTS = ('const', 'args')
+
+
+def prepare_layers(folded: dict, plan: dict[str, LayerPlan], conv: str, dtype: str,
+                   im2col_max_pixels: int = AUTO_IM2COL_MAX_PIXELS,
+                   int8_im2col_max_pixels: int = AUTO_INT8_IM2COL_MAX_PIXELS, act_ranges: dict | None = None) -> dict:
+  """Folded float32 tree -> what the forward consumes: per layer its lowering, matmul kernels already 2-D
+  (reshaped here in numpy, not by XLA's constant folder), cast or quantised per the dtype policy; int8 layers
+  get a static activation scale when `act_ranges` (`activation_ranges`) is given."""
+  layers = {}
+  for path, p in folded['layers'].items():
+    entry = plan[path]
+    kernel, bias = np.asarray(p['kernel'], np.float32), np.asarray(p['bias'], np.float32)
+    lowering = 'matmul' if entry.kind == 'dense' else (
+        conv_lowering(entry.module, entry.in_shape) if conv != 'xla' else 'xla')
+    if conv == 'auto' and lowering == 'matmul' and entry.kind == 'conv':
+      # Off the CPU (cuDNN, TPU convolutions) the native convolution is the fast path.
+      if jax.default_backend() != 'cpu':
+        lowering = 'xla'
+      elif dtype == 'int8':  # int8 im2col copies 4x fewer bytes: worth it up to 112x112 maps
+        lowering = 'xla' if np.prod(entry.out_shape[1:-1]) > int8_im2col_max_pixels else 'matmul'
+      else:
+        lowering = auto_lowering(entry, dtype, im2col_max_pixels)
+    if conv == 'winograd' and lowering == 'matmul' and _winograd_ok(entry):
+      lowering = 'winograd'
+    if lowering == 'matmul':
+      kernel = kernel.reshape(-1, kernel.shape[-1])
+    if lowering == 'winograd':
+      kernel = winograd_kernel(kernel)
+    out = {'lowering': lowering}
+    if entry.kind == 'dense':
+      # Dense layers stay float32 under every policy: at batch 1 they are matrix-vector products, memory-bound,
+      # that XLA CPU upcasts from bf16/int8, converting the whole kernel on every call (fc6: 113 vs 18 ms).
+      out.update(kernel=np.ascontiguousarray(kernel.T), bias=bias)
+    elif dtype == 'int8' and lowering == 'matmul' and kernel.shape[0] >= 16:
+      # int8 only where a matmul does the work and the reduction is long enough to average rounding errors.
+      out.update(kernel=_quantize_weights(kernel), bias=bias)
+      if act_ranges is not None:
+        out['act_scale'] = np.float32(max(act_ranges[path], 1e-12) / 127.0)
+    elif dtype == 'bfloat16' and lowering != 'xla':  # XLA CPU runs bf16 convolutions in float32 anyway
+      out.update(kernel=kernel.astype(jnp.bfloat16), bias=bias)
+    else:
+      out.update(kernel=kernel, bias=bias)
+    layers[path] = out
+  return {**folded, 'layers': layers}
+
+
+@dataclasses.dataclass(eq=False)  # hashable by identity: jax.jit caches on the callable
+class InferenceFn:
+  """`fn(x)`: float model input [B, S, S, 3] -> [B, D] L2-normalised embeddings, weights closed over (constants
+  under jit). `fn.forward(fn.params, x)`: the same with the folded weights as an argument. `fn.raw(x)`: the
+  un-normalised embedding (what flip TTA sums)."""
+  forward: Callable
+  params: Any
+  raw_forward: Callable
+  options: dict
+  compiler_options: dict = dataclasses.field(default_factory=dict)  # for jax.jit(..., compiler_options=...)
+
+  def __call__(self, x):
+    return self.forward(self.params, x)
+
+  def raw(self, x):
+    return self.raw_forward(self.params, x)
+
+  @property
+  def __name__(self):  # jax.jit and friends name the computation after the function
+    return 'optimized_embed'
+
+
+def inference_forward(model, variables, *, image_size: int, **options) -> InferenceFn:
+  """The rewritten forward as an `InferenceFn`; calling it returns the RAW (un-normalised) output of
+  `method` (default: the FaceNet embedding head output [B, D]). `options`: those of `optimize_for_inference`."""
+  fn = optimize_for_inference(model, variables, image_size=image_size, **options)
+  return InferenceFn(fn.raw_forward, fn.params, fn.raw_forward, fn.options, fn.compiler_options)
+
+
+def optimize_for_inference(model, variables, *, image_size: int, conv: str = 'auto', dtype: str = 'float32',
+                           weights: str = 'const', method: Callable = _raw_embed,
+                           compiler_options: dict | None = None,
+                           im2col_max_pixels: int = AUTO_IM2COL_MAX_PIXELS,
+                           int8_im2col_max_pixels: int = AUTO_INT8_IM2COL_MAX_PIXELS,
+                           calibration: np.ndarray | None = None) -> InferenceFn:
+  """BN-folded, re-lowered embedding forward of a FaceNet (see the module docstring for the options).
+
+  `calibration` (dtype='int8' only): float model inputs [N, S, S, 3] (after preprocessing, e.g. a few hundred
+  training faces): each int8 layer quantises its input with one static scale from their max |input|
+  (`activation_ranges`) instead of a per-example max-abs pass at run time (ResNet-50 b1 19 vs 25 ms).
+
+  -> InferenceFn: `fn(x)` float [B, S, S, 3] model input (after `Preprocessing.apply`) -> [B, D] float32
+  L2-normalised. Compile it with its XLA options: `jax.jit(fn, compiler_options=fn.compiler_options)`
+  (`benchmark` and `make_embed_fn` do); `compiler_options=None` takes DEFAULT_COMPILER_OPTIONS[dtype].
+  """
+  if conv not in CONV_IMPLS:
+    raise ValueError(f'conv={conv!r}: expected one of {CONV_IMPLS}')
+  if dtype not in DTYPES:
+    raise ValueError(f'dtype={dtype!r}: expected one of {DTYPES}')
+  if weights not in WEIGHTS:
+    raise ValueError(f'weights={weights!r}: expected one of {WEIGHTS}')
+  if dtype == 'bfloat16' and jax.default_backend() == 'cpu':
+    from facejax.inference import hardware
+    flags = hardware.cpu_info().get('cpu_flags')
+    if flags is not None and not {'avx512_bf16', 'amx_bf16'} & set(flags):
+      warnings.warn("dtype='bfloat16': this CPU has neither avx512_bf16 nor amx_bf16, so the bf16 matmuls run "
+                    'without hardware support and may be slower than float32', stacklevel=2)
+  if calibration is not None and dtype != 'int8':
+    raise ValueError(f"calibration: static activation scales are for dtype='int8', got dtype={dtype!r}")
+  variables = jax.tree_util.tree_map(np.asarray, dict(variables))
+  plan = trace_plan(model, variables, image_size, method)
+  ranges = None if calibration is None else activation_ranges(model, variables, calibration, method)
+  folded = prepare_layers(fold_batch_norm(model, variables, image_size, plan), plan, conv, dtype, im2col_max_pixels,
+                          int8_im2col_max_pixels, ranges)
+  lowerings = {path: p.pop('lowering') for path, p in folded['layers'].items()}  # static, not a pytree leaf
+  if weights == 'const':
+    folded = jax.tree_util.tree_map(jnp.asarray, folded)
+
+  def raw_forward(params, x):
+    def interceptor(next_fun, args, kwargs, context):
+      module = context.module
+      if context.method_name != '__call__' or type(module) not in (nn.Conv, nn.Dense, nn.BatchNorm):
+        return next_fun(*args, **kwargs)
+      path = _path(module)
+      entry = plan.get(path)
+      if entry is None:
+        return next_fun(*args, **kwargs)
+      h = args[0]
+      if entry.kind == 'bn':
+        if entry.fold_into is not None:
+          return h
+        a = params['affine'][path]
+        return h * a['scale'].astype(h.dtype) + a['shift'].astype(h.dtype)
+      if entry.kind == 'dense':
+        return dense_forward(params['layers'][path], h)
+      return conv_forward(entry, dict(params['layers'][path], lowering=lowerings[path]), h)
+
+    with nn.intercept_methods(interceptor):
+      return model.apply(params['rest'], x.astype(jnp.float32), method=method)
+
+  def forward(params, x):
+    return l2_normalize(raw_forward(params, x))
+
+  options = dict(conv=conv, dtype=dtype, weights=weights, calibrated=calibration is not None)
+  if compiler_options is None:
+    compiler_options = default_compiler_options(plan, lowerings, dtype)
+  return InferenceFn(forward, folded, raw_forward, options, compiler_options)
