@@ -3,7 +3,7 @@
 
   python -m launch.benchmark_train --config=configs/bench_resnet50.py --data=device
   python -m launch.benchmark_train --prepare_data=/tmp/fj_bench            # once: 1,600 JPEG faces -> ArrayRecord
-  python -m launch.benchmark_train --config=configs/bench_resnet50.py:data_dir=/tmp/fj_bench --data=pipeline
+  python -m launch.benchmark_train --config=configs/bench_resnet50.py:data_dir=/tmp/fj_bench --data=loader
 
 Arg (comma-separated key=value): model=resnet50, batch=256, size=224, classes=10575, data_dir='' (prepared bench
 folders; '' reads the on-the-fly synthetic faces), s2d (the stem conv on 2x2 space-to-depth input: ResNet's

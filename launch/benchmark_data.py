@@ -53,7 +53,7 @@ def measure(source, *, image_size, batch_size, num_workers, num_threads, batches
 def main(argv):
   del argv
   from facejax.data import make_source
-  from facejax.data.pipeline import stage_timings
+  from facejax.data.loader import stage_timings
   with tempfile.TemporaryDirectory() as tmp:
     if FLAGS.name:
       source = make_source('folders', data_dir=FLAGS.data_dir, name=FLAGS.name, split='train')

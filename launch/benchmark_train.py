@@ -1,7 +1,7 @@
 """Training throughput of one config: img/s, step time, compile time, MFU, device memory, as JSON.
 
   python -m launch.benchmark_train --config=configs/bench_resnet50.py --data=device --steps=30 --json_out=PATH
-  python -m launch.benchmark_train --config=configs/bench_resnet50.py:data_dir=D --data=pipeline
+  python -m launch.benchmark_train --config=configs/bench_resnet50.py:data_dir=D --data=loader
   python -m launch.benchmark_train --prepare_data=D      # the bench identity folders (JPEG) -> ArrayRecord, then exit
   python -m launch.benchmark_train --config=configs/bench_resnet50.py --data=device --steps=10 \
       --profile_dir=/tmp/prof --hlo_out=/tmp/step.hlo.txt.gz     # + a jax.profiler trace and the optimized HLO
@@ -23,8 +23,8 @@ from launch import common
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training config (e.g. configs/bench_resnet50.py[:arg]).',
                                 lock_config=False)
-flags.DEFINE_enum('data', 'device', ['device', 'pipeline'], 'device: one on-device batch reused (pure compute); '
-                  'pipeline: the grain train_loader of config.data, prefetched to the devices.')
+flags.DEFINE_enum('data', 'device', ['device', 'loader'], 'device: one on-device batch reused (pure compute); '
+                  'loader: the grain train_loader of config.data, prefetched to the devices.')
 flags.DEFINE_integer('steps', 30, 'Timed steps.')
 flags.DEFINE_integer('warmup', 5, 'Untimed steps after compilation.')
 flags.DEFINE_integer('window', None, 'Steps between host syncs (default config.bench.window).')

@@ -194,7 +194,7 @@ R50=configs/bench_resnet50.py
 D=configs/bench_distill.py
 S=configs/bench_siamese.py
 BEST=${FJ_BENCH_BEST:-s2d,batch=512}
-PIPE=(--data=pipeline "${PIPE_STEPS[@]}" "${WORKERS[@]}")
+PIPE=(--data=loader "${PIPE_STEPS[@]}" "${WORKERS[@]}")
 DEVAUG=--config.data.augment_on=device
 run classify_r50_device "$CAP_BIG" --config="$R50:${ARG#,}" --data=device "${STEPS[@]}" \
   --hlo_out="$OUT/profile/classify_r50_step.hlo.txt.gz"

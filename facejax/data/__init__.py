@@ -4,7 +4,7 @@ Record sources (len(source), source[i] -> {'image', 'label', 'identity', 'index'
 `make_source(name, **kwargs)` builds one from a config.
 """
 from facejax.data.lfw import VerificationPairs, lfw_pairs, read_pairs
-from facejax.data.pipeline import eval_batches, train_loader
+from facejax.data.loader import eval_batches, train_loader
 from facejax.data.synthetic import SourceImages, SyntheticFaces, SyntheticObjects, synthetic_pairs
 
 SOURCES = ('synthetic', 'synthetic_objects', 'synthetic_tfds', 'folders', 'tfds')

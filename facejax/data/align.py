@@ -417,7 +417,7 @@ def aligned_chips(pairs, spec: dict, no_face: str = 'box', cache_dir: str = '', 
   by the `no_face` policy; an unreadable file a black chip (both counted by the caller). With `cache_dir`, chips
   are stored under it keyed by the photos and the alignment, so every model evaluated on a pair set shares them."""
   import time
-  from facejax.data.pipeline import as_rgb_array, center_crop
+  from facejax.data.loader import as_rgb_array, center_crop
   if no_face not in NO_FACE:
     raise ValueError(f'config.no_face={no_face!r}: expected one of {NO_FACE}')
   paths = _image_paths(pairs.images)

@@ -109,7 +109,7 @@ def resize_center_crop(image: np.ndarray, image_size: int) -> np.ndarray:
 
 def _batches(images, batch_size: int, image_size: int):
   try:  # the data pipeline's deterministic resize/center-crop (also decodes encoded bytes)
-    from facejax.data.pipeline import eval_batches
+    from facejax.data.loader import eval_batches
   except ImportError:
     eval_batches = None
   if eval_batches is not None:
@@ -123,7 +123,7 @@ def embed_images(embed_fn: Callable[[Any], jnp.ndarray], images: Sequence[np.nda
                  batch_size: int = 64, progress: bool = False) -> np.ndarray:
   """Random-access `images` (len(), [k] -> uint8 [H, W, 3], any size) -> float32 [N, D].
 
-  Resizing/cropping is `facejax.data.pipeline.eval_batches`. Every call of `embed_fn` gets exactly
+  Resizing/cropping is `facejax.data.loader.eval_batches`. Every call of `embed_fn` gets exactly
   `batch_size` rows (the tail batch is padded by repeating its last image, then cut off), so it compiles once.
   """
   n = len(images)

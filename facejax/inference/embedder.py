@@ -153,7 +153,7 @@ def calibration_images(workdir: str, count: int, image_size: int, images: str = 
   under `images` (a directory or glob; unreadable files skipped), or, without `images`, over the run's own
   training data (config.json's data source). Center-cropped/resized like verification inputs."""
   from facejax.data.decode import UnreadableImage
-  from facejax.data.pipeline import as_rgb_array, center_crop
+  from facejax.data.loader import as_rgb_array, center_crop
   if count < 1:
     raise ValueError(f'calibration count={count}: expected >= 1')
   if images:
@@ -195,7 +195,7 @@ def embed_files(embed_fn, image_size: int, paths: list[str], batch_size: int = 6
   relative to `root`."""
   from facejax.data.align import NoFaceError
   from facejax.data.decode import DecodeSummary, UnreadableImage
-  from facejax.data.pipeline import center_crop
+  from facejax.data.loader import center_crop
   summary, names, skipped, out, batch = DecodeSummary(), [], [], [], []
 
   def flush():

@@ -91,7 +91,7 @@ def bench_section() -> ml_collections.ConfigDict:
       init='numpy',
       window=5,  # steps dispatched between two host syncs
       peak_tflops=0.0,  # per chip; 0: throughput.PEAK_BF16_TFLOPS by device kind
-      # Input pipeline (data='pipeline').
+      # Input pipeline (data='loader').
       prefetch='thread',  # 'thread' | 'device_put' | 'none' (see DeviceFeed)
       prefetch_depth=2,  # batches on the devices ahead of the step
       num_workers=-1,  # grain worker processes; -1: cpu_count - 4 (at least 0)

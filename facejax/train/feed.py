@@ -123,11 +123,11 @@ class DeviceFeed:
 def device_augmentation(data_config, image_size: int) -> tuple[tuple[str, ...], Callable[[dict], dict] | None]:
   """What a DeviceFeed needs for `data_config` (config.data): the extra batch keys to keep and the `transform`.
   With augment_on='device': ('aug',) and a pmapped function that makes each batch's augmented uint8 [S, S, 3]
-  images from its `AugmentOnDevice` canvases and draws on the devices (`facejax.data.pipeline.device_augment`)
+  images from its `AugmentOnDevice` canvases and draws on the devices (`facejax.data.loader.device_augment`)
   and drops 'aug'; otherwise ((), None)."""
   if not (data_config.augment and data_config.augment_on == 'device'):
     return (), None
-  from facejax.data.pipeline import device_augment
+  from facejax.data.loader import device_augment
 
   def make(batch: dict) -> dict:
     out = {k: v for k, v in batch.items() if k != 'aug'}

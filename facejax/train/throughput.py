@@ -5,7 +5,7 @@ task, the optimizer, the TrainState, the pmapped step with the state donated) an
 
   data='device'    one random uint8 batch already sharded over the local devices, reused every step: pure
                    compute, the ceiling the input pipeline has to reach;
-  data='pipeline'  the real grain `train_loader` over `config.data` (a prepared ArrayRecord dataset or the
+  data='loader'  the real grain `train_loader` over `config.data` (a prepared ArrayRecord dataset or the
                    synthetic source), moved to the devices ahead of the step by `DeviceFeed`.
 
 Timing dispatches `window` steps back to back and blocks once at the end of each window (no host sync per
@@ -144,7 +144,7 @@ class DecodedRecords:
   threads (PIL releases the GIL). The loader then only crops, augments and batches."""
 
   def __init__(self, source, threads: int = 8):
-    from facejax.data.pipeline import as_rgb_array
+    from facejax.data.loader import as_rgb_array
     self.num_classes = source.num_classes
     self._labels = None if getattr(source, 'labels', None) is None else np.asarray(source.labels)
 
@@ -216,7 +216,7 @@ def _auto_workers(n: int) -> int:
   return max(0, (os.cpu_count() or 1) - 4) if n < 0 else n
 
 
-def _pipeline(config, image_size: int, num_classes: int, sharding, log) -> tuple[DeviceFeed, dict, Any]:
+def _loader_feed(config, image_size: int, num_classes: int, sharding, log) -> tuple[DeviceFeed, dict, Any]:
   """The trainer's grain loader over config.data, optionally with decoded records cached, behind a DeviceFeed."""
   from facejax import data as fdata
   b = config.bench
@@ -340,7 +340,7 @@ def benchmark_training(config: ml_collections.ConfigDict, *, steps: int = 30, wa
                        log: Callable[[str], None] | None = None) -> dict:
   """Time `steps` training steps of `config` after `warmup`; -> one JSON-serialisable record (module doc).
 
-  data: 'device' (one on-device batch reused: pure compute) or 'pipeline' (the grain loader of config.data,
+  data: 'device' (one on-device batch reused: pure compute) or 'loader' (the grain loader of config.data,
   fed ahead of the step by DeviceFeed(config.bench.prefetch)). window: steps per host sync (default
   config.bench.window). peak_tflops: per-chip dense bf16 peak for MFU (default config.bench.peak_tflops, then
   PEAK_BF16_TFLOPS by device kind).
@@ -348,8 +348,8 @@ def benchmark_training(config: ml_collections.ConfigDict, *, steps: int = 30, wa
   'profile' is their `trace_summary`. hlo_out: the compiled step's optimized HLO text is written there (gzipped
   for a .gz path). Neither touches the timed steps.
   """
-  if data not in ('device', 'pipeline'):
-    raise ValueError(f"data={data!r}: expected 'device' or 'pipeline'")
+  if data not in ('device', 'loader'):
+    raise ValueError(f"data={data!r}: expected 'device' or 'loader'")
   if steps < 1 or warmup < 0:
     raise ValueError(f'steps={steps}, warmup={warmup}: expected steps >= 1 and warmup >= 0')
   log = log or (lambda s: None)
@@ -409,7 +409,7 @@ def benchmark_training(config: ml_collections.ConfigDict, *, steps: int = 30, wa
     record.update(data_source='device: one random uint8 batch, on the devices, reused every step', cache=None)
   else:
     del example
-    feed, info, loader = _pipeline(config, load_size, num_classes, sharding, log)
+    feed, info, loader = _loader_feed(config, load_size, num_classes, sharding, log)
     record.update(info)
 
   try:
@@ -538,7 +538,7 @@ def summary_table(records: list[dict]) -> str:
     if 'error' in r:
       lines.append(f"| {r.get('name', '?')} | failed: {r['error'][:80]} |  |  |  |  |  |  |  |  |  |")
       continue
-    data = r['data'] if r['data'] == 'device' else (f"pipeline ({r.get('prefetch')}, {r.get('num_workers')}w, "
+    data = r['data'] if r['data'] == 'device' else (f"loader ({r.get('prefetch')}, {r.get('num_workers')}w, "
                                                       f"cache {r.get('cache')})")
     mem = r.get('memory', {}).get('peak_bytes_in_use')
     lines.append(

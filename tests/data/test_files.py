@@ -14,7 +14,7 @@ from PIL import Image
 
 from facejax.data import lfw_pairs, make_source, read_pairs, train_loader
 from facejax.data.decode import UnreadableImage, decode_image
-from facejax.data.pipeline import as_rgb_array
+from facejax.data.loader import as_rgb_array
 from tests.shared_data import ROOT, shared_data
 
 
@@ -274,7 +274,7 @@ def test_lfw_missing_images_name_the_line(tmp_path):
 
 def test_loader_stage_timings():
   """The loader's per-stage breakdown (launch.benchmark_data) runs every stage on encoded records and adds up."""
-  from facejax.data.pipeline import stage_timings
+  from facejax.data.loader import stage_timings
   records = [{'image': _encode(_rgb(k, 60, 50)), 'label': 0} for k in range(4)]
   row = stage_timings(records, 32, n=8, rounds=1)
   assert row['image_size'] == 32
@@ -286,7 +286,7 @@ def test_loader_stage_timings():
 def test_large_jpegs_decode_reduced_in_the_dct_domain():
   """reduce_to: a JPEG >= 2x that size decodes at the smallest n/8 scale keeping both sides >= reduce_to, close
   to the full decode resized; smaller JPEGs and other formats decode at full size, exactly."""
-  from facejax.data.pipeline import Augment, ReadRecord
+  from facejax.data.loader import Augment, ReadRecord
   smooth = np.asarray(Image.fromarray(_rgb(8, 40, 50)).resize((1000, 800), Image.BICUBIC))
   big = _encode(smooth, quality=95)
   reduced = decode_image(big, reduce_to=224)

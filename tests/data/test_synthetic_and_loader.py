@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from facejax.data import SyntheticFaces, SyntheticObjects, eval_batches, synthetic_pairs, train_loader
-from facejax.data.pipeline import (Augment, AugmentOnDevice, canvas_side, center_crop, colour_jitter, device_augment,
+from facejax.data.loader import (Augment, AugmentOnDevice, canvas_side, center_crop, colour_jitter, device_augment,
                                    resize_box)
 from facejax.data.synthetic import SourceImages
 

@@ -83,10 +83,10 @@ def test_classify_device_then_pipeline(tmp_path):
   assert sum(row['frac'] for row in prof['by_op_kind']) <= 1.0 + 1e-6
   config.bench.prefetch = 'device_put'
   config.bench.cache = 'decoded'
-  p = tp.benchmark_training(config, steps=3, warmup=1, data='pipeline', window=2, peak_tflops=1.0)
+  p = tp.benchmark_training(config, steps=3, warmup=1, data='loader', window=2, peak_tflops=1.0)
   assert p['mfu'] is not None and 0 < p['mfu'] < 1
   p['mfu'] = None
-  check(p, steps=3, window=2, data='pipeline')
+  check(p, steps=3, window=2, data='loader')
   assert p['data_source'] == 'synthetic' and p['cache'] == 'decoded' and p['prefetch'] == 'device_put'
   assert p['loader_img_per_s'] > 0 and p['loader_warmup_batches'] == tp.loader_warmup_batches(0, 2) == 6
   # Same program on both paths: the FLOPs agree.
@@ -111,13 +111,13 @@ def test_cli_siamese_pipeline_from_prepared_folders(tmp_path):
              PYTHONPATH=ROOT)
   json_out = tmp_path / 'res' / 'siamese.json'
   cmd = [sys.executable, '-m', 'launch.benchmark_train',
-         f'--config=configs/bench_siamese.py:tiny,model=student_vgg,data_dir={data_dir}', '--data=pipeline',
+         f'--config=configs/bench_siamese.py:tiny,model=student_vgg,data_dir={data_dir}', '--data=loader',
          '--steps=2', '--warmup=1', '--window=1', '--name=siamese_pipeline', f'--json_out={json_out}',
          '--config.bench.prefetch=thread', '--config.data.augment_on=device']
   p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert p.returncode == 0, p.stderr[-3000:]
   r = json.loads(json_out.read_text())
-  check(r, steps=2, window=1, data='pipeline')
+  check(r, steps=2, window=1, data='loader')
   assert r['name'] == 'siamese_pipeline' and r['task'] == 'siamese'
   assert r['data_source'] == 'folders' and r['encoded'] and r['records'] == 24 and r['prefetch'] == 'thread'
   assert r['augment_on'] == 'device'
@@ -240,12 +240,12 @@ def test_paired_table_pairs_device_and_pipeline_runs():
               compile_s=25.0, xla_flags='--a=1')
   records = [dict(base, data='device', img_per_s=5618.0),
              dict(base, data='device', img_per_s=1.0, compile_s=3.0),  # the profile run: the first one counts
-             dict(base, data='pipeline', prefetch='thread', cache='decoded', img_per_s=1399.0),  # not the pairing
-             dict(base, data='pipeline', prefetch='thread', cache='none', img_per_s=5597.0, mfu=None),
-             dict(base, data='pipeline', prefetch='thread', cache='none', img_per_s=5610.0, augment_on='device'),
-             dict(base, data='pipeline', prefetch='none', cache='none', img_per_s=5700.0, augment_on='device'),
+             dict(base, data='loader', prefetch='thread', cache='decoded', img_per_s=1399.0),  # not the pairing
+             dict(base, data='loader', prefetch='thread', cache='none', img_per_s=5597.0, mfu=None),
+             dict(base, data='loader', prefetch='thread', cache='none', img_per_s=5610.0, augment_on='device'),
+             dict(base, data='loader', prefetch='none', cache='none', img_per_s=5700.0, augment_on='device'),
              dict(base, data='device', img_per_s=6100.0, model_kwargs={'stem_space_to_depth': True}),
-             dict(base, data='pipeline', prefetch='thread', cache='none', img_per_s=4800.0, augment_on='host',
+             dict(base, data='loader', prefetch='thread', cache='none', img_per_s=4800.0, augment_on='host',
                   model_kwargs={'stem_space_to_depth': True}),
              dict(base, data='device', img_per_s=5500.0, xla_flags='--a=1 --b=2', compile_cache_hit=True),
              {'name': 'broken', 'error': 'timeout'}]
@@ -257,6 +257,6 @@ def test_paired_table_pairs_device_and_pipeline_runs():
   assert len(rows) == 7 and rows[-1] == 'XLA_FLAGS of every run: --a=1'
   # A flag only the device runs share is theirs, not every run's (a pipeline run without it).
   rows = tp.paired_table([dict(base, data='device', img_per_s=5618.0, xla_flags='--lhs'),
-                          dict(base, data='pipeline', prefetch='thread', cache='none', img_per_s=5000.0,
+                          dict(base, data='loader', prefetch='thread', cache='none', img_per_s=5000.0,
                                xla_flags='')]).splitlines()
   assert rows[2].startswith('| classify | resnet50@224 [--lhs] | 256 | 5,618 | - | - |') and len(rows) == 3
