@@ -34,7 +34,8 @@ from facejax.data.align import ALIGN_MODES, NO_FACE, aligned_chips, describe_ali
 from facejax.data.pairs import load_pairs, resolve_source
 from facejax.evaluation import report, verification
 from facejax.evaluation.threshold import DLIB_THRESHOLD, THRESHOLD_SEARCH, classic_thresholds
-from facejax.inference.embedder import describe_model, flip_mode, load_embedder
+from facejax.inference.embed import flip_mode
+from facejax.inference.embedder import describe_model, load_embedder
 from facejax.runs import THRESHOLD_FILE, eval_dir, jsonable, threshold_path, write_threshold
 
 EMBEDDINGS = ('normalised', 'raw')

@@ -17,6 +17,15 @@ from facejax.models.heads import l2_normalize
 FLIP_MODES = (None, 'sum', 'concat')
 
 
+def flip_mode(flip: str | None) -> str | None:
+  """A flip setting as configs and flags spell it ('' / None / 'none' -> None; 'sum' / 'concat' unchanged)."""
+  if flip in (None, '', 'none'):
+    return None
+  if flip not in FLIP_MODES:
+    raise ValueError(f"flip={flip!r}: expected one of '', 'sum', 'concat'")
+  return flip
+
+
 
 def raw_embed_forward(model, variables) -> Callable[[jnp.ndarray], jnp.ndarray]:
   """The reference (un-normalised) embedding forward of a FaceNet: float model input [B, H, W, 3] -> [B, D]."""

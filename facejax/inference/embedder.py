@@ -20,19 +20,10 @@ from absl import logging
 import numpy as np
 
 from facejax.data.align import align_photo, resolve_align
+from facejax.inference.embed import flip_mode, make_embed_fn
 from facejax.runs import EXPORT_SUFFIXES, is_exported, latest_step, load_run, read_model_info, read_threshold
 
-FLIP_MODES = ('', 'sum', 'concat')
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm', '.pgm')
-
-
-def flip_mode(flip: str | None) -> str | None:
-  """'' / None / 'none' -> None; 'sum' / 'concat' unchanged."""
-  if flip in (None, '', 'none'):
-    return None
-  if flip not in FLIP_MODES:
-    raise ValueError(f"flip={flip!r}: expected one of '', 'sum', 'concat'")
-  return flip
 
 
 def describe_model(path: str) -> dict:
@@ -90,7 +81,6 @@ def load_embedder(path: str, flip: str | None = '', step: int | None = None,
   model, variables, info = load_run(path, step)
   image_size, preprocessing = int(info['image_size']), info['preprocessing_obj']
   if not raw:
-    from facejax.inference.embed import make_embed_fn
     return make_embed_fn(model, variables, preprocessing, image_size, flip=flip), image_size
   if flip:
     raise ValueError(f'flip={flip!r}: raw embeddings are single-image descriptors; expected no flip TTA')
