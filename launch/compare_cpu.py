@@ -305,16 +305,6 @@ def export_onnx(net, image_size: int, path: str) -> None:
                     dynamic_axes={'images': {0: 'batch'}, 'embeddings': {0: 'batch'}})
 
 
-def ort_session(path: str, threads: int):
-  import onnxruntime as ort
-  opts = ort.SessionOptions()
-  opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-  opts.intra_op_num_threads = threads
-  opts.inter_op_num_threads = 1
-  opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-  return ort.InferenceSession(path, opts, providers=['CPUExecutionProvider'])
-
-
 def openvino_model(path: str, shape: list[int], threads: int, f32: bool):
   """OpenVINO CPU executable of an ONNX graph at a static input `shape`; f32 forces float32 inference precision
   (otherwise OpenVINO's default for this CPU: bf16 where it has avx512_bf16 or AMX)."""
@@ -350,6 +340,7 @@ def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, emb
   from facejax.inference.benchmark import inference_params, random_variables
   from facejax.inference.hardware import cpu_info, num_threads
   from facejax.inference.flops import layer_flops
+  from facejax.inference.onnx_export import onnx_session
   from facejax.inference.optimize import optimize_for_inference
   from facejax.inference.optimize.trace import trace_plan
   from facejax.models import build_model, default_image_size
@@ -408,10 +399,10 @@ def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, emb
         c = jax.jit(f).lower(xj).compile(compiler_options=f.compiler_options or None)
         fns[v] = lambda c=c: c(xj)
       elif v == 'ort':
-        sess = ort_session(onnx_path, threads)
+        sess = onnx_session(onnx_path, threads)
         fns[v] = lambda s=sess: s.run(None, {'images': x_nchw})[0]
       elif v == 'ort_facejax':
-        sess = ort_session(facejax_onnx_path, threads)
+        sess = onnx_session(facejax_onnx_path, threads)
         fns[v] = lambda s=sess: s.run(None, {'images': x_nhwc})[0]
       elif v in ('openvino', 'openvino_f32'):
         nhwc = onnx_path is None  # no twin: facejax's own NHWC export
@@ -425,7 +416,7 @@ def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, emb
         q = os.path.join(tmpdir, f'{name}.int8.onnx')
         if not os.path.exists(q):
           quantize_dynamic(onnx_path, q, weight_type=QuantType.QInt8)
-        sess = ort_session(q, threads)
+        sess = onnx_session(q, threads)
         fns[v] = lambda s=sess: s.run(None, {'images': x_nchw})[0]
       elif v in ('torch', 'torch_1t'):
         def run_torch(n=1 if v == 'torch_1t' else threads):

@@ -64,12 +64,6 @@ def onnx_session(path: str, threads: int = 0):
   return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
 
 
-def onnx_embed(session, images) -> np.ndarray:
-  """uint8 [B, S, S, 3] RGB -> float32 [B, D] L2-normalised, through an `onnx_session`."""
-  images = np.asarray(images)
-  return session.run([OUTPUT], {INPUT: images[None] if images.ndim == 3 else images})[0]
-
-
 class OnnxEmbedder:
   """An exported ONNX model as facejax's CLIs use any model (`embedder.load_embedder(path.onnx)`): `embedder(
   images)` uint8 [B, S, S, 3] RGB -> np.float32 [B, D] L2-normalised, run by ONNX Runtime."""
@@ -87,4 +81,4 @@ class OnnxEmbedder:
     if images.ndim != 4 or images.shape[1:] != (self.image_size, self.image_size, 3) or images.dtype != np.uint8:
       raise ValueError(f'images: expected uint8 [B, {self.image_size}, {self.image_size}, 3], got '
                        f'{images.dtype} {images.shape}')
-    return onnx_embed(self.session, images)
+    return self.session.run([OUTPUT], {INPUT: images})[0]

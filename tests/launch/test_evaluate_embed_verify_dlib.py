@@ -162,7 +162,7 @@ def test_onnx_export_reproduces_the_embeddings_of_real_faces(dlib_run, photos, t
   from facejax.data.align import FaceAligner
   from facejax.inference.embed import embed_images
   from facejax.inference.embedder import load_embedder, read_image
-  from facejax.inference.onnx_export import onnx_embed, onnx_session
+  from facejax.inference.onnx_export import OnnxEmbedder
   from tests.shared_data import ROOT
   files = [str(photos / 'hopper.jpg'), str(photos / 'mirror.png')]
   lfw = os.path.join(os.environ.get('FACEJAX_DATA') or os.path.join(os.path.dirname(ROOT), 'shared', 'data'), 'lfw')
@@ -181,8 +181,8 @@ def test_onnx_export_reproduces_the_embeddings_of_real_faces(dlib_run, photos, t
     assert meta['input'] == {'name': 'images', 'shape': [None, 150, 150, 3], 'dtype': 'uint8', 'layout': 'NHWC RGB'}
     assert meta['align']['kind'] == 'dlib_5pt' and meta['optimize'] == ({'dtype': 'float32', 'conv': 'xla'}
                                                                         if not flags else None)
-    session = onnx_session(out)
-    got = np.concatenate([onnx_embed(session, chips[:1]), onnx_embed(session, chips[1:])])  # batch 1 and the rest
+    embedder = OnnxEmbedder(out)
+    got = np.concatenate([embedder(chips[:1]), embedder(chips[1:])])  # batch 1 and the rest
     np.testing.assert_allclose(got, ref, atol=2e-5)
   # The CLIs take the ONNX model like any export: photos aligned as its sidecar says, embedded by ONNX Runtime.
   want = embed_paths(dlib_run, str(photos), str(tmp_path / 'run.npz'), batch_size=4, progress=False)
