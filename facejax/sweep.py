@@ -33,6 +33,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from facejax import markdown
 from facejax.evaluation.verification import compare
 from facejax.runs import jsonable
 
@@ -362,15 +363,14 @@ def sweep_markdown(out: dict) -> str:
   lines = [f'# sweep: {out["workdir"]}', '',
            f'baseline: `{out["baseline"]}`' + (f'; one teacher, trained by `{out["shared_teacher"]}`, shared by all '
                                                 f'variants' if out['shared_teacher'] else '')
-           + (f'; overrides are under `{prefix}`' if prefix else ''), '',
-           '| variant | model | overrides | params | x fewer | GFLOPs | CPU ms/img | accuracy (%) | AUC | EER (%) '
-           '| TAR@FAR=1e-3 (%) | vs baseline (pp, paired folds) |',
-           '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|']
+           + (f'; overrides are under `{prefix}`' if prefix else ''), '']
+  head = ['variant', 'model', 'overrides', 'params', 'x fewer', 'GFLOPs', 'CPU ms/img', 'accuracy (%)', 'AUC',
+          'EER (%)', 'TAR@FAR=1e-3 (%)', 'vs baseline (pp, paired folds)']
+  cells = []
   for r in out['rows']:
     if r['status'] != 'ok':
       why = f'**{r["status"]}**: {r.get("error") or ""}' + (f' (log: `{r["log"]}`)' if r.get('log') else '')
-      cells = [r['variant'], '-', short_overrides(r['overrides'], prefix), why] + [''] * 8
-      lines.append('| ' + ' | '.join(cells) + ' |')
+      cells.append([r['variant'], '-', short_overrides(r['overrides'], prefix), why] + [''] * 8)
       continue
     vs = r['vs_baseline']
     if vs is None:
@@ -379,12 +379,11 @@ def sweep_markdown(out: dict) -> str:
       vs_text = f'not comparable: {vs["error"]}'
     else:
       vs_text = f'{100 * vs["mean_diff"]:+.2f} +- {100 * vs["sem_diff"]:.2f} (p={vs["p_value"]:.2g})'
-    lines.append(
-        f'| {r["variant"]} | {r["model"]} | {short_overrides(r["overrides"], prefix)} | {_count(r["params"])} | '
-        f'{r["param_ratio"]:.1f} | {r["gflops"]:.3g} | {r["cpu_ms_b1"]:.2f} | '
-        f'{pct(r["accuracy"])} +- {pct(r["accuracy_std"])} | {r["auc"]:.4f} | {pct(r["eer"])} | '
-        f'{pct(r["tar_at_far_1e-3"])} | {vs_text} |')
-  lines += ['', 'x fewer: teacher params / params. CPU ms/img: batch 1, median of AOT-compiled runs. accuracy: mean +- '
+    cells.append([r['variant'], r['model'], short_overrides(r['overrides'], prefix), _count(r['params']),
+                  f'{r["param_ratio"]:.1f}', f'{r["gflops"]:.3g}', f'{r["cpu_ms_b1"]:.2f}',
+                  f'{pct(r["accuracy"])} +- {pct(r["accuracy_std"])}', f'{r["auc"]:.4f}', pct(r['eer']),
+                  pct(r['tar_at_far_1e-3']), vs_text])
+  lines += [markdown.table(head, cells, 'lllrrrrrrrrl'), '', 'x fewer: teacher params / params. CPU ms/img: batch 1, median of AOT-compiled runs. accuracy: mean +- '
             'std over the folds. vs baseline: fold accuracy minus the baseline variant\'s same model, mean +- s.e. '
             'over the paired folds, two-sided paired t-test.', '', '## Commands (each variant alone)', '', '```']
   lines += [v['command'] for v in out['variants']] + ['```', '']

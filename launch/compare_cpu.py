@@ -34,6 +34,8 @@ import time
 
 from absl import app, flags
 
+from facejax import markdown
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list('models', ['resnet50', 'vgg16', 'vgg_small', 'student_vgg', 'mobilefacenet', 'resnet18',
                              'resnet18_w050'], 'Registry models (each at its default input size).')
@@ -459,7 +461,7 @@ def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, emb
   return records
 
 
-def markdown(records: list[dict]) -> str:
+def comparison_table(records: list[dict]) -> str:
   """Per model: params, GFLOPs, ms at batch 1 and ms/image at the largest batch for each variant, and each
   optimized facejax variant / ONNX Runtime (on the torch twin's graph, else on facejax's own export) and / OpenVINO
   at its default precision, at both batches."""
@@ -475,7 +477,7 @@ def markdown(records: list[dict]) -> str:
   if bmax > 1:
     head += [f'{v} b{bmax} /img' for v in variants]
   head += [f'{v[4:]}/{label} b{b}' for a, label in anchors for b, _ in batches for v in ratios]
-  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * 2 + '---:|' * (len(head) - 2)]
+  cells = []
   for m in models:
     any_r = next(r for r in records if r['model'] == m)
     row = [m, f"{any_r['params'] / 1e6:.2f}", f"{any_r['gflops_per_image']:.2f}"]
@@ -486,8 +488,8 @@ def markdown(records: list[dict]) -> str:
         for v in ratios:
           x, o = get(m, v, b), get(m, anchor, b) or (get(m, 'ort_facejax', b) if anchor == 'ort' else None)
           row.append(f"{x[key] / o[key]:.2f}" if x and o else '-')
-    lines.append('| ' + ' | '.join(row) + ' |')
-  return '\n'.join(lines)
+    cells.append(row)
+  return markdown.table(head, cells, 'll' + 'r' * (len(head) - 2))
 
 
 def missing_packages(variants, ort_int8: bool) -> list[str]:
@@ -521,7 +523,7 @@ def main(argv):
                              FLAGS.calls, FLAGS.embed_dim, dict(OPT_VARIANTS, **json.loads(FLAGS.opt_variants)),
                              FLAGS.ort_int8,
                              log=lambda r: print(json.dumps(r), flush=True))
-  table = markdown(records)
+  table = comparison_table(records)
   print(table)
   if FLAGS.json_out:
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json_out)), exist_ok=True)

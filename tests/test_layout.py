@@ -1,7 +1,7 @@
 """The import direction of DESIGN.md, checked on the source: every `import` in facejax/ (module level or inside a
 function: a lazy import is an edge too) is parsed with `ast`, never executed.
 
-  data, models, losses (0) -> runs (1) -> inference, convert (2) -> evaluation (3) -> train (4) -> pipeline, sweep (5)
+  data, models, losses, markdown (0) -> runs (1) -> inference, convert (2) -> evaluation (3) -> train (4) -> pipeline, sweep (5)
 
 No edge points up this order, no modules import each other in a circle, and nothing in facejax/ imports launch/,
 tests/ or configs/ (launch/ sits above everything; configs/ are read by path, never imported)."""
@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = 'facejax'
 
 LAYERS = {
-    'facejax.data': 0, 'facejax.models': 0, 'facejax.losses': 0,
+    'facejax.data': 0, 'facejax.models': 0, 'facejax.losses': 0, 'facejax.markdown': 0,
     'facejax.runs': 1,
     'facejax.inference': 2, 'facejax.convert': 2,
     'facejax.evaluation': 3,

@@ -6,6 +6,8 @@ from typing import Mapping
 
 import numpy as np
 
+from facejax import markdown
+
 TABLE_KEYS = ('params', 'gflops', 'cpu_ms_b1', 'accuracy', 'accuracy_std', 'auc', 'eer', 'tar_at_far_1e-3')
 
 
@@ -24,19 +26,18 @@ def results_markdown(rows: Mapping[str, Mapping]) -> str:
 
   Missing or None values print as '-'. Accuracy, EER and TAR are in percent; std is the fold std (ddof=0).
   """
-  lines = ['| model | params | GFLOPs | CPU ms/img | accuracy (%) | AUC | EER (%) | TAR@FAR=1e-3 (%) |',
-           '|---|---:|---:|---:|---:|---:|---:|---:|']
+  cells = []
   for name, row in rows.items():
     acc, std = row.get('accuracy'), row.get('accuracy_std')
     acc_text = _fmt(acc, lambda v: f'{100 * v:.2f}')
     if acc is not None and std is not None:
       acc_text += f' +- {100 * std:.2f}'
-    cells = [str(name), _fmt(row.get('params'), _count), _fmt(row.get('gflops'), lambda v: f'{v:.3g}'),
+    cells.append([str(name), _fmt(row.get('params'), _count), _fmt(row.get('gflops'), lambda v: f'{v:.3g}'),
              _fmt(row.get('cpu_ms_b1'), lambda v: f'{v:.2f}'), acc_text, _fmt(row.get('auc'), lambda v: f'{v:.4f}'),
              _fmt(row.get('eer'), lambda v: f'{100 * v:.2f}'),
-             _fmt(row.get('tar_at_far_1e-3'), lambda v: f'{100 * v:.2f}')]
-    lines.append('| ' + ' | '.join(cells) + ' |')
-  return '\n'.join(lines) + '\n'
+             _fmt(row.get('tar_at_far_1e-3'), lambda v: f'{100 * v:.2f}')])
+  head = ['model', 'params', 'GFLOPs', 'CPU ms/img', 'accuracy (%)', 'AUC', 'EER (%)', 'TAR@FAR=1e-3 (%)']
+  return markdown.table(head, cells, 'lrrrrrrr') + '\n'
 
 
 def plot_roc(results: Mapping[str, dict], path, title: str = 'ROC', min_far: float | None = None) -> None:

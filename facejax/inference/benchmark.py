@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from facejax import markdown
 from facejax.inference.flops import compiled_flops, layer_flops
 from facejax.inference.hardware import cpu_info, num_threads, peak_rss_mb
 
@@ -194,12 +195,11 @@ def markdown_table(records: list[dict]) -> str:
     if r['batch_size'] > 1 and r['batch_size'] >= row['bmax']:
       row['batched'], row['bmax'] = r['ms_per_image'], r['batch_size']
   fmt = lambda v, f='{:.2f}': '-' if v is None else f.format(v)
-  lines = ['| model | variant | params (M) | GFLOPs | ms b1 | ms/img batched |', '|---|---|---:|---:|---:|---:|']
+  cells = []
   for (model, variant), row in rows.items():
     batched = f"{fmt(row['batched'])} (b{row['bmax']})" if row['batched'] is not None else '-'
-    lines.append(f"| {model} | {variant} | {row['params'] / 1e6:.2f} | {fmt(row['gflops'])} | {fmt(row['b1'])} | "
-                 f"{batched} |")
-  return '\n'.join(lines)
+    cells.append([model, variant, f"{row['params'] / 1e6:.2f}", fmt(row['gflops']), fmt(row['b1']), batched])
+  return markdown.table(['model', 'variant', 'params (M)', 'GFLOPs', 'ms b1', 'ms/img batched'], cells, 'llrrrr')
 
 
 def zoo_row(name: str, embed_dim: int = 128) -> dict:
@@ -225,5 +225,4 @@ def zoo_row(name: str, embed_dim: int = 128) -> dict:
 def zoo_markdown(rows: list[dict]) -> str:
   keys = [k for k in rows[0] if k != 'doc'] + ['doc']
   fmt = lambda v: f'{v:,}' if isinstance(v, int) else str(v)
-  lines = ['| ' + ' | '.join(keys) + ' |', '|' + '---|' * len(keys)]
-  return '\n'.join(lines + ['| ' + ' | '.join(fmt(r[k]) for k in keys) + ' |' for r in rows])
+  return markdown.table(keys, [[fmt(r[k]) for k in keys] for r in rows], 'l' * len(keys))

@@ -34,6 +34,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from facejax import markdown
 from facejax.train.config import TINY_FIELDS, bench_section
 from facejax.train.feed import DeviceFeed, batch_sharding, device_augmentation, replicate
 from facejax.train.profile import latest_xplane, trace_summary, write_text
@@ -532,21 +533,22 @@ def summary_table(records: list[dict]) -> str:
   def fmt(v, f='{:.1f}'):
     return '-' if v is None else f.format(v)
 
-  lines = ['| name | task | model | data | batch | img/s | step ms | MFU | compile s | peak mem GiB | loader img/s |',
-           '|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|']
+  head = ['name', 'task', 'model', 'data', 'batch', 'img/s', 'step ms', 'MFU', 'compile s', 'peak mem GiB',
+          'loader img/s']
+  cells = []
   for r in records:
     if 'error' in r:
-      lines.append(f"| {r.get('name', '?')} | failed: {r['error'][:80]} |  |  |  |  |  |  |  |  |  |")
+      cells.append([r.get('name', '?'), f"failed: {r['error'][:80]}"] + [''] * 9)
       continue
     data = r['data'] if r['data'] == 'device' else (f"loader ({r.get('prefetch')}, {r.get('num_workers')}w, "
                                                       f"cache {r.get('cache')})")
     mem = r.get('memory', {}).get('peak_bytes_in_use')
-    lines.append(
-        f"| {r.get('name', '')} | {r['task']} | {r['label']}@{r['image_size']} | {data} | {r['batch_size']} | "
-        f"{fmt(r['img_per_s'], '{:.0f}')} | {fmt(r['step_ms_median'], '{:.2f}')} | "
-        f"{fmt(None if r['mfu'] is None else 100 * r['mfu'], '{:.1f}%')} | "
-        f"{fmt(r['compile_s'])}{' (cache)' if r.get('compile_cache_hit') else ''} | "
-        f"{fmt(None if mem is None else mem / 2**30, '{:.1f}')} | {fmt(r.get('loader_img_per_s'), '{:.0f}')} |")
+    cells.append([r.get('name', ''), r['task'], f"{r['label']}@{r['image_size']}", data, r['batch_size'],
+                  fmt(r['img_per_s'], '{:.0f}'), fmt(r['step_ms_median'], '{:.2f}'),
+                  fmt(None if r['mfu'] is None else 100 * r['mfu'], '{:.1f}%'),
+                  f"{fmt(r['compile_s'])}{' (cache)' if r.get('compile_cache_hit') else ''}",
+                  fmt(None if mem is None else mem / 2**30, '{:.1f}'), fmt(r.get('loader_img_per_s'), '{:.0f}')])
+  lines = [markdown.table(head, cells, 'llllrrrrrrr')]
   if records:
     r = next((x for x in records if 'device_kind' in x), {})
     lines.append('')
@@ -571,9 +573,9 @@ def paired_table(records: list[dict]) -> str:
       device.setdefault(key(r), r)
     elif r.get('prefetch') == 'thread' and r.get('cache') in (None, 'none'):
       pipeline.setdefault((key(r), r.get('augment_on') or 'host'), r)
-  lines = ['| task | model | batch | img/s on-device batch | img/s pipeline, augment on host | '
-           'img/s pipeline, augment on device | pipeline / device | MFU | compile s |',
-           '|---|---|---:|---:|---:|---:|---:|---:|---:|']
+  head = ['task', 'model', 'batch', 'img/s on-device batch', 'img/s pipeline, augment on host',
+          'img/s pipeline, augment on device', 'pipeline / device', 'MFU', 'compile s']
+  cells = []
   shown = [r for r in records if 'error' not in r]
   common = set.intersection(*(set((r.get('xla_flags') or '').split()) for r in shown)) if shown else set()
   for k, d in device.items():
@@ -582,11 +584,12 @@ def paired_table(records: list[dict]) -> str:
     kwargs = ', '.join(f'{a}={b}' for a, b in json.loads(k[4]).items() if a not in TINY_FIELDS)
     flags = ' '.join(f for f in k[5].split() if f not in common)
     mfu = '-' if d['mfu'] is None else f"{100 * d['mfu']:.1f}%"
-    lines.append(f"| {d['task']} | {d['label']}@{d['image_size']}{f' ({kwargs})' if kwargs else ''}"
-                 f"{f' [{flags}]' if flags else ''} | {d['batch_size']} | {d['img_per_s']:,.0f} | "
-                 + ''.join('- | ' if x is None else f'{x:,.0f} | ' for x in rates)
-                 + f"{'-' if best is None else format(best / d['img_per_s'], '.2f')} | {mfu} | "
-                 f"{d['compile_s']:.1f}{' (cache)' if d.get('compile_cache_hit') else ''} |")
+    cells.append([d['task'], f"{d['label']}@{d['image_size']}{f' ({kwargs})' if kwargs else ''}"
+                             f"{f' [{flags}]' if flags else ''}", d['batch_size'], f"{d['img_per_s']:,.0f}"]
+                 + ['-' if x is None else f'{x:,.0f}' for x in rates]
+                 + ['-' if best is None else format(best / d['img_per_s'], '.2f'), mfu,
+                    f"{d['compile_s']:.1f}{' (cache)' if d.get('compile_cache_hit') else ''}"])
+  lines = [markdown.table(head, cells, 'llrrrrrrr')]
   if common:
     lines += ['', f"XLA_FLAGS of every run: {' '.join(sorted(common))}"]
   return '\n'.join(lines)
