@@ -4,7 +4,8 @@ function: a lazy import is an edge too) is parsed with `ast`, never executed.
   data, models, losses, markdown (0) -> runs (1) -> inference, convert (2) -> evaluation (3) -> train (4) -> pipeline, sweep (5)
 
 No edge points up this order, no modules import each other in a circle, and nothing in facejax/ imports launch/,
-tests/ or configs/ (launch/ sits above everything; configs/ are read by path, never imported)."""
+tests/, configs/ or bench/ (launch/ sits above everything; configs/ are read by path, never imported; bench/ holds
+the PyTorch twins and the other frameworks' anchors of launch.compare_cpu)."""
 from __future__ import annotations
 
 import ast
@@ -21,7 +22,7 @@ LAYERS = {
     'facejax.train': 4,
     'facejax.pipeline': 5, 'facejax.sweep': 5,
 }
-FORBIDDEN = ('launch', 'tests', 'configs')  # top-level names facejax/ never imports
+FORBIDDEN = ('launch', 'tests', 'configs', 'bench')  # top-level names facejax/ never imports
 
 
 def module_files(root: str = ROOT) -> dict[str, str]:
