@@ -5,7 +5,8 @@ function: a lazy import is an edge too) is parsed with `ast`, never executed.
 
 No edge points up this order, no modules import each other in a circle, and nothing in facejax/ imports launch/,
 tests/, configs/ or bench/ (launch/ sits above everything; configs/ are read by path, never imported; bench/ holds
-the PyTorch twins and the other frameworks' anchors of launch.compare_cpu)."""
+the PyTorch twins and the other frameworks' anchors of launch.compare_cpu), nor torch or keras (test-only references:
+torch checkpoints are read by facejax.convert.torch_file)."""
 from __future__ import annotations
 
 import ast
@@ -22,7 +23,7 @@ LAYERS = {
     'facejax.train': 4,
     'facejax.pipeline': 5, 'facejax.sweep': 5,
 }
-FORBIDDEN = ('launch', 'tests', 'configs', 'bench')  # top-level names facejax/ never imports
+FORBIDDEN = ('launch', 'tests', 'configs', 'bench', 'torch', 'keras')  # top-level names facejax/ never imports
 
 
 def module_files(root: str = ROOT) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """torchvision (and timm ResNet) state dicts -> facejax variables.
 
-`.safetensors` is read with safetensors.numpy; `.pth`/`.pt`/`.bin` need torch, imported only then. Wrappers
+`.safetensors` is read with safetensors.numpy, `.pth`/`.pt`/`.bin` by facejax.convert.torch_file (no torch). Wrappers
 (`{'state_dict': ...}`, `{'model': ...}`) and DataParallel's `module.` prefix are removed.
 
 Tensor layouts: conv `[out, in, kh, kw]` -> `[kh, kw, in, out]`; linear `[out, in]` -> `[in, out]`; VGG fc6
@@ -15,6 +15,7 @@ import re
 
 import numpy as np
 
+from facejax.convert import torch_file
 from facejax.convert.plan import Assignment, Plan, vgg_image_size
 from facejax.models.registry import build_backbone
 from facejax.models.resnet import BottleneckBlock
@@ -46,18 +47,9 @@ def read_state_dict(path: str) -> tuple[dict[str, np.ndarray], str]:
     from safetensors.numpy import load_file
     tensors, fmt = load_file(path), 'safetensors'
   elif ext in TORCH_SUFFIXES:
-    try:
-      import torch
-    except ImportError as e:
-      raise ImportError(f'{path}: reading {ext} files needs torch (pip install torch), or save the state dict '
-                        'with safetensors') from e
-    sd = _unwrap(torch.load(path, map_location='cpu', weights_only=True), path)
-    tensors, fmt = {}, 'torch'
-    for k, t in sd.items():
-      if not hasattr(t, 'detach'):
-        continue  # non-tensor entries (e.g. metadata) carry no weights
-      t = t.detach().cpu()
-      tensors[k] = (t.float() if t.is_floating_point() else t).numpy()
+    sd = _unwrap(torch_file.load(path), path)
+    # non-tensor entries (e.g. metadata) carry no weights
+    tensors, fmt = {k: v for k, v in sd.items() if isinstance(v, np.ndarray)}, 'torch'
   else:
     raise ValueError(f'{path}: a torchvision state dict must be one of .safetensors, {", ".join(TORCH_SUFFIXES)}')
   if tensors and all(k.startswith('module.') for k in tensors):
