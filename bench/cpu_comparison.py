@@ -71,14 +71,14 @@ def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, emb
   from facejax.inference.flops import layer_flops
   from facejax.inference.onnx_export import onnx_session
   from facejax.inference.optimize import optimize_for_inference
-  from facejax.inference.optimize.trace import trace_plan
+  from facejax.inference.optimize.trace import trace_layers
   from facejax.models import build_model, default_image_size
   threads, cpu = num_threads(), cpu_info()
   torch.set_num_threads(threads)
   size = default_image_size(name)
   model = build_model(name, num_classes=0, embed_dim=embed_dim)
   variables = random_variables(model, size)
-  flops = layer_flops(trace_plan(model, variables, size))
+  flops = layer_flops(trace_layers(model, variables, size))
   tmpdir = tempfile.mkdtemp(prefix=f'compare_{name}_')
   no_twin = type(model.backbone).__name__ not in TWINS  # e.g. dlib's ResNet: the runtimes read facejax's export
   if no_twin:

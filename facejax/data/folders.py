@@ -152,7 +152,7 @@ class FacejaxFolders(tfds.core.GeneratorBasedBuilder):
     super().__init__(**kwargs)
 
   def _info(self):
-    self._plan()
+    self._scan()
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
             'image': tfds.features.Image(shape=(None, None, 3)),
@@ -163,11 +163,11 @@ class FacejaxFolders(tfds.core.GeneratorBasedBuilder):
         metadata=tfds.core.MetadataDict(),
     )
 
-  def _plan(self):
+  def _scan(self):
     """Scan manual_dir once (the label names are part of the features, so _info needs them)."""
-    if getattr(self, '_splits_plan', None) is not None:
+    if getattr(self, '_split_images', None) is not None:
       return
-    self._label_names, self._splits_plan, self.summary = None, None, None
+    self._label_names, self._split_images, self.summary = None, None, None
     manual_dir = getattr(self, '_facejax_manual_dir', None)
     if manual_dir is None:
       return  # reading an existing dataset: features come from dataset_info.json
@@ -176,10 +176,10 @@ class FacejaxFolders(tfds.core.GeneratorBasedBuilder):
                                                            max_pixels=c.max_pixels, min_side=c.min_side)
     if not images:
       raise ValueError(f'{manual_dir}: no identity has >= {c.min_images} usable images ({counts})')
-    self._label_names, self._splits_plan = split_images(images, c.split_by, c.val_fraction, c.seed)
+    self._label_names, self._split_images = split_images(images, c.split_by, c.val_fraction, c.seed)
     self._manual_dir = manual_dir
     splits = {name: {'identities': len({im.identity for im in ims}), 'images': len(ims)}
-              for name, ims in self._splits_plan.items() if ims}
+              for name, ims in self._split_images.items() if ims}
     self.summary = {'root': manual_dir, 'config': {k: getattr(c, k) for k in ('name', 'split_by', 'val_fraction', 'min_images', 'min_side',
                                                               'max_pixels', 'seed')}, **counts,
                     'decode': decode_summary.to_dict(), 'splits': splits,
@@ -189,7 +189,7 @@ class FacejaxFolders(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     self.info.metadata['summary'] = self.summary
-    return {name: self._generate_examples(ims) for name, ims in self._splits_plan.items() if ims}
+    return {name: self._generate_examples(ims) for name, ims in self._split_images.items() if ims}
 
   def _generate_examples(self, images):
     for im in images:

@@ -134,8 +134,8 @@ def benchmark_model(name_or_model, variables=None, *, batch_size: int = 1, image
     # On the device once: numpy arguments would be copied host -> device on every call.
     result = benchmark(fn, (jax.device_put(variables), x), warmup=warmup, runs=runs)
     variant = variant or 'plain'
-  from facejax.inference.optimize.trace import trace_plan
-  flops = layer_flops(trace_plan(model, variables, image_size))  # traced at batch 1
+  from facejax.inference.optimize.trace import trace_layers
+  flops = layer_flops(trace_layers(model, variables, image_size))  # traced at batch 1
   return {
       'model': name,
       'params': inference_params(variables),
@@ -206,7 +206,7 @@ def zoo_row(name: str, embed_dim: int = 128) -> dict:
   """A registry model's card: input size, feature width, parameters (backbone, with the ImageNet head, as a face
   model with `embed_dim`) and the face model's batch-1 GFLOPs as every facejax report counts them
   (`flops.layer_flops`: 2 x the multiply-accumulates of its conv and dense layers)."""
-  from facejax.inference.optimize.trace import trace_plan
+  from facejax.inference.optimize.trace import trace_layers
   from facejax.models import MODELS, build_backbone, build_classifier, build_model, count_params, default_image_size
   size = default_image_size(name)
   x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
@@ -218,7 +218,7 @@ def zoo_row(name: str, embed_dim: int = 128) -> dict:
           'params_backbone': count_params(bvars['params']),
           'params_imagenet_head': count_params(shapes(build_classifier(name, 1000))['params']),
           f'params_face_d{embed_dim}': count_params(shapes(face, method='forward')['params']),
-          'gflops': round(layer_flops(trace_plan(face, random_variables(face, size), size)) / 1e9, 3),
+          'gflops': round(layer_flops(trace_layers(face, random_variables(face, size), size)) / 1e9, 3),
           'doc': MODELS[name].doc}
 
 

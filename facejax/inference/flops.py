@@ -1,7 +1,7 @@
 """FLOP counting, every count facejax reports.
 
-`layer_flops(plan)`: 2 x the multiply-accumulates of the conv and dense layers of a traced plan
-(`optimize.trace.trace_plan`), the model's cost whatever its lowering (model cards, benchmark records).
+`layer_flops(traced)`: 2 x the multiply-accumulates of the conv and dense layers `trace_layers` found
+(`optimize.trace.trace_layers`), the model's cost whatever its lowering (model cards, benchmark records).
 `compiled_flops(compiled)`: what XLA's cost analysis of a lowered or compiled executable says.
 `jaxpr_flops` counts conv/matmul FLOPs from a function's jaxpr instead, the same on every backend (on GPU XLA's
 count misses the cuDNN/cuBLAS custom calls).
@@ -15,14 +15,14 @@ import jax
 import numpy as np
 
 if TYPE_CHECKING:
-  from facejax.inference.optimize.trace import LayerPlan
+  from facejax.inference.optimize.trace import TracedLayer
 
 
-def layer_flops(plan: dict[str, LayerPlan]) -> int:
-  """2 x multiply-accumulates of every conv and dense layer in the plan (at the traced batch size): the model's
+def layer_flops(traced: dict[str, TracedLayer]) -> int:
+  """2 x multiply-accumulates of every conv and dense layer traced (at the traced batch size): the model's
   FLOPs independent of how they are lowered (XLA's cost analysis counts im2col copies and BN arithmetic too)."""
   total = 0
-  for entry in plan.values():
+  for entry in traced.values():
     if entry.kind == 'conv':
       c = entry.module
       total += int(np.prod(entry.out_shape)) * int(np.prod(c.kernel_size)) * (entry.in_shape[-1] //

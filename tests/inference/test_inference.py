@@ -22,7 +22,7 @@ from facejax.inference.embed import embed_images, make_embed_fn
 from facejax.inference.export import export_embedder, load_exported, save_exported
 from facejax.inference.optimize import optimize_for_inference, prepare_layers
 from facejax.inference.optimize.fold import fold_batch_norm
-from facejax.inference.optimize.trace import trace_plan
+from facejax.inference.optimize.trace import trace_layers
 from facejax.models import MODELS, build_model
 from facejax.models.preprocessing import FACEJAX
 
@@ -116,14 +116,14 @@ def test_conv_lowerings_match_reference(conv):
 def test_auto_lowering_choices():
   model = build_model('resnet50', num_classes=0, embed_dim=16)
   variables = random_variables(model, 224)
-  plan = trace_plan(model, variables, 224)
-  layers = prepare_layers(fold_batch_norm(model, variables, 224, plan), plan, 'auto', 'float32')['layers']
+  traced = trace_layers(model, variables, 224)
+  layers = prepare_layers(fold_batch_norm(model, variables, 224, traced), traced, 'auto', 'float32')['layers']
   low = {p: v['lowering'] for p, v in layers.items()}
   assert low['backbone/conv1'] == 'xla'  # 7x7 stem at 112x112
   assert low['backbone/layer1_0/conv2'] == 'xla' and low['backbone/layer1_0/conv1'] == 'matmul'
   assert low['backbone/layer3_1/conv2'] == 'winograd' and low['backbone/layer4_0/conv2'] == 'matmul'  # 14x14; s2
   assert layers['backbone/layer3_1/conv2']['kernel'].shape == (16, 256, 256)
-  int8 = prepare_layers(fold_batch_norm(model, variables, 224, plan), plan, 'auto', 'int8',
+  int8 = prepare_layers(fold_batch_norm(model, variables, 224, traced), traced, 'auto', 'int8',
                         int8_im2col_max_pixels=3136)['layers']
   assert int8['backbone/conv1']['lowering'] == 'xla'  # 112x112 > 3136 pixels: float32 native conv
   assert {v['lowering'] for p, v in int8.items() if p != 'backbone/conv1'} == {'matmul'}
@@ -138,16 +138,16 @@ def test_bf16_lowering_by_im2col_bytes():
     model = build_model(name, num_classes=0, embed_dim=16)
     shapes = jax.eval_shape(lambda k, x: model.init(k, x, method=model.embed), jax.random.PRNGKey(0),
                             jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
-    plan = trace_plan(model, shapes, 224)
-    low = {p.split('/')[-1] if name == 'vgg16' else p: auto_lowering(e, 'bfloat16') for p, e in plan.items()
+    traced = trace_layers(model, shapes, 224)
+    low = {p.split('/')[-1] if name == 'vgg16' else p: auto_lowering(e, 'bfloat16') for p, e in traced.items()
            if e.kind == 'conv'}
     assert {p for p, v in low.items() if v == 'xla'} == native, name
   model, variables = _model('vgg16')
-  plan = trace_plan(model, variables, SIZE)
-  layers = prepare_layers(fold_batch_norm(model, variables, SIZE, plan), plan, 'auto', 'bfloat16')['layers']
+  traced = trace_layers(model, variables, SIZE)
+  layers = prepare_layers(fold_batch_norm(model, variables, SIZE, traced), traced, 'auto', 'bfloat16')['layers']
   assert layers['backbone/conv3_1']['kernel'].dtype == jnp.bfloat16
   fc6 = layers['backbone/fc6']['kernel']
-  assert fc6.dtype == np.float32 and fc6.shape == (plan['backbone/fc6'].out_shape[-1], plan['backbone/fc6'].in_shape[-1])
+  assert fc6.dtype == np.float32 and fc6.shape == (traced['backbone/fc6'].out_shape[-1], traced['backbone/fc6'].in_shape[-1])
 
 
 def _dot_operand_dtypes(hlo: str) -> list[tuple[str, ...]]:
@@ -168,7 +168,7 @@ def test_bf16_matmuls_stay_bf16_after_xla():
   fn = optimize_for_inference(model, variables, image_size=SIZE, dtype='bfloat16', conv='im2col')
   hlo = jax.jit(fn).lower(_inputs()).compile(compiler_options=fn.compiler_options).as_text()
   dots = _dot_operand_dtypes(hlo)
-  convs = len([e for e in trace_plan(model, variables, SIZE).values() if e.kind == 'conv'])
+  convs = len([e for e in trace_layers(model, variables, SIZE).values() if e.kind == 'conv'])
   assert sum(d == ('bf16', 'bf16') for d in dots) == convs, dots
   assert not re.search(r'= f32\[[\d,]+\]\{[\d,]+\} concatenate\(', hlo)
 
@@ -209,9 +209,9 @@ def test_bn_folding_math_on_conv_and_dense():
   variables['params']['BatchNorm_0'] = {k: rng.normal(size=v.shape).astype(np.float32)
                                         for k, v in variables['params']['BatchNorm_0'].items()}
   method = lambda m, x: m(x)
-  plan = trace_plan(net, variables, 8, method)
-  assert plan['BatchNorm_0'].fold_into == 'Conv_0' and plan['BatchNorm_1'].fold_into == 'Dense_0'
-  folded = fold_batch_norm(net, variables, 8, plan)
+  traced = trace_layers(net, variables, 8, method)
+  assert traced['BatchNorm_0'].fold_into == 'Conv_0' and traced['BatchNorm_1'].fold_into == 'Dense_0'
+  folded = fold_batch_norm(net, variables, 8, traced)
   bn = variables['batch_stats']['BatchNorm_0']
   g = variables['params']['BatchNorm_0']
   s = g['scale'] / np.sqrt(bn['var'] + 1e-3)

@@ -1,6 +1,6 @@
 """Inference-only rewrites of a trained FaceNet: the same variables, a faster forward.
 
-One abstract trace of the embedding forward gives the plan (`trace`); from it BatchNorms fold into the layer
+One abstract trace of the embedding forward gives the traced layers (`trace`); from it BatchNorms fold into the layer
 before them (`fold`), convs are re-lowered (`lowering`), weights are cast or quantised per dtype policy
 (`quantize`) and XLA options are picked per dtype and network (`options`). This module holds the entry points:
 `optimize_for_inference` (and `inference_forward`, its raw output), with `prepare_layers` between the folded
@@ -34,7 +34,7 @@ from facejax.inference.optimize.lowering import (AUTO_IM2COL_MAX_PIXELS, AUTO_IN
                                                  dense_forward, winograd_kernel)
 from facejax.inference.optimize.options import DTYPES, default_compiler_options
 from facejax.inference.optimize.quantize import _quantize_weights, activation_ranges
-from facejax.inference.optimize.trace import LayerPlan, _path, _raw_embed, trace_plan
+from facejax.inference.optimize.trace import TracedLayer, _path, _raw_embed, trace_layers
 from facejax.models.heads import l2_normalize
 
 __all__ = ['InferenceFn', 'inference_forward', 'optimize_for_inference', 'prepare_layers']
@@ -42,7 +42,7 @@ __all__ = ['InferenceFn', 'inference_forward', 'optimize_for_inference', 'prepar
 WEIGHTS = ('const', 'args')
 
 
-def prepare_layers(folded: dict, plan: dict[str, LayerPlan], conv: str, dtype: str,
+def prepare_layers(folded: dict, traced: dict[str, TracedLayer], conv: str, dtype: str,
                    im2col_max_pixels: int = AUTO_IM2COL_MAX_PIXELS,
                    int8_im2col_max_pixels: int = AUTO_INT8_IM2COL_MAX_PIXELS, act_ranges: dict | None = None) -> dict:
   """Folded float32 tree -> what the forward consumes: per layer its lowering, matmul kernels already 2-D
@@ -50,7 +50,7 @@ def prepare_layers(folded: dict, plan: dict[str, LayerPlan], conv: str, dtype: s
   get a static activation scale when `act_ranges` (`activation_ranges`) is given."""
   layers = {}
   for path, p in folded['layers'].items():
-    entry = plan[path]
+    entry = traced[path]
     kernel, bias = np.asarray(p['kernel'], np.float32), np.asarray(p['bias'], np.float32)
     lowering = 'matmul' if entry.kind == 'dense' else (
         conv_lowering(entry.module, entry.in_shape) if conv != 'xla' else 'xla')
@@ -146,9 +146,9 @@ def optimize_for_inference(model, variables, *, image_size: int, conv: str = 'au
   if calibration is not None and dtype != 'int8':
     raise ValueError(f"calibration: static activation scales are for dtype='int8', got dtype={dtype!r}")
   variables = jax.tree_util.tree_map(np.asarray, dict(variables))
-  plan = trace_plan(model, variables, image_size, method)
+  traced = trace_layers(model, variables, image_size, method)
   ranges = None if calibration is None else activation_ranges(model, variables, calibration, method)
-  folded = prepare_layers(fold_batch_norm(model, variables, image_size, plan), plan, conv, dtype, im2col_max_pixels,
+  folded = prepare_layers(fold_batch_norm(model, variables, image_size, traced), traced, conv, dtype, im2col_max_pixels,
                           int8_im2col_max_pixels, ranges)
   lowerings = {path: p.pop('lowering') for path, p in folded['layers'].items()}  # static, not a pytree leaf
   if weights == 'const':
@@ -160,7 +160,7 @@ def optimize_for_inference(model, variables, *, image_size: int, conv: str = 'au
       if context.method_name != '__call__' or type(module) not in (nn.Conv, nn.Dense, nn.BatchNorm):
         return next_fun(*args, **kwargs)
       path = _path(module)
-      entry = plan.get(path)
+      entry = traced.get(path)
       if entry is None:
         return next_fun(*args, **kwargs)
       h = args[0]
@@ -181,5 +181,5 @@ def optimize_for_inference(model, variables, *, image_size: int, conv: str = 'au
 
   options = dict(conv=conv, dtype=dtype, weights=weights, calibrated=calibration is not None)
   if compiler_options is None:
-    compiler_options = default_compiler_options(plan, lowerings, dtype)
+    compiler_options = default_compiler_options(traced, lowerings, dtype)
   return InferenceFn(forward, folded, raw_forward, options, compiler_options)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from facejax.inference.optimize.trace import LayerPlan, trace_plan
+from facejax.inference.optimize.trace import TracedLayer, trace_layers
 
 
 def _get(tree, path: str):
@@ -16,7 +16,7 @@ def _get(tree, path: str):
   return tree
 
 
-def _bn_affine(entry: LayerPlan, variables) -> tuple[np.ndarray, np.ndarray]:
+def _bn_affine(entry: TracedLayer, variables) -> tuple[np.ndarray, np.ndarray]:
   """BatchNorm (running statistics) as y = x * scale + shift, float64."""
   bn = entry.module
   stats = _get(variables['batch_stats'], entry.path)
@@ -29,12 +29,12 @@ def _bn_affine(entry: LayerPlan, variables) -> tuple[np.ndarray, np.ndarray]:
   return scale * np.ones_like(mean), beta - mean * scale
 
 
-def fold_batch_norm(model, variables, image_size: int, plan: dict[str, LayerPlan] | None = None) -> dict:
+def fold_batch_norm(model, variables, image_size: int, traced: dict[str, TracedLayer] | None = None) -> dict:
   """-> {'layers': {path: {'kernel', 'bias'}} (BN folded, float32), 'affine': {path: {'scale', 'shift'}}
   for BNs with nothing to fold into, 'rest': variables minus every conv/dense/bn leaf (e.g. PReLU slopes)}."""
-  plan = plan if plan is not None else trace_plan(model, variables, image_size)
+  traced = traced if traced is not None else trace_layers(model, variables, image_size)
   layers, affine = {}, {}
-  for path, entry in plan.items():
+  for path, entry in traced.items():
     if entry.kind == 'bn':
       if entry.fold_into is None:
         scale, shift = _bn_affine(entry, variables)
@@ -44,11 +44,11 @@ def fold_batch_norm(model, variables, image_size: int, plan: dict[str, LayerPlan
     kernel = np.asarray(p['kernel'], np.float64)
     bias = np.asarray(p['bias'], np.float64) if 'bias' in p else np.zeros(kernel.shape[-1])
     if entry.folded_bn is not None:
-      scale, shift = _bn_affine(plan[entry.folded_bn], variables)
+      scale, shift = _bn_affine(traced[entry.folded_bn], variables)
       kernel = kernel * scale  # output features are the last kernel axis for Conv (HWIO) and Dense (IO)
       bias = bias * scale + shift
     layers[path] = {'kernel': kernel.astype(np.float32), 'bias': bias.astype(np.float32)}
-  rest = _prune(variables, {p for p in plan})
+  rest = _prune(variables, {p for p in traced})
   return {'layers': layers, 'affine': affine, 'rest': rest}
 
 

@@ -19,7 +19,7 @@ from jax import lax
 from flax.linen.linear import canonicalize_padding
 
 from facejax.inference.optimize.quantize import _int8_matmul, _quantize_activations
-from facejax.inference.optimize.trace import LayerPlan
+from facejax.inference.optimize.trace import TracedLayer
 
 CONV_IMPLS = ('auto', 'im2col', 'winograd', 'xla')
 AUTO_INT8_IM2COL_MAX_PIXELS = 12544  # dtype='int8', conv='auto': larger maps (VGG's 224x224) run float32 native convs
@@ -54,11 +54,11 @@ def conv_lowering(conv: nn.Conv, in_shape: tuple) -> str:
   return 'xla'
 
 
-def _winograd_ok(entry: LayerPlan) -> bool:
+def _winograd_ok(entry: TracedLayer) -> bool:
   return entry.kind == 'conv' and tuple(entry.module.kernel_size) == (3, 3) and _strides(entry.module) == (1, 1)
 
 
-def auto_lowering(entry: LayerPlan, dtype: str = 'float32', im2col_max_pixels: int = AUTO_IM2COL_MAX_PIXELS,
+def auto_lowering(entry: TracedLayer, dtype: str = 'float32', im2col_max_pixels: int = AUTO_IM2COL_MAX_PIXELS,
                   bf16_im2col_max_bytes: int = AUTO_BF16_IM2COL_MAX_BYTES) -> str:
   """conv='auto' for a plain conv: 1x1 -> 'matmul'. float32: maps of at most `im2col_max_pixels` output pixels
   per image (14x14 and smaller) -> 'winograd' for 3x3 stride 1, else 'matmul' (im2col); larger maps -> 'xla'
@@ -166,7 +166,7 @@ def _im2col_as(x, dtype, kh, kw, sh, sw, pads):
   return lax.bitcast_convert_type(bits, jnp.bfloat16)
 
 
-def conv_forward(entry: LayerPlan, p: dict, x):
+def conv_forward(entry: TracedLayer, p: dict, x):
   """Folded conv on NHWC `x`. `p['kernel']`: [kh*kw*Cin, F] for 'matmul' lowering (or (int8, scale[F])),
   [kh, kw, Cin/g, F] otherwise; `p['bias']`: [F]."""
   conv, kernel, bias = entry.module, p['kernel'], p['bias']

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 
 from facejax.inference.flops import layer_flops
-from facejax.inference.optimize.trace import LayerPlan
+from facejax.inference.optimize.trace import TracedLayer
 
 # XLA CPU compile options per dtype policy (passed per executable, so nothing leaks into the rest of the
 # process). YNNPACK runs XLA CPU's dots by default in jax 0.10. float32: adding ELTWISE lets it take the bias,
@@ -22,7 +22,7 @@ DEFAULT_COMPILER_OPTIONS = {'float32': YNN_DOT_ELTWISE, 'bfloat16': YNN_INDIVIDU
 DTYPES = ('float32', 'bfloat16', 'int8')
 
 
-def default_compiler_options(plan: dict[str, LayerPlan], lowerings: dict[str, str], dtype: str) -> dict:
+def default_compiler_options(traced: dict[str, TracedLayer], lowerings: dict[str, str], dtype: str) -> dict:
   """DEFAULT_COMPILER_OPTIONS[dtype], except YNNPACK gets individual dots only when most conv FLOPs run as
   native convolutions or the dense kernels outweigh the conv kernels (VGG-16's fc6/fc7). Otherwise XLA hands
   whole chains of convs, pools and the fc matrix-vector products to YNNPACK as one fusion, which recomputes
@@ -31,11 +31,11 @@ def default_compiler_options(plan: dict[str, LayerPlan], lowerings: dict[str, st
   if jax.default_backend() != 'cpu':
     return {}
   options = dict(DEFAULT_COMPILER_OPTIONS[dtype])
-  convs = [(p, e) for p, e in plan.items() if e.kind == 'conv']
+  convs = [(p, e) for p, e in traced.items() if e.kind == 'conv']
   native = sum(layer_flops({p: e}) for p, e in convs if lowerings.get(p) == 'xla')
   total = sum(layer_flops({p: e}) for p, e in convs)
   conv_weights = sum(int(np.prod(e.module.kernel_size)) * e.in_shape[-1] * e.out_shape[-1] for _, e in convs)
-  dense_weights = sum(e.in_shape[-1] * e.out_shape[-1] for e in plan.values() if e.kind == 'dense')
+  dense_weights = sum(e.in_shape[-1] * e.out_shape[-1] for e in traced.values() if e.kind == 'dense')
   if (total and native / total > 0.5) or dense_weights > conv_weights:
     options.update(YNN_INDIVIDUAL_DOT)
   return options

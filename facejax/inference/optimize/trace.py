@@ -1,4 +1,4 @@
-"""The plan of an inference rewrite: which modules run, with which configuration, and which BN folds into which
+"""The traced layers of an inference rewrite: which modules run, with which configuration, and which BN folds into which
 layer.
 
 The rewrite is generic over the model code: one abstract trace of the embedding forward (`jax.eval_shape` under
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 
 @dataclasses.dataclass
-class LayerPlan:
+class TracedLayer:
   path: str
   kind: str  # 'conv' | 'dense' | 'bn'
   module: nn.Module  # an unbound clone carrying the configuration
@@ -37,9 +37,9 @@ def _raw_embed(m, x):
   return m.embedding(m.backbone(x, train=False), train=False)
 
 
-def trace_plan(model, variables, image_size: int, method: Callable = _raw_embed) -> dict[str, LayerPlan]:
-  """Abstract trace of `method` -> {path: LayerPlan} in call order."""
-  plan: dict[str, LayerPlan] = {}
+def trace_layers(model, variables, image_size: int, method: Callable = _raw_embed) -> dict[str, TracedLayer]:
+  """Abstract trace of `method` -> {path: TracedLayer} in call order."""
+  traced: dict[str, TracedLayer] = {}
   producers: dict[int, tuple[str, Any]] = {}  # id(output tracer) -> (conv/dense path, tracer kept alive)
 
   def interceptor(next_fun, args, kwargs, context):
@@ -50,18 +50,18 @@ def trace_plan(model, variables, image_size: int, method: Callable = _raw_embed)
     kind = _KINDS.get(type(module))
     if kind is None:  # subclasses: do not guess their semantics
       return next_fun(*args, **kwargs)
-    if path in plan:
+    if path in traced:
       raise ValueError(f'{path}: module called twice; the inference rewrite expects each layer to run once')
     x = args[0]
-    entry = LayerPlan(path, kind, module.clone(parent=None), in_shape=tuple(x.shape))
-    plan[path] = entry
+    entry = TracedLayer(path, kind, module.clone(parent=None), in_shape=tuple(x.shape))
+    traced[path] = entry
     out = next_fun(*args, **kwargs)
     entry.out_shape = tuple(out.shape)
     if kind == 'bn':
       producer = producers.pop(id(x), None)
       if producer is not None and module.axis in (-1, x.ndim - 1):
         entry.fold_into = producer[0]
-        plan[producer[0]].folded_bn = path
+        traced[producer[0]].folded_bn = path
     else:
       producers[id(out)] = (path, out)
     return out
@@ -72,4 +72,4 @@ def trace_plan(model, variables, image_size: int, method: Callable = _raw_embed)
 
   x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
   jax.eval_shape(run, variables, x)
-  return plan
+  return traced
