@@ -71,7 +71,7 @@ def prepare_layers(folded: dict, traced: dict[str, TracedLayer], conv: str, dtyp
     out = {'lowering': lowering}
     if entry.kind == 'dense':
       # Dense layers stay float32 under every policy: at batch 1 they are matrix-vector products, memory-bound,
-      # that XLA CPU upcasts from bf16/int8, converting the whole kernel on every call (fc6: 113 vs 18 ms).
+      # that XLA CPU upcasts from bf16/int8, converting the whole kernel on every call.
       out.update(kernel=np.ascontiguousarray(kernel.T), bias=bias)
     elif dtype == 'int8' and lowering == 'matmul' and kernel.shape[0] >= 16:
       # int8 only where a matmul does the work and the reduction is long enough to average rounding errors.
@@ -125,7 +125,7 @@ def optimize_for_inference(model, variables, *, image_size: int, conv: str = 'au
 
   `calibration` (dtype='int8' only): float model inputs [N, S, S, 3] (after preprocessing, e.g. a few hundred
   training faces): each int8 layer quantises its input with one static scale from their max |input|
-  (`activation_ranges`) instead of a per-example max-abs pass at run time (ResNet-50 b1 19 vs 25 ms).
+  (`activation_ranges`) instead of a per-example max-abs pass at run time.
 
   -> InferenceFn: `fn(x)` float [B, S, S, 3] model input (after `Preprocessing.apply`) -> [B, D] float32
   L2-normalised. Compile it with its XLA options: `jax.jit(fn, compiler_options=fn.compiler_options)`

@@ -12,8 +12,8 @@ from facejax.inference.optimize.trace import TracedLayer
 # XLA CPU compile options per dtype policy (passed per executable, so nothing leaks into the rest of the
 # process). YNNPACK runs XLA CPU's dots by default in jax 0.10. float32: adding ELTWISE lets it take the bias,
 # ReLU and residual add that follow each matmul into the same fusion. bfloat16: INDIVIDUAL_DOT (one dot per
-# YNNPACK call): with ELTWISE the bf16 converts land in YNNPACK's slow path (ResNet-50 45 vs 27 ms). int8: the
-# default (ELTWISE pulls the quantise ops into the slow path, 10x; INDIVIDUAL_DOT: ResNet-50 38 vs 25 ms).
+# YNNPACK call): with ELTWISE the bf16 converts land in YNNPACK's slow path. int8: the default (ELTWISE pulls
+# the quantise ops into the slow path, and INDIVIDUAL_DOT is slower too).
 # `default_compiler_options` switches to INDIVIDUAL_DOT for VGG-like nets whatever the dtype.
 # Measurements behind each choice: docs/cpu_inference.md (python -m launch.compare_cpu).
 YNN_DOT_ELTWISE = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE'}
@@ -26,8 +26,7 @@ def default_compiler_options(traced: dict[str, TracedLayer], lowerings: dict[str
   """DEFAULT_COMPILER_OPTIONS[dtype], except YNNPACK gets individual dots only when most conv FLOPs run as
   native convolutions or the dense kernels outweigh the conv kernels (VGG-16's fc6/fc7). Otherwise XLA hands
   whole chains of convs, pools and the fc matrix-vector products to YNNPACK as one fusion, which recomputes
-  work: VGG-16 b8 per batch float32 5.3 -> 1.9 s, bf16 2.3 -> 0.75 s, int8 2.1 -> 0.61 s. Where im2col
-  matmuls dominate (ResNet-50) the per-dtype default is as good or better."""
+  work. Where im2col matmuls dominate (ResNet-50) the per-dtype default is as good or better."""
   if jax.default_backend() != 'cpu':
     return {}
   options = dict(DEFAULT_COMPILER_OPTIONS[dtype])

@@ -3,7 +3,7 @@
 
 Dtype policy (applied by `prepare_layers`): `dtype='float32'` (reference accuracy); `'bfloat16'`: the conv
 matmuls take bf16 weights and bf16 im2col columns and accumulate in float32 (`preferred_element_type`): AMX /
-avx512_bf16 run them 3-5x faster than float32 dots; activations, bias, ReLU and residual adds stay float32, and
+avx512_bf16 run them faster than float32 dots; activations, bias, ReLU and residual adds stay float32, and
 so do native convs (XLA CPU upcasts bf16 convs anyway); `'int8'` (per-output-channel symmetric int8 weights,
 activations quantised per example at run time, int8 x int8 -> int32 matmuls, for matmul-lowered convs with a
 reduction of >= 16). Dense layers stay float32 under every policy, stored transposed [F, K] (see
