@@ -23,7 +23,7 @@ real: $(STAMP)
 	FACEJAX_DATA=$(DATA) $(BIN)/python -m launch.pipeline --config=configs/real_faces.py --workdir=runs/real
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --durations=15  # the slowest tests, so the suite can be kept short on the CPU at hand
 
 bench: $(STAMP)
 	$(BIN)/python -m launch.benchmark --all --json_out=runs/bench/models.json
