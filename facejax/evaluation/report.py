@@ -33,9 +33,9 @@ def results_markdown(rows: Mapping[str, Mapping]) -> str:
     if acc is not None and std is not None:
       acc_text += f' +- {100 * std:.2f}'
     cells.append([str(name), _fmt(row.get('params'), _count), _fmt(row.get('gflops'), lambda v: f'{v:.3g}'),
-             _fmt(row.get('cpu_ms_b1'), lambda v: f'{v:.2f}'), acc_text, _fmt(row.get('auc'), lambda v: f'{v:.4f}'),
-             _fmt(row.get('eer'), lambda v: f'{100 * v:.2f}'),
-             _fmt(row.get('tar_at_far_1e-3'), lambda v: f'{100 * v:.2f}')])
+                  _fmt(row.get('cpu_ms_b1'), lambda v: f'{v:.2f}'), acc_text,
+                  _fmt(row.get('auc'), lambda v: f'{v:.4f}'), _fmt(row.get('eer'), lambda v: f'{100 * v:.2f}'),
+                  _fmt(row.get('tar_at_far_1e-3'), lambda v: f'{100 * v:.2f}')])
   head = ['model', 'params', 'GFLOPs', 'CPU ms/img', 'accuracy (%)', 'AUC', 'EER (%)', 'TAR@FAR=1e-3 (%)']
   return markdown.table(head, cells, 'lrrrrrrr') + '\n'
 

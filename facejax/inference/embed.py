@@ -26,7 +26,6 @@ def flip_mode(flip: str | None) -> str | None:
   return flip
 
 
-
 def raw_embed_forward(model, variables) -> Callable[[jnp.ndarray], jnp.ndarray]:
   """The reference (un-normalised) embedding forward of a FaceNet: float model input [B, H, W, 3] -> [B, D]."""
 
