@@ -235,20 +235,11 @@ def missing_packages(variants, ort_int8: bool) -> list[str]:
 
 
 def run(models, batch_sizes, variants, *, rounds: int = 7, calls: int = 3, embed_dim: int = 128,
-        opt_variants: dict | None = None, ort_int8: bool = False, json_out: str | None = None, log=print) -> str:
-  """Compare every model (each variant timed in the same process, interleaved) -> the markdown table; with
-  `json_out`, all records there and the table beside it (.md)."""
-  opt_variants = dict(OPT_VARIANTS, **(opt_variants or {}))
+        opt_variants: dict = OPT_VARIANTS, ort_int8: bool = False, log=print) -> list[dict]:
+  """Compare every model (each variant timed in the same process, interleaved) -> every record, each also passed
+  to `log` as a JSON line (`comparison_table` renders them)."""
   records = []
   for name in models:
     records += compare_model(name, [int(b) for b in batch_sizes], list(variants), rounds, calls, embed_dim,
                              opt_variants, ort_int8, log=lambda r: log(json.dumps(r)))
-  table = comparison_table(records)
-  if json_out:
-    os.makedirs(os.path.dirname(os.path.abspath(json_out)), exist_ok=True)
-    with open(json_out, 'w') as f:
-      json.dump({'records': records, 'xla_flags': os.environ.get('XLA_FLAGS', ''), 'opt_variants': opt_variants},
-                f, indent=2)
-    with open(os.path.splitext(json_out)[0] + '.md', 'w') as f:
-      f.write(table + '\n')
-  return table
+  return records

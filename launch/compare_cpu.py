@@ -5,11 +5,13 @@ interleaved (bench.cpu_comparison describes every variant).
   python -m launch.compare_cpu --models=resnet50,vgg16 --batch_sizes=1,8 --json_out=runs/bench/compare_cpu.json
 """
 import json
+import os
 import sys
 
 from absl import app, flags
 
-from bench.cpu_comparison import ANCHORS, OPT_VARIANTS, missing_packages, run
+from bench.cpu_comparison import ANCHORS, OPT_VARIANTS, comparison_table, missing_packages, run
+from launch import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('models', ['resnet50', 'vgg16', 'vgg_small', 'student_vgg', 'mobilefacenet', 'resnet18',
@@ -39,9 +41,17 @@ def main(argv):
     sys.exit(f'launch.compare_cpu: --variants={",".join(FLAGS.variants)}{" --ort_int8" * FLAGS.ort_int8} need '
              f"{', '.join(missing)}, not installed: pip install -e '.[bench]'"
              + ('' if 'torch' in missing else f' (or leave ONNX Runtime out: --variants={without_ort})'))
-  print(run(FLAGS.models, FLAGS.batch_sizes, FLAGS.variants, rounds=FLAGS.rounds, calls=FLAGS.calls,
-            embed_dim=FLAGS.embed_dim, opt_variants=json.loads(FLAGS.opt_variants), ort_int8=FLAGS.ort_int8,
-            json_out=FLAGS.json_out, log=lambda line: print(line, flush=True)))
+  opt_variants = dict(OPT_VARIANTS, **json.loads(FLAGS.opt_variants))
+  records = run(FLAGS.models, FLAGS.batch_sizes, FLAGS.variants, rounds=FLAGS.rounds, calls=FLAGS.calls,
+                embed_dim=FLAGS.embed_dim, opt_variants=opt_variants, ort_int8=FLAGS.ort_int8,
+                log=lambda line: print(line, flush=True))
+  table = comparison_table(records)
+  print(table)
+  if FLAGS.json_out:
+    common.write_json(FLAGS.json_out, {'records': records, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+                                       'opt_variants': opt_variants})
+    with open(os.path.splitext(FLAGS.json_out)[0] + '.md', 'w') as f:
+      f.write(table + '\n')
 
 
 if __name__ == '__main__':
