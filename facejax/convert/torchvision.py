@@ -33,8 +33,6 @@ def _unwrap(obj, path: str) -> dict:
   for key in ('state_dict', 'model', 'model_state_dict', 'module'):
     if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
       obj = obj[key]
-  if hasattr(obj, 'state_dict') and callable(obj.state_dict):
-    obj = obj.state_dict()
   if not isinstance(obj, dict):
     raise ValueError(f'{path}: expected a state dict (name -> tensor), got {type(obj).__name__}')
   return obj

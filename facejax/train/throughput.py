@@ -5,7 +5,7 @@ task, the optimizer, the TrainState, the pmapped step with the state donated) an
 
   data='device'    one random uint8 batch already sharded over the local devices, reused every step: pure
                    compute, the ceiling the input pipeline has to reach;
-  data='loader'  the real grain `train_loader` over `config.data` (a prepared ArrayRecord dataset or the
+  data='loader'    the real grain `train_loader` over `config.data` (a prepared ArrayRecord dataset or the
                    synthetic source), moved to the devices ahead of the step by `DeviceFeed`.
 
 Timing dispatches `window` steps back to back and blocks once at the end of each window (no host sync per
