@@ -1,7 +1,7 @@
 """facejax vs ONNX Runtime vs PyTorch eager on the CPU, same networks, same weights, same process, interleaved.
 
   pip install -e '.[bench]'      # onnxruntime, onnx, openvino, jax2onnx, torch (facejax never imports torch)
-  python -m launch.compare_cpu --models=resnet50,vgg16 --batch_size=8 --json_out=runs/bench/compare_cpu.json
+  python -m launch.compare_cpu --models=resnet50,vgg16 --batch_sizes=1,8 --json_out=runs/bench/compare_cpu.json
 
 For each model (a FaceNet embedder: backbone + 128-d head, random weights with random BN statistics) the
 script builds a PyTorch twin of the flax network (torchvision-style modules), copies the flax weights into it
