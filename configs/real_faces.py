@@ -63,6 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       detector='hog', upsample=1,  # facejax.data.align
       add_lfw_unpaired=True,  # LFW people in no View 2 pair join the (label-free) mimic set
       mirror=True,  # the mimic set holds every chip and its mirror image (two cached teacher views)
+      jittered=0,  # and this many randomly cropped, flipped and colour-jittered copies of every chip (views)
       student_init='prune',  # 'prune': the student starts as the teacher's most-used channels; '': random init
       leakage=ml_collections.ConfigDict(dict(
           drop=True,  # drop training identities suspected to be View 2 people

@@ -136,16 +136,22 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 # ---- Real faces (configs/real_faces.py). ----
 
-def _link_tree(sources: dict[str, str], out: str, exclude=frozenset(), mirror: bool = False) -> dict:
+def _link_tree(sources: dict[str, str], out: str, exclude=frozenset(), mirror: bool = False,
+               jittered: int = 0) -> dict:
   """Identity folders of several chip trees -> one tree under `out` of per-file symlinks (and, with `mirror`,
-  left-right mirrored PNG copies `<image>_mirror.png`: the teacher's cached outputs then cover two views of every
-  chip). `sources`: prefix -> chips root; identities are named `<prefix>/<identity>` -> '<prefix>_<identity>'.
-  A resumed run reuses the tree when `<out>.json` records the same sources, exclusions and mirroring; otherwise it
-  is rebuilt, so a changed exclusion list takes effect. -> counts."""
+  left-right mirrored PNG copies `<image>_mirror.png`, and with `jittered` = J, J copies `<image>_jitter<j>.png`
+  through the trainer's `Augment` (crop, flip, colour), drawn from a seed of the file name: the teacher's cached
+  outputs then cover 1 + mirror + J views of every chip). `sources`: prefix -> chips root; identities are named
+  `<prefix>/<identity>` -> '<prefix>_<identity>'. A resumed run reuses the tree when `<out>.json` records the same
+  sources, exclusions and views; otherwise it is rebuilt, so a changed exclusion list takes effect. -> counts."""
   import shutil
+  import zlib
   from PIL import Image
+  from facejax.data.loader import Augment
   spec = {'sources': {k: os.path.abspath(v) for k, v in sources.items()}, 'exclude': sorted(exclude),
           'mirror': bool(mirror)}
+  if jittered:
+    spec['jittered'] = int(jittered)  # absent when 0: trees built before jittering existed stay valid
   if os.path.isfile(out + '.json') and os.path.isdir(out):
     with open(out + '.json') as f:
       stored = json.load(f)
@@ -168,11 +174,18 @@ def _link_tree(sources: dict[str, str], out: str, exclude=frozenset(), mirror: b
         src = os.path.abspath(os.path.join(root, identity, name))
         os.symlink(src, os.path.join(dst, name))
         counts['images'] += 1
+        if not (mirror or jittered):
+          continue
+        with Image.open(src) as im:
+          image = np.asarray(im.convert('RGB'))
+        stem = os.path.join(dst, os.path.splitext(name)[0])
         if mirror:
-          with Image.open(src) as im:
-            im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(
-                os.path.join(dst, os.path.splitext(name)[0] + '_mirror.png'))
-          counts['images'] += 1
+          Image.fromarray(image[:, ::-1]).save(stem + '_mirror.png')
+        for j in range(jittered):
+          rng = np.random.default_rng([zlib.crc32(f'{prefix}/{identity}/{name}'.encode()), j])
+          view = Augment(image.shape[0], area=(0.8, 1.0), ratio=(0.95, 1.05), jitter=0.2)({'image': image}, rng)
+          Image.fromarray(view['image']).save(f'{stem}_jitter{j}.png')
+        counts['images'] += bool(mirror) + jittered
   with open(out + '.json.tmp', 'w') as f:
     json.dump({'spec': spec, 'counts': counts}, f, indent=2)
   os.replace(out + '.json.tmp', out + '.json')  # written last: a tree without it is rebuilt
@@ -270,13 +283,15 @@ def prepare_real_faces(config: ml_collections.ConfigDict, workdir: str, timings:
   t0 = time.perf_counter()
   print('== prepare the training sets', flush=True)
   sources = {k: v['chips'] for k, v in aligned.items()}
-  trees = {'mimic': _link_tree(sources, os.path.join(data_dir, 'trees', 'mimic'), exclude, mirror=r.mirror),
+  trees = {'mimic': _link_tree(sources, os.path.join(data_dir, 'trees', 'mimic'), exclude, mirror=r.mirror,
+                             jittered=r.get('jittered', 0)),
            'identities': _link_tree({'identities': sources['identities']},
                                     os.path.join(data_dir, 'trees', 'identities'), exclude)}
-  tag = f'{len(exclude)}x'  # a changed exclusion list prepares new sets instead of reusing stale ones
+  tag = f'{len(exclude)}x'  # a changed exclusion list (or set of views) prepares new sets, not stale ones
+  views = ('' if r.mirror else '_nomirror') + (f'_jitter{r.jittered}' if r.get('jittered', 0) else '')
   names = {}
   for name, min_images in (('mimic', 1), ('identities', 2)):
-    names[name] = f'{name}_{tag}'
+    names[name] = f'{name}_{tag}' + (views if name == 'mimic' else '')
     prepare_folders(os.path.join(data_dir, 'trees', name), data_dir, name=names[name], val_fraction=0.0,
                     min_images=min_images)
   timings['prepare training sets'] = time.perf_counter() - t0
