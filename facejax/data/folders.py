@@ -12,6 +12,7 @@ photos without a face are skipped and counted in the summary's 'align' entry.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import io
 import json
@@ -303,5 +304,30 @@ def prepare_folders(manual_dir: str, data_dir: str, *, name: str = 'default', sp
   builder = FacejaxFolders(manual_dir=manual_dir, summary_extra=extra, config=config, data_dir=data_dir,
                            file_format='array_record')
   tfds.disable_progress_bar()
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  with _split_in_memory(builder, manual_dir):
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return str(builder.data_dir), builder.summary, builder.decode_summary
+
+
+@contextlib.contextmanager
+def _split_in_memory(builder: FacejaxFolders, manual_dir: str):
+  """TFDS's writer spills a split of over 1 GB to disk through tf.io.gfile, i.e. TensorFlow, which facejax does
+  not install (the preparation would fail there with "No module named 'tensorflow'"). Let it hold the largest
+  split in memory instead (its encoded images, once), or say up front that this machine's memory cannot."""
+  from tensorflow_datasets.core import shuffle  # pylint: disable=g-import-not-at-top
+  builder.info  # pylint: disable=pointless-statement  (scans manual_dir)
+  sizes = [sum(os.path.getsize(os.path.join(manual_dir, im.path)) * (3 if im.reencode else 1) for im in ims)
+           for ims in builder._split_images.values()]  # pylint: disable=protected-access
+  need = int(1.2 * max(sizes, default=0)) + (64 << 20)  # + the records' other fields and framing
+  free = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_AVPHYS_PAGES')
+  if need > shuffle.MAX_MEM_BUFFER_SIZE and need > free // 2:
+    raise MemoryError(f'{manual_dir}: its largest split needs ~{need / 2**30:.1f} GiB in memory to be written '
+                      f'(half of the {free / 2**30:.1f} GiB free here is the limit; TFDS spills larger splits to '
+                      f'disk only through TensorFlow, which facejax does not install): split the folder into '
+                      f'several datasets (--name) or prepare it on a machine with more memory')
+  old = shuffle.MAX_MEM_BUFFER_SIZE
+  shuffle.MAX_MEM_BUFFER_SIZE = max(old, need)
+  try:
+    yield
+  finally:
+    shuffle.MAX_MEM_BUFFER_SIZE = old

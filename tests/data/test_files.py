@@ -163,6 +163,26 @@ def test_folders_split_by_image(tmp_path):
   assert train.num_classes == 3 and sorted(set(train.labels)) == [0, 1, 2]
 
 
+def test_folders_larger_than_tfds_memory_buffer_are_written_without_tensorflow(tmp_path, monkeypatch):
+  """TFDS spills a split over its in-memory limit (1 GB) to disk through TensorFlow, which is not installed: the
+  split is held in memory instead (same records as within the limit), or the error says what to do."""
+  from tensorflow_datasets.core import shuffle
+  from facejax.data.folders import prepare_folders
+  root = str(tmp_path / 'faces')
+  make_identity_tree(root, num_identities=3, images_per_identity=4, bad_files=False)
+  _, _, _ = prepare_folders(root, str(tmp_path / 'ref'), name='ref', val_fraction=0.0)
+  monkeypatch.setattr(shuffle, 'MAX_MEM_BUFFER_SIZE', 1000)  # far below this tree's bytes
+  prepare_folders(root, str(tmp_path / 'small'), name='small', val_fraction=0.0)
+  assert shuffle.MAX_MEM_BUFFER_SIZE == 1000  # restored
+  ref, small = (make_source('folders', data_dir=str(tmp_path / d), name=d) for d in ('ref', 'small'))
+  assert len(ref) == len(small) == 12
+  for i in range(len(ref)):
+    assert ref[i]['label'] == small[i]['label'] and bytes(ref[i]['image']) == bytes(small[i]['image'])
+  monkeypatch.setattr(os, 'sysconf', lambda name: 4096 if name == 'SC_PAGE_SIZE' else 10)  # 40 KB free
+  with pytest.raises(MemoryError, match=r'faces: its largest split needs .* GiB in memory.*--name'):
+    prepare_folders(root, str(tmp_path / 'none'), name='none', val_fraction=0.0)
+
+
 def test_prepare_data_cli_prints_summary(tmp_path):
   root = str(tmp_path / 'faces')
   make_identity_tree(root)
