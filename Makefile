@@ -22,8 +22,10 @@ demo: $(STAMP)
 real: $(STAMP)
 	FACEJAX_DATA=$(DATA) $(BIN)/python -m launch.pipeline --config=configs/real_faces.py --workdir=runs/real
 
+# Two pytest workers (each file's tests and module fixtures stay in one); the 15 slowest tests are printed, so
+# the suite can be kept short on the CPU at hand.
 test: $(STAMP)
-	$(BIN)/python -m pytest tests --durations=15  # the slowest tests, so the suite can be kept short on the CPU at hand
+	$(BIN)/python -m pytest tests -n 2 --dist loadfile --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python -m launch.benchmark --all --json_out=runs/bench/models.json
