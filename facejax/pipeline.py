@@ -181,10 +181,10 @@ def _link_tree(sources: dict[str, str], out: str, exclude=frozenset(), mirror: b
         stem = os.path.join(dst, os.path.splitext(name)[0])
         if mirror:
           Image.fromarray(image[:, ::-1]).save(stem + '_mirror.png')
+        augment = Augment(image.shape[0], area=(0.8, 1.0), ratio=(0.95, 1.05), jitter=0.2)
         for j in range(jittered):
           rng = np.random.default_rng([zlib.crc32(f'{prefix}/{identity}/{name}'.encode()), j])
-          view = Augment(image.shape[0], area=(0.8, 1.0), ratio=(0.95, 1.05), jitter=0.2)({'image': image}, rng)
-          Image.fromarray(view['image']).save(f'{stem}_jitter{j}.png')
+          Image.fromarray(augment({'image': image}, rng)['image']).save(f'{stem}_jitter{j}.png')
         counts['images'] += bool(mirror) + jittered
   with open(out + '.json.tmp', 'w') as f:
     json.dump({'spec': spec, 'counts': counts}, f, indent=2)
@@ -283,12 +283,13 @@ def prepare_real_faces(config: ml_collections.ConfigDict, workdir: str, timings:
   t0 = time.perf_counter()
   print('== prepare the training sets', flush=True)
   sources = {k: v['chips'] for k, v in aligned.items()}
+  jittered = r.get('jittered', 0)
   trees = {'mimic': _link_tree(sources, os.path.join(data_dir, 'trees', 'mimic'), exclude, mirror=r.mirror,
-                             jittered=r.get('jittered', 0)),
+                             jittered=jittered),
            'identities': _link_tree({'identities': sources['identities']},
                                     os.path.join(data_dir, 'trees', 'identities'), exclude)}
   tag = f'{len(exclude)}x'  # a changed exclusion list (or set of views) prepares new sets, not stale ones
-  views = ('' if r.mirror else '_nomirror') + (f'_jitter{r.jittered}' if r.get('jittered', 0) else '')
+  views = ('' if r.mirror else '_nomirror') + (f'_jitter{jittered}' if jittered else '')
   names = {}
   for name, min_images in (('mimic', 1), ('identities', 2)):
     names[name] = f'{name}_{tag}' + (views if name == 'mimic' else '')
