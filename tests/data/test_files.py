@@ -170,7 +170,7 @@ def test_folders_larger_than_tfds_memory_buffer_are_written_without_tensorflow(t
   from facejax.data.folders import prepare_folders
   root = str(tmp_path / 'faces')
   make_identity_tree(root, num_identities=3, images_per_identity=4, bad_files=False)
-  _, _, _ = prepare_folders(root, str(tmp_path / 'ref'), name='ref', val_fraction=0.0)
+  prepare_folders(root, str(tmp_path / 'ref'), name='ref', val_fraction=0.0)
   monkeypatch.setattr(shuffle, 'MAX_MEM_BUFFER_SIZE', 1000)  # far below this tree's bytes
   prepare_folders(root, str(tmp_path / 'small'), name='small', val_fraction=0.0)
   assert shuffle.MAX_MEM_BUFFER_SIZE == 1000  # restored
