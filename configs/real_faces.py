@@ -18,6 +18,10 @@ config.real.data_dir). Stages (facejax.pipeline.prepare_real_faces, then the usu
             once for every chip and its mirror image
   siamese   the student continued with a contrastive loss on P x K identity batches of the identity set, still
             mimicking the teacher (siamese.mimic_weight) so 289 identities do not pull it off the teacher's geometry
+  finetune  optional (--config.finetune.total_steps=N; 0 skips it): the paper's transfer step, dlib's whole net
+            fine-tuned as identity classification on the identity set (its 128-d layer the embedding, a new
+            classifier on it), reported as teacher_finetuned beside the teacher; the student still mimics the
+            converted teacher
 Args: '' (the full run) or 'tiny' (a few identities and steps: the test of the wiring).
 """
 from __future__ import annotations
@@ -87,7 +91,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.siamese.data.images_per_identity = 4
   c.siamese.init.mode = 'all'
   c.siamese.siamese.margin = 1.0
-  for stage in (c.student, c.siamese):
+
+  c.finetune = _stage('classify', 0, 0.01)
+  c.finetune.model.kwargs = ml_collections.ConfigDict()  # dlib's whole net
+  c.finetune.init.mode = 'all'  # dlib's backbone and 128-d embedding; a new identity classifier
+  c.finetune.optim.lr_mult = ml_collections.ConfigDict({'backbone': 0.1, 'embedding': 0.1})
+  c.finetune.classify.bn = 'frozen'  # a few thousand photos: dlib's BatchNorm statistics stay
+  c.finetune.classify.label_smoothing = 0.1
+  for stage in (c.student, c.siamese, c.finetune):
     stage.val.synthetic.image_size = STUDENT_SIZE
 
   c.eval = lfw_eval.get_config('lfw')
@@ -101,6 +112,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       stage.model.name, stage.model.image_size, stage.val.synthetic.image_size = 'student_vgg', 48, 48
       stage.model.kwargs = ml_collections.ConfigDict(dict(width=0.25))
       stage.model.preprocessing = 'facejax'
+    c.finetune.total_steps, c.finetune.batch_size, c.finetune.log_every, c.finetune.checkpoint_every = 1, 4, 1, 1
+    c.finetune.progress = False
     c.real.add_lfw_unpaired, c.real.student_init = False, ''
     c.eval.progress = False
     c.benchmark.update(warmup=1, runs=2, batch_size=4)

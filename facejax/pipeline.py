@@ -24,17 +24,20 @@ from facejax.inference.benchmark import benchmark_model
 from facejax.runs import jsonable, load_run
 from facejax.train import train
 
-STAGES = ('pretrain', 'teacher', 'student', 'siamese')
+STAGES = ('pretrain', 'teacher', 'student', 'siamese', 'finetune')
 # Report name -> stage run directory.
-REPORTED = {'teacher': 'teacher', 'student': 'student', 'student_siamese': 'siamese'}
+REPORTED = {'teacher': 'teacher', 'student': 'student', 'student_siamese': 'siamese',
+            'teacher_finetuned': 'finetune'}
 
 
 def stage_configs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, ml_collections.ConfigDict]:
   """Link the stages: teacher <- pretrain backbone (unless teacher.init.path is given), student <- distil the
-  teacher, siamese <- all of the student.
+  teacher, siamese <- all of the student, finetune (configs/real_faces.py's optional transfer step) <- all of the
+  teacher.
 
   A given student.distill.teacher_workdir (e.g. one teacher shared by a sweep's variants) replaces the pretrain
-  and teacher stages; siamese.total_steps=0 skips the Siamese stage (no student_siamese in the report).
+  and teacher stages; siamese.total_steps=0 skips the Siamese stage (no student_siamese in the report), as
+  finetune.total_steps=0 (the default) skips the finetune stage.
   """
   stages = {s: ml_collections.ConfigDict(config[s]) for s in STAGES if s in config}
   run = lambda s: os.path.join(workdir, s)
@@ -50,6 +53,11 @@ def stage_configs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     stages['siamese'].init.path = stages['siamese'].init.path or run('student')
   else:
     del stages['siamese']
+  if 'finetune' in stages:
+    if stages['finetune'].total_steps:
+      stages['finetune'].init.path = stages['finetune'].init.path or stages['student'].distill.teacher_workdir
+    else:
+      del stages['finetune']
   return stages
 
 
@@ -59,6 +67,8 @@ def reported_runs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   runs['teacher'] = config.student.distill.teacher_workdir or runs['teacher']
   if not config.siamese.total_steps:
     del runs['student_siamese']
+  if not config.get('finetune', {}).get('total_steps'):
+    del runs['teacher_finetuned']
   return runs
 
 
@@ -106,7 +116,8 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       'cpu_speedup_batched': teacher['cpu_ms_per_img_batched'] / student['cpu_ms_per_img_batched']},
       'comparisons': {f'{a} vs {b}': compare(results[a], results[b], a, b)
                       for a, b in (('student', 'teacher'), ('student_siamese', 'teacher'),
-                                   ('student_siamese', 'student'), ('teacher', 'dlib_native'))
+                                   ('student_siamese', 'student'), ('teacher_finetuned', 'teacher'),
+                                   ('teacher', 'dlib_native'))
                       if a in results and b in results},
       'protocol': dict(protocol, params='embedding network (no classifier)',
                        cpu_ms_b1=f'median of {config.benchmark.runs} AOT-compiled runs, batch 1, compile excluded',
@@ -312,8 +323,10 @@ def prepare_real_faces(config: ml_collections.ConfigDict, workdir: str, timings:
       config.siamese.distill.teacher_workdir = teacher_dir
     config.student.data.kwargs = ml_collections.ConfigDict(dict(data_dir=data_dir, name=names['mimic'],
                                                                 split='train'))
-    config.siamese.data.kwargs = ml_collections.ConfigDict(dict(data_dir=data_dir, name=names['identities'],
-                                                                split='train'))
+    for stage in ('siamese', 'finetune'):
+      if stage in config:
+        config[stage].data.kwargs = ml_collections.ConfigDict(dict(data_dir=data_dir, name=names['identities'],
+                                                                   split='train'))
 
   dlib_row = summary_row(dlib_result, cpu_ms_b1=_dlib_ms_per_chip(), threshold=dlib_result['threshold'],
                          fixed_threshold_accuracy=ref['dlib_fixed_threshold']['accuracy'])

@@ -108,8 +108,9 @@ def test_leakage_check_finds_a_planted_overlap():
 
 
 def test_real_pipeline_tiny(tiny_real, tmp_path):
-  """configs/real_faces.py:tiny end to end on 6 real identities and 12 real LFW pairs: every stage runs, the
-  report has every model, the leakage check and the dlib reference; a rerun resumes (skips) everything."""
+  """configs/real_faces.py:tiny end to end on 6 real identities and 12 real LFW pairs: every stage runs (the
+  optional finetune step too), the report has every model, the leakage check and the dlib reference; a rerun
+  resumes (skips) everything."""
   from configs.real_faces import get_config
   from facejax.pipeline import run_pipeline
   c = get_config('tiny')
@@ -117,12 +118,19 @@ def test_real_pipeline_tiny(tiny_real, tmp_path):
   c.real.identities_dir = str(tiny_real / 'ids')
   workdir = str(tmp_path / 'real')
   report = run_pipeline(c, workdir)
-  assert set(report['models']) == {'teacher', 'student', 'student_siamese', 'dlib_native'}
+  assert set(report['models']) == {'teacher', 'student', 'student_siamese', 'teacher_finetuned', 'dlib_native'}
   assert report['models']['teacher']['accuracy'] == report['models']['dlib_native']['accuracy']
   assert report['compression']['param_ratio'] >= 9
   assert report['data']['aligned']['identities']['aligned'] > 100
   assert report['leakage']['train_identities'] == 6 and report['leakage']['test_identities'] == 12
-  assert {'student vs teacher', 'student_siamese vs student', 'teacher vs dlib_native'} <= set(report['comparisons'])
+  assert {'student vs teacher', 'student_siamese vs student', 'teacher_finetuned vs teacher',
+          'teacher vs dlib_native'} <= set(report['comparisons'])
+  # The fine-tuned teacher is dlib's whole net with a classifier over the 6 identities, started from the teacher.
+  finetuned, teacher = report['models']['teacher_finetuned'], report['models']['teacher']
+  assert finetuned['params'] == teacher['params']
+  with open(os.path.join(workdir, 'finetune', 'model.json')) as f:
+    info = json.load(f)
+  assert info['num_classes'] == 6 and info['align']['kind'] == 'dlib_5pt'
   for f in ('results.json', 'results.md', 'roc.png'):
     assert os.path.getsize(os.path.join(workdir, f)) > 0
   text = open(os.path.join(workdir, 'results.md')).read()
