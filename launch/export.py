@@ -2,14 +2,21 @@
 
   python -m launch.export --workdir=RUN --out=model.jaxexport [--flip=sum] [--dtype=float32] [--nooptimize]
   python -m launch.export --workdir=RUN --out=m.jaxexport --dtype=int8 --calibration=256 [--calibration_images=DIR]
+  python -m launch.export --workdir=RUN --out=m.jaxexport --dtype=auto [--calibration=256] [--auto_batch=1]
   python -m launch.export --format=onnx --workdir=RUN --out=model.onnx [--nooptimize] [--flip=sum]
 
 Writes OUT (batch-polymorphic, uint8 RGB [b, S, S, 3] -> float32 [b, D] L2-normalised) and OUT.json (shapes,
 model name, preprocessing, options, face alignment). --format=jax: the serialized `jax.export.Exported`; load it
-with `facejax.inference.load_exported(OUT)`, which does not need the model code. --format=onnx (the `[bench]`
-extra: jax2onnx): an ONNX graph for ONNX Runtime / OpenVINO / mobile runtimes, float32, BN folded with
---optimize (convolutions stay ONNX Conv ops for the runtime to lower).
+with `facejax.inference.load_exported(OUT)`, which does not need the model code. --dtype=auto times float32,
+bfloat16 (where the CPU has bf16 dot instructions) and int8 (static scales with --calibration) on this machine
+at --auto_batch and keeps the fastest whose embeddings of 64 held-out faces stay within a cosine of 0.995 of
+float32's (facejax.inference.optimize.choose); OUT.json records every candidate's time and agreement.
+--format=onnx (the `[bench]` extra: jax2onnx): an ONNX graph for ONNX Runtime / OpenVINO / mobile runtimes,
+float32, BN folded with --optimize (convolutions stay ONNX Conv ops for the runtime to lower).
 """
+import json
+
+import numpy as np
 from absl import app, flags
 
 FLAGS = flags.FLAGS
@@ -19,13 +26,31 @@ flags.DEFINE_enum('format', 'jax', ['jax', 'onnx'], 'jax: a jax.export artifact;
 flags.DEFINE_integer('step', None, 'Checkpoint step (default: latest).')
 flags.DEFINE_enum('flip', None, ['sum', 'concat'], 'Flip test-time augmentation baked into the artifact.')
 flags.DEFINE_bool('optimize', True, 'Export the optimized inference forward (BN folded, re-lowered convs).')
-flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16', 'int8'], 'Dtype policy of the optimized forward.')
+flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16', 'int8', 'auto'],
+                  'Dtype policy of the optimized forward; auto: the fastest on this CPU that agrees with float32.')
+flags.DEFINE_integer('auto_batch', 1, '--dtype=auto: the batch size the candidates are timed at.')
 flags.DEFINE_enum('conv', 'auto', ['auto', 'im2col', 'winograd', 'xla'], 'Conv lowering of the optimized forward.')
-flags.DEFINE_integer('calibration', 0, "--dtype=int8: static activation scales from this many face crops (the "
-                     "run's training data, or --calibration_images); 0: per-image scales at run time.")
+flags.DEFINE_integer('calibration', 0, "--dtype=int8 or auto: static activation scales from this many face crops "
+                     "(the run's training data, or --calibration_images); 0: per-image scales at run time.")
 flags.DEFINE_string('calibration_images', '', 'Directory or glob of face images to calibrate on.')
 flags.DEFINE_list('platforms', ['cpu'], 'Platforms to lower for (e.g. cpu,cuda).')
 flags.mark_flags_as_required(['workdir', 'out'])
+
+AUTO_CHECK_FACES = 64  # --dtype=auto: held-out faces the candidates' embeddings are compared on
+
+
+def _faces(info: dict, calibration: int, check: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+  """(calibration faces, held-out check faces) as model inputs, from the run's training data or
+  --calibration_images; the check faces are evenly spaced among them, None where none are asked for."""
+  if not calibration + check:
+    return None, None
+  from facejax.inference.embedder import calibration_images
+  crops = calibration_images(FLAGS.workdir, calibration + check, int(info['image_size']), FLAGS.calibration_images)
+  faces = np.asarray(info['preprocessing_obj'].apply(crops))
+  held_out = np.zeros(len(faces), bool)
+  if check:
+    held_out[np.linspace(0, len(faces) - 1, max(1, min(check, len(faces) // 2))).round().astype(int)] = True
+  return (faces[~held_out] if calibration else None), (faces[held_out] if check else None)
 
 
 def main(argv):
@@ -33,34 +58,40 @@ def main(argv):
   if FLAGS.format == 'onnx' and (FLAGS.dtype != 'float32' or FLAGS.conv != 'auto' or FLAGS.calibration):
     raise app.UsageError('--format=onnx exports float32 with ONNX Conv ops: drop --dtype, --conv and '
                          '--calibration (the runtime chooses its own lowerings and precision)')
-  import json
-  import numpy as np
   from facejax.inference.export import export_embedder, save_exported
   from facejax.runs import load_run
   model, variables, info = load_run(FLAGS.workdir, FLAGS.step)
   conv = 'xla' if FLAGS.format == 'onnx' else FLAGS.conv  # ONNX keeps Conv ops for the runtime to lower
   options = {'dtype': FLAGS.dtype, 'conv': conv} if FLAGS.optimize else False
-  if FLAGS.calibration:
-    if options is False or FLAGS.dtype != 'int8':
-      raise app.UsageError('--calibration: static activation scales are for --dtype=int8 (with --optimize)')
-    from facejax.inference.embedder import calibration_images
-    crops = calibration_images(FLAGS.workdir, FLAGS.calibration, int(info['image_size']), FLAGS.calibration_images)
-    options['calibration'] = np.asarray(info['preprocessing_obj'].apply(crops))
-  meta = {}
+  if FLAGS.calibration and (options is False or FLAGS.dtype not in ('int8', 'auto')):
+    raise app.UsageError('--calibration: static activation scales are for --dtype=int8 or auto (with --optimize)')
+  if FLAGS.dtype == 'auto' and options is False:
+    raise app.UsageError("--dtype=auto chooses among the optimized forward's dtype policies: drop --nooptimize")
+  meta, size = {}, int(info['image_size'])
+  calibration, check = _faces(info, FLAGS.calibration, AUTO_CHECK_FACES if FLAGS.dtype == 'auto' else 0)
+  if calibration is not None:
+    options['calibration'] = calibration
+  if FLAGS.dtype == 'auto':
+    from facejax.inference.optimize.choose import choose_dtype
+    meta['dtype_choice'] = choose_dtype(model, variables, image_size=size, check=check, calibration=calibration,
+                                        batch_size=FLAGS.auto_batch, conv=conv)
+    options['dtype'] = meta['dtype_choice']['dtype']
+    if options['dtype'] != 'int8':
+      options.pop('calibration', None)
+    print(json.dumps({'dtype_choice': meta['dtype_choice']}), flush=True)
   if FLAGS.format == 'onnx':
     from facejax.inference.export import embedding_function
     from facejax.inference.onnx_export import export_onnx
-    fn, _ = embedding_function(model, variables, info['preprocessing_obj'], int(info['image_size']), flip=FLAGS.flip,
-                               optimize=options)
+    fn, _ = embedding_function(model, variables, info['preprocessing_obj'], size, flip=FLAGS.flip, optimize=options)
   else:
-    exported = export_embedder(model, variables, info['preprocessing_obj'], int(info['image_size']),
-                               flip=FLAGS.flip, optimize=options, platforms=FLAGS.platforms, metadata=meta)
+    exported = export_embedder(model, variables, info['preprocessing_obj'], size, flip=FLAGS.flip, optimize=options,
+                               platforms=FLAGS.platforms, metadata=meta)
   meta.update({
-      'model': info['name'], 'embed_dim': info['embed_dim'], 'image_size': int(info['image_size']),
+      'model': info['name'], 'embed_dim': info['embed_dim'], 'image_size': size,
       'preprocessing': info['preprocessing'], 'flip': FLAGS.flip,
       'optimize': {k: v for k, v in options.items() if k != 'calibration'} if options else None,
       'calibration': ({'images': int(len(options['calibration'])), 'source': FLAGS.calibration_images or
-                       'training data'} if FLAGS.calibration else None),
+                       'training data'} if options and 'calibration' in options else None),
       'workdir': FLAGS.workdir, 'step': info.get('step'),
       'align': info.get('align'),  # face alignment the model expects (dlib chips); the CLIs apply it
   })

@@ -185,6 +185,27 @@ def test_bf16_warns_without_hardware_bf16(monkeypatch):
     optimize_for_inference(model, variables, image_size=SIZE, dtype='bfloat16')
 
 
+def test_auto_dtype_times_what_the_cpu_can_run_and_falls_back_to_float32(monkeypatch):
+  import facejax.inference.hardware as hardware
+  from facejax.inference.optimize.choose import candidate_dtypes, choose_dtype
+  assert candidate_dtypes(['avx2', 'avx512f']) == ['float32', 'int8']  # no bf16 dot instructions: no bf16
+  assert candidate_dtypes(['avx512_bf16']) == candidate_dtypes(['amx_bf16']) == ['float32', 'bfloat16', 'int8']
+  monkeypatch.setattr(hardware, 'cpu_info', lambda: {'cpu': 'test', 'cpu_flags': ['avx512_bf16']})
+  model, variables = _model('student_vgg')
+  check, calibration = np.asarray(_inputs(6, seed=7)), np.asarray(_inputs(8, seed=8))
+  choose = lambda min_cosine: choose_dtype(model, variables, image_size=SIZE, check=check, calibration=calibration,
+                                           batch_size=2, min_cosine=min_cosine, rounds=2, calls=1)
+  anything = choose(-1.0)  # every candidate agrees: the fastest wins
+  times = {d: c['ms_median'] for d, c in anything['candidates'].items()}
+  assert set(times) == {'float32', 'bfloat16', 'int8'} and anything['dtype'] == min(times, key=times.get)
+  assert anything['calibrated'] == (anything['dtype'] == 'int8') and anything['cpu'] == 'test'
+  assert anything['candidates']['float32']['min_cosine'] == pytest.approx(1.0, abs=1e-5)
+  for dtype in ('bfloat16', 'int8'):
+    assert LOW_PRECISION_MIN_COS <= anything['candidates'][dtype]['min_cosine'] < 1.0
+  strict = choose(1.5)  # nothing but float32 itself can agree
+  assert strict['dtype'] == 'float32' and not strict['candidates']['int8']['agrees']
+
+
 def test_xla_conv_lowering_with_weights_as_arguments():
   model, variables = _model('mobilefacenet')  # plain, depthwise and global-depthwise convs, PReLU
   x = _inputs()

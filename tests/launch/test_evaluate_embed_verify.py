@@ -271,6 +271,28 @@ def test_export_int8_calibrated_on_the_runs_training_data(run_dir, lfw_dir, tmp_
   assert bad.returncode != 0 and '--calibration: static activation scales are for --dtype=int8' in bad.stderr
 
 
+def test_export_auto_dtype_records_its_choice_and_exports_it(run_dir, lfw_dir, tmp_path):
+  """--dtype=auto times each policy on this CPU and exports the fastest that agrees with float32; the sidecar
+  says which, with every candidate's time and agreement on the held-out faces."""
+  out = tmp_path / 'auto.jaxexport'
+  proc = launch('export', f'--workdir={run_dir}', f'--out={out}', '--dtype=auto', '--calibration=12',
+                '--auto_batch=2')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  meta = json.loads((tmp_path / 'auto.jaxexport.json').read_text())
+  choice = meta['dtype_choice']
+  assert {'float32', 'int8'} <= set(choice['candidates']) and choice['batch_size'] == 2
+  assert meta['optimize']['dtype'] == choice['dtype'] and choice['candidates'][choice['dtype']]['agrees']
+  agreeing = [d for d, c in choice['candidates'].items() if c['agrees']]
+  assert choice['dtype'] == min(agreeing, key=lambda d: choice['candidates'][d]['ms_median'])
+  assert (meta['calibration'] is not None) == (choice['dtype'] == 'int8')
+  faces = calibration_images(run_dir, 8, 48, images=lfw_dir)
+  ref, _ = load_embedder(run_dir)
+  emb, _ = load_embedder(str(out))
+  assert np.sum(np.asarray(emb(faces)) * np.asarray(ref(faces)), axis=-1).min() >= 0.98
+  bad = launch('export', f'--workdir={run_dir}', f'--out={tmp_path / "x.jaxexport"}', '--dtype=auto', '--nooptimize')
+  assert bad.returncode != 0 and '--dtype=auto chooses among the optimized forward' in bad.stderr
+
+
 def test_calibration_images_from_a_folder_skip_unreadable_files(run_dir, lfw_dir, tmp_path):
   folder = tmp_path / 'faces'
   shutil.copytree(os.path.join(lfw_dir, NAMES[0]), folder)

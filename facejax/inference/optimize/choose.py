@@ -1,0 +1,64 @@
+"""dtype='auto': the fastest dtype policy on the CPU at hand whose embeddings agree with float32.
+
+No fixed per-CPU table: the candidates the CPU can run (bfloat16 only with avx512_bf16 or AMX, where the dots
+have hardware support; int8 everywhere, static scales when calibration faces are given) are compiled and timed
+here, interleaved, and the fastest one whose embeddings stay within `min_cosine` of float32's on held-out faces
+wins. What the rule gave on each CPU kind: docs/cpu_inference.md.
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+
+from facejax.inference import hardware
+
+# Lowest per-face cosine to the float32 embedding a lower-precision path may have (docs/cpu_inference.md: the
+# LFW View 2 accuracy of paths above it, next to the command that measures it).
+MIN_COSINE = 0.995
+
+
+def candidate_dtypes(cpu_flags: list[str] | None) -> list[str]:
+  """float32, bfloat16 where the CPU has bf16 dot instructions (emulated bf16 is slower than float32), int8."""
+  if jax.default_backend() != 'cpu':
+    return ['float32']
+  bf16 = cpu_flags is None or bool({'avx512_bf16', 'amx_bf16'} & set(cpu_flags))
+  return ['float32'] + (['bfloat16'] if bf16 else []) + ['int8']
+
+
+def choose_dtype(model, variables, *, image_size: int, check: np.ndarray, calibration: np.ndarray | None = None,
+                 batch_size: int = 1, min_cosine: float = MIN_COSINE, rounds: int = 5, calls: int = 3,
+                 conv: str = 'auto') -> dict:
+  """Time every candidate dtype policy of `optimize_for_inference` at `batch_size` and pick the fastest whose
+  embeddings of `check` (float model inputs [N, S, S, 3], faces not in `calibration`) have a per-face cosine of
+  at least `min_cosine` to float32's. int8 uses static scales from `calibration` when given.
+
+  -> {'dtype', 'calibrated', 'batch_size', 'min_cosine', 'candidates': {dtype: {'ms_median', 'min_cosine',
+  'agrees'}}, 'cpu', 'cpu_flags'}; float32 always agrees, so it is the fallback."""
+  from facejax.inference.optimize import optimize_for_inference
+  info = hardware.cpu_info()
+  check = np.asarray(check, np.float32)
+  x = jax.numpy.asarray(np.resize(check, (batch_size,) + check.shape[1:]))
+  compiled, agreement, reference = {}, {}, None
+  for dtype in candidate_dtypes(info.get('cpu_flags')):
+    fn = optimize_for_inference(model, variables, image_size=image_size, conv=conv, dtype=dtype,
+                                calibration=calibration if dtype == 'int8' else None)
+    run = jax.jit(fn, compiler_options=fn.compiler_options or None)
+    emb = np.concatenate([np.asarray(run(check[i:i + 64])) for i in range(0, len(check), 64)])
+    reference = emb if reference is None else reference
+    agreement[dtype] = float(np.min(np.sum(emb * reference, axis=1)))
+    compiled[dtype] = jax.jit(fn).lower(x).compile(compiler_options=fn.compiler_options or None)
+    jax.block_until_ready(compiled[dtype](x))
+  times = {d: [] for d in compiled}
+  for _ in range(rounds):  # interleaved, so a busy moment slows every candidate alike
+    for dtype, exe in compiled.items():
+      t0 = time.perf_counter()
+      for _ in range(calls):
+        jax.block_until_ready(exe(x))
+      times[dtype].append((time.perf_counter() - t0) / calls * 1e3)
+  candidates = {d: {'ms_median': round(float(np.median(times[d])), 3), 'min_cosine': round(agreement[d], 6),
+                    'agrees': d == 'float32' or agreement[d] >= min_cosine} for d in compiled}
+  best = min((d for d, c in candidates.items() if c['agrees']), key=lambda d: candidates[d]['ms_median'])
+  return {'dtype': best, 'calibrated': best == 'int8' and calibration is not None, 'batch_size': batch_size,
+          'min_cosine': min_cosine, 'candidates': candidates, **info}
