@@ -38,7 +38,7 @@ from facejax.evaluation.verification import compare
 from facejax.runs import jsonable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGES = ('pretrain', 'teacher', 'student', 'siamese')  # the pipeline's, in order (loss curves)
+STAGES = ('pretrain', 'teacher', 'student', 'siamese', 'finetune')  # the pipeline's, in order (loss curves)
 TEACHER_FIELD = 'student.distill.teacher_workdir'
 STATUS_FILE = 'sweep_status.json'  # per variant: command, status, return code, seconds, evaluation snapshot
 NAME_PATTERN = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._=+-]*$')
@@ -423,7 +423,8 @@ def plot_pareto(rows: Sequence[dict], path: str, title: str = 'accuracy vs CPU t
   xs = [r['cpu_ms_b1'] for r in rows]
   ys = [100 * r['accuracy'] for r in rows]
   biggest = max(r['params'] for r in rows)
-  colors = {'teacher': 'tab:red', 'student': 'tab:blue', 'student_siamese': 'tab:green'}
+  colors = {'teacher': 'tab:red', 'teacher_finetuned': 'tab:orange', 'student': 'tab:blue',
+            'student_siamese': 'tab:green'}
   sizes = [20 + 600 * r['params'] / biggest for r in rows]
   front = pareto_front(list(zip(xs, ys)))
   ax.plot([xs[i] for i in front], [ys[i] for i in front], '--', color='black', alpha=0.6, linewidth=1.2, zorder=1)
@@ -456,7 +457,8 @@ def plot_pareto(rows: Sequence[dict], path: str, title: str = 'accuracy vs CPU t
   fig.savefig(path, format='png')
 
 
-_MODEL_SHORT = {'teacher': 'teacher', 'student': 'student', 'student_siamese': 'student+siam'}
+_MODEL_SHORT = {'teacher': 'teacher', 'teacher_finetuned': 'teacher+ft', 'student': 'student',
+                'student_siamese': 'student+siam'}
 
 
 def read_losses(metrics_path: str) -> tuple[list[int], list[float]]:
