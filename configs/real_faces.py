@@ -92,10 +92,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.siamese.init.mode = 'all'
   c.siamese.siamese.margin = 1.0
 
-  c.finetune = _stage('classify', 0, 0.01)
+  c.finetune = _stage('classify', 0, 0.1)  # the new classifier's rate
   c.finetune.model.kwargs = ml_collections.ConfigDict()  # dlib's whole net
   c.finetune.init.mode = 'all'  # dlib's backbone and 128-d embedding; a new identity classifier
-  c.finetune.optim.lr_mult = ml_collections.ConfigDict({'backbone': 0.1, 'embedding': 0.1})
+  c.finetune.optim.lr_mult = ml_collections.ConfigDict({'backbone': 0.02, 'embedding': 0.02})  # dlib's: 0.002
   c.finetune.classify.bn = 'frozen'  # a few thousand photos: dlib's BatchNorm statistics stay
   c.finetune.classify.label_smoothing = 0.1
   for stage in (c.student, c.siamese, c.finetune):
