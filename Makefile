@@ -19,8 +19,9 @@ demo: $(STAMP)
 	$(BIN)/python -m launch.pipeline --config=configs/demo.py --workdir=runs/demo
 
 # The paper's lineage on real photos (LFW View 2 + a restricted identity set), read in place from $(DATA).
+# ARGS: more pipeline flags, e.g. ARGS=--config.finetune.total_steps=300 (the optional transfer step).
 real: $(STAMP)
-	FACEJAX_DATA=$(DATA) $(BIN)/python -m launch.pipeline --config=configs/real_faces.py --workdir=runs/real
+	FACEJAX_DATA=$(DATA) $(BIN)/python -m launch.pipeline --config=configs/real_faces.py --workdir=runs/real $(ARGS)
 
 # Two pytest workers (each file's tests and module fixtures stay in one); the 15 slowest tests are printed, so
 # the suite can be kept short on the CPU at hand.
