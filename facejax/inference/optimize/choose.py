@@ -39,17 +39,20 @@ def choose_dtype(model, variables, *, image_size: int, check: np.ndarray, calibr
   from facejax.inference.optimize import optimize_for_inference
   info = hardware.cpu_info()
   check = np.asarray(check, np.float32)
-  x = jax.numpy.asarray(np.resize(check, (batch_size,) + check.shape[1:]))
+  n, b = len(check), batch_size
+  # The check faces in batches of `batch_size` (the tail padded by repeating them), so one executable per
+  # candidate both embeds them and is timed.
+  batches = np.resize(check, (-(-n // b) * b,) + check.shape[1:]).reshape((-1, b) + check.shape[1:])
   compiled, agreement, reference = {}, {}, None
   for dtype in candidate_dtypes(info.get('cpu_flags')):
     fn = optimize_for_inference(model, variables, image_size=image_size, conv=conv, dtype=dtype,
                                 calibration=calibration if dtype == 'int8' else None)
-    run = jax.jit(fn, compiler_options=fn.compiler_options or None)
-    emb = np.concatenate([np.asarray(run(check[i:i + 64])) for i in range(0, len(check), 64)])
+    exe = jax.jit(fn).lower(batches[0]).compile(compiler_options=fn.compiler_options or None)
+    emb = np.concatenate([np.asarray(exe(batch)) for batch in batches])[:n]
     reference = emb if reference is None else reference
     agreement[dtype] = float(np.min(np.sum(emb * reference, axis=1)))
-    compiled[dtype] = jax.jit(fn).lower(x).compile(compiler_options=fn.compiler_options or None)
-    jax.block_until_ready(compiled[dtype](x))
+    compiled[dtype] = exe
+  x = jax.numpy.asarray(batches[0])  # on the device once: the timed calls copy nothing
   times = {d: [] for d in compiled}
   for _ in range(rounds):  # interleaved, so a busy moment slows every candidate alike
     for dtype, exe in compiled.items():
