@@ -363,7 +363,8 @@ def _prune_student(stage: ml_collections.ConfigDict, teacher_dir: str, chips_roo
   blocks = None if blocks is None else [int(b) for b in blocks]
   if os.path.isfile(os.path.join(out, CONVERTED_METADATA)):
     meta = load_converted(out)[2]
-    if (meta.get('width'), meta.get('blocks'), meta.get('teacher')) == (width, blocks, os.path.abspath(teacher_dir)):
+    if (meta.get('width'), meta.get('blocks'), meta.get('teacher')) == (width, blocks, os.path.abspath(teacher_dir)) \
+        and 'stage_channels' in meta:  # (older cuts did not record the channels distillation hints compare)
       return _init_summary(out, meta)
   print(f'== cut the student from the teacher (width {width}, blocks {blocks or "all"}) -> {out}', flush=True)
   paths, _ = _chip_files(chips_root)
@@ -373,7 +374,7 @@ def _prune_student(stage: ml_collections.ConfigDict, teacher_dir: str, chips_roo
                                  np.asarray(dr.dlib_preprocessing().apply(chips)), blocks)
   meta = {'arch': 'dlib_resnet', 'source': 'prune', 'teacher': os.path.abspath(teacher_dir), 'width': width,
           'blocks': blocks, 'summary': report.summary(), 'calibration_images': len(chips), 'kept': report.kept,
-          'params': report.student_params}
+          'params': report.student_params, 'stage_channels': report.stage_channels}
   save_converted(out, variables, jsonable(meta), overwrite=True)
   print(report.summary(), flush=True)
   return _init_summary(out, meta)

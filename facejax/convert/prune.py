@@ -40,6 +40,7 @@ class PruneReport:
   teacher_params: int
   student_params: int
   kept: dict  # group -> (kept, of); 'blocks' -> (kept, [teacher block indices])
+  stage_channels: list  # per stage: the teacher channels its output holds (distillation hints compare these)
 
   def summary(self) -> str:
     groups = ', '.join(f'{k} {a}/{b}' for k, (a, b) in self.kept.items() if k.startswith('stream'))
@@ -155,7 +156,7 @@ def recalibrate_batchnorm(model: nn.Module, variables: dict, images) -> dict:
   _, state = model.apply(variables, jnp.asarray(images), method='forward', capture_intermediates=is_linear,
                          mutable=['intermediates'])
   acts = {path.rsplit('/', 1)[0]: np.asarray(v[0], np.float64) for path, v in  # 'backbone/conv0/__call__'
-          flatten(jax.device_get(state['intermediates'])).items()}
+          flatten(jax.device_get(state['intermediates'])).items() if path.endswith('/__call__')}
   params, stats = flatten(dict(variables['params'])), flatten(dict(variables['batch_stats']))
   for path in [p for p in stats if p.endswith('/mean')]:
     bn = path[:-len('/mean')]
@@ -197,8 +198,10 @@ def prune_dlib(teacher_variables: dict, width: float, images, blocks=None) -> tu
       raise AssertionError(f'{col}: the cut tree does not match the width-{width} net: '
                            f'{sorted(set(got) ^ set(want))[:5]} or shapes differ')
   variables = recalibrate_batchnorm(student, variables, images)
-  _, widths = _stream_groups()
+  groups, widths = _stream_groups()
   kept = {k: (len(v), widths[int(k[6:])] if k.startswith('stream') else None) for k, v in keep.items()}
+  last_blocks = np.cumsum([n for _, n, _ in dr.DLIB_STAGES]) - 1
   report = PruneReport(width, count_params(teacher_variables['params']), count_params(variables['params']),
-                       dict(kept, blocks=(len(kept_blocks), kept_blocks)))
+                       dict(kept, blocks=(len(kept_blocks), kept_blocks)),
+                       [keep[f'stream{groups[i]}'].tolist() for i in last_blocks])
   return variables, report

@@ -120,6 +120,7 @@ class DlibResNet(nn.Module):
       for j in range(blocks):
         x = DlibResidual(scaled(filters, self.width), conv, norm, 2 if (down and j == 0) else 1, name=f'block{i}')(x)
         i += 1
+      self.sow('intermediates', 'stages', x)  # each stage's output: distillation hints (a no-op unless asked)
     return jnp.mean(x, axis=(1, 2))
 
 

@@ -49,7 +49,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.classify = ml_collections.ConfigDict(dict(label_smoothing=0.0, bn='train'))  # bn: 'train' | 'frozen'
   c.distill = ml_collections.ConfigDict(dict(
       teacher_workdir='', embed_weight=1.0, embed_kind='l2', soft_weight=0.0, temperature=4.0, hard_weight=0.0,
-      cache_teacher=False))  # True: run the teacher once over the data (needs data.augment=False), then look up
+      cache_teacher=False,  # True: run the teacher once over the data (needs data.augment=False), then look up
+      hint_weight=0.0))  # > 0: each backbone stage also regresses the teacher's (train.tasks.Distill)
   # mimic_weight > 0: also mimic config.distill.teacher_workdir's embeddings (cached with distill.cache_teacher).
   c.siamese = ml_collections.ConfigDict(dict(loss='contrastive', margin=1.0, mimic_weight=0.0))
 

@@ -18,7 +18,7 @@ from facejax import runs
 from facejax.train.feed import DeviceFeed, batch_sharding, device_augmentation
 from facejax.train.setup import load_teacher, setup
 from facejax.train.state import TrainState
-from facejax.train.tasks import ModelIO, teacher_outputs
+from facejax.train.tasks import ModelIO, hint_channels, teacher_outputs
 
 # Fields that may change between a run and its resumption without changing what is computed (val: the pairs
 # periodic validation reports on; runs made before it took the pair-set schema saved val.source/kwargs).
@@ -124,7 +124,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.data.augment:
       raise ValueError('config.distill.cache_teacher=True needs config.data.augment=False: the cache holds the '
                        "teacher's outputs for the un-augmented images")
-    cache = teacher_outputs(*teacher, source, load_size)
+    cache = teacher_outputs(*teacher, source, load_size, hint_channels=hint_channels(config))
   run = setup(config, num_classes, teacher, cache)
   if run.init_report and jax.process_index() == 0:
     logging.info('init from %s: %s', config.init.path, run.init_report.summary())

@@ -5,13 +5,15 @@ Adding a task means adding a class here and a name in TASKS; the step and the lo
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from facejax import losses
+from facejax import losses, runs
 from facejax.models import FaceNet, Preprocessing
 
 
@@ -30,15 +32,24 @@ class ModelIO:
   preprocessing: Preprocessing
   image_size: int
 
-  def __call__(self, params, batch_stats, images, *, train: bool, rng=None, update_stats: bool = True):
-    """-> (outputs dict from FaceNet.forward, new batch_stats)."""
+  def __call__(self, params, batch_stats, images, *, train: bool, rng=None, update_stats: bool = True,
+               stages: bool = False):
+    """-> (outputs dict from FaceNet.forward, new batch_stats). `stages`: the outputs also hold 'stages', the
+    backbone's stage outputs (a tuple of [B, h, w, C], from the input up) where the backbone sows them."""
     variables = {'params': params, 'batch_stats': batch_stats}
     x = model_input(images, self.preprocessing, self.image_size)
-    if not train:
+    mutable = (['batch_stats'] if train else []) + (['intermediates'] if stages else [])
+    if not mutable:
       return self.model.apply(variables, x, train=False, method='forward'), batch_stats
-    out, mutated = self.model.apply(variables, x, train=True, method='forward', mutable=['batch_stats'],
-                                    rngs={'dropout': rng})
-    return out, (mutated['batch_stats'] if update_stats else batch_stats)
+    out, mutated = self.model.apply(variables, x, train=train, method='forward', mutable=mutable,
+                                    rngs={'dropout': rng} if train else {})
+    if stages:
+      sown = mutated.get('intermediates', {}).get('backbone', {}).get('stages')
+      if sown is None:
+        raise ValueError(f'{type(self.model.backbone).__name__} does not expose its stage outputs (distillation '
+                         'hints need a backbone that sows them, e.g. dlib_resnet)')
+      out = dict(out, stages=tuple(sown))
+    return out, (mutated['batch_stats'] if train and update_stats else batch_stats)
 
 
 def _accuracy(logits, labels):
@@ -62,20 +73,52 @@ class Classify:
     return loss, ({'loss': loss, 'accuracy': _accuracy(out['logits'], batch['label'])}, batch_stats)
 
 
-def _teacher_outputs(teacher: ModelIO, frozen: dict, batch: dict) -> dict:
-  """The frozen teacher's outputs for `batch`: looked up by record index in `frozen['cache']`, or computed."""
+def select_stages(stages: tuple, channels: tuple) -> tuple:
+  """Stage outputs -> the channels hints compare (`channels`: per stage, teacher channel indices; () = all)."""
+  if not channels:
+    return tuple(stages)
+  if len(channels) != len(stages):
+    raise ValueError(f'hint channels name {len(channels)} stages, the teacher has {len(stages)}')
+  return tuple(s[..., jnp.asarray(c)] for s, c in zip(stages, channels))
+
+
+def hint_loss(student_stages: tuple, teacher_stages: tuple):
+  """Mean over stages of the batch's relative squared error sum((s - t)^2) / sum(t^2): each stage weighs the same
+  whatever its activation scale."""
+  if len(student_stages) != len(teacher_stages):
+    raise ValueError(f'distillation hints: the student has {len(student_stages)} stages, the teacher '
+                     f'{len(teacher_stages)}')
+  errors = []
+  for i, (s, t) in enumerate(zip(student_stages, teacher_stages)):
+    if s.shape != t.shape:
+      raise ValueError(f'distillation hints: stage {i} is {s.shape} in the student and {t.shape} in the teacher; '
+                       "a narrower student needs the teacher channels it was cut from (config.init.path's "
+                       "'stage_channels', written by facejax.convert.prune)")
+    t = t.astype(jnp.float32)
+    errors.append(jnp.sum((s.astype(jnp.float32) - t) ** 2) / (jnp.sum(t * t) + 1e-12))
+  return jnp.mean(jnp.stack(errors))
+
+
+def _teacher_outputs(teacher: ModelIO, frozen: dict, batch: dict, hint_channels: tuple | None = None) -> dict:
+  """The frozen teacher's outputs for `batch`: looked up by record index in `frozen['cache']`, or computed (with
+  `hint_channels`, also its selected stage outputs)."""
   if 'cache' in frozen:
     return jax.tree_util.tree_map(lambda table: table[batch['index']], frozen['cache'])
   t = frozen['teacher']
-  return teacher(t['params'], t['batch_stats'], batch['image'], train=False)[0]
+  out = teacher(t['params'], t['batch_stats'], batch['image'], train=False, stages=hint_channels is not None)[0]
+  if hint_channels is not None:
+    out = dict(out, stages=select_stages(out['stages'], hint_channels))
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
 class Distill:
-  """Teacher -> student: w_embed * mimic(student emb, teacher emb) + w_soft * KL_T(teacher || student) + w_hard * CE.
+  """Teacher -> student: w_embed * mimic(student emb, teacher emb) + w_soft * KL_T(teacher || student) + w_hard * CE
+  + w_hint * hints (FitNets-style: each backbone stage's output regresses the teacher's, on `hint_channels`, the
+  teacher channels each student stage holds; () = all).
   The teacher is frozen (eval mode) and its variables arrive through `frozen`; with `teacher_cache`
-  ({'embedding': [N, D], 'logits': [N, C]} per source record, from `teacher_outputs`) the teacher is not run
-  at all and its outputs are looked up by `batch['index']`."""
+  ({'embedding': [N, D], 'logits': [N, C], 'stages' with hints} per source record, from `teacher_outputs`) the
+  teacher is not run at all and its outputs are looked up by `batch['index']`."""
   student: ModelIO
   teacher: ModelIO
   teacher_variables: Any = dataclasses.field(repr=False, default=None)
@@ -85,6 +128,8 @@ class Distill:
   temperature: float = 4.0
   hard_weight: float = 0.0
   teacher_cache: Any = dataclasses.field(repr=False, default=None)
+  hint_weight: float = 0.0
+  hint_channels: tuple = ()
 
   def frozen(self) -> dict:
     if self.teacher_cache is not None:
@@ -92,10 +137,15 @@ class Distill:
     return {'teacher': self.teacher_variables}
 
   def loss_fn(self, params, batch_stats, batch, frozen, rng):
-    t_out = jax.lax.stop_gradient(_teacher_outputs(self.teacher, frozen, batch))
-    out, batch_stats = self.student(params, batch_stats, batch['image'], train=True, rng=rng)
+    hints = bool(self.hint_weight)
+    t_out = jax.lax.stop_gradient(_teacher_outputs(self.teacher, frozen, batch,
+                                                   self.hint_channels if hints else None))
+    out, batch_stats = self.student(params, batch_stats, batch['image'], train=True, rng=rng, stages=hints)
     metrics = {}
     loss = 0.0
+    if hints:
+      metrics['hint_loss'] = hint_loss(out['stages'], t_out['stages'])
+      loss += self.hint_weight * metrics['hint_loss']
     if self.embed_weight:
       metrics['embed_loss'] = losses.embedding_mimic(out['embedding'], t_out['embedding'], self.embed_kind)
       loss += self.embed_weight * metrics['embed_loss']
@@ -147,16 +197,36 @@ class Siamese:
 TASKS = ('classify', 'distill', 'siamese')
 
 
-def teacher_outputs(teacher: ModelIO, variables: dict, source, image_size: int, batch_size: int = 256) -> dict:
+def teacher_outputs(teacher: ModelIO, variables: dict, source, image_size: int, batch_size: int = 256,
+                    hint_channels: tuple | None = None) -> dict:
   """The frozen teacher's {'embedding', 'logits'} (float32 [N, ...]) for every record of `source`, centre-cropped
-  at `image_size` (what an un-augmented training batch holds), in record order."""
+  at `image_size` (what an un-augmented training batch holds), in record order. `hint_channels` (see Distill):
+  also 'stages', its stage outputs on those channels."""
   import numpy as np
   from facejax.data import eval_batches
   from facejax.data.synthetic import SourceImages
-  fn = jax.jit(lambda images: teacher(variables['params'], variables['batch_stats'], images, train=False)[0])
-  outs = [jax.device_get({k: v for k, v in fn(b).items() if k in ('embedding', 'logits')})
-          for b in eval_batches(SourceImages(source), batch_size, image_size)]
-  return {k: np.concatenate([o[k] for o in outs]).astype(np.float32) for k in outs[0]}
+
+  @jax.jit
+  def fn(images):
+    out = _teacher_outputs(teacher, {'teacher': variables}, {'image': images}, hint_channels)
+    return {k: v for k, v in out.items() if k in ('embedding', 'logits', 'stages')}
+
+  outs = [jax.device_get(fn(b)) for b in eval_batches(SourceImages(source), batch_size, image_size)]
+  return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts).astype(np.float32), *outs)
+
+
+def hint_channels(config: ml_collections.ConfigDict) -> tuple | None:
+  """The teacher channels each student stage regresses with config.distill.hint_weight > 0 (None: no hints):
+  config.init.path's 'stage_channels' for a student cut from its teacher (facejax.convert.prune), else () (every
+  channel: the student's stages are as wide as the teacher's)."""
+  if config.task != 'distill' or not config.distill.get('hint_weight', 0.0):
+    return None
+  meta = os.path.join(config.init.path, runs.CONVERTED_METADATA) if config.init.path else ''
+  if not os.path.isfile(meta):
+    return ()
+  with open(meta) as f:
+    channels = json.load(f).get('stage_channels') or ()
+  return tuple(tuple(int(i) for i in c) for c in channels)
 
 
 def make_task(config: ml_collections.ConfigDict, student: ModelIO, teacher: ModelIO | None = None,
@@ -170,7 +240,7 @@ def make_task(config: ml_collections.ConfigDict, student: ModelIO, teacher: Mode
     if teacher is None:
       raise ValueError('config.task=distill needs config.distill.teacher_workdir (a finished classify run)')
     return Distill(student, teacher, teacher_variables, c.embed_weight, c.embed_kind, c.soft_weight, c.temperature,
-                   c.hard_weight, teacher_cache)
+                   c.hard_weight, teacher_cache, c.get('hint_weight', 0.0), hint_channels(config) or ())
   if config.task == 'siamese':
     c = config.siamese
     if c.get('mimic_weight', 0.0) and teacher is None:

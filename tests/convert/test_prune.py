@@ -70,6 +70,26 @@ def test_cut_net_is_the_teacher_with_dropped_channels_and_blocks_zeroed(teacher,
   assert [0, 3, 7, 10, 13] == [i for i in (0, 3, 7, 10, 13) if i in kept_blocks]  # each stage's first block
 
 
+def _stages(model, variables, x) -> tuple:
+  _, state = model.apply(variables, x, method='forward', mutable=['intermediates'])
+  return state['intermediates']['backbone']['stages']
+
+
+def test_stage_channels_are_where_the_cut_stages_sit_in_the_teacher(teacher, images):
+  """Distillation hints compare each student stage with the teacher's on `stage_channels`: on the teacher with
+  the dropped channels and blocks zeroed, those channels hold exactly the student's stage outputs."""
+  from facejax.train.tasks import select_stages
+  model, variables = teacher
+  student_vars, report = prune.prune_dlib(variables, WIDTH, images, SHALLOW)
+  kept_blocks = prune.select_blocks(variables['params'], SHALLOW)
+  masked = _masked_teacher(variables, prune.select_channels(variables['params'], WIDTH, kept_blocks), kept_blocks)
+  want = select_stages(_stages(model, masked, images), tuple(map(tuple, report.stage_channels)))
+  got = _stages(dr.build_dlib_model(width=WIDTH, blocks=SHALLOW), student_vars, images)
+  assert [g.shape[-1] for g in got] == [10, 20, 41, 82, 82] == [len(c) for c in report.stage_channels]
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=2e-5)
+
+
 def test_wider_stream_keeps_the_shortcut_channels_first(teacher):
   keep = prune.select_channels(teacher[1]['params'], WIDTH)
   for g in range(1, 4):

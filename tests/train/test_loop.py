@@ -246,11 +246,12 @@ def test_periodic_validation_and_tensorboard(tmp_path):
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(tmp_path / 'tb'))
 
 
-def _cached_and_live(tmp_path, task: str, steps: int, configure):
+def _cached_and_live(tmp_path, task: str, steps: int, configure, model=lambda c: None):
   """`task` trained from a 2-step tiny teacher twice, its outputs cached and run live -> (the last config, {cache:
-  metric records}); `configure(c)` sets the task's own fields."""
+  metric records}); `configure(c)` sets the task's own fields, `model(c)` both models'."""
   teacher = get_config()
   teacher.total_steps = 2
+  model(teacher)
   train(teacher, str(tmp_path / 'teacher'))
   runs = {}
   for cache in (False, True):
@@ -258,6 +259,7 @@ def _cached_and_live(tmp_path, task: str, steps: int, configure):
     c.total_steps = steps
     c.data.augment = False
     c.distill.update(teacher_workdir=str(tmp_path / 'teacher'), cache_teacher=cache)
+    model(c)
     configure(c)
     train(c, str(tmp_path / f'cache{cache}'))
     with open(tmp_path / f'cache{cache}' / 'metrics.jsonl') as f:
@@ -280,3 +282,33 @@ def test_siamese_with_a_mimic_anchor_adds_the_teachers_embedding_loss(tmp_path):
   c.distill.teacher_workdir = ''
   with pytest.raises(ValueError, match='mimic_weight > 0 needs config.distill.teacher_workdir'):
     train(c, str(tmp_path / 'no_teacher'))
+
+
+def _small_dlib(c, width=0.25):
+  c.model.update(name='dlib_resnet', image_size=150, embed_dim=128, preprocessing='dlib')
+  c.model.kwargs = ml_collections.ConfigDict(dict(width=width, blocks=(1, 1, 1, 1, 1)))
+  c.data.kwargs.update(image_size=150, images_per_identity=4)
+
+
+def test_distill_hints_from_the_cache_match_the_live_teacher(tmp_path):
+  """Each stage of the student regresses the teacher's (FitNets-style hints): cached and live agree, the hint
+  term is in the loss, and a narrower student without the channels it was cut from is told what it needs."""
+  c, runs = _cached_and_live(tmp_path, 'distill', 3, lambda c: c.distill.update(hint_weight=0.5), _small_dlib)
+  np.testing.assert_allclose([r['loss'] for r in runs[True]], [r['loss'] for r in runs[False]], rtol=1e-4)
+  for r in runs[True]:
+    assert 0 < r['hint_loss'] and r['loss'] == pytest.approx(r['embed_loss'] + 0.5 * r['hint_loss'], rel=1e-5)
+  _small_dlib(c, width=0.125)
+  with pytest.raises(ValueError, match=r"stage 0 is .* in the student and .* in the teacher.*'stage_channels'"):
+    train(c, str(tmp_path / 'narrower'))
+
+
+def test_hint_channels_come_from_the_cut_students_metadata(tmp_path):
+  from facejax.runs import CONVERTED_METADATA
+  from facejax.train.tasks import hint_channels
+  c = get_config('distill')
+  assert hint_channels(c) is None  # hint_weight 0: no hints
+  c.distill.hint_weight = 1.0
+  assert hint_channels(c) == ()  # no cut student: every channel of every stage
+  (tmp_path / CONVERTED_METADATA).write_text(json.dumps({'stage_channels': [[3, 1], [0]]}))
+  c.init.path = str(tmp_path)
+  assert hint_channels(c) == ((3, 1), (0,))
