@@ -25,7 +25,8 @@ from facejax.train.tasks import ModelIO, hint_channels, teacher_outputs
 RUNTIME_FIELDS = ('resume', 'log_every', 'progress', 'prefetch', 'eval_every', 'keep_checkpoints', 'checkpoint_every',
                   'val')
 # Fields added after runs were made, with the value that reproduces what those runs did (absent = this value).
-ADDED_FIELDS = {'data.augment_on': 'host', 'model.align': '', 'siamese.mimic_weight': 0.0}
+ADDED_FIELDS = {'data.augment_on': 'host', 'model.align': '', 'siamese.mimic_weight': 0.0,
+                'distill.hint_weight': 0.0}
 
 
 def _config_diff(a: dict, b: dict, prefix: str = '') -> list[str]:

@@ -169,7 +169,8 @@ def test_transfer_freezing_and_config_guard(tmp_path):
 def test_augment_on_device_trains_like_the_host_and_old_workdirs_resume(tmp_path):
   """data.augment_on='device' trains on the host's draws made into pixels on the devices: the first loss matches
   the host-augmented run's. A workdir saved before the field existed resumes under its default ('host'), and one
-  saved before config.val took the pair-set schema (val.source='synthetic', val.kwargs) resumes too."""
+  saved before config.val took the pair-set schema (val.source='synthetic', val.kwargs) or before
+  distill.hint_weight existed resumes too."""
   first = {}
   for where in ('host', 'device'):
     c = get_config()
@@ -180,7 +181,7 @@ def test_augment_on_device_trains_like_the_host_and_old_workdirs_resume(tmp_path
   assert first['device'][0] != first['host'][0]  # the images did come from device_augment
   path = tmp_path / 'host' / 'config.json'
   saved = json.loads(path.read_text())
-  del saved['data']['augment_on']
+  del saved['data']['augment_on'], saved['distill']['hint_weight']
   saved['val'] = {'source': 'synthetic', 'kwargs': saved['val'].pop('synthetic')}
   path.write_text(json.dumps(saved))
   c = get_config()
@@ -285,9 +286,9 @@ def test_siamese_with_a_mimic_anchor_adds_the_teachers_embedding_loss(tmp_path):
 
 
 def _small_dlib(c, width=0.25):
-  c.model.update(name='dlib_resnet', image_size=150, embed_dim=128, preprocessing='dlib')
+  c.model.update(name='dlib_resnet', image_size=128, embed_dim=128, preprocessing='dlib')
   c.model.kwargs = ml_collections.ConfigDict(dict(width=width, blocks=(1, 1, 1, 1, 1)))
-  c.data.kwargs.update(image_size=150, images_per_identity=4)
+  c.data.kwargs.update(image_size=128, images_per_identity=4)
 
 
 def test_distill_hints_from_the_cache_match_the_live_teacher(tmp_path):
