@@ -81,6 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.student.distill.soft_weight = 0.0  # dlib has no identity classifier to soften
   c.student.distill.hard_weight = 0.0  # the mimic set mixes labelled and unlabelled people
   c.student.distill.cache_teacher = True
+  c.student.distill.hint_weight = 0.0  # stage hints (FitNets) did not help this student: README, Real faces
   c.student.data.augment = False  # the cache holds the teacher's outputs of each chip (and its mirror)
 
   c.siamese = _stage('siamese', 400, 0.002)
