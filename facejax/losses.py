@@ -27,6 +27,24 @@ def embedding_mimic(student, teacher, kind: str = 'l2'):
   raise ValueError(f"embedding mimic kind {kind!r}: expected 'l2' or 'cosine'")
 
 
+def stage_hints(student_stages: tuple, teacher_stages: tuple):
+  """Distillation hints (FitNets): student and teacher stage outputs (tuples of [B, h, w, C]) -> the mean over
+  stages of the batch's relative squared error sum((s - t)^2) / sum(t^2), so each stage weighs the same whatever
+  its activation scale."""
+  if len(student_stages) != len(teacher_stages):
+    raise ValueError(f'distillation hints: the student has {len(student_stages)} stages, the teacher '
+                     f'{len(teacher_stages)}')
+  errors = []
+  for i, (s, t) in enumerate(zip(student_stages, teacher_stages)):
+    if s.shape != t.shape:
+      raise ValueError(f'distillation hints: stage {i} is {s.shape} in the student and {t.shape} in the teacher; '
+                       "a narrower student needs the teacher channels it was cut from (config.init.path's "
+                       "'stage_channels', written by facejax.convert.prune)")
+    t = t.astype(jnp.float32)
+    errors.append(jnp.sum((s.astype(jnp.float32) - t) ** 2) / (jnp.sum(t * t) + 1e-12))
+  return jnp.mean(jnp.stack(errors))
+
+
 def soft_target_kl(student_logits, teacher_logits, temperature: float = 4.0):
   """Hinton et al. soft targets: KL(teacher_T || student_T) * T^2, so gradients keep their scale across T."""
   t = temperature

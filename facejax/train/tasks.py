@@ -82,23 +82,6 @@ def select_stages(stages: tuple, channels: tuple) -> tuple:
   return tuple(s[..., jnp.asarray(c)] for s, c in zip(stages, channels))
 
 
-def hint_loss(student_stages: tuple, teacher_stages: tuple):
-  """Mean over stages of the batch's relative squared error sum((s - t)^2) / sum(t^2): each stage weighs the same
-  whatever its activation scale."""
-  if len(student_stages) != len(teacher_stages):
-    raise ValueError(f'distillation hints: the student has {len(student_stages)} stages, the teacher '
-                     f'{len(teacher_stages)}')
-  errors = []
-  for i, (s, t) in enumerate(zip(student_stages, teacher_stages)):
-    if s.shape != t.shape:
-      raise ValueError(f'distillation hints: stage {i} is {s.shape} in the student and {t.shape} in the teacher; '
-                       "a narrower student needs the teacher channels it was cut from (config.init.path's "
-                       "'stage_channels', written by facejax.convert.prune)")
-    t = t.astype(jnp.float32)
-    errors.append(jnp.sum((s.astype(jnp.float32) - t) ** 2) / (jnp.sum(t * t) + 1e-12))
-  return jnp.mean(jnp.stack(errors))
-
-
 def _teacher_outputs(teacher: ModelIO, frozen: dict, batch: dict, hint_channels: tuple | None = None) -> dict:
   """The frozen teacher's outputs for `batch`: looked up by record index in `frozen['cache']`, or computed (with
   `hint_channels`, also its selected stage outputs)."""
@@ -144,7 +127,7 @@ class Distill:
     metrics = {}
     loss = 0.0
     if hints:
-      metrics['hint_loss'] = hint_loss(out['stages'], t_out['stages'])
+      metrics['hint_loss'] = losses.stage_hints(out['stages'], t_out['stages'])
       loss += self.hint_weight * metrics['hint_loss']
     if self.embed_weight:
       metrics['embed_loss'] = losses.embedding_mimic(out['embedding'], t_out['embedding'], self.embed_kind)
