@@ -12,8 +12,8 @@ config.real.data_dir). Stages (facejax.pipeline.prepare_real_faces, then the usu
   data      identity photos (CelebA) and the LFW people outside View 2 aligned with dlib's HOG detector +
             5-point predictor (photos without a face skipped and counted); the teacher evaluated on LFW View 2
             beside dlib's own pipeline; identity leakage checked by face (suspects dropped: real.leakage.drop)
-  student   dlib's net at 0.32 width and 8 of its 14 residual blocks (13.5x fewer parameters), cut from the
-            teacher: its strongest blocks and most-used channels (facejax.convert.prune); then embedding mimic
+  student   dlib's net with 8/24/48/96 stream channels and 8 of its 14 residual blocks (10x fewer parameters),
+            cut from the teacher: its strongest blocks and most-used channels (facejax.convert.prune); then embedding mimic
             only (no labels needed, so LFW's unpaired people join the identities), the teacher's outputs cached
             once for every chip and its mirror image
   siamese   the student continued with a contrastive loss on P x K identity batches of the identity set, still
@@ -34,8 +34,8 @@ from configs import lfw_eval
 from facejax.train.config import parse_arg, stage_config
 
 STUDENT_SIZE = 150  # dlib's chips: the student reads the teacher's input
-STUDENT_WIDTH = 0.32  # of dlib's channels
-STUDENT_BLOCKS = (1, 2, 2, 2, 1)  # residual blocks per stage (dlib: 3, 4, 3, 3, 1): 415K parameters
+STUDENT_CHANNELS = (8, 24, 48, 96)  # per residual stream (dlib: 32, 64, 128, 256); README: Real faces
+STUDENT_BLOCKS = (1, 2, 2, 2, 1)  # residual blocks per stage (dlib: 3, 4, 3, 3, 1): 564K parameters
 
 
 def data_root() -> str:
@@ -46,7 +46,7 @@ def _stage(task: str, steps: int, lr: float) -> ml_collections.ConfigDict:
   c = stage_config(task, 'dlib_resnet', STUDENT_SIZE, steps, lr, 64)
   c.log_every, c.checkpoint_every = max(1, steps // 20), max(1, steps // 5)
   c.optim.warmup_steps = max(1, steps // 20)
-  c.model.kwargs = ml_collections.ConfigDict(dict(width=STUDENT_WIDTH, blocks=STUDENT_BLOCKS))
+  c.model.kwargs = ml_collections.ConfigDict(dict(channels=STUDENT_CHANNELS, blocks=STUDENT_BLOCKS))
   c.model.embed_dim = 128  # = dlib's descriptor
   c.model.preprocessing = 'dlib'
   c.model.align = 'dlib_5pt'  # reads dlib chips: evaluate / verify / embed align photos for it

@@ -361,27 +361,31 @@ def _prune_student(stage: ml_collections.ConfigDict, teacher_dir: str, chips_roo
   width = float(m.kwargs.get('width', 1.0))
   blocks = m.kwargs.get('blocks')
   blocks = None if blocks is None else [int(b) for b in blocks]
+  channels = m.kwargs.get('channels')
+  channels = None if channels is None else [int(c) for c in channels]
   if os.path.isfile(os.path.join(out, CONVERTED_METADATA)):
     meta = load_converted(out)[2]
-    if (meta.get('width'), meta.get('blocks'), meta.get('teacher')) == (width, blocks, os.path.abspath(teacher_dir)) \
-        and 'stage_channels' in meta:  # (older cuts did not record the channels distillation hints compare)
-      return _init_summary(out, meta)
-  print(f'== cut the student from the teacher (width {width}, blocks {blocks or "all"}) -> {out}', flush=True)
+    if (meta.get('width'), meta.get('blocks'), meta.get('channels'), meta.get('teacher')) == \
+        (width, blocks, channels, os.path.abspath(teacher_dir)) and 'stage_channels' in meta:
+      return _init_summary(out, meta)  # (older cuts did not record the channels distillation hints compare)
+  print(f'== cut the student from the teacher (width {width}, channels {channels or "scaled"}, blocks '
+        f'{blocks or "all"}) -> {out}', flush=True)
   paths, _ = _chip_files(chips_root)
   step = max(1, len(paths) // calibration_images)
   chips = np.stack([read_image(p) for p in paths[::step][:calibration_images]])  # aligned 150 px chips
   variables, report = prune_dlib(restore_variables(teacher_dir), width,
-                                 np.asarray(dr.dlib_preprocessing().apply(chips)), blocks)
+                                 np.asarray(dr.dlib_preprocessing().apply(chips)), blocks, channels)
   meta = {'arch': 'dlib_resnet', 'source': 'prune', 'teacher': os.path.abspath(teacher_dir), 'width': width,
-          'blocks': blocks, 'summary': report.summary(), 'calibration_images': len(chips), 'kept': report.kept,
-          'params': report.student_params, 'stage_channels': report.stage_channels}
+          'blocks': blocks, 'channels': channels, 'summary': report.summary(), 'calibration_images': len(chips),
+          'kept': report.kept, 'params': report.student_params, 'stage_channels': report.stage_channels}
   save_converted(out, variables, jsonable(meta), overwrite=True)
   print(report.summary(), flush=True)
   return _init_summary(out, meta)
 
 
 def _init_summary(path: str, meta: dict) -> dict:
-  return {'path': path, **{k: meta[k] for k in ('width', 'blocks', 'summary', 'calibration_images')}}
+  return {'path': path, 'channels': meta.get('channels'),
+          **{k: meta[k] for k in ('width', 'blocks', 'summary', 'calibration_images')}}
 
 
 def _dlib_ms_per_chip(runs: int = 20) -> float:

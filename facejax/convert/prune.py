@@ -3,6 +3,7 @@ teacher's most-used channels instead of at random (the real-faces student, confi
 
   variables, report = prune_dlib(teacher_variables, width=0.32, images=x, blocks=(1, 2, 2, 2, 1))
   # x: dlib-preprocessed chips; blocks: residual blocks kept per stage (dlib has 3, 4, 3, 3, 1)
+  prune_dlib(teacher_variables, 1.0, x, (1, 2, 2, 2, 1), channels=(8, 24, 48, 96))  # channels per stream
 
 Blocks. Each stage keeps its first block (it changes width and resolution) and its strongest others, by the
 |gamma| of their last BatchNorm (how much they add to the stream); a dropped stride-1 block leaves the stream as
@@ -31,12 +32,11 @@ import numpy as np
 
 from facejax.convert.plan import flatten, unflatten
 from facejax.models import dlib_resnet as dr
-from facejax.models.common import scaled
 
 
 @dataclasses.dataclass
 class PruneReport:
-  width: float
+  channels: list  # per residual stream (dlib_resnet.stream_groups)
   teacher_params: int
   student_params: int
   kept: dict  # group -> (kept, of); 'blocks' -> (kept, [teacher block indices])
@@ -45,7 +45,8 @@ class PruneReport:
   def summary(self) -> str:
     groups = ', '.join(f'{k} {a}/{b}' for k, (a, b) in self.kept.items() if k.startswith('stream'))
     n, blocks = self.kept['blocks']
-    return (f'dlib ResNet cut to width {self.width}: {self.student_params:,} of {self.teacher_params:,} parameters '
+    return (f'dlib ResNet cut to channels {"/".join(map(str, self.channels))}: {self.student_params:,} of '
+            f'{self.teacher_params:,} parameters '
             f'({self.teacher_params / self.student_params:.1f}x fewer); streams kept: {groups}; residual blocks '
             f'kept: {n} of {len(dr.block_strides())} ({", ".join(map(str, blocks))})')
 
@@ -54,18 +55,6 @@ def _l1_in(kernel: np.ndarray) -> np.ndarray:
   """[kh, kw, in, out] (or [in, out]) -> [in]: how strongly the layer reads each input channel."""
   k = np.abs(kernel)
   return k.reshape(-1, k.shape[-2], k.shape[-1]).sum(axis=(0, 2))
-
-
-def _stream_groups(stages=dr.DLIB_STAGES) -> tuple[list[int], list[int]]:
-  """-> (the stream group of every block's output, each group's teacher width). The stem writes group 0; a stage
-  that keeps its input width (no downsampling, or 256 -> 256) continues its input's group."""
-  groups, widths, width = [], [stages[0][0]], stages[0][0]
-  for filters, blocks, _ in stages:
-    if filters != width:
-      widths.append(filters)
-      width = filters
-    groups += [len(widths) - 1] * blocks
-  return groups, widths
 
 
 def select_blocks(params: dict, blocks, stages=dr.DLIB_STAGES) -> list[int]:
@@ -84,12 +73,13 @@ def select_blocks(params: dict, blocks, stages=dr.DLIB_STAGES) -> list[int]:
   return kept
 
 
-def select_channels(params: dict, width: float, kept_blocks=None, stages=dr.DLIB_STAGES) -> dict[str, np.ndarray]:
-  """Teacher params (a FaceNet(DlibResNet) 'params' tree) -> kept teacher channel indices per group:
-  'stream<g>' for each residual stream and 'block<i>' for the inner channels of each kept teacher block i
-  (`kept_blocks`, default all)."""
+def select_channels(params: dict, counts, kept_blocks=None, stages=dr.DLIB_STAGES) -> dict[str, np.ndarray]:
+  """Teacher params (a FaceNet(DlibResNet) 'params' tree) and the channels to keep per residual stream
+  (`dr.stream_channels`) -> kept teacher channel indices per group: 'stream<g>' for each residual stream and
+  'block<i>' for the inner channels of each kept teacher block i (`kept_blocks`, default all), as many as its
+  output stream keeps."""
   b = params['backbone']
-  groups, widths = _stream_groups(stages)
+  groups, widths = dr.stream_groups(stages)
   kept_blocks = range(len(groups)) if kept_blocks is None else kept_blocks
   readers = [np.zeros(w) for w in widths]  # stream channel importance: every kernel that reads the stream
   for i in kept_blocks:
@@ -97,28 +87,26 @@ def select_channels(params: dict, width: float, kept_blocks=None, stages=dr.DLIB
     readers[src] += _l1_in(np.asarray(b[f'block{i}']['conv1']['kernel']))
   readers[groups[-1]] += _l1_in(np.asarray(params['embedding']['dense']['kernel']))
   keep, prev = {}, np.zeros(0, int)
-  for g, w in enumerate(widths):
-    n = scaled(w, width)
-    if n < len(prev):
-      raise ValueError(f'width {width}: stream {g} would keep {n} channels, fewer than the {len(prev)} its '
-                       'shortcut carries in')
+  for g, (w, n) in enumerate(zip(widths, counts)):
+    if not len(prev) <= n <= w:
+      raise ValueError(f'stream {g} would keep {n} channels: expected between the {len(prev)} its shortcut '
+                       f'carries in and the teacher\'s {w}')
     score = readers[g].copy()
     score[prev] = -np.inf  # the shortcut's channels are kept first (below), so never chosen again here
     rest = np.argsort(-score, kind='stable')[:n - len(prev)]
     keep[f'stream{g}'] = np.concatenate([prev, np.sort(rest)]).astype(int)
     prev = keep[f'stream{g}']
-  strides = dr.block_strides(stages)
   for i in kept_blocks:
     blk = b[f'block{i}']
     score = np.abs(np.asarray(blk['bn1']['scale'])) * _l1_in(np.asarray(blk['conv2']['kernel']))
-    keep[f'block{i}'] = np.sort(np.argsort(-score, kind='stable')[:scaled(strides[i][0], width)])
+    keep[f'block{i}'] = np.sort(np.argsort(-score, kind='stable')[:counts[groups[i]]])
   return keep
 
 
 def _cut(variables: dict, keep: dict, kept_blocks=None, stages=dr.DLIB_STAGES) -> dict:
-  """Slices the teacher's tensors to the kept blocks and channels -> a FaceNet(DlibResNet(width, blocks))
+  """Slices the teacher's tensors to the kept blocks and channels -> a FaceNet(DlibResNet(blocks=..., channels=...))
   variable tree (student block k is teacher block kept_blocks[k])."""
-  groups, _ = _stream_groups(stages)
+  groups, _ = dr.stream_groups(stages)
   kept_blocks = list(range(len(groups)) if kept_blocks is None else kept_blocks)
   ins, outs, source = {'conv0': np.arange(3)}, {'conv0': keep['stream0'], 'bn0': keep['stream0']}, {}
   for k, i in enumerate(kept_blocks):
@@ -174,9 +162,11 @@ def recalibrate_batchnorm(model: nn.Module, variables: dict, images) -> dict:
   return {'params': unflatten(params), 'batch_stats': unflatten(stats)}
 
 
-def prune_dlib(teacher_variables: dict, width: float, images, blocks=None) -> tuple[dict, PruneReport]:
-  """Converted dlib teacher variables -> (variables of `build_dlib_model(width=width, blocks=blocks)`, report).
-  `blocks`: residual blocks per stage (None: all of dlib's). `images`: `[N, 150, 150, 3]` dlib-preprocessed
+def prune_dlib(teacher_variables: dict, width: float, images, blocks=None,
+               channels=None) -> tuple[dict, PruneReport]:
+  """Converted dlib teacher variables -> (variables of `build_dlib_model(width=width, blocks=blocks,
+  channels=channels)`, report). `blocks`: residual blocks per stage (None: all of dlib's); `channels`: each
+  residual stream's channels (None: dlib's scaled by `width`). `images`: `[N, 150, 150, 3]` dlib-preprocessed
   aligned chips (a few hundred) for the BatchNorm statistics."""
   from facejax.models.registry import count_params
   if not 0 < width <= 1:
@@ -186,8 +176,10 @@ def prune_dlib(teacher_variables: dict, width: float, images, blocks=None) -> tu
     raise ValueError(f'images: expected [N >= 2, {dr.IMAGE_SIZE}, {dr.IMAGE_SIZE}, 3] preprocessed chips, got '
                      f'{images.shape}')
   kept_blocks = select_blocks(teacher_variables['params'], blocks)
-  keep = select_channels(teacher_variables['params'], width, kept_blocks)
-  student = dr.build_dlib_model(width=width, blocks=None if blocks is None else tuple(blocks))
+  counts = dr.stream_channels(width, channels)
+  keep = select_channels(teacher_variables['params'], counts, kept_blocks)
+  student = dr.build_dlib_model(width=width, blocks=None if blocks is None else tuple(blocks),
+                                channels=None if channels is None else tuple(counts))
   variables = _cut(teacher_variables, keep, kept_blocks)
   expected = jax.eval_shape(lambda: student.init(jax.random.PRNGKey(0), jnp.zeros((1, dr.IMAGE_SIZE, dr.IMAGE_SIZE, 3)),
                                                  method='forward'))
@@ -195,13 +187,13 @@ def prune_dlib(teacher_variables: dict, width: float, images, blocks=None) -> tu
     got = flatten(dict(variables[col]))
     want = flatten(dict(expected[col]))
     if set(got) != set(want) or any(got[p].shape != want[p].shape for p in want):  # a bug here, not bad input
-      raise AssertionError(f'{col}: the cut tree does not match the width-{width} net: '
+      raise AssertionError(f'{col}: the cut tree does not match the {counts}-channel net: '
                            f'{sorted(set(got) ^ set(want))[:5]} or shapes differ')
   variables = recalibrate_batchnorm(student, variables, images)
-  groups, widths = _stream_groups()
+  groups, widths = dr.stream_groups()
   kept = {k: (len(v), widths[int(k[6:])] if k.startswith('stream') else None) for k, v in keep.items()}
   last_blocks = np.cumsum([n for _, n, _ in dr.DLIB_STAGES]) - 1
-  report = PruneReport(width, count_params(teacher_variables['params']), count_params(variables['params']),
+  report = PruneReport(counts, count_params(teacher_variables['params']), count_params(variables['params']),
                        dict(kept, blocks=(len(kept_blocks), kept_blocks)),
                        [keep[f'stream{groups[i]}'].tolist() for i in last_blocks])
   return variables, report

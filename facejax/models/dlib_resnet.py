@@ -96,12 +96,14 @@ class DlibResidual(nn.Module):
 
 class DlibResNet(nn.Module):
   """dlib's face ResNet trunk: `[B, 150, 150, 3]` (`dlib_preprocessing()`) -> `[B, 256]` average-pooled features.
-  `width` scales every stage (1.0 is dlib's net); `stages` as DLIB_STAGES; `blocks` (one count per stage)
-  replaces the stages' block counts (a shallower student)."""
+  `width` scales every stage (1.0 is dlib's net); `channels` instead sets each residual stream's channels (the
+  stem and first stage, then each stage that widens: 4 counts for dlib's net; see `stream_groups`); `stages` as
+  DLIB_STAGES; `blocks` (one count per stage) replaces the stages' block counts (a shallower student)."""
   stages: tuple = DLIB_STAGES
   stem_filters: int = 32
   width: float = 1.0
   blocks: tuple | None = None
+  channels: tuple | None = None
   bn_eps: float = BN_EPS
   bn_axis: str | None = None
   dtype: Dtype = jnp.float32
@@ -111,14 +113,17 @@ class DlibResNet(nn.Module):
     conv = functools.partial(nn.Conv, dtype=self.dtype)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=self.bn_eps,
                              dtype=self.dtype, axis_name=self.bn_axis)
-    x = conv(scaled(self.stem_filters, self.width), (7, 7), (2, 2), padding=_conv_padding(7, 2),
-             name='conv0')(x.astype(self.dtype))
+    stages = with_blocks(self.stages, self.blocks)
+    groups, _ = stream_groups(stages)
+    counts = stream_channels(self.width, self.channels, stages)
+    stem = counts[0] if self.channels is not None else scaled(self.stem_filters, self.width)
+    x = conv(stem, (7, 7), (2, 2), padding=_conv_padding(7, 2), name='conv0')(x.astype(self.dtype))
     x = nn.relu(norm(name='bn0')(x))
     x = nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding='VALID')
     i = 0
-    for filters, blocks, down in with_blocks(self.stages, self.blocks):
+    for filters, blocks, down in stages:
       for j in range(blocks):
-        x = DlibResidual(scaled(filters, self.width), conv, norm, 2 if (down and j == 0) else 1, name=f'block{i}')(x)
+        x = DlibResidual(counts[groups[i]], conv, norm, 2 if (down and j == 0) else 1, name=f'block{i}')(x)
         i += 1
       self.sow('intermediates', 'stages', x)  # each stage's output: distillation hints (a no-op unless asked)
     return jnp.mean(x, axis=(1, 2))
@@ -131,6 +136,33 @@ def with_blocks(stages=DLIB_STAGES, blocks=None) -> tuple:
   if len(blocks) != len(stages) or any(int(b) < 1 for b in blocks):
     raise ValueError(f'blocks={tuple(blocks)}: expected {len(stages)} counts >= 1, one per stage of {stages}')
   return tuple((f, int(b), down) for (f, _, down), b in zip(stages, blocks))
+
+
+def stream_groups(stages=DLIB_STAGES) -> tuple[list[int], list[int]]:
+  """-> (the residual stream of every block's output, each stream's width in `stages`). The stem writes stream 0;
+  a stage that keeps its input width (no downsampling, or 256 -> 256) continues its input's stream."""
+  groups, widths, width = [], [stages[0][0]], stages[0][0]
+  for filters, blocks, _ in stages:
+    if filters != width:
+      widths.append(filters)
+      width = filters
+    groups += [len(widths) - 1] * blocks
+  return groups, widths
+
+
+def stream_channels(width: float = 1.0, channels=None, stages=DLIB_STAGES) -> list[int]:
+  """Each residual stream's channels: `channels` as given (one count per stream of `stream_groups`), else the
+  stages' widths scaled by `width`."""
+  widths = stream_groups(stages)[1]
+  if channels is None:
+    return [scaled(w, width) for w in widths]
+  if width != 1.0:
+    raise ValueError(f'width={width} and channels={tuple(channels)}: give one of them, not both')
+  counts = [int(c) for c in channels]
+  if len(counts) != len(widths) or min(counts) < 1:
+    raise ValueError(f'channels={tuple(channels)}: expected {len(widths)} counts >= 1, one per residual stream '
+                     f'(dlib: {tuple(widths)})')
+  return counts
 
 
 def block_strides(stages=DLIB_STAGES) -> list[tuple[int, int]]:

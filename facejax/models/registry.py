@@ -45,9 +45,10 @@ MODELS: dict[str, ModelSpec] = {
     'resnet18_w050': ModelSpec(functools.partial(ResNet18, width=0.5), 112, 'ResNet-18 at half width.'),
     'dlib_resnet': ModelSpec(DlibResNet, 150, "dlib's face recognition ResNet (29 convs, 256-d pooled features; "
                              'converted weights: facejax.convert.dlib, input: dlib_resnet.dlib_preprocessing()).'),
-    'dlib_student': ModelSpec(functools.partial(DlibResNet, width=0.32, blocks=(1, 2, 2, 2, 1)), 150,
-                              "The real-faces student: dlib's ResNet at 0.32 width, 8 of its 14 residual blocks "
-                              '(cut from the teacher by facejax.convert.prune; configs/real_faces.py).'),
+    'dlib_student': ModelSpec(functools.partial(DlibResNet, channels=(8, 24, 48, 96), blocks=(1, 2, 2, 2, 1)),
+                              150, "The real-faces student: dlib's ResNet with 8/24/48/96 stream channels, 8 of its "
+                              '14 residual blocks (cut from the teacher by facejax.convert.prune; '
+                              'configs/real_faces.py).'),
 }
 
 

