@@ -13,9 +13,9 @@ config.real.data_dir). Stages (facejax.pipeline.prepare_real_faces, then the usu
             5-point predictor (photos without a face skipped and counted); the teacher evaluated on LFW View 2
             beside dlib's own pipeline; identity leakage checked by face (suspects dropped: real.leakage.drop)
   student   dlib's net with 8/24/48/96 stream channels and 8 of its 14 residual blocks (10x fewer parameters),
-            cut from the teacher: its strongest blocks and most-used channels (facejax.convert.prune); then embedding mimic
-            only (no labels needed, so LFW's unpaired people join the identities), the teacher's outputs cached
-            once for every chip and its mirror image
+            cut from the teacher: its strongest blocks and most-used channels (facejax.convert.prune); then
+            embedding mimic only (no labels needed, so LFW's unpaired people join the identities), the teacher's
+            outputs cached once for every chip and its mirror image
   siamese   the student continued with a contrastive loss on P x K identity batches of the identity set, still
             mimicking the teacher (siamese.mimic_weight) so 289 identities do not pull it off the teacher's geometry
   finetune  optional (--config.finetune.total_steps=N; 0 skips it): the paper's transfer step, dlib's whole net
