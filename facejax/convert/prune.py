@@ -36,11 +36,15 @@ from facejax.models import dlib_resnet as dr
 
 @dataclasses.dataclass
 class PruneReport:
-  channels: list  # per residual stream (dlib_resnet.stream_groups)
   teacher_params: int
   student_params: int
   kept: dict  # group -> (kept, of); 'blocks' -> (kept, [teacher block indices])
   stage_channels: list  # per stage: the teacher channels its output holds (distillation hints compare these)
+
+  @property
+  def channels(self) -> list[int]:
+    """Channels kept per residual stream (dlib_resnet.stream_groups)."""
+    return [a for k, (a, _) in self.kept.items() if k.startswith('stream')]
 
   def summary(self) -> str:
     groups = ', '.join(f'{k} {a}/{b}' for k, (a, b) in self.kept.items() if k.startswith('stream'))
@@ -193,7 +197,7 @@ def prune_dlib(teacher_variables: dict, width: float, images, blocks=None,
   groups, widths = dr.stream_groups()
   kept = {k: (len(v), widths[int(k[6:])] if k.startswith('stream') else None) for k, v in keep.items()}
   last_blocks = np.cumsum([n for _, n, _ in dr.DLIB_STAGES]) - 1
-  report = PruneReport(counts, count_params(teacher_variables['params']), count_params(variables['params']),
+  report = PruneReport(count_params(teacher_variables['params']), count_params(variables['params']),
                        dict(kept, blocks=(len(kept_blocks), kept_blocks)),
                        [keep[f'stream{groups[i]}'].tolist() for i in last_blocks])
   return variables, report
