@@ -35,12 +35,13 @@ import ml_collections
 import numpy as np
 
 from facejax import markdown
+from facejax.inference.hardware import cpu_info
 from facejax.train.config import TINY_FIELDS, bench_section
 from facejax.train.feed import DeviceFeed, batch_sharding, device_augmentation, replicate
 from facejax.train.profile import latest_xplane, trace_summary, write_text
 from facejax.train.setup import TrainingSetup, compute_dtype, load_teacher, model_io, setup
 from facejax.train.steps import AXIS
-from facejax.train.tasks import ModelIO
+from facejax.train.tasks import ModelIO, _teacher_outputs, hint_channels
 
 # Dense bf16 peak per chip, TFLOP/s (vendor datasheets, no sparsity). Matched as substrings of device_kind,
 # longest first: 'NVIDIA H100 PCIe' must not read as the SXM part.
@@ -87,15 +88,17 @@ def random_teacher(config: ml_collections.ConfigDict, num_classes: int) -> tuple
 
 def build_training(config: ml_collections.ConfigDict, num_classes: int) -> TrainingSetup:
   """The trainer's own `setup` for `config`, its teacher from config.distill.teacher_workdir or (random weights)
-  config.bench.teacher, its initial weights from the trainer (bench.init='trainer') or drawn on the host."""
+  config.bench.teacher, its initial weights from the trainer (bench.init='trainer') or drawn on the host. With
+  config.distill.cache_teacher the teacher is not run in the step: its outputs for `host_batch` are the cache the
+  step looks up by `batch['index']`, as the trainer's cached distillation does."""
   teacher = None
-  if config.task == 'distill':
+  if config.task == 'distill' or (config.task == 'siamese' and config.siamese.get('mimic_weight', 0.0)):
     if config.distill.teacher_workdir:
       teacher = load_teacher(config)
     elif config.bench.teacher.name:
       teacher = random_teacher(config, num_classes)
     else:
-      raise ValueError('config.task=distill: set config.distill.teacher_workdir (a classify run) or '
+      raise ValueError(f'config.task={config.task}: set config.distill.teacher_workdir (a finished run) or '
                        'config.bench.teacher.name (a registry model with random weights)')
   if config.bench.init not in ('numpy', 'trainer'):
     raise ValueError(f"config.bench.init={config.bench.init!r}: expected 'numpy' or 'trainer'")
@@ -104,13 +107,21 @@ def build_training(config: ml_collections.ConfigDict, num_classes: int) -> Train
     from facejax.inference.benchmark import random_variables
     variables = random_variables(model_io(config, num_classes).model, config.model.image_size, config.seed,
                                  method='forward')
-  return setup(config, num_classes, teacher, variables=variables)
+  cache = None
+  if teacher is not None and config.distill.cache_teacher:
+    io, teacher_vars = teacher
+    size = max(config.model.image_size, io.image_size)
+    images = host_batch(config, size, num_classes, 1)['image'][0]
+    out = _teacher_outputs(io, {'teacher': teacher_vars}, {'image': images}, hint_channels(config))
+    cache = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32),
+                                   {k: v for k, v in out.items() if k in ('embedding', 'logits', 'stages')})
+  return setup(config, num_classes, teacher, cache, variables=variables)
 
 
-def device_batch(config: ml_collections.ConfigDict, image_size: int, num_classes: int, sharding) -> dict:
-  """One random batch, already on the devices: {'image': uint8 [D, B/D, S, S, 3], 'label': int32 [D, B/D]}.
-  Labels follow the configured sampler (P x K identity blocks for 'identity', so contrastive pairs exist)."""
-  n_dev = len(sharding.device_set)
+def host_batch(config: ml_collections.ConfigDict, image_size: int, num_classes: int, n_dev: int) -> dict:
+  """One random batch on the host, split over `n_dev` devices: {'image': uint8 [D, B/D, S, S, 3], 'label': int32
+  [D, B/D], 'index': int32 [D, B/D] (the record indices 0..B-1, where a teacher cache is looked up)}. Labels follow
+  the configured sampler (P x K identity blocks for 'identity', so contrastive pairs exist)."""
   batch = config.batch_size // jax.process_count()
   rng = np.random.default_rng(config.seed)
   images = rng.integers(0, 256, (n_dev, batch // n_dev, image_size, image_size, 3), dtype=np.uint8)
@@ -118,7 +129,13 @@ def device_batch(config: ml_collections.ConfigDict, image_size: int, num_classes
     labels = (np.arange(batch) // config.data.images_per_identity) % num_classes
   else:
     labels = rng.integers(0, num_classes, batch)
-  return jax.device_put({'image': images, 'label': labels.reshape(n_dev, -1).astype(np.int32)}, sharding)
+  return {'image': images, 'label': labels.reshape(n_dev, -1).astype(np.int32),
+          'index': np.arange(batch, dtype=np.int32).reshape(n_dev, -1)}
+
+
+def device_batch(config: ml_collections.ConfigDict, image_size: int, num_classes: int, sharding) -> dict:
+  """`host_batch`, on the devices of `sharding`."""
+  return jax.device_put(host_batch(config, image_size, num_classes, len(sharding.device_set)), sharding)
 
 
 # ----------------------------------------------------------------------------------------------- input feed
@@ -462,6 +479,7 @@ def benchmark_training(config: ml_collections.ConfigDict, *, steps: int = 30, wa
       'image_size': image_size,
       'load_size': load_size,
       'teacher_image_size': teacher.image_size if teacher else None,
+      'teacher_cached': bool(config.distill.cache_teacher) if teacher else None,  # looked up, not run, in the step
       'dtype': 'bfloat16' if config.half_precision else 'float32',
       'num_classes': num_classes,
       'params': setup.params,
@@ -500,6 +518,7 @@ def benchmark_training(config: ml_collections.ConfigDict, *, steps: int = 30, wa
       'process_count': jax.process_count(),
       'jax_version': jax.__version__,
       'cpu_count': os.cpu_count(),
+      **cpu_info(),  # the host's CPU model and flags: CPU timings differ by kind
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
   }
   log(f'{record["label"]} {config.task} [{data}]: {record["img_per_s"]} img/s, {record["step_ms_median"]} ms/step, '
@@ -528,6 +547,13 @@ def prepare_bench_folders(data_dir: str, *, num_identities: int = 200, images_pe
 # --------------------------------------------------------------------------------------------------- tables
 
 
+def _kwargs_text(record: dict) -> str:
+  """' key=v1/v2 ...' of a record's model kwargs ('' without): variants of one model stay apart in tables."""
+  kwargs = record.get('model_kwargs') or {}
+  show = lambda v: '/'.join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+  return ''.join(f' {k}={show(v)}' for k, v in sorted(kwargs.items()))
+
+
 def summary_table(records: list[dict]) -> str:
   """Markdown: one row per measurement (task, model, data, batch, img/s, step ms, MFU, compile s, memory)."""
   def fmt(v, f='{:.1f}'):
@@ -543,7 +569,8 @@ def summary_table(records: list[dict]) -> str:
     data = r['data'] if r['data'] == 'device' else (f"loader ({r.get('prefetch')}, {r.get('num_workers')}w, "
                                                       f"cache {r.get('cache')})")
     mem = r.get('memory', {}).get('peak_bytes_in_use')
-    cells.append([r.get('name', ''), r['task'], f"{r['label']}@{r['image_size']}", data, r['batch_size'],
+    cells.append([r.get('name', ''), r['task'], f"{r['label']}@{r['image_size']}{_kwargs_text(r)}", data,
+                  r['batch_size'],
                   fmt(r['img_per_s'], '{:.0f}'), fmt(r['step_ms_median'], '{:.2f}'),
                   fmt(None if r['mfu'] is None else 100 * r['mfu'], '{:.1f}%'),
                   f"{fmt(r['compile_s'])}{' (cache)' if r.get('compile_cache_hit') else ''}",
@@ -553,7 +580,9 @@ def summary_table(records: list[dict]) -> str:
     r = next((x for x in records if 'device_kind' in x), {})
     lines.append('')
     lines.append(f"{r.get('num_devices', '?')} x {r.get('device_kind', '?')} ({r.get('backend', '?')}), jax "
-                 f"{r.get('jax_version', '?')}, peak {r.get('peak_tflops')} TFLOP/s bf16 per chip")
+                 f"{r.get('jax_version', '?')}, peak {r.get('peak_tflops')} TFLOP/s bf16 per chip"
+                 + (f"; host CPU {r['cpu']} ({', '.join(r.get('cpu_flags') or []) or 'none of the listed flags'})"
+                    if r.get('cpu') else ''))
   return '\n'.join(lines)
 
 

@@ -103,6 +103,33 @@ def test_distill_random_teacher():
   assert {'embed_loss', 'soft_loss', 'hard_loss'} <= set(r['metrics'])
 
 
+def test_real_student_step_looks_up_the_teacher_cache():
+  """configs/bench_real_student.py times make real's distillation step, whose teacher is a cache: built from the
+  teacher's outputs for the benchmark's batch, it gives the live teacher's loss and update to float32 rounding,
+  and the step's FLOPs are the student's alone."""
+  config = load_config('bench_real_student', 'tiny')
+  assert config.distill.cache_teacher and not config.half_precision
+  live_config = load_config('bench_real_student', 'tiny')
+  live_config.distill.cache_teacher = False
+  sharding = batch_sharding()
+  out = {}
+  for name, c in (('cached', config), ('live', live_config)):
+    setup = tp.build_training(c, c.bench.num_classes)
+    assert ('cache' in setup.frozen) == (name == 'cached')
+    batch = tp.device_batch(c, setup.student.image_size, c.bench.num_classes, sharding)
+    state, metrics = setup.p_step(replicate(setup.state, sharding), batch, replicate(setup.frozen, sharding))
+    out[name] = (float(metrics['embed_loss'][0]), jax.device_get(jax.tree_util.tree_map(lambda x: x[0], state.params)))
+  assert out['cached'][0] == pytest.approx(out['live'][0], rel=1e-5) and out['cached'][0] > 0.1
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), out['cached'][1],
+                         out['live'][1])
+  r = tp.benchmark_training(config, steps=2, warmup=1, data='device', window=2)
+  live = tp.benchmark_training(live_config, steps=1, warmup=0, data='device', window=1)
+  assert r['teacher_cached'] is True and live['teacher_cached'] is False and r['dtype'] == 'float32'
+  assert r['gflops_per_step_per_device'] < 0.2 * live['gflops_per_step_per_device']  # the teacher's pass is gone
+  assert json.loads(json.dumps(r['model_kwargs'])) == {'channels': [4, 4, 4, 4], 'blocks': [1, 2, 2, 2, 1]}
+  assert 'channels=4/4/4/4' in tp.summary_table([r])
+
+
 def test_cli_siamese_pipeline_from_prepared_folders(tmp_path):
   data_dir = str(tmp_path / 'tfds')
   out = tp.prepare_bench_folders(data_dir, num_identities=6, images_per_identity=4, image_size=48, processes=1)
