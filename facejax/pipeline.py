@@ -12,6 +12,7 @@ import json
 import os
 import time
 
+import jax
 import ml_collections
 import numpy as np
 from absl import logging
@@ -21,6 +22,7 @@ from facejax.evaluation.leakage import identity_threshold, leakage_check, leakag
 from facejax.evaluation.report import plot_roc, results_markdown, summary_row
 from facejax.evaluation.verification import compare
 from facejax.inference.benchmark import benchmark_model
+from facejax.inference.hardware import cpu_info
 from facejax.runs import jsonable, load_run
 from facejax.train import train
 
@@ -124,6 +126,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
                        cpu_ms_per_img_batched=f'the same at batch {config.benchmark.batch_size}, per image'),
       'runs': runs,  # where each row came from (a sweep finds fold accuracies and shared teachers here)
       'timings_s': timings,
+      'host': host_info(),  # what the CPU timings and wall times were measured on
   }
   if real:
     report['leakage'], report['data'] = real['leakage'], real['data']
@@ -138,11 +141,24 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if real:
     summary += '\n' + leakage_text(real['leakage']) + '\n' + real_data_text(real['data'], protocol)
   summary += '\nwall time (s): ' + ', '.join(f'{k} {v:.0f}' for k, v in timings.items()) + '\n'
+  summary += host_text(report['host']) + '\n'
   with open(os.path.join(workdir, 'results.md'), 'w') as f:
     f.write(f'# facejax pipeline: {workdir}\n\n{table}{summary}')
   plot_roc(results, os.path.join(workdir, 'roc.png'))
   print(table + summary, flush=True)
   return report
+
+
+def host_info() -> dict:
+  """{'cpu', 'cpu_flags', 'cpu_count', 'jax', 'backend', 'date'}: timings differ by CPU kind, so they travel together."""
+  return {**cpu_info(), 'cpu_count': os.cpu_count(), 'jax': jax.__version__, 'backend': jax.default_backend(),
+          'date': time.strftime('%Y-%m-%d')}
+
+
+def host_text(host: dict) -> str:
+  flags = ', '.join(host.get('cpu_flags') or []) or 'none of the listed flags'
+  return (f"measured on: {host.get('cpu') or 'unknown CPU'} ({flags}), {host['cpu_count']} cores, jax {host['jax']} "
+          f"({host['backend']}), {host['date']}")
 
 
 # ---- Real faces (configs/real_faces.py). ----

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from configs.demo import get_config
@@ -35,6 +36,9 @@ def test_report_files_and_schema(demo_run):
   assert report['compression']['param_ratio'] >= 9.0
   assert report['compression']['cpu_speedup'] > 0
   assert '| teacher |' in stdout and 'fewer parameters' in stdout  # the table is printed
+  host = report['host']  # the CPU the timings come from, in both reports
+  assert host['cpu_count'] == os.cpu_count() and host['jax'] == jax.__version__ and host['backend'] == 'cpu'
+  assert f"{host['cpu_count']} cores, jax {host['jax']}" in (workdir / 'results.md').read_text()
   # Each evaluated run is calibrated for launch.verify.
   assert json.loads((workdir / 'siamese' / 'threshold.json').read_text())['distance'] == 'euclidean'
 

@@ -130,6 +130,11 @@ def test_real_student_step_looks_up_the_teacher_cache():
   assert 'channels=4/4/4/4' in tp.summary_table([r])
 
 
+def test_real_student_config_names_a_bad_count():
+  with pytest.raises(ValueError, match=r"bench_real_student.py: channels='8/x/48/96': expected counts separated by /"):
+    load_config('bench_real_student', 'channels=8/x/48/96')
+
+
 def test_cli_siamese_pipeline_from_prepared_folders(tmp_path):
   data_dir = str(tmp_path / 'tfds')
   out = tp.prepare_bench_folders(data_dir, num_identities=6, images_per_identity=4, image_size=48, processes=1)
