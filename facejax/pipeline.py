@@ -22,7 +22,7 @@ from facejax.evaluation.leakage import identity_threshold, leakage_check, leakag
 from facejax.evaluation.report import plot_roc, results_markdown, summary_row
 from facejax.evaluation.verification import compare
 from facejax.inference.benchmark import benchmark_model
-from facejax.inference.hardware import cpu_info
+from facejax.inference.hardware import cpu_info, cpu_text
 from facejax.runs import jsonable, load_run
 from facejax.train import train
 
@@ -150,15 +150,15 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def host_info() -> dict:
-  """{'cpu', 'cpu_flags', 'cpu_count', 'jax', 'backend', 'date'}: timings differ by CPU kind, so they travel together."""
+  """{'cpu', 'cpu_flags', 'cpu_count', 'jax', 'backend', 'date'}: timings differ by CPU kind, so they travel
+  with it."""
   return {**cpu_info(), 'cpu_count': os.cpu_count(), 'jax': jax.__version__, 'backend': jax.default_backend(),
           'date': time.strftime('%Y-%m-%d')}
 
 
 def host_text(host: dict) -> str:
-  flags = ', '.join(host.get('cpu_flags') or []) or 'none of the listed flags'
-  return (f"measured on: {host.get('cpu') or 'unknown CPU'} ({flags}), {host['cpu_count']} cores, jax {host['jax']} "
-          f"({host['backend']}), {host['date']}")
+  return (f"measured on: {cpu_text(host)}, {host['cpu_count']} cores, jax {host['jax']} ({host['backend']}), "
+          f"{host['date']}")
 
 
 # ---- Real faces (configs/real_faces.py). ----

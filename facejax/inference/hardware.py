@@ -33,6 +33,12 @@ def cpu_info() -> dict:
   return {'cpu': fields.get('model name', ''), 'cpu_flags': [f for f in CPU_FLAGS if f in flags]}
 
 
+def cpu_text(info: dict) -> str:
+  """'MODEL (flag, flag)' of a `cpu_info()` dict, for reports next to their timings."""
+  flags = ', '.join(info.get('cpu_flags') or []) or 'none of the listed flags'
+  return f"{info.get('cpu') or 'unknown CPU'} ({flags})"
+
+
 def peak_rss_mb() -> float:
   """Peak resident set size of this process so far, MiB (Linux reports ru_maxrss in KiB)."""
   return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 
 from facejax import markdown
-from facejax.inference.hardware import cpu_info
+from facejax.inference.hardware import cpu_info, cpu_text
 from facejax.train.config import TINY_FIELDS, bench_section
 from facejax.train.feed import DeviceFeed, batch_sharding, device_augmentation, replicate
 from facejax.train.profile import latest_xplane, trace_summary, write_text
@@ -581,8 +581,7 @@ def summary_table(records: list[dict]) -> str:
     lines.append('')
     lines.append(f"{r.get('num_devices', '?')} x {r.get('device_kind', '?')} ({r.get('backend', '?')}), jax "
                  f"{r.get('jax_version', '?')}, peak {r.get('peak_tflops')} TFLOP/s bf16 per chip"
-                 + (f"; host CPU {r['cpu']} ({', '.join(r.get('cpu_flags') or []) or 'none of the listed flags'})"
-                    if r.get('cpu') else ''))
+                 + (f'; host CPU {cpu_text(r)}' if r.get('cpu') else ''))
   return '\n'.join(lines)
 
 
