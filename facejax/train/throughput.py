@@ -274,8 +274,9 @@ def _loader_feed(config, image_size: int, num_classes: int, sharding, log) -> tu
     log(f'loader alone: {info["loader_img_per_s"]} img/s over {m["batches"]} batches, after '
         f'{m["warmup_batches"]} warm-up batches in {m["warmup_s"]:.1f}s ({workers} workers x {b.num_threads} threads)')
   extra_keys, transform = device_augmentation(config.data, image_size)
-  return DeviceFeed(loader, sharding, mode=b.prefetch, depth=b.prefetch_depth, keys=('image', 'label') + extra_keys,
-                    transform=transform), info, loader
+  # The trainer's keys: 'index' looks up a teacher cache (the benchmark's covers one batch; gathers clamp beyond it).
+  return DeviceFeed(loader, sharding, mode=b.prefetch, depth=b.prefetch_depth,
+                    keys=('image', 'label', 'index') + extra_keys, transform=transform), info, loader
 
 
 # ------------------------------------------------------------------------------------------------- timing
