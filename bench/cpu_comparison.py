@@ -55,8 +55,9 @@ def openvino_model(path: str, shape: list[int], threads: int, f32: bool):
 TWINS = ('ResNet', 'VGG', 'MobileFaceNet')  # backbones with a torch twin (and so a torch-exported ONNX graph)
 TWIN_VARIANTS = ('ort', 'ort_int8', 'torch', 'torch_1t')  # OpenVINO reads facejax's own export without a twin
 ANCHORS = ('jax_plain', 'ort', 'ort_facejax', 'openvino', 'openvino_f32', 'torch', 'torch_1t')
-OPT_VARIANTS = {'jax_opt': {}, 'jax_bf16': {'dtype': 'bfloat16'}, 'jax_int8': {'dtype': 'int8'},
-                'jax_int8_static': {'dtype': 'int8', 'calibration': 'random'}}  # 'random': 32 uniform inputs
+# 'random' calibration: 32 uniform inputs
+OPT_VARIANTS = {'jax_opt': {}, 'jax_onednn': {'conv': 'onednn'}, 'jax_bf16': {'dtype': 'bfloat16'},
+                'jax_int8': {'dtype': 'int8'}, 'jax_int8_static': {'dtype': 'int8', 'calibration': 'random'}}
 
 
 def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, embed_dim: int, opt_variants: dict,

@@ -32,6 +32,9 @@ def embedding_function(model, variables, preprocessing, image_size: int, *, flip
   if isinstance(optimize, dict) or optimize:  # {} = the default options, not "off"
     from facejax.inference.optimize import inference_forward
     options = dict(optimize) if isinstance(optimize, dict) else {}
+    if options.get('conv') == 'onednn':
+      raise ValueError("optimize={'conv': 'onednn'}: oneDNN runs as a custom call of this process, which a "
+                       "serialized model cannot carry; export with conv='auto' (the default)")
     options['weights'] = 'const'
     raw_fn = inference_forward(model, variables, image_size=image_size, **options)
     compiler_options = dict(raw_fn.compiler_options)

@@ -163,7 +163,7 @@ def cheap_benchmark_train(request, tmp_path):
 
 
 def cheap_compare_cpu(request, tmp_path):
-  variants = 'jax_plain,jax_opt' + (',torch' if installed('torch') else '')
+  variants = 'jax_plain,jax_opt,jax_onednn' + (',torch' if installed('torch') else '')
   if installed('torch', 'onnx', 'onnxruntime', 'openvino', 'jax2onnx'):
     variants += ',ort,ort_facejax,openvino,openvino_f32'
   out = tmp_path / 'c.json'

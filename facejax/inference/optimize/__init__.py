@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from facejax.inference.optimize import onednn
 from facejax.inference.optimize.fold import fold_batch_norm
 from facejax.inference.optimize.lowering import (AUTO_IM2COL_MAX_PIXELS, AUTO_INT8_IM2COL_MAX_PIXELS, CONV_IMPLS,
                                                  _winograd_ok, auto_lowering, conv_forward, conv_lowering,
@@ -62,6 +63,8 @@ def prepare_layers(folded: dict, traced: dict[str, TracedLayer], conv: str, dtyp
         lowering = 'xla' if np.prod(entry.out_shape[1:-1]) > int8_im2col_max_pixels else 'matmul'
       else:
         lowering = auto_lowering(entry, dtype, im2col_max_pixels)
+    if conv == 'onednn' and lowering == 'matmul' and entry.kind == 'conv':
+      lowering = 'onednn'
     if conv == 'winograd' and lowering == 'matmul' and _winograd_ok(entry):
       lowering = 'winograd'
     if lowering == 'matmul':
@@ -135,6 +138,10 @@ def optimize_for_inference(model, variables, *, image_size: int, conv: str = 'au
     raise ValueError(f'conv={conv!r}: expected one of {CONV_IMPLS}')
   if dtype not in DTYPES:
     raise ValueError(f'dtype={dtype!r}: expected one of {DTYPES}')
+  if conv == 'onednn' and dtype != 'float32':
+    raise ValueError(f"conv='onednn' runs float32 convolutions; got dtype={dtype!r}")
+  if conv == 'onednn' and onednn.unavailable():
+    warnings.warn(f"conv='onednn': {onednn.unavailable()}; XLA runs those convolutions instead", stacklevel=2)
   if weights not in WEIGHTS:
     raise ValueError(f'weights={weights!r}: expected one of {WEIGHTS}')
   if dtype == 'bfloat16' and jax.default_backend() == 'cpu':

@@ -6,7 +6,8 @@ transform), the rest as im2col. `conv='xla'`: `lax.conv_general_dilated` with th
 `conv='auto'` (default) picks per layer from the output map size: native conv above 14x14, Winograd for
 3x3/s1 at 14x14 and below, im2col matmuls otherwise (with `dtype='int8'`: int8 im2col up to 112x112, native
 float conv above; with `dtype='bfloat16'`: im2col while the im2col matrix per image is at most 16 MB, see
-`auto_lowering`); off the CPU, native convs everywhere.
+`auto_lowering`); off the CPU, native convs everywhere. `conv='onednn'`: plain 2-D convs (float32) through oneDNN's
+CPU kernels as a custom call (`onednn`), the rest as 'auto'.
 """
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ import numpy as np
 from jax import lax
 from flax.linen.linear import canonicalize_padding
 
+from facejax.inference.optimize import onednn
 from facejax.inference.optimize.quantize import _int8_matmul, _quantize_activations
 from facejax.inference.optimize.trace import TracedLayer
 
-CONV_IMPLS = ('auto', 'im2col', 'winograd', 'xla')
+CONV_IMPLS = ('auto', 'im2col', 'winograd', 'xla', 'onednn')
 AUTO_INT8_IM2COL_MAX_PIXELS = 12544  # dtype='int8', conv='auto': larger maps (VGG's 224x224) run float32 native convs
 AUTO_IM2COL_MAX_PIXELS = 196  # conv='auto': k>1 convs with at most this many output pixels per image -> im2col
 AUTO_BF16_IM2COL_MAX_BYTES = 16 << 20  # conv='auto', bfloat16: im2col while its matrix per image is at most this
@@ -178,6 +180,8 @@ def conv_forward(entry: TracedLayer, p: dict, x):
   if lowering == 'winograd':
     return winograd_conv(x, kernel, pads) + bias  # transforms in x's dtype, the dot in bf16 if the kernel is
   sh, sw = _strides(conv)
+  if lowering == 'onednn':
+    return onednn.conv(x, kernel, bias, (sh, sw), pads)
   if lowering == 'depthwise':  # k*k shifted multiply-adds
     x = x.astype(kernel.dtype)
     slices = _shifted_slices(x, kh, kw, sh, sw, pads)

@@ -1,0 +1,87 @@
+"""oneDNN convolutions as an XLA CPU custom call (`jax.ffi`), with a pure-XLA fallback.
+
+`conv(x, kernel, bias, strides, pads)` runs a float32 NHWC x HWIO 2-D convolution plus bias through oneDNN
+(`onednn_conv.cc`) when the library is built and the backend is the CPU, and through `lax.conv_general_dilated`
+otherwise; tests hold the two to 1e-5. oneDNN picks its kernel for the CPU it runs on (AVX2, AVX-512, AMX) and
+keeps each kernel in its own blocked layout, reordered once per kernel buffer.
+
+The project's install builds it (`make venv`: the `[onednn]` extra's headers and library, then g++):
+
+  python -c 'from facejax.inference.optimize import onednn; onednn.build()'
+
+The custom call lives in this process only: `jax.export` and ONNX export need XLA's own convolutions.
+Measured effect: docs/cpu_inference.md (`launch.compare_cpu --variants=jax_opt,jax_onednn,ort_facejax`).
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import subprocess
+import sysconfig
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+SOURCE = Path(__file__).with_name('onednn_conv.cc')
+LIBRARY = Path(os.environ.get('FACEJAX_ONEDNN_LIB', SOURCE.with_name('onednn_conv.so')))
+TARGET = 'facejax_onednn_conv'
+
+
+def _prefix() -> Path:
+  """Where pip put the `onednn` wheels' data files (lib/libdnnl.so, include/oneapi/...): this environment."""
+  return Path(sysconfig.get_paths()['data'])
+
+
+def build(out: Path = LIBRARY) -> Path:
+  """Compile the custom call against the installed oneDNN and jaxlib's FFI headers."""
+  prefix = _prefix()
+  header = prefix / 'include' / 'oneapi' / 'dnnl' / 'dnnl.hpp'
+  if not header.exists():
+    raise FileNotFoundError(f"{header} not found: install oneDNN first: pip install -e '.[onednn]'")
+  # DT_RPATH (not RUNPATH) so libdnnl's own dependencies (TBB, SYCL) are found in the same lib/ folder.
+  subprocess.run(['g++', '-O2', '-std=c++17', '-shared', '-fPIC', '-w', f'-I{prefix / "include"}',
+                  f'-I{jax.ffi.include_dir()}', str(SOURCE), '-o', str(out), f'-L{prefix / "lib"}', '-ldnnl',
+                  '-Wl,--disable-new-dtags', f'-Wl,-rpath,{prefix / "lib"}'], check=True)
+  return out
+
+
+@functools.cache
+def unavailable() -> str | None:
+  """None when the custom call is built, loaded and registered; else why not (then `conv` runs XLA's)."""
+  if jax.default_backend() != 'cpu':
+    return f'the backend is {jax.default_backend()}, not the CPU'
+  if not LIBRARY.exists():
+    return f"{LIBRARY} is not built (make venv, or: pip install -e '.[onednn]' then onednn.build())"
+  # The PyPI oneDNN runs its CPU engine on SYCL, which finds the CPU through the OpenCL runtime pip put beside
+  # it (intel-opencl-rt); that runtime's .icd file names its build machine's path, so name the library here.
+  icd = _prefix() / 'lib' / 'libintelocl.so'
+  if icd.exists():
+    os.environ.setdefault('OCL_ICD_FILENAMES', str(icd))
+  try:
+    lib = ctypes.cdll.LoadLibrary(str(LIBRARY))
+  except OSError as e:
+    return f'{LIBRARY} does not load: {e}'
+  jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.FacejaxOnednnConv), platform='cpu')
+  return None
+
+
+def conv(x, kernel, bias, strides: tuple[int, int], pads, relu: bool = False):
+  """float32 `x` [B, H, W, C] * `kernel` [kh, kw, C, F] + `bias` [F] (then ReLU if `relu`) with zero `pads`
+  ((top, bottom), (left, right)) -> [B, OH, OW, F]: oneDNN, or XLA when `unavailable()`."""
+  x, kernel, bias = (jnp.asarray(a, jnp.float32) for a in (x, kernel, bias))
+  (pt, pb), (pl, pr) = pads
+  if unavailable():
+    y = lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + bias
+    return jax.nn.relu(y) if relu else y
+  kh, kw, _, f = kernel.shape
+  oh = (x.shape[1] + pt + pb - kh) // strides[0] + 1
+  ow = (x.shape[2] + pl + pr - kw) // strides[1] + 1
+  out = jax.ShapeDtypeStruct((x.shape[0], oh, ow, f), jnp.float32)
+  i64 = np.int64
+  return jax.ffi.ffi_call(TARGET, out, vmap_method='sequential')(
+      x, kernel, bias, stride_h=i64(strides[0]), stride_w=i64(strides[1]), pad_top=i64(pt), pad_bottom=i64(pb),
+      pad_left=i64(pl), pad_right=i64(pr), relu=i64(relu))

@@ -1,0 +1,124 @@
+// oneDNN float32 2-D convolution as an XLA CPU custom call (jax.ffi): NHWC input, HWIO kernel, bias, NHWC
+// output, optional fused ReLU. Built by `python -m facejax.inference.optimize.onednn build`.
+//
+// Primitives are cached per problem (shapes, strides, pads, ReLU). oneDNN keeps the kernel in its own blocked
+// layout: the reordered copy is cached per kernel buffer and problem, and checked against a fingerprint of the
+// buffer (256 values spread over it) on every call, so a new kernel at a reused address is reordered again.
+#include <algorithm>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+
+namespace {
+
+using Key = std::vector<int64_t>;
+
+struct Problem {
+  dnnl::convolution_forward conv;
+  dnnl::memory::desc src, kernel, blocked_kernel, bias, dst;
+};
+
+struct BlockedKernel {
+  dnnl::memory memory;
+  std::vector<float> fingerprint;
+};
+
+std::vector<float> Fingerprint(const float* data, int64_t size) {
+  const int64_t n = std::min<int64_t>(size, 256);
+  std::vector<float> out(n);
+  for (int64_t i = 0; i < n; ++i) out[i] = data[n > 1 ? i * (size - 1) / (n - 1) : 0];
+  return out;
+}
+
+struct State {
+  std::mutex mu;
+  dnnl::engine engine{dnnl::engine::kind::cpu, 0};
+  dnnl::stream stream{engine};
+  std::map<Key, Problem> problems;
+  std::map<std::pair<Key, const float*>, BlockedKernel> kernels;
+};
+
+State& state() {
+  static State* s = new State();  // never destroyed: XLA may run custom calls during interpreter exit
+  return *s;
+}
+
+ffi::Error Conv(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
+                ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl,
+                int64_t pr, int64_t relu) {
+  auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
+  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4 || wd[2] != xd[3] || b.element_count() != wd[3])
+    return ffi::Error::InvalidArgument(
+        "facejax_onednn_conv: expected x [B, H, W, C], kernel [kh, kw, C, F], bias [F], output [B, OH, OW, F]");
+  const int64_t n = xd[0], h = xd[1], wi = xd[2], c = xd[3], kh = wd[0], kw = wd[1], f = wd[3];
+  const int64_t oh = yd[1], ow = yd[2];
+  const Key key{n, h, wi, c, kh, kw, f, oh, ow, sh, sw, pt, pb, pl, pr, relu};
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  try {
+    auto it = s.problems.find(key);
+    if (it == s.problems.end()) {
+      dnnl::memory::desc src({n, c, h, wi}, dt::f32, tag::nhwc), dst({n, f, oh, ow}, dt::f32, tag::nhwc),
+          bias({f}, dt::f32, tag::a), kernel({f, c, kh, kw}, dt::f32, tag::hwio),
+          any_kernel({f, c, kh, kw}, dt::f32, tag::any);
+      dnnl::primitive_attr attr;
+      if (relu) {
+        dnnl::post_ops ops;
+        ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+        attr.set_post_ops(ops);
+      }
+      dnnl::convolution_forward::primitive_desc pd(
+          s.engine, dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src, any_kernel,
+          bias, dst, {sh, sw}, {pt, pl}, {pb, pr}, attr);
+      it = s.problems.emplace(key, Problem{dnnl::convolution_forward(pd), src, kernel, pd.weights_desc(), bias,
+                                           dst}).first;
+    }
+    Problem& p = it->second;
+    const float* kdata = w.typed_data();
+    dnnl::memory user_kernel(p.kernel, s.engine, const_cast<float*>(kdata));
+    dnnl::memory kernel = user_kernel;
+    if (p.blocked_kernel != p.kernel) {
+      std::vector<float> print = Fingerprint(kdata, w.element_count());
+      auto& cached = s.kernels[{key, kdata}];
+      if (!cached.memory || cached.fingerprint != print) {
+        cached.memory = dnnl::memory(p.blocked_kernel, s.engine);
+        dnnl::reorder(user_kernel, cached.memory).execute(s.stream, user_kernel, cached.memory);
+        cached.fingerprint = std::move(print);
+      }
+      kernel = cached.memory;
+    }
+    dnnl::memory src(p.src, s.engine, x.typed_data()), bias(p.bias, s.engine, b.typed_data()),
+        dst(p.dst, s.engine, y->typed_data());
+    p.conv.execute(s.stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, kernel}, {DNNL_ARG_BIAS, bias},
+                              {DNNL_ARG_DST, dst}});
+    s.stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("facejax_onednn_conv: oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FacejaxOnednnConv, Conv,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride_h")
+                                  .Attr<int64_t>("stride_w")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_bottom")
+                                  .Attr<int64_t>("pad_left")
+                                  .Attr<int64_t>("pad_right")
+                                  .Attr<int64_t>("relu"));

@@ -1,0 +1,97 @@
+"""The oneDNN custom call (facejax.inference.optimize.onednn) against its pure-XLA fallback."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from facejax.inference.benchmark import random_variables
+from facejax.inference.export import embedding_function
+from facejax.inference.optimize import onednn, optimize_for_inference
+from facejax.models import build_model
+from facejax.models.preprocessing import FACEJAX
+
+
+@pytest.fixture(scope='module', autouse=True)
+def built():
+  assert onednn.unavailable() is None, f'the project install builds the oneDNN custom call: {onednn.unavailable()}'
+
+
+def _xla(x, kernel, bias, strides, pads, relu):
+  y = lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + bias
+  return jax.nn.relu(y) if relu else y
+
+
+# (batch, H, W, C, F, k, stride, pads, relu): dlib's unpadded 7x7/2 RGB stem, padded and unpadded 3x3 at
+# strides 1 and 2, a strided 1x1 shortcut, asymmetric pads on a non-square map, channel counts off oneDNN's blocks
+CASES = [(1, 31, 31, 3, 8, 7, 2, ((0, 0), (0, 0)), False), (2, 17, 17, 8, 24, 3, 1, ((1, 1), (1, 1)), True),
+         (3, 17, 17, 24, 48, 3, 2, ((0, 0), (0, 0)), False), (2, 9, 9, 48, 96, 1, 2, ((0, 0), (0, 0)), True),
+         (1, 11, 7, 5, 13, 3, 1, ((0, 1), (2, 0)), False)]
+
+
+@pytest.mark.parametrize('case', CASES)
+def test_conv_equals_xla(case):
+  b, h, w, c, f, k, s, pads, relu = case
+  rng = np.random.default_rng(0)
+  x, kernel, bias = (jnp.asarray(rng.normal(size=shape), jnp.float32) for shape in ((b, h, w, c), (k, k, c, f), (f,)))
+  out = jax.jit(lambda x, kernel, bias: onednn.conv(x, kernel, bias, (s, s), pads, relu))(x, kernel, bias)
+  ref = _xla(x, kernel, bias, (s, s), pads, relu)
+  assert 'custom_call' in jax.jit(lambda x: onednn.conv(x, kernel, bias, (s, s), pads, relu)).lower(x).as_text()
+  np.testing.assert_allclose(out, ref, atol=1e-5 * float(jnp.abs(ref).max()))
+
+
+def test_new_kernel_at_a_reused_address_is_reordered_again():
+  """oneDNN's blocked copy of a kernel is cached by address; freed buffers' addresses come back (checked below),
+  so the cache must notice the new contents."""
+  rng = np.random.default_rng(0)
+  x, bias = jnp.asarray(rng.normal(size=(1, 9, 9, 16)), jnp.float32), jnp.zeros(16)
+  step = jax.jit(lambda x, kernel: onednn.conv(x, kernel, bias, (1, 1), ((1, 1), (1, 1))))
+  addresses = []
+  for _ in range(8):
+    kernel = jax.device_put(rng.normal(size=(3, 3, 16, 16)).astype(np.float32))
+    addresses.append(kernel.unsafe_buffer_pointer())
+    np.testing.assert_allclose(step(x, kernel), _xla(x, kernel, bias, (1, 1), ((1, 1), (1, 1)), False), atol=1e-4)
+    kernel.delete()
+  assert len(set(addresses)) < len(addresses), 'no address was reused: this test no longer tests the cache'
+
+
+def _student(seed):
+  model = build_model('dlib_student', num_classes=0, embed_dim=16)
+  return model, random_variables(model, 112, seed=seed)
+
+
+def test_student_forward_equals_xla_and_each_kernel_is_its_own():
+  """The whole student through oneDNN equals XLA's convs; a second set of weights through the same executable
+  (weights as arguments, so oneDNN sees new kernels, possibly at reused addresses) gets its own answer."""
+  x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 112, 112, 3)), jnp.float32)
+  model, first = _student(1)
+  _, second = _student(2)
+  fn = optimize_for_inference(model, first, image_size=112, conv='onednn', weights='args')
+  assert 'custom_call' in jax.jit(fn.forward).lower(fn.params, x).as_text()
+  step = jax.jit(fn.forward)
+  other = optimize_for_inference(model, second, image_size=112, conv='onednn', weights='args').params
+  for params, variables in ((fn.params, first), (other, second), (fn.params, first)):
+    ref = optimize_for_inference(model, variables, image_size=112, conv='xla')(x)
+    np.testing.assert_allclose(step(params, x), ref, atol=1e-5)
+  constant = jax.jit(optimize_for_inference(model, second, image_size=112, conv='onednn'))
+  np.testing.assert_allclose(constant(x), optimize_for_inference(model, second, image_size=112, conv='xla')(x),
+                             atol=1e-5)
+
+
+def test_fallback_is_xla_and_says_why(monkeypatch):
+  model, variables = _student(3)
+  x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (1, 112, 112, 3)), jnp.float32)
+  fast = jax.jit(optimize_for_inference(model, variables, image_size=112, conv='onednn'))(x)
+  monkeypatch.setattr(onednn, 'unavailable', lambda: '/x/onednn_conv.so is not built')
+  with pytest.warns(UserWarning, match=r"conv='onednn': /x/onednn_conv.so is not built; XLA runs"):
+    fn = optimize_for_inference(model, variables, image_size=112, conv='onednn')
+  assert 'custom_call' not in jax.jit(fn).lower(x).as_text()
+  np.testing.assert_allclose(jax.jit(fn)(x), fast, atol=1e-5)
+
+
+def test_onednn_is_float32_and_in_process_only():
+  model, variables = _student(4)
+  with pytest.raises(ValueError, match=r"conv='onednn' runs float32 convolutions; got dtype='int8'"):
+    optimize_for_inference(model, variables, image_size=112, conv='onednn', dtype='int8')
+  with pytest.raises(ValueError, match="a serialized model cannot carry; export with conv='auto'"):
+    embedding_function(model, variables, FACEJAX, 112, optimize={'conv': 'onednn'})
