@@ -60,9 +60,10 @@ def _student(seed):
   return model, random_variables(model, 112, seed=seed)
 
 
-def test_student_forward_equals_xla_and_each_kernel_is_its_own():
+def test_student_forward_equals_xla_and_each_kernel_is_its_own(monkeypatch):
   """The whole student through oneDNN equals XLA's convs; a second set of weights through the same executable
   (weights as arguments, so oneDNN sees new kernels, possibly at reused addresses) gets its own answer."""
+  monkeypatch.setattr(onednn, 'MIN_FLOPS', 0)  # every conv through oneDNN
   x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 112, 112, 3)), jnp.float32)
   model, first = _student(1)
   _, second = _student(2)
@@ -78,7 +79,17 @@ def test_student_forward_equals_xla_and_each_kernel_is_its_own():
                              atol=1e-5)
 
 
+def test_only_convs_worth_a_call_go_to_onednn():
+  """At 150 px only the student's 7x7 stem (12.2 MFLOPs) reaches onednn.MIN_FLOPS; its 3x3 convs (<= 2.7
+  MFLOPs) stay native XLA convolutions."""
+  model, variables = _student(5)
+  x = jnp.zeros((1, 150, 150, 3), jnp.float32)
+  hlo = jax.jit(optimize_for_inference(model, variables, image_size=150, conv='onednn')).lower(x).as_text()
+  assert hlo.count('custom_call @facejax_onednn_conv') == 1 and hlo.count('stablehlo.convolution') == 16
+
+
 def test_fallback_is_xla_and_says_why(monkeypatch):
+  monkeypatch.setattr(onednn, 'MIN_FLOPS', 0)
   model, variables = _student(3)
   x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (1, 112, 112, 3)), jnp.float32)
   fast = jax.jit(optimize_for_inference(model, variables, image_size=112, conv='onednn'))(x)
