@@ -73,9 +73,11 @@ def main(argv):
     options['calibration'] = calibration
   if FLAGS.dtype == 'auto':
     from facejax.inference.optimize.choose import choose_dtype
+    # float32 is also timed with XLA's native convs when the lowering is left to facejax (--conv=auto)
     meta['dtype_choice'] = choose_dtype(model, variables, image_size=size, check=check, calibration=calibration,
-                                        batch_size=FLAGS.auto_batch, conv=conv)
-    options['dtype'] = meta['dtype_choice']['dtype']
+                                        batch_size=FLAGS.auto_batch, conv=conv,
+                                        float32_convs=('xla',) if conv == 'auto' else ())
+    options.update(dtype=meta['dtype_choice']['dtype'], conv=meta['dtype_choice']['conv'])
     if options['dtype'] != 'int8':
       options.pop('calibration', None)
     print(json.dumps({'dtype_choice': meta['dtype_choice']}), flush=True)

@@ -194,12 +194,17 @@ def test_auto_dtype_times_what_the_cpu_can_run_and_falls_back_to_float32(monkeyp
   model, variables = _model('student_vgg')
   check, calibration = np.asarray(_inputs(6, seed=7)), np.asarray(_inputs(8, seed=8))
   choose = lambda min_cosine: choose_dtype(model, variables, image_size=SIZE, check=check, calibration=calibration,
-                                           batch_size=2, min_cosine=min_cosine, rounds=2, calls=1)
+                                           batch_size=2, min_cosine=min_cosine, rounds=2, calls=1,
+                                           float32_convs=('xla',))
   anything = choose(-1.0)  # every candidate agrees: the fastest wins
   times = {d: c['ms_median'] for d, c in anything['candidates'].items()}
-  assert set(times) == {'float32', 'bfloat16', 'int8'} and anything['dtype'] == min(times, key=times.get)
+  assert set(times) == {'float32', 'float32/xla', 'bfloat16', 'int8'}
+  fastest = anything['candidates'][min(times, key=times.get)]
+  assert (anything['dtype'], anything['conv']) == (fastest['dtype'], fastest['conv'])
+  assert anything['candidates']['float32/xla']['conv'] == 'xla' and anything['candidates']['int8']['conv'] == 'auto'
   assert anything['calibrated'] == (anything['dtype'] == 'int8') and anything['cpu'] == 'test'
-  assert anything['candidates']['float32']['min_cosine'] == pytest.approx(1.0, abs=1e-5)
+  for name in ('float32', 'float32/xla'):
+    assert anything['candidates'][name]['min_cosine'] == pytest.approx(1.0, abs=1e-5)
   for dtype in ('bfloat16', 'int8'):
     assert LOW_PRECISION_MIN_COS <= anything['candidates'][dtype]['min_cosine'] < 1.0
   strict = choose(1.5)  # nothing but float32 itself can agree

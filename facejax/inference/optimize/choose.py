@@ -1,13 +1,16 @@
-"""dtype='auto': the fastest dtype policy on the CPU at hand whose embeddings agree with float32.
+"""dtype='auto': the fastest dtype policy (and float32 conv lowering) on the CPU at hand whose embeddings agree
+with float32.
 
 No fixed per-CPU table: the candidates the CPU can run (bfloat16 only with avx512_bf16 or AMX, where the dots
-have hardware support; int8 everywhere, static scales when calibration faces are given) are compiled and timed
-here, interleaved, and the fastest one whose embeddings stay within `min_cosine` of float32's on held-out faces
-wins. What the rule gave on each CPU kind: docs/cpu_inference.md.
+have hardware support; int8 everywhere, static scales when calibration faces are given; float32 also with each of
+`float32_convs`, e.g. XLA's native convs, which win on AVX2-only CPUs) are compiled and timed here, interleaved,
+and the fastest one whose embeddings stay within `min_cosine` of float32's on held-out faces wins. What the rule
+gave on each CPU kind: docs/cpu_inference.md.
 """
 from __future__ import annotations
 
 import time
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -29,13 +32,15 @@ def candidate_dtypes(cpu_flags: list[str] | None) -> list[str]:
 
 def choose_dtype(model, variables, *, image_size: int, check: np.ndarray, calibration: np.ndarray | None = None,
                  batch_size: int = 1, min_cosine: float = MIN_COSINE, rounds: int = 5, calls: int = 3,
-                 conv: str = 'auto') -> dict:
-  """Time every candidate dtype policy of `optimize_for_inference` at `batch_size` and pick the fastest whose
-  embeddings of `check` (float model inputs [N, S, S, 3], faces not in `calibration`) have a per-face cosine of
-  at least `min_cosine` to float32's. int8 uses static scales from `calibration` when given.
+                 conv: str = 'auto', float32_convs: Sequence[str] = ()) -> dict:
+  """Time every candidate dtype policy of `optimize_for_inference` at `batch_size` (with `conv`; float32 also
+  with each of `float32_convs`) and pick the fastest whose embeddings of `check` (float model inputs
+  [N, S, S, 3], faces not in `calibration`) have a per-face cosine of at least `min_cosine` to float32's. int8
+  uses static scales from `calibration` when given.
 
-  -> {'dtype', 'calibrated', 'batch_size', 'min_cosine', 'candidates': {dtype: {'ms_median', 'min_cosine',
-  'agrees'}}, 'cpu', 'cpu_flags'}; float32 always agrees, so it is the fallback."""
+  -> {'dtype', 'conv', 'calibrated', 'batch_size', 'min_cosine', 'candidates': {name: {'dtype', 'conv',
+  'ms_median', 'min_cosine', 'agrees'}}, 'cpu', 'cpu_flags'}, a candidate named by its dtype ('float32/xla' for
+  float32 with another conv); float32 always agrees, so it is the fallback."""
   from facejax.inference.optimize import optimize_for_inference
   info = hardware.cpu_info()
   check = np.asarray(check, np.float32)
@@ -43,15 +48,18 @@ def choose_dtype(model, variables, *, image_size: int, check: np.ndarray, calibr
   # The check faces in batches of `batch_size` (the tail padded by repeating them), so one executable per
   # candidate both embeds them and is timed.
   batches = np.resize(check, (-(-n // b) * b,) + check.shape[1:]).reshape((-1, b) + check.shape[1:])
+  dtypes = candidate_dtypes(info.get('cpu_flags'))
+  paths = {d: (d, conv) for d in dtypes}
+  paths.update({f'float32/{c}': ('float32', c) for c in float32_convs if c != conv})
   compiled, agreement, reference = {}, {}, None
-  for dtype in candidate_dtypes(info.get('cpu_flags')):
-    fn = optimize_for_inference(model, variables, image_size=image_size, conv=conv, dtype=dtype,
+  for name, (dtype, lowering) in paths.items():
+    fn = optimize_for_inference(model, variables, image_size=image_size, conv=lowering, dtype=dtype,
                                 calibration=calibration if dtype == 'int8' else None)
     exe = jax.jit(fn).lower(batches[0]).compile(compiler_options=fn.compiler_options or None)
     emb = np.concatenate([np.asarray(exe(batch)) for batch in batches])[:n]
     reference = emb if reference is None else reference
-    agreement[dtype] = float(np.min(np.sum(emb * reference, axis=1)))
-    compiled[dtype] = exe
+    agreement[name] = float(np.min(np.sum(emb * reference, axis=1)))
+    compiled[name] = exe
   x = jax.numpy.asarray(batches[0])  # on the device once: the timed calls copy nothing
   times = {d: [] for d in compiled}
   for _ in range(rounds):  # interleaved, so a busy moment slows every candidate alike
@@ -60,8 +68,10 @@ def choose_dtype(model, variables, *, image_size: int, check: np.ndarray, calibr
       for _ in range(calls):
         jax.block_until_ready(exe(x))
       times[dtype].append((time.perf_counter() - t0) / calls * 1e3)
-  candidates = {d: {'ms_median': round(float(np.median(times[d])), 3), 'min_cosine': round(agreement[d], 6),
-                    'agrees': d == 'float32' or agreement[d] >= min_cosine} for d in compiled}
-  best = min((d for d, c in candidates.items() if c['agrees']), key=lambda d: candidates[d]['ms_median'])
-  return {'dtype': best, 'calibrated': best == 'int8' and calibration is not None, 'batch_size': batch_size,
-          'min_cosine': min_cosine, 'candidates': candidates, **info}
+  candidates = {d: {'dtype': paths[d][0], 'conv': paths[d][1], 'ms_median': round(float(np.median(times[d])), 3),
+                    'min_cosine': round(agreement[d], 6),
+                    'agrees': paths[d][0] == 'float32' or agreement[d] >= min_cosine} for d in compiled}
+  best = candidates[min((d for d, c in candidates.items() if c['agrees']), key=lambda d: candidates[d]['ms_median'])]
+  return {'dtype': best['dtype'], 'conv': best['conv'], 'calibrated': best['dtype'] == 'int8' and
+          calibration is not None, 'batch_size': batch_size, 'min_cosine': min_cosine, 'candidates': candidates,
+          **info}
