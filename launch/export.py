@@ -29,7 +29,9 @@ flags.DEFINE_bool('optimize', True, 'Export the optimized inference forward (BN 
 flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16', 'int8', 'auto'],
                   'Dtype policy of the optimized forward; auto: the fastest on this CPU that agrees with float32.')
 flags.DEFINE_integer('auto_batch', 1, '--dtype=auto: the batch size the candidates are timed at.')
-flags.DEFINE_enum('conv', 'auto', ['auto', 'im2col', 'winograd', 'xla'], 'Conv lowering of the optimized forward.')
+flags.DEFINE_enum('conv', 'auto', ['auto', 'im2col', 'winograd', 'xla', 'onednn'],
+                  'Conv lowering of the optimized forward (onednn: the oneDNN custom call, which the loading '
+                  'process must have built too).')
 flags.DEFINE_integer('calibration', 0, "--dtype=int8 or auto: static activation scales from this many face crops "
                      "(the run's training data, or --calibration_images); 0: per-image scales at run time.")
 flags.DEFINE_string('calibration_images', '', 'Directory or glob of face images to calibrate on.')
@@ -73,10 +75,13 @@ def main(argv):
     options['calibration'] = calibration
   if FLAGS.dtype == 'auto':
     from facejax.inference.optimize.choose import choose_dtype
-    # float32 is also timed with XLA's native convs when the lowering is left to facejax (--conv=auto)
+    # float32 is also timed with XLA's native convs and with oneDNN (where built) when the lowering is left to
+    # facejax (--conv=auto)
+    from facejax.inference.optimize import onednn
+    float32_convs = ('xla',) + (() if onednn.unavailable() else ('onednn',))
     meta['dtype_choice'] = choose_dtype(model, variables, image_size=size, check=check, calibration=calibration,
                                         batch_size=FLAGS.auto_batch, conv=conv,
-                                        float32_convs=('xla',) if conv == 'auto' else ())
+                                        float32_convs=float32_convs if conv == 'auto' else ())
     options.update(dtype=meta['dtype_choice']['dtype'], conv=meta['dtype_choice']['conv'])
     if options['dtype'] != 'int8':
       options.pop('calibration', None)

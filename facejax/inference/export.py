@@ -32,9 +32,6 @@ def embedding_function(model, variables, preprocessing, image_size: int, *, flip
   if isinstance(optimize, dict) or optimize:  # {} = the default options, not "off"
     from facejax.inference.optimize import inference_forward
     options = dict(optimize) if isinstance(optimize, dict) else {}
-    if options.get('conv') == 'onednn':
-      raise ValueError("optimize={'conv': 'onednn'}: oneDNN runs as a custom call of this process, which a "
-                       "serialized model cannot carry; export with conv='auto' (the default)")
     options['weights'] = 'const'
     raw_fn = inference_forward(model, variables, image_size=image_size, **options)
     compiler_options = dict(raw_fn.compiler_options)
@@ -52,14 +49,20 @@ def export_embedder(model, variables, preprocessing, image_size: int, *, flip: s
                     optimize: bool | dict = True, platforms: Sequence[str] = ('cpu',),
                     metadata: dict | None = None) -> jax.export.Exported:
   """-> `jax.export.Exported` of `embedding_function(...)`, polymorphic in the batch b. `metadata`, when given,
-  gets 'cpu_compiler_options' (for `save_exported`'s sidecar; `load_exported` compiles with them)."""
+  gets 'cpu_compiler_options' (for `save_exported`'s sidecar; `load_exported` compiles with them) and
+  'custom_calls': the targets the artifact calls outside XLA (the oneDNN convolution with conv='onednn'), which
+  the loading process must have registered."""
+  from facejax.inference.optimize import onednn
   embed, compiler_options = embedding_function(model, variables, preprocessing, image_size, flip=flip,
                                                optimize=optimize)
+  onednn_used = isinstance(optimize, dict) and optimize.get('conv') == 'onednn' and not onednn.unavailable()
+  custom_calls = [onednn.TARGET] if onednn_used else []
   if metadata is not None:
-    metadata['cpu_compiler_options'] = compiler_options
+    metadata.update(cpu_compiler_options=compiler_options, custom_calls=custom_calls)
   (b,) = jax.export.symbolic_shape('b')
   spec = jax.ShapeDtypeStruct((b, image_size, image_size, 3), jnp.uint8)
-  return jax.export.export(jax.jit(embed), platforms=tuple(platforms))(spec)
+  checks = [jax.export.DisabledSafetyCheck.custom_call(t) for t in custom_calls]
+  return jax.export.export(jax.jit(embed), platforms=tuple(platforms), disabled_checks=checks)(spec)
 
 
 def save_exported(exported: jax.export.Exported, path: str, metadata: dict | None = None) -> dict:
@@ -123,4 +126,9 @@ def load_exported(path: str, compiler_options: dict | None = None) -> ExportedEm
   if os.path.isfile(path + '.json'):
     with open(path + '.json') as f:
       metadata = json.load(f)
+  if (metadata or {}).get('custom_calls'):  # only then import facejax: the oneDNN custom call registers itself
+    from facejax.inference.optimize import onednn
+    if onednn.TARGET in metadata['custom_calls'] and onednn.unavailable():
+      raise RuntimeError(f'{path}: exported with conv=onednn, which calls the oneDNN custom call, not available '
+                         f'here: {onednn.unavailable()}; build it (make venv) or re-export with --conv=auto')
   return ExportedEmbedder(exported, metadata, compiler_options)

@@ -1,4 +1,8 @@
 """The oneDNN custom call (facejax.inference.optimize.onednn) against its pure-XLA fallback."""
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,10 +10,12 @@ import pytest
 from jax import lax
 
 from facejax.inference.benchmark import random_variables
-from facejax.inference.export import embedding_function
+from facejax.inference.export import export_embedder, load_exported, save_exported
 from facejax.inference.optimize import onednn, optimize_for_inference
 from facejax.models import build_model
 from facejax.models.preprocessing import FACEJAX
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -100,9 +106,38 @@ def test_fallback_is_xla_and_says_why(monkeypatch):
   np.testing.assert_allclose(jax.jit(fn)(x), fast, atol=1e-5)
 
 
-def test_onednn_is_float32_and_in_process_only():
+def test_onednn_is_float32_only():
   model, variables = _student(4)
   with pytest.raises(ValueError, match=r"conv='onednn' runs float32 convolutions; got dtype='int8'"):
     optimize_for_inference(model, variables, image_size=112, conv='onednn', dtype='int8')
-  with pytest.raises(ValueError, match="a serialized model cannot carry; export with conv='auto'"):
-    embedding_function(model, variables, FACEJAX, 112, optimize={'conv': 'onednn'})
+
+
+def test_export_carries_the_custom_call_and_the_loader_asks_for_it(tmp_path, monkeypatch):
+  """A batch-polymorphic .jaxexport with the oneDNN convs equals XLA's export; its sidecar names the custom call,
+  and a process without it gets an error saying what to do instead of XLA's unregistered-target failure."""
+  monkeypatch.setattr(onednn, 'MIN_FLOPS', 0)
+  model, variables = _student(6)
+  images = np.random.default_rng(2).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
+  out = {}
+  for conv in ('onednn', 'xla'):
+    meta = {}
+    exported = export_embedder(model, variables, FACEJAX, 112, optimize={'conv': conv}, metadata=meta)
+    assert meta['custom_calls'] == (['facejax_onednn_conv'] if conv == 'onednn' else [])
+    save_exported(exported, str(tmp_path / f'{conv}.jaxexport'), meta)
+    loaded = load_exported(str(tmp_path / f'{conv}.jaxexport'))
+    out[conv] = (loaded(images), loaded(images[:1]))
+  np.testing.assert_allclose(out['onednn'][0], out['xla'][0], atol=1e-5)
+  np.testing.assert_allclose(out['onednn'][1], out['xla'][0][:1], atol=1e-5)
+  np.save(tmp_path / 'images.npy', images)
+  fresh = subprocess.run([sys.executable, '-c', (  # a serving process: the loader registers the custom call
+      'import sys, numpy as np\nfrom facejax.inference.export import load_exported\n'
+      'np.save(sys.argv[2], load_exported(sys.argv[1])(np.load(sys.argv[3])))'),
+      str(tmp_path / 'onednn.jaxexport'), str(tmp_path / 'fresh.npy'), str(tmp_path / 'images.npy')],
+      capture_output=True, text=True, cwd=REPO)
+  assert fresh.returncode == 0, fresh.stderr[-2000:]
+  np.testing.assert_allclose(np.load(tmp_path / 'fresh.npy'), out['xla'][0], atol=1e-5)
+  monkeypatch.setattr(onednn, 'unavailable', lambda: '/x/onednn_conv.so is not built')
+  with pytest.raises(RuntimeError, match=r'onednn.jaxexport: exported with conv=onednn, .* not available here: '
+                                         r'/x/onednn_conv.so is not built; build it \(make venv\) or re-export'):
+    load_exported(str(tmp_path / 'onednn.jaxexport'))
+  load_exported(str(tmp_path / 'xla.jaxexport'))  # no custom call: nothing asked
