@@ -159,11 +159,14 @@ def calibration_images(workdir: str, count: int, image_size: int, images: str = 
       raise ValueError(f'--calibration_images={images}: none of the {len(picked)} picked files could be read')
     return np.stack(crops)
   config_path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(config_path):
+  config = {}
+  if os.path.isfile(config_path):
+    with open(config_path) as f:
+      config = json.load(f)
+  if 'data' not in config:  # no file, or a converted model's record (convert.py writes task/source/sha256)
     raise FileNotFoundError(f'{config_path}: no training config to take calibration images from (a converted '
                             'model?): pass a folder of face images instead (--calibration_images=DIR)')
-  with open(config_path) as f:
-    data = json.load(f)['data']
+  data = config['data']
   from facejax.data import make_source
   source = make_source(data['source'], **data.get('kwargs', {}))
   picked = np.linspace(0, len(source) - 1, min(count, len(source))).round().astype(int)

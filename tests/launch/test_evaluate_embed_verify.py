@@ -303,3 +303,6 @@ def test_calibration_images_from_a_folder_skip_unreadable_files(run_dir, lfw_dir
   assert crops.shape == (IMAGES_PER_NAME, 48, 48, 3) and crops.dtype == np.uint8  # 4 files, the broken one skipped
   with pytest.raises(FileNotFoundError, match='no training config to take calibration images from'):
     calibration_images(str(tmp_path), 4, 48)
+  (tmp_path / 'config.json').write_text(json.dumps({'task': 'convert', 'source': 'dlib', 'sha256': '0'}))
+  with pytest.raises(FileNotFoundError, match=r'config.json: no training config .* \(--calibration_images=DIR\)'):
+    calibration_images(str(tmp_path), 4, 48)  # a converted model's record names no training data
