@@ -9,7 +9,8 @@ The project's install builds it (`make venv`: the `[onednn]` extra's headers and
 
   python -c 'from facejax.inference.optimize import onednn; onednn.build()'
 
-The custom call lives in this process only: `jax.export` and ONNX export need XLA's own convolutions.
+`launch.export --conv=onednn` writes a `.jaxexport` that calls it, so the loading process needs it built too
+(`load_exported` checks); ONNX exports keep plain Conv ops.
 Measured effect: docs/cpu_inference.md (`launch.compare_cpu --variants=jax_opt,jax_onednn,ort_facejax`).
 """
 from __future__ import annotations

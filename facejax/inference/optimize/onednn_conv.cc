@@ -1,9 +1,10 @@
 // oneDNN float32 2-D convolution as an XLA CPU custom call (jax.ffi): NHWC input, HWIO kernel, bias, NHWC
-// output, optional fused ReLU. Built by `python -m facejax.inference.optimize.onednn build`.
+// output, optional fused ReLU. Built by `facejax.inference.optimize.onednn.build()` (make venv).
 //
 // Primitives are cached per problem (shapes, strides, pads, ReLU). oneDNN keeps the kernel in its own blocked
 // layout: the reordered copy is cached per kernel buffer and problem, and checked against a fingerprint of the
 // buffer (256 values spread over it) on every call, so a new kernel at a reused address is reordered again.
+// The cache is emptied when it holds kMaxKernels copies (weights passed as arguments, many checkpoints).
 #include <algorithm>
 #include <cstdint>
 #include <map>
@@ -31,6 +32,8 @@ struct BlockedKernel {
   dnnl::memory memory;
   std::vector<float> fingerprint;
 };
+
+constexpr size_t kMaxKernels = 4096;
 
 std::vector<float> Fingerprint(const float* data, int64_t size) {
   const int64_t n = std::min<int64_t>(size, 256);
@@ -88,6 +91,7 @@ ffi::Error Conv(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ff
     dnnl::memory kernel = user_kernel;
     if (p.blocked_kernel != p.kernel) {
       std::vector<float> print = Fingerprint(kdata, w.element_count());
+      if (s.kernels.size() >= kMaxKernels && !s.kernels.count({key, kdata})) s.kernels.clear();
       auto& cached = s.kernels[{key, kdata}];
       if (!cached.memory || cached.fingerprint != print) {
         cached.memory = dnnl::memory(p.blocked_kernel, s.engine);
