@@ -65,6 +65,9 @@ def unavailable() -> str | None:
   icd = _prefix() / 'lib' / 'libintelocl.so'
   if icd.exists():
     os.environ.setdefault('OCL_ICD_FILENAMES', str(icd))
+  # oneDNN's workers on half the cores, XLA's pool on the rest: on 2 vCPUs one worker ran every net faster at
+  # batch 1 than two, which fought XLA's threads (docs/cpu_inference.md). Set it yourself to override.
+  os.environ.setdefault('DPCPP_CPU_NUM_CUS', str(max(1, len(os.sched_getaffinity(0)) // 2)))
   try:
     lib = ctypes.cdll.LoadLibrary(str(LIBRARY))
   except OSError as e:
