@@ -21,6 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 @pytest.fixture(scope='module', autouse=True)
 def built():
   assert onednn.unavailable() is None, f'the project install builds the oneDNN custom call: {onednn.unavailable()}'
+  assert int(os.environ['DPCPP_CPU_NUM_CUS']) >= 1  # oneDNN's workers: half the cores unless set
 
 
 def _xla(x, kernel, bias, strides, pads, relu):
