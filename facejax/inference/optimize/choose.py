@@ -63,15 +63,16 @@ def choose_dtype(model, variables, *, image_size: int, check: np.ndarray, calibr
   x = jax.numpy.asarray(batches[0])  # on the device once: the timed calls copy nothing
   times = {d: [] for d in compiled}
   for _ in range(rounds):  # interleaved, so a busy moment slows every candidate alike
-    for dtype, exe in compiled.items():
+    for name, exe in compiled.items():
       t0 = time.perf_counter()
       for _ in range(calls):
         jax.block_until_ready(exe(x))
-      times[dtype].append((time.perf_counter() - t0) / calls * 1e3)
-  candidates = {d: {'dtype': paths[d][0], 'conv': paths[d][1], 'ms_median': round(float(np.median(times[d])), 3),
-                    'min_cosine': round(agreement[d], 6),
-                    'agrees': paths[d][0] == 'float32' or agreement[d] >= min_cosine} for d in compiled}
-  best = candidates[min((d for d, c in candidates.items() if c['agrees']), key=lambda d: candidates[d]['ms_median'])]
+      times[name].append((time.perf_counter() - t0) / calls * 1e3)
+  candidates = {name: {'dtype': dtype, 'conv': lowering, 'ms_median': round(float(np.median(times[name])), 3),
+                       'min_cosine': round(agreement[name], 6),
+                       'agrees': dtype == 'float32' or agreement[name] >= min_cosine}
+                for name, (dtype, lowering) in paths.items()}
+  best = min((c for c in candidates.values() if c['agrees']), key=lambda c: c['ms_median'])
   return {'dtype': best['dtype'], 'conv': best['conv'], 'calibrated': best['dtype'] == 'int8' and
           calibration is not None, 'batch_size': batch_size, 'min_cosine': min_cosine, 'candidates': candidates,
           **info}

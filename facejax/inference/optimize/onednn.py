@@ -76,18 +76,20 @@ def unavailable() -> str | None:
   return None
 
 
+def _xla_conv(x, kernel, bias, strides, pads, relu: bool):
+  y = lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + bias
+  return jax.nn.relu(y) if relu else y
+
+
 def conv(x, kernel, bias, strides: tuple[int, int], pads, relu: bool = False):
   """float32 `x` [B, H, W, C] * `kernel` [kh, kw, C, F] + `bias` [F] (then ReLU if `relu`) with zero `pads`
   ((top, bottom), (left, right)) -> [B, OH, OW, F]: oneDNN, or XLA when `unavailable()`."""
   x, kernel, bias = (jnp.asarray(a, jnp.float32) for a in (x, kernel, bias))
-  (pt, pb), (pl, pr) = pads
+  xla = functools.partial(_xla_conv, strides=strides, pads=pads, relu=relu)
   if unavailable():
-    y = lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + bias
-    return jax.nn.relu(y) if relu else y
-  kh, kw, _, f = kernel.shape
-  oh = (x.shape[1] + pt + pb - kh) // strides[0] + 1
-  ow = (x.shape[2] + pl + pr - kw) // strides[1] + 1
-  out = jax.ShapeDtypeStruct((x.shape[0], oh, ow, f), jnp.float32)
+    return xla(x, kernel, bias)
+  out = jax.eval_shape(xla, x, kernel, bias)  # oneDNN writes what XLA's conv would return
+  (pt, pb), (pl, pr) = pads
   i64 = np.int64
   return jax.ffi.ffi_call(TARGET, out, vmap_method='sequential')(
       x, kernel, bias, stride_h=i64(strides[0]), stride_w=i64(strides[1]), pad_top=i64(pt), pad_bottom=i64(pb),
