@@ -24,8 +24,9 @@ def built():
   assert int(os.environ['DPCPP_CPU_NUM_CUS']) >= 1  # oneDNN's workers: half the cores unless set
 
 
-def _xla(x, kernel, bias, strides, pads, relu):
+def _xla(x, kernel, bias, strides, pads, relu, residual=None):
   y = lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + bias
+  y = y if residual is None else y + residual
   return jax.nn.relu(y) if relu else y
 
 
@@ -37,14 +38,25 @@ CASES = [(1, 31, 31, 3, 8, 7, 2, ((0, 0), (0, 0)), False), (2, 17, 17, 8, 24, 3,
 
 
 @pytest.mark.parametrize('case', CASES)
-def test_conv_equals_xla(case):
+@pytest.mark.parametrize('residual', [False, True])
+def test_conv_equals_xla(case, residual):
+  """Plain, and with a residual added by a oneDNN post-op (before the ReLU post-op, as relu(conv + b + r))."""
   b, h, w, c, f, k, s, pads, relu = case
   rng = np.random.default_rng(0)
   x, kernel, bias = (jnp.asarray(rng.normal(size=shape), jnp.float32) for shape in ((b, h, w, c), (k, k, c, f), (f,)))
-  out = jax.jit(lambda x, kernel, bias: onednn.conv(x, kernel, bias, (s, s), pads, relu))(x, kernel, bias)
-  ref = _xla(x, kernel, bias, (s, s), pads, relu)
-  assert 'custom_call' in jax.jit(lambda x: onednn.conv(x, kernel, bias, (s, s), pads, relu)).lower(x).as_text()
+  shape = jax.eval_shape(lambda x: _xla(x, kernel, bias, (s, s), pads, relu), x).shape
+  r = jnp.asarray(rng.normal(size=shape), jnp.float32) if residual else None
+  call = lambda x, kernel, bias, r: onednn.conv(x, kernel, bias, (s, s), pads, relu, residual=r)
+  out = jax.jit(call)(x, kernel, bias, r)
+  ref = _xla(x, kernel, bias, (s, s), pads, relu, r)
+  assert 'custom_call' in jax.jit(call).lower(x, kernel, bias, r).as_text()
   np.testing.assert_allclose(out, ref, atol=1e-5 * float(jnp.abs(ref).max()))
+
+
+def test_residual_of_another_shape_is_refused():
+  x, kernel, bias = jnp.zeros((1, 8, 8, 4)), jnp.zeros((3, 3, 4, 6)), jnp.zeros(6)
+  with pytest.raises(ValueError, match=r'residual of shape \(1, 8, 8, 4\), expected the output shape \(1, 8, 8, 6\)'):
+    onednn.conv(x, kernel, bias, (1, 1), ((1, 1), (1, 1)), residual=x)
 
 
 def test_new_kernel_at_a_reused_address_is_reordered_again():

@@ -11,6 +11,8 @@ tree and the forward.
 
 Everything else (ReLU/PReLU, residual adds, pooling, the L2 norm) is the model's own code, traced as usual;
 XLA fuses the bias, activation and residual add into the loop after each matmul (or YNNPACK into the matmul).
+On the CPU the traced jaxpr is then rewritten (`rewrite`): residual adds and ReLUs after a oneDNN conv run as
+its post-ops, and max pooling as strided slices.
 Measured effect of each lever: docs/cpu_inference.md.
 
 Tolerances the tests hold these rewrites to (random weights, random BN statistics, max abs difference of the
@@ -36,6 +38,7 @@ from facejax.inference.optimize.lowering import (AUTO_IM2COL_MAX_PIXELS, AUTO_IN
                                                  dense_forward, winograd_kernel)
 from facejax.inference.optimize.options import DTYPES, default_compiler_options
 from facejax.inference.optimize.quantize import _quantize_weights, activation_ranges
+from facejax.inference.optimize.rewrite import rewrite_forward
 from facejax.inference.optimize.trace import TracedLayer, _path, _raw_embed, trace_layers
 from facejax.models.heads import l2_normalize
 
@@ -184,6 +187,9 @@ def optimize_for_inference(model, variables, *, image_size: int, conv: str = 'au
 
     with nn.intercept_methods(interceptor):
       return model.apply(params['rest'], x.astype(jnp.float32), method=method)
+
+  if jax.default_backend() == 'cpu':  # oneDNN epilogues, max pooling as slices (measured on the CPU only)
+    raw_forward = rewrite_forward(raw_forward)
 
   def forward(params, x):
     return l2_normalize(raw_forward(params, x))

@@ -76,21 +76,25 @@ def unavailable() -> str | None:
   return None
 
 
-def _xla_conv(x, kernel, bias, strides, pads, relu: bool):
+def _xla_conv(x, kernel, bias, *residual, strides, pads, relu: bool):
   y = lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + bias
+  y = y + residual[0] if residual else y
   return jax.nn.relu(y) if relu else y
 
 
-def conv(x, kernel, bias, strides: tuple[int, int], pads, relu: bool = False):
-  """float32 `x` [B, H, W, C] * `kernel` [kh, kw, C, F] + `bias` [F] (then ReLU if `relu`) with zero `pads`
-  ((top, bottom), (left, right)) -> [B, OH, OW, F]: oneDNN, or XLA when `unavailable()`."""
-  x, kernel, bias = (jnp.asarray(a, jnp.float32) for a in (x, kernel, bias))
+def conv(x, kernel, bias, strides: tuple[int, int], pads, relu: bool = False, residual=None):
+  """float32 `x` [B, H, W, C] * `kernel` [kh, kw, C, F] + `bias` [F] (+ `residual` [B, OH, OW, F], then ReLU
+  if `relu`: oneDNN post-ops) with zero `pads` ((top, bottom), (left, right)) -> [B, OH, OW, F]: oneDNN, or XLA
+  when `unavailable()`."""
+  args = [jnp.asarray(a, jnp.float32) for a in (x, kernel, bias) + (() if residual is None else (residual,))]
   xla = functools.partial(_xla_conv, strides=strides, pads=pads, relu=relu)
   if unavailable():
-    return xla(x, kernel, bias)
-  out = jax.eval_shape(xla, x, kernel, bias)  # oneDNN writes what XLA's conv would return
+    return xla(*args)
+  out = jax.eval_shape(xla, *args[:3])  # oneDNN writes what XLA's conv would return
+  if residual is not None and args[3].shape != out.shape:
+    raise ValueError(f'onednn.conv: residual of shape {args[3].shape}, expected the output shape {out.shape}')
   (pt, pb), (pl, pr) = pads
   i64 = np.int64
   return jax.ffi.ffi_call(TARGET, out, vmap_method='sequential')(
-      x, kernel, bias, stride_h=i64(strides[0]), stride_w=i64(strides[1]), pad_top=i64(pt), pad_bottom=i64(pb),
+      *args, stride_h=i64(strides[0]), stride_w=i64(strides[1]), pad_top=i64(pt), pad_bottom=i64(pb),
       pad_left=i64(pl), pad_right=i64(pr), relu=i64(relu))

@@ -1,5 +1,6 @@
-// oneDNN float32 2-D convolution as an XLA CPU custom call (jax.ffi): NHWC input, HWIO kernel, bias, NHWC
-// output, optional fused ReLU. Built by `facejax.inference.optimize.onednn.build()` (make venv).
+// oneDNN float32 2-D convolution as an XLA CPU custom call (jax.ffi): NHWC input, HWIO kernel, bias, an optional
+// NHWC residual of the output's shape (added after the bias), NHWC output, optional ReLU last. The residual add and
+// the ReLU run as oneDNN post-ops, in the convolution's epilogue. Built by `facejax.inference.optimize.onednn.build()` (make venv).
 //
 // Primitives are cached per problem (shapes, strides, pads, ReLU). oneDNN keeps the kernel in its own blocked
 // layout: the reordered copy is cached per kernel buffer and problem, and checked against a fingerprint of the
@@ -10,6 +11,7 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <unordered_map>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -25,7 +27,7 @@ using Key = std::vector<int64_t>;
 
 struct Problem {
   dnnl::convolution_forward conv;
-  dnnl::memory::desc src, kernel, blocked_kernel, bias, dst;
+  dnnl::memory::desc src, kernel, blocked_kernel, bias, dst;  // the residual has dst's layout
 };
 
 struct BlockedKernel {
@@ -55,16 +57,25 @@ State& state() {
   return *s;
 }
 
-ffi::Error Conv(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
+ffi::Error Conv(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b, ffi::RemainingArgs rest,
                 ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl,
                 int64_t pr, int64_t relu) {
   auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
-  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4 || wd[2] != xd[3] || b.element_count() != wd[3])
+  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4 || wd[2] != xd[3] || b.element_count() != wd[3] ||
+      rest.size() > 1)
     return ffi::Error::InvalidArgument(
-        "facejax_onednn_conv: expected x [B, H, W, C], kernel [kh, kw, C, F], bias [F], output [B, OH, OW, F]");
+        "facejax_onednn_conv: expected x [B, H, W, C], kernel [kh, kw, C, F], bias [F], optional residual "
+        "[B, OH, OW, F], output [B, OH, OW, F]");
+  float* residual = nullptr;
+  if (!rest.empty()) {
+    auto r = rest.get<ffi::Buffer<ffi::F32>>(0);
+    if (!r.has_value() || r->element_count() != y->element_count())
+      return ffi::Error::InvalidArgument("facejax_onednn_conv: the residual must be float32 of the output's shape");
+    residual = r->typed_data();
+  }
   const int64_t n = xd[0], h = xd[1], wi = xd[2], c = xd[3], kh = wd[0], kw = wd[1], f = wd[3];
   const int64_t oh = yd[1], ow = yd[2];
-  const Key key{n, h, wi, c, kh, kw, f, oh, ow, sh, sw, pt, pb, pl, pr, relu};
+  const Key key{n, h, wi, c, kh, kw, f, oh, ow, sh, sw, pt, pb, pl, pr, relu, residual != nullptr};
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mu);
   try {
@@ -73,12 +84,11 @@ ffi::Error Conv(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ff
       dnnl::memory::desc src({n, c, h, wi}, dt::f32, tag::nhwc), dst({n, f, oh, ow}, dt::f32, tag::nhwc),
           bias({f}, dt::f32, tag::a), kernel({f, c, kh, kw}, dt::f32, tag::hwio),
           any_kernel({f, c, kh, kw}, dt::f32, tag::any);
+      dnnl::post_ops ops;
+      if (residual) ops.append_binary(dnnl::algorithm::binary_add, dst);
+      if (relu) ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
       dnnl::primitive_attr attr;
-      if (relu) {
-        dnnl::post_ops ops;
-        ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
-        attr.set_post_ops(ops);
-      }
+      attr.set_post_ops(ops);
       dnnl::convolution_forward::primitive_desc pd(
           s.engine, dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src, any_kernel,
           bias, dst, {sh, sw}, {pt, pl}, {pb, pr}, attr);
@@ -102,8 +112,10 @@ ffi::Error Conv(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ff
     }
     dnnl::memory src(p.src, s.engine, x.typed_data()), bias(p.bias, s.engine, b.typed_data()),
         dst(p.dst, s.engine, y->typed_data());
-    p.conv.execute(s.stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, kernel}, {DNNL_ARG_BIAS, bias},
-                              {DNNL_ARG_DST, dst}});
+    std::unordered_map<int, dnnl::memory> args{
+        {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, kernel}, {DNNL_ARG_BIAS, bias}, {DNNL_ARG_DST, dst}};
+    if (residual) args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = dnnl::memory(p.dst, s.engine, residual);
+    p.conv.execute(s.stream, args);
     s.stream.wait();
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("facejax_onednn_conv: oneDNN: ") + e.what());
@@ -118,6 +130,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FacejaxOnednnConv, Conv,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .RemainingArgs()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("stride_h")
                                   .Attr<int64_t>("stride_w")

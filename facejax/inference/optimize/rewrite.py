@@ -1,0 +1,133 @@
+"""A rewrite of the traced forward's jaxpr, for what the model code writes as separate ops:
+
+- **Epilogue fusion.** A oneDNN convolution (`onednn.conv`) whose output only feeds a residual add and/or a ReLU
+  takes them in as oneDNN post-ops: `relu(conv(x) + b + r)` is one call, not a call plus an XLA loop (which,
+  on XLA CPU, also materialises a zero tensor for `max(y, 0)`).
+- **Max pooling as strided slices.** `reduce_window_max` (flax's `max_pool`) becomes the elementwise max of
+  its window's strided slices: one fused, vectorised loop instead of XLA CPU's scalar reduce-window loop.
+
+Both give the same numbers (max is exact; the post-ops add in the same order). Only the top-level jaxpr is
+rewritten; anything inside a nested jit or custom rule runs as traced.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.extend import core
+
+from facejax.inference.optimize import onednn
+
+
+def rewrite_forward(fn):
+  """`fn(*args)` traced once per call signature and re-evaluated with the rewrites above."""
+  @functools.wraps(fn)
+  def rewritten(*args):
+    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+    outs = _evaluate(closed.jaxpr, closed.consts, jax.tree_util.tree_leaves(args))
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), outs)
+  return rewritten
+
+
+def _is_var(v) -> bool:
+  return not isinstance(v, core.Literal)
+
+
+def _relu_input(eqn):
+  """The input of a ReLU equation, else None: max(y, 0), or a call (jax.nn.relu is a custom_jvp around a jit)
+  whose jaxpr is one such equation on its one input."""
+  if eqn.primitive.name == 'max':
+    a, b = eqn.invars
+    for y, zero in ((a, b), (b, a)):
+      if not _is_var(zero) and _is_var(y) and jnp.ndim(zero.val) == 0 and zero.val == 0:
+        return y
+    return None
+  inner = eqn.params.get('call_jaxpr', eqn.params.get('jaxpr'))
+  inner = getattr(inner, 'jaxpr', inner)
+  if (isinstance(inner, core.Jaxpr) and len(eqn.invars) == 1 and len(inner.invars) == 1 and len(inner.eqns) == 1
+      and inner.outvars == inner.eqns[0].outvars and _relu_input(inner.eqns[0]) is inner.invars[0]):
+    return eqn.invars[0]
+  return None
+
+
+def _is_onednn_conv(eqn) -> bool:
+  return (eqn.primitive.name == 'ffi_call' and eqn.params['target_name'] == onednn.TARGET
+          and len(eqn.invars) == 3 and not dict(eqn.params['attributes'])['relu'])
+
+
+def _plan(jaxpr):
+  """-> ({eqn index: (conv eqn, residual var or None, relu)} emitted there, eqn indices to skip)."""
+  uses = collections.Counter(v for e in jaxpr.eqns for v in e.invars if _is_var(v))
+  uses.update(v for v in jaxpr.outvars if _is_var(v))
+  producer = {v: i for i, e in enumerate(jaxpr.eqns) for v in e.outvars}
+  taken: set[int] = set()
+
+  def single_use_conv(v):
+    i = producer.get(v)
+    if i is not None and uses[v] == 1 and i not in taken and _is_onednn_conv(jaxpr.eqns[i]):
+      return i
+    return None
+
+  emit, skip = {}, set()
+  for i, eqn in enumerate(jaxpr.eqns):
+    if eqn.primitive.name == 'add' and all(_is_var(v) for v in eqn.invars):
+      for u, r in (eqn.invars, eqn.invars[::-1]):
+        c = single_use_conv(u)
+        if c is not None and r.aval.shape == u.aval.shape:
+          taken.add(c)
+          emit[i] = (c, r, False)
+          skip.add(c)
+          break
+    y = _relu_input(eqn)
+    if y is None or uses[y] != 1 or y not in producer:
+      continue
+    j = producer[y]
+    if j in emit and not emit[j][2]:  # conv + residual add, then this ReLU
+      c, r, _ = emit.pop(j)
+      emit[i] = (c, r, True)
+      skip.add(j)
+    elif (c := single_use_conv(y)) is not None:
+      taken.add(c)
+      emit[i] = (c, None, True)
+      skip.add(c)
+  return {i: (jaxpr.eqns[c], r, relu) for i, (c, r, relu) in emit.items()}, skip
+
+
+def _max_pool(x, window_dimensions, window_strides, padding, base_dilation, window_dilation):
+  if any(lo or hi for lo, hi in padding):
+    x = lax.pad(x, jnp.array(-jnp.inf, x.dtype), [(lo, hi, 0) for lo, hi in padding])
+  out = [(n - w) // s + 1 for n, w, s in zip(x.shape, window_dimensions, window_strides)]
+  slices = [lax.slice(x, start, [a + (o - 1) * s + 1 for a, o, s in zip(start, out, window_strides)],
+                      window_strides)
+            for start in itertools.product(*(range(w) for w in window_dimensions))]
+  return functools.reduce(lax.max, slices)
+
+
+def _evaluate(jaxpr, consts, args):
+  emit, skip = _plan(jaxpr)
+  env = dict(zip(jaxpr.constvars, consts))
+  env.update(zip(jaxpr.invars, args))
+  read = lambda v: env[v] if _is_var(v) else v.val
+  for i, eqn in enumerate(jaxpr.eqns):
+    if i in skip:
+      continue
+    if i in emit:
+      conv, residual, relu = emit[i]
+      a = dict(conv.params['attributes'])
+      x, kernel, bias = map(read, conv.invars)
+      outs = [onednn.conv(x, kernel, bias, (int(a['stride_h']), int(a['stride_w'])),
+                          ((int(a['pad_top']), int(a['pad_bottom'])), (int(a['pad_left']), int(a['pad_right']))),
+                          relu=relu, residual=None if residual is None else read(residual))]
+    elif (eqn.primitive.name == 'reduce_window_max' and jax.default_backend() == 'cpu'
+          and set(eqn.params['base_dilation']) | set(eqn.params['window_dilation']) == {1}):
+      outs = [_max_pool(read(eqn.invars[0]), **eqn.params)]
+    else:  # as jax.core.eval_jaxpr does
+      with eqn.ctx.manager:
+        outs = eqn.primitive.bind(*map(read, eqn.invars), **eqn.primitive.get_bind_params(eqn.params))
+      outs = outs if eqn.primitive.multiple_results else [outs]
+    env.update(zip(eqn.outvars, outs))
+  return [read(v) for v in jaxpr.outvars]
