@@ -79,10 +79,9 @@ def _student(seed):
   return model, random_variables(model, 112, seed=seed)
 
 
-def test_student_forward_equals_xla_and_each_kernel_is_its_own(monkeypatch):
+def test_student_forward_equals_xla_and_each_kernel_is_its_own():
   """The whole student through oneDNN equals XLA's convs; a second set of weights through the same executable
   (weights as arguments, so oneDNN sees new kernels, possibly at reused addresses) gets its own answer."""
-  monkeypatch.setattr(onednn, 'MIN_FLOPS', 0)  # every conv through oneDNN
   x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 112, 112, 3)), jnp.float32)
   model, first = _student(1)
   _, second = _student(2)
@@ -98,17 +97,20 @@ def test_student_forward_equals_xla_and_each_kernel_is_its_own(monkeypatch):
                              atol=1e-5)
 
 
-def test_only_convs_worth_a_call_go_to_onednn():
-  """At 150 px only the student's 7x7 stem (12.2 MFLOPs) reaches onednn.MIN_FLOPS; its 3x3 convs (<= 2.7
-  MFLOPs) stay native XLA convolutions."""
-  model, variables = _student(5)
-  x = jnp.zeros((1, 150, 150, 3), jnp.float32)
-  hlo = jax.jit(optimize_for_inference(model, variables, image_size=150, conv='onednn')).lower(x).as_text()
-  assert hlo.count('custom_call @facejax_onednn_conv') == 1 and hlo.count('stablehlo.convolution') == 16
+def test_plain_convs_go_to_onednn_depthwise_ones_do_not():
+  """MobileFaceNet: every conv that is not depthwise is a oneDNN call; the depthwise ones stay as 'auto' lowers
+  them (shifted multiply-adds: no native convolution is left either)."""
+  model = build_model('mobilefacenet', num_classes=0, embed_dim=16)
+  variables = random_variables(model, 112, seed=5)
+  fn = optimize_for_inference(model, variables, image_size=112, conv='onednn')
+  kernels = [p['kernel'] for p in fn.params['layers'].values() if getattr(p['kernel'], 'ndim', 0) == 4]
+  plain = sum(k.shape[2] > 1 for k in kernels)
+  assert 0 < plain < len(kernels)  # both kinds are there
+  hlo = jax.jit(fn).lower(jnp.zeros((1, 112, 112, 3), jnp.float32)).as_text()
+  assert hlo.count('custom_call @facejax_onednn_conv') == plain and 'stablehlo.convolution' not in hlo
 
 
 def test_fallback_is_xla_and_says_why(monkeypatch):
-  monkeypatch.setattr(onednn, 'MIN_FLOPS', 0)
   model, variables = _student(3)
   x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (1, 112, 112, 3)), jnp.float32)
   fast = jax.jit(optimize_for_inference(model, variables, image_size=112, conv='onednn'))(x)
@@ -128,7 +130,6 @@ def test_onednn_is_float32_only():
 def test_export_carries_the_custom_call_and_the_loader_asks_for_it(tmp_path, monkeypatch):
   """A batch-polymorphic .jaxexport with the oneDNN convs equals XLA's export; its sidecar names the custom call,
   and a process without it gets an error saying what to do instead of XLA's unregistered-target failure."""
-  monkeypatch.setattr(onednn, 'MIN_FLOPS', 0)
   model, variables = _student(6)
   images = np.random.default_rng(2).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
   out = {}

@@ -64,11 +64,9 @@ def test_student_forward_fuses_every_epilogue():
   model = build_model('dlib_student', num_classes=0, embed_dim=16)
   variables = random_variables(model, 112, seed=4)
   x = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (2, 112, 112, 3)), jnp.float32)
-  with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(onednn, 'MIN_FLOPS', 0)
-    fn = optimize_for_inference(model, variables, image_size=112, conv='onednn')
-    calls, ops = _calls(fn, x)
-    out = jax.jit(fn)(x)
+  fn = optimize_for_inference(model, variables, image_size=112, conv='onednn')
+  calls, ops = _calls(fn, x)
+  out = jax.jit(fn)(x)
   assert len(calls) == 17 and sum(relu for _, relu in calls) == 15 and sum(n == 4 for n, _ in calls) == 6
   assert 'reduce_window_max' not in ops
   np.testing.assert_allclose(out, optimize_for_inference(model, variables, image_size=112, conv='xla')(x), atol=1e-5)

@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from facejax.inference.flops import layer_flops
 from facejax.inference.optimize import onednn
 from facejax.inference.optimize.fold import fold_batch_norm
 from facejax.inference.optimize.lowering import (AUTO_IM2COL_MAX_PIXELS, AUTO_INT8_IM2COL_MAX_PIXELS, CONV_IMPLS,
@@ -68,8 +67,7 @@ def prepare_layers(folded: dict, traced: dict[str, TracedLayer], conv: str, dtyp
       else:
         lowering = auto_lowering(entry, dtype, im2col_max_pixels)
     if conv == 'onednn' and lowering == 'matmul' and entry.kind == 'conv':
-      # oneDNN where the work outweighs its per-call cost; XLA's native conv (one op, no copies) elsewhere
-      lowering = 'onednn' if layer_flops({path: entry}) >= onednn.MIN_FLOPS else 'xla'
+      lowering = 'onednn'
     if conv == 'winograd' and lowering == 'matmul' and _winograd_ok(entry):
       lowering = 'winograd'
     if lowering == 'matmul':

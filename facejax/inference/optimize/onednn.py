@@ -30,9 +30,6 @@ from jax import lax
 SOURCE = Path(__file__).with_name('onednn_conv.cc')
 LIBRARY = Path(os.environ.get('FACEJAX_ONEDNN_LIB', SOURCE.with_name('onednn_conv.so')))
 TARGET = 'facejax_onednn_conv'
-# conv='onednn' sends a conv here when it has at least this many FLOPs per image (the traced batch of one): each
-# call costs ~40 us of the PyPI oneDNN's SYCL dispatch (docs/cpu_inference.md), so smaller convs stay in XLA.
-MIN_FLOPS = 8_000_000
 
 
 def _prefix() -> Path:
