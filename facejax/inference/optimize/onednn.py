@@ -3,8 +3,9 @@
 `conv(x, kernel, bias, strides, pads, relu, residual)` runs a float32 NHWC x HWIO 2-D convolution plus bias
 (then + residual, then ReLU, as oneDNN post-ops) through oneDNN (`onednn_conv.cc`) when the library is built and
 the backend is the CPU, and through `lax.conv_general_dilated` otherwise; tests hold the two to 1e-5. The
-optimized forward's rewrite (`rewrite`) moves the model's own residual adds and ReLUs into these calls. oneDNN picks its kernel for the CPU it runs on (AVX2, AVX-512, AMX) and
-keeps each kernel in its own blocked layout, reordered once per kernel buffer.
+optimized forward's rewrite (`rewrite`) moves the model's own residual adds and ReLUs into these calls. oneDNN
+picks its kernel for the CPU it runs on (AVX2, AVX-512, AMX) and keeps each kernel in its own blocked layout,
+reordered once per kernel buffer.
 
 The project's install builds it (`make venv`: the `[onednn]` extra's headers and library, then g++):
 

@@ -1,8 +1,9 @@
 // oneDNN float32 2-D convolution as an XLA CPU custom call (jax.ffi): NHWC input, HWIO kernel, bias, an optional
-// NHWC residual of the output's shape (added after the bias), NHWC output, optional ReLU last. The residual add and
-// the ReLU run as oneDNN post-ops, in the convolution's epilogue. Built by `facejax.inference.optimize.onednn.build()` (make venv).
+// NHWC residual of the output's shape (added after the bias), NHWC output, optional ReLU last. The residual add
+// and the ReLU run as oneDNN post-ops, in the convolution's epilogue. Built by
+// `facejax.inference.optimize.onednn.build()` (make venv).
 //
-// Primitives are cached per problem (shapes, strides, pads, ReLU). oneDNN keeps the kernel in its own blocked
+// Primitives are cached per problem (shapes, strides, pads, ReLU, residual). oneDNN keeps the kernel in its own blocked
 // layout: the reordered copy is cached per kernel buffer and problem, and checked against a fingerprint of the
 // buffer (256 values spread over it) on every call, so a new kernel at a reused address is reordered again.
 // The cache is emptied when it holds kMaxKernels copies (weights passed as arguments, many checkpoints).

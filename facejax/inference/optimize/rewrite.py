@@ -122,7 +122,7 @@ def _evaluate(jaxpr, consts, args):
       outs = [onednn.conv(x, kernel, bias, (int(a['stride_h']), int(a['stride_w'])),
                           ((int(a['pad_top']), int(a['pad_bottom'])), (int(a['pad_left']), int(a['pad_right']))),
                           relu=relu, residual=None if residual is None else read(residual))]
-    elif (eqn.primitive.name == 'reduce_window_max' and jax.default_backend() == 'cpu'
+    elif (eqn.primitive.name == 'reduce_window_max'
           and set(eqn.params['base_dilation']) | set(eqn.params['window_dilation']) == {1}):
       outs = [_max_pool(read(eqn.invars[0]), **eqn.params)]
     else:  # as jax.core.eval_jaxpr does
