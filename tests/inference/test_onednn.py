@@ -11,6 +11,7 @@ from jax import lax
 
 from facejax.inference.benchmark import random_variables
 from facejax.inference.export import export_embedder, load_exported, save_exported
+from facejax.inference.flops import compiled_flops
 from facejax.inference.optimize import onednn, optimize_for_inference
 from facejax.models import build_model
 from facejax.models.preprocessing import FACEJAX
@@ -51,6 +52,14 @@ def test_conv_equals_xla(case, residual):
   ref = _xla(x, kernel, bias, (s, s), pads, relu, r)
   assert 'custom_call' in jax.jit(call).lower(x, kernel, bias, r).as_text()
   np.testing.assert_allclose(out, ref, atol=1e-5 * float(jnp.abs(ref).max()))
+
+
+def test_flop_count_is_unknown_not_zero_with_the_custom_call():
+  """XLA's cost analysis cannot see the work inside the call: compiled_flops says None rather than undercount."""
+  x, kernel, bias = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 6)), jnp.zeros(6)
+  lowered = jax.jit(lambda x: onednn.conv(x, kernel, bias, (1, 1), ((1, 1), (1, 1)))).lower(x)
+  assert compiled_flops(lowered) is None and compiled_flops(lowered.compile()) is None
+  assert compiled_flops(jax.jit(lambda x: _xla(x, kernel, bias, (1, 1), ((1, 1), (1, 1)), False)).lower(x)) > 0
 
 
 def test_residual_of_another_shape_is_refused():
