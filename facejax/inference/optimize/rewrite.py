@@ -4,7 +4,8 @@
   takes them in as oneDNN post-ops: `relu(conv(x) + b + r)` is one call, not a call plus an XLA loop (which,
   on XLA CPU, also materialises a zero tensor for `max(y, 0)`).
 - **Max pooling as strided slices.** `reduce_window_max` (flax's `max_pool`) becomes the elementwise max of
-  its window's strided slices: one fused, vectorised loop instead of XLA CPU's scalar reduce-window loop.
+  its window's strided slices, which XLA CPU fuses into one vectorised loop instead of its scalar reduce-window
+  loop (where YNNPACK takes the max instead, as in all-oneDNN graphs, it is no faster: docs/cpu_inference.md).
 
 Both give the same numbers (max is exact; the post-ops add in the same order). Only the top-level jaxpr is
 rewritten; anything inside a nested jit or custom rule runs as traced.
