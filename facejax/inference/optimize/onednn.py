@@ -97,3 +97,10 @@ def conv(x, kernel, bias, strides: tuple[int, int], pads, relu: bool = False, re
   return jax.ffi.ffi_call(TARGET, out, vmap_method='sequential')(
       *args, stride_h=i64(strides[0]), stride_w=i64(strides[1]), pad_top=i64(pt), pad_bottom=i64(pb),
       pad_left=i64(pl), pad_right=i64(pr), relu=i64(relu))
+
+
+def call_options(attributes) -> dict:
+  """A traced call's attributes (the `ffi_call` equation's `attributes` param) -> `conv`'s strides, pads, relu."""
+  a = {k: int(v) for k, v in dict(attributes).items()}
+  return {'strides': (a['stride_h'], a['stride_w']),
+          'pads': ((a['pad_top'], a['pad_bottom']), (a['pad_left'], a['pad_right'])), 'relu': bool(a['relu'])}

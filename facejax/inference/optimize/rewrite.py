@@ -57,7 +57,7 @@ def _relu_input(eqn):
 
 def _is_onednn_conv(eqn) -> bool:
   return (eqn.primitive.name == 'ffi_call' and eqn.params['target_name'] == onednn.TARGET
-          and len(eqn.invars) == 3 and not dict(eqn.params['attributes'])['relu'])
+          and len(eqn.invars) == 3 and not onednn.call_options(eqn.params['attributes'])['relu'])
 
 
 def _plan(jaxpr):
@@ -65,21 +65,19 @@ def _plan(jaxpr):
   uses = collections.Counter(v for e in jaxpr.eqns for v in e.invars if _is_var(v))
   uses.update(v for v in jaxpr.outvars if _is_var(v))
   producer = {v: i for i, e in enumerate(jaxpr.eqns) for v in e.outvars}
-  taken: set[int] = set()
+  emit, skip = {}, set()  # skip holds every conv already fused (and the adds moved into a later ReLU)
 
   def single_use_conv(v):
     i = producer.get(v)
-    if i is not None and uses[v] == 1 and i not in taken and _is_onednn_conv(jaxpr.eqns[i]):
+    if i is not None and uses[v] == 1 and i not in skip and _is_onednn_conv(jaxpr.eqns[i]):
       return i
     return None
 
-  emit, skip = {}, set()
   for i, eqn in enumerate(jaxpr.eqns):
     if eqn.primitive.name == 'add' and all(_is_var(v) for v in eqn.invars):
       for u, r in (eqn.invars, eqn.invars[::-1]):
         c = single_use_conv(u)
         if c is not None and r.aval.shape == u.aval.shape:
-          taken.add(c)
           emit[i] = (c, r, False)
           skip.add(c)
           break
@@ -92,7 +90,6 @@ def _plan(jaxpr):
       emit[i] = (c, r, True)
       skip.add(j)
     elif (c := single_use_conv(y)) is not None:
-      taken.add(c)
       emit[i] = (c, None, True)
       skip.add(c)
   return {i: (jaxpr.eqns[c], r, relu) for i, (c, r, relu) in emit.items()}, skip
@@ -118,11 +115,9 @@ def _evaluate(jaxpr, consts, args):
       continue
     if i in emit:
       conv, residual, relu = emit[i]
-      a = dict(conv.params['attributes'])
-      x, kernel, bias = map(read, conv.invars)
-      outs = [onednn.conv(x, kernel, bias, (int(a['stride_h']), int(a['stride_w'])),
-                          ((int(a['pad_top']), int(a['pad_bottom'])), (int(a['pad_left']), int(a['pad_right']))),
-                          relu=relu, residual=None if residual is None else read(residual))]
+      options = dict(onednn.call_options(conv.params['attributes']), relu=relu)
+      outs = [onednn.conv(*map(read, conv.invars), **options,
+                          residual=None if residual is None else read(residual))]
     elif (eqn.primitive.name == 'reduce_window_max'
           and set(eqn.params['base_dilation']) | set(eqn.params['window_dilation']) == {1}):
       outs = [_max_pool(read(eqn.invars[0]), **eqn.params)]
