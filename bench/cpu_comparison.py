@@ -12,7 +12,9 @@ all but the first, so a framework's idle spinning threads do not tax the next on
 
   jax_plain   jax.jit(model.apply), variables as arguments (what a user writes)
   jax_opt     facejax.inference.optimize_for_inference, float32 (BN folded, im2col convs, constants)
-  jax_bf16    the same, bf16 conv matmuls accumulating in float32 (AMX / avx512_bf16)
+  jax_onednn  the same with every plain conv in oneDNN (the custom call, `conv='onednn'`)
+  jax_bf16    the same as jax_opt, bf16 conv matmuls accumulating in float32 (AMX / avx512_bf16)
+  jax_onednn_bf16  oneDNN bf16 convs (bf16 activations between them, float32 accumulation; AMX / avx512_bf16)
   jax_int8    the same, int8 per-channel weights, per-example dynamic int8 activations
   jax_int8_static  int8 with static activation scales calibrated on 32 other random inputs
   ort         ONNX Runtime, all graph optimizations, intra-op threads = usable cores, sequential
@@ -57,6 +59,7 @@ TWIN_VARIANTS = ('ort', 'ort_int8', 'torch', 'torch_1t')  # OpenVINO reads facej
 ANCHORS = ('jax_plain', 'ort', 'ort_facejax', 'openvino', 'openvino_f32', 'torch', 'torch_1t')
 # 'random' calibration: 32 uniform inputs
 OPT_VARIANTS = {'jax_opt': {}, 'jax_onednn': {'conv': 'onednn'}, 'jax_bf16': {'dtype': 'bfloat16'},
+                'jax_onednn_bf16': {'conv': 'onednn', 'dtype': 'bfloat16'},
                 'jax_int8': {'dtype': 'int8'}, 'jax_int8_static': {'dtype': 'int8', 'calibration': 'random'}}
 
 

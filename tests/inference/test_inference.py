@@ -195,7 +195,7 @@ def test_auto_dtype_times_what_the_cpu_can_run_and_falls_back_to_float32(monkeyp
   check, calibration = np.asarray(_inputs(6, seed=7)), np.asarray(_inputs(8, seed=8))
   choose = lambda min_cosine: choose_dtype(model, variables, image_size=SIZE, check=check, calibration=calibration,
                                            batch_size=2, min_cosine=min_cosine, rounds=2, calls=1,
-                                           float32_convs=('xla',))
+                                           convs=('xla',))
   anything = choose(-1.0)  # every candidate agrees: the fastest wins
   times = {d: c['ms_median'] for d, c in anything['candidates'].items()}
   assert set(times) == {'float32', 'float32/xla', 'bfloat16', 'int8'}
@@ -314,7 +314,12 @@ def test_benchmark_model_record_and_table():
 
 
 def test_all_variants_time_onednn_where_built(monkeypatch):
+  import facejax.inference.hardware as hardware
   assert all_variants()['onednn'] == {'conv': 'onednn'}  # make venv builds it
+  monkeypatch.setattr(hardware, 'cpu_info', lambda: {'cpu': 'test', 'cpu_flags': ['avx512_bf16']})
+  assert all_variants()['onednn_bf16'] == {'conv': 'onednn', 'dtype': 'bfloat16'}
+  monkeypatch.setattr(hardware, 'cpu_info', lambda: {'cpu': 'test', 'cpu_flags': ['avx2']})
+  assert 'onednn_bf16' not in all_variants()  # no bf16 dot instructions: oneDNN has no bf16 conv
   monkeypatch.setattr(onednn, 'unavailable', lambda: 'not built')
   assert set(all_variants()) == {'plain', 'optimized', 'bf16', 'int8'}
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from facejax.inference import hardware
 from facejax.inference.benchmark import random_variables
 from facejax.inference.export import export_embedder, load_exported, save_exported
 from facejax.inference.flops import compiled_flops
@@ -52,6 +53,31 @@ def test_conv_equals_xla(case, residual):
   ref = _xla(x, kernel, bias, (s, s), pads, relu, r)
   assert 'custom_call' in jax.jit(call).lower(x, kernel, bias, r).as_text()
   np.testing.assert_allclose(out, ref, atol=1e-5 * float(jnp.abs(ref).max()))
+
+
+HAS_BF16 = hardware.has_bf16_dots(hardware.cpu_info().get('cpu_flags'))
+BF16 = pytest.mark.skipif(not HAS_BF16, reason='this CPU has neither avx512_bf16 nor amx_bf16: oneDNN has no bf16 '
+                                                'convolution here')
+
+
+@BF16
+@pytest.mark.parametrize('case', CASES)
+def test_bf16_conv_is_the_exact_result_rounded_once(case):
+  """bf16 input, kernel and residual: oneDNN's bf16 output is within one bf16 step of the exact float32
+  relu(conv + b + r) of the same bf16 values (products summed in float32, rounded to bf16 once)."""
+  b, h, w, c, f, k, s, pads, relu = case
+  rng = np.random.default_rng(0)
+  bf = lambda shape: jnp.asarray(rng.normal(size=shape), jnp.bfloat16)
+  x, kernel, bias = bf((b, h, w, c)), bf((k, k, c, f)), jnp.asarray(rng.normal(size=f), jnp.float32)
+  exact = lambda r: _xla(*(a.astype(jnp.float32) for a in (x, kernel)), bias, (s, s), pads, relu, r)
+  r = bf(jax.eval_shape(lambda: exact(None)).shape)
+  call = lambda x, kernel, bias, r: onednn.conv(x, kernel, bias, (s, s), pads, relu, r, dtype=jnp.bfloat16)
+  out = jax.jit(call)(x, kernel, bias, r)
+  with jax.default_matmul_precision('highest'):
+    ref = np.asarray(exact(r.astype(jnp.float32)))
+  assert out.dtype == jnp.bfloat16 and 'custom_call' in jax.jit(call).lower(x, kernel, bias, r).as_text()
+  step = 2.0 ** (np.floor(np.log2(np.maximum(np.abs(ref), 2.0 ** -100))) - 7)  # bf16 keeps 8 significant bits
+  assert np.all(np.abs(np.asarray(out, np.float32) - ref) <= step)
 
 
 def test_flop_count_is_unknown_not_zero_with_the_custom_call():
@@ -130,10 +156,17 @@ def test_fallback_is_xla_and_says_why(monkeypatch):
   np.testing.assert_allclose(jax.jit(fn)(x), fast, atol=1e-5)
 
 
-def test_onednn_is_float32_only():
+def test_onednn_refuses_int8_and_bf16_without_bf16_dots(monkeypatch):
   model, variables = _student(4)
-  with pytest.raises(ValueError, match=r"conv='onednn' runs float32 convolutions; got dtype='int8'"):
+  with pytest.raises(ValueError, match=r"conv='onednn' runs float32 or bfloat16 convolutions; got dtype='int8'"):
     optimize_for_inference(model, variables, image_size=112, conv='onednn', dtype='int8')
+  with pytest.raises(ValueError, match=r'onednn.conv: dtype=float16, expected float32 or bfloat16'):
+    onednn.conv(jnp.zeros((1, 4, 4, 2)), jnp.zeros((1, 1, 2, 2)), jnp.zeros(2), (1, 1), ((0, 0), (0, 0)),
+                dtype=jnp.float16)
+  monkeypatch.setattr(hardware, 'cpu_info', lambda: {'cpu': 'an AVX2 CPU', 'cpu_flags': ['avx2']})
+  with pytest.raises(ValueError, match=r"conv='onednn' with dtype='bfloat16': this CPU has neither avx512_bf16 nor "
+                                       r"amx_bf16, so oneDNN has no bf16 convolution for it; use dtype='float32'"):
+    optimize_for_inference(model, variables, image_size=112, conv='onednn', dtype='bfloat16')
 
 
 def test_export_carries_the_custom_call_and_the_loader_asks_for_it(tmp_path, monkeypatch):

@@ -6,10 +6,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from facejax.inference import hardware
 from facejax.inference.benchmark import random_variables
 from facejax.inference.optimize import onednn, optimize_for_inference
 from facejax.inference.optimize.rewrite import rewrite_forward
 from facejax.models import build_model
+
+
+BF16 = pytest.mark.skipif(not hardware.has_bf16_dots(hardware.cpu_info().get('cpu_flags')),
+                          reason='this CPU has neither avx512_bf16 nor amx_bf16: oneDNN has no bf16 convolution here')
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -57,16 +62,24 @@ def test_max_pool_is_strided_slices_and_exact(window, strides, padding):
   np.testing.assert_array_equal(jax.jit(rewrite_forward(pool))(x), pool(x))
 
 
-def test_student_forward_fuses_every_epilogue():
+@pytest.mark.parametrize('dtype', ['float32', pytest.param('bfloat16', marks=BF16)])
+def test_student_forward_fuses_every_epilogue(dtype):
   """dlib_student with every conv in oneDNN: 15 of its 17 convs take their ReLU as a post-op, 6 of them also
   their block's residual add (the other two convs end the downsampling blocks, where dlib's pad_add pads their
-  output before the add), its max pool is slices, and it equals conv='xla'."""
+  output before the add), its max pool is slices, and it equals conv='xla' (float32: to 1e-5; bfloat16, where
+  the calls pass bf16 activations on: a cosine of 0.99 per embedding to float32's)."""
   model = build_model('dlib_student', num_classes=0, embed_dim=16)
   variables = random_variables(model, 112, seed=4)
   x = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (2, 112, 112, 3)), jnp.float32)
-  fn = optimize_for_inference(model, variables, image_size=112, conv='onednn')
+  fn = optimize_for_inference(model, variables, image_size=112, conv='onednn', dtype=dtype)
   calls, ops = _calls(fn, x)
   out = jax.jit(fn)(x)
   assert len(calls) == 17 and sum(relu for _, relu in calls) == 15 and sum(n == 4 for n, _ in calls) == 6
   assert 'reduce_window_max' not in ops
-  np.testing.assert_allclose(out, optimize_for_inference(model, variables, image_size=112, conv='xla')(x), atol=1e-5)
+  outs = {e.outvars[0].aval.dtype for e in jax.make_jaxpr(fn)(x).jaxpr.eqns if e.primitive.name == 'ffi_call'}
+  assert outs == {jnp.dtype(dtype)} and out.dtype == jnp.float32
+  ref = optimize_for_inference(model, variables, image_size=112, conv='xla')(x)
+  if dtype == 'float32':
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+  else:
+    assert np.min(np.sum(np.asarray(out) * np.asarray(ref), axis=1)) > 0.99

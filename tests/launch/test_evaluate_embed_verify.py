@@ -13,6 +13,7 @@ from facejax.data.pairs import resolve_source
 from facejax.evaluation.evaluator import evaluate_run
 from facejax.evaluation.threshold import format_verification, verify_pair
 from facejax.inference.embedder import calibration_images, embed_paths, load_embedder
+from facejax.inference.hardware import has_bf16_dots
 from facejax.runs import calibrated_pair_sets, read_threshold, threshold_path, write_threshold
 from facejax.train import train
 from tests.cli_process import launch
@@ -281,6 +282,7 @@ def test_export_auto_dtype_records_its_choice_and_exports_it(run_dir, lfw_dir, t
   meta = json.loads((tmp_path / 'auto.jaxexport.json').read_text())
   choice = meta['dtype_choice']
   assert {'float32', 'float32/xla', 'float32/onednn', 'int8'} <= set(choice['candidates'])
+  assert ('bfloat16/onednn' in choice['candidates']) == has_bf16_dots(choice['cpu_flags'])
   assert choice['batch_size'] == 2
   agreeing = [d for d, c in choice['candidates'].items() if c['agrees']]
   best = choice['candidates'][min(agreeing, key=lambda d: choice['candidates'][d]['ms_median'])]

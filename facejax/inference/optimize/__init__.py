@@ -141,16 +141,18 @@ def optimize_for_inference(model, variables, *, image_size: int, conv: str = 'au
     raise ValueError(f'conv={conv!r}: expected one of {CONV_IMPLS}')
   if dtype not in DTYPES:
     raise ValueError(f'dtype={dtype!r}: expected one of {DTYPES}')
-  if conv == 'onednn' and dtype != 'float32':
-    raise ValueError(f"conv='onednn' runs float32 convolutions; got dtype={dtype!r}")
+  if conv == 'onednn' and dtype == 'int8':
+    raise ValueError("conv='onednn' runs float32 or bfloat16 convolutions; got dtype='int8'")
   if conv == 'onednn' and onednn.unavailable():
     warnings.warn(f"conv='onednn': {onednn.unavailable()}; XLA runs those convolutions instead", stacklevel=2)
   if weights not in WEIGHTS:
     raise ValueError(f'weights={weights!r}: expected one of {WEIGHTS}')
   if dtype == 'bfloat16' and jax.default_backend() == 'cpu':
     from facejax.inference import hardware
-    flags = hardware.cpu_info().get('cpu_flags')
-    if flags is not None and not {'avx512_bf16', 'amx_bf16'} & set(flags):
+    if not hardware.has_bf16_dots(hardware.cpu_info().get('cpu_flags')):
+      if conv == 'onednn' and not onednn.unavailable():
+        raise ValueError("conv='onednn' with dtype='bfloat16': this CPU has neither avx512_bf16 nor amx_bf16, so "
+                         "oneDNN has no bf16 convolution for it; use dtype='float32' or conv='auto'")
       warnings.warn("dtype='bfloat16': this CPU has neither avx512_bf16 nor amx_bf16, so the bf16 matmuls run "
                     'without hardware support and may be slower than float32', stacklevel=2)
   if calibration is not None and dtype != 'int8':
@@ -184,7 +186,10 @@ def optimize_for_inference(model, variables, *, image_size: int, conv: str = 'au
       return conv_forward(entry, dict(params['layers'][path], lowering=lowerings[path]), h)
 
     with nn.intercept_methods(interceptor):
-      return model.apply(params['rest'], x.astype(jnp.float32), method=method)
+      out = model.apply(params['rest'], x.astype(jnp.float32), method=method)
+    # float32 out, whatever the layers computed in (oneDNN bf16 convs hand bf16 activations on)
+    return jax.tree_util.tree_map(lambda a: a.astype(jnp.float32) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+                                  out)
 
   if jax.default_backend() == 'cpu':  # oneDNN epilogues, max pooling as slices (measured on the CPU only)
     raw_forward = rewrite_forward(raw_forward)

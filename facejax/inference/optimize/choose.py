@@ -3,7 +3,8 @@ with float32.
 
 No fixed per-CPU table: the candidates the CPU can run (bfloat16 only with avx512_bf16 or AMX, where the dots
 have hardware support; int8 everywhere, static scales when calibration faces are given; float32 also with each of
-`float32_convs`, e.g. XLA's native convs, which win on AVX2-only CPUs) are compiled and timed here, interleaved,
+`convs`, e.g. XLA's native convs, which win on AVX2-only CPUs, and bfloat16 also with oneDNN's bf16 convs when
+`convs` holds 'onednn') are compiled and timed here, interleaved,
 and the fastest one whose embeddings stay within `min_cosine` of float32's on held-out faces wins. What the rule
 gave on each CPU kind: docs/cpu_inference.md.
 """
@@ -26,21 +27,20 @@ def candidate_dtypes(cpu_flags: list[str] | None) -> list[str]:
   """float32, bfloat16 where the CPU has bf16 dot instructions (emulated bf16 is slower than float32), int8."""
   if jax.default_backend() != 'cpu':
     return ['float32']
-  bf16 = cpu_flags is None or bool({'avx512_bf16', 'amx_bf16'} & set(cpu_flags))
-  return ['float32'] + (['bfloat16'] if bf16 else []) + ['int8']
+  return ['float32'] + (['bfloat16'] if hardware.has_bf16_dots(cpu_flags) else []) + ['int8']
 
 
 def choose_dtype(model, variables, *, image_size: int, check: np.ndarray, calibration: np.ndarray | None = None,
                  batch_size: int = 1, min_cosine: float = MIN_COSINE, rounds: int = 5, calls: int = 3,
-                 conv: str = 'auto', float32_convs: Sequence[str] = ()) -> dict:
+                 conv: str = 'auto', convs: Sequence[str] = ()) -> dict:
   """Time every candidate dtype policy of `optimize_for_inference` at `batch_size` (with `conv`; float32 also
-  with each of `float32_convs`) and pick the fastest whose embeddings of `check` (float model inputs
+  with each of `convs`, bfloat16 also with 'onednn' if there: XLA's other lowerings have no bf16 convs) and pick the fastest whose embeddings of `check` (float model inputs
   [N, S, S, 3], faces not in `calibration`) have a per-face cosine of at least `min_cosine` to float32's. int8
   uses static scales from `calibration` when given.
 
   -> {'dtype', 'conv', 'calibrated', 'batch_size', 'min_cosine', 'candidates': {name: {'dtype', 'conv',
-  'ms_median', 'min_cosine', 'agrees'}}, 'cpu', 'cpu_flags'}, a candidate named by its dtype ('float32/xla' for
-  float32 with another conv); float32 always agrees, so it is the fallback."""
+  'ms_median', 'min_cosine', 'agrees'}}, 'cpu', 'cpu_flags'}, a candidate named by its dtype ('float32/xla',
+  'bfloat16/onednn' with another conv); float32 always agrees, so it is the fallback."""
   from facejax.inference.optimize import optimize_for_inference
   info = hardware.cpu_info()
   check = np.asarray(check, np.float32)
@@ -50,7 +50,9 @@ def choose_dtype(model, variables, *, image_size: int, check: np.ndarray, calibr
   batches = np.resize(check, (-(-n // b) * b,) + check.shape[1:]).reshape((-1, b) + check.shape[1:])
   dtypes = candidate_dtypes(info.get('cpu_flags'))
   paths = {d: (d, conv) for d in dtypes}
-  paths.update({f'float32/{c}': ('float32', c) for c in float32_convs if c != conv})
+  paths.update({f'float32/{c}': ('float32', c) for c in convs if c != conv})
+  if 'onednn' in convs and conv != 'onednn' and 'bfloat16' in dtypes:
+    paths['bfloat16/onednn'] = ('bfloat16', 'onednn')
   compiled, agreement, reference = {}, {}, None
   for name, (dtype, lowering) in paths.items():
     fn = optimize_for_inference(model, variables, image_size=image_size, conv=lowering, dtype=dtype,

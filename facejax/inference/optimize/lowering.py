@@ -6,8 +6,8 @@ transform), the rest as im2col. `conv='xla'`: `lax.conv_general_dilated` with th
 `conv='auto'` (default) picks per layer from the output map size: native conv above 14x14, Winograd for
 3x3/s1 at 14x14 and below, im2col matmuls otherwise (with `dtype='int8'`: int8 im2col up to 112x112, native
 float conv above; with `dtype='bfloat16'`: im2col while the im2col matrix per image is at most 16 MB, see
-`auto_lowering`); off the CPU, native convs everywhere. `conv='onednn'`: plain 2-D float32 convs through oneDNN's
-CPU kernels as a custom call (`onednn`), depthwise ones as 'auto' does.
+`auto_lowering`); off the CPU, native convs everywhere. `conv='onednn'`: plain 2-D float32 (or, under the bf16 policy,
+bfloat16) convs through oneDNN's CPU kernels as a custom call (`onednn`), depthwise ones as 'auto' does.
 """
 from __future__ import annotations
 
@@ -181,7 +181,7 @@ def conv_forward(entry: TracedLayer, p: dict, x):
     return winograd_conv(x, kernel, pads) + bias  # transforms in x's dtype, the dot in bf16 if the kernel is
   sh, sw = _strides(conv)
   if lowering == 'onednn':
-    return onednn.conv(x, kernel, bias, (sh, sw), pads)
+    return onednn.conv(x, kernel, bias, (sh, sw), pads, dtype=kernel.dtype)
   if lowering == 'depthwise':  # k*k shifted multiply-adds
     x = x.astype(kernel.dtype)
     slices = _shifted_slices(x, kh, kw, sh, sw, pads)

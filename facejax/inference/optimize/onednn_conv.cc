@@ -1,14 +1,17 @@
-// oneDNN float32 2-D convolution as an XLA CPU custom call (jax.ffi): NHWC input, HWIO kernel, bias, an optional
-// NHWC residual of the output's shape (added after the bias), NHWC output, optional ReLU last. The residual add
-// and the ReLU run as oneDNN post-ops, in the convolution's epilogue. Built by
-// `facejax.inference.optimize.onednn.build()` (make venv).
+// oneDNN 2-D convolution as an XLA CPU custom call (jax.ffi): NHWC input, HWIO kernel, float32 bias, an optional
+// NHWC residual of the output's shape (added after the bias), NHWC output, optional ReLU last. The input, kernel,
+// residual and output are all float32 or all bfloat16 (bf16 products accumulated in float32, the sum rounded to
+// bf16 once, after the post-ops). The residual add and the ReLU run as oneDNN post-ops, in the convolution's
+// epilogue. Built by `facejax.inference.optimize.onednn.build()` (make venv).
 //
-// Primitives are cached per problem (shapes, strides, pads, ReLU, residual). oneDNN keeps the kernel in its own blocked
-// layout: the reordered copy is cached per kernel buffer and problem, and checked against a fingerprint of the
-// buffer (256 values spread over it) on every call, so a new kernel at a reused address is reordered again.
-// The cache is emptied when it holds kMaxKernels copies (weights passed as arguments, many checkpoints).
+// Primitives are cached per problem (dtype, shapes, strides, pads, ReLU, residual). oneDNN keeps the kernel in its
+// own blocked layout: the reordered copy is cached per kernel buffer and problem, and checked against a fingerprint
+// of the buffer (the bytes of 256 elements spread over it) on every call, so a new kernel at a reused address is
+// reordered again. The cache is emptied when it holds kMaxKernels copies (weights passed as arguments, many
+// checkpoints).
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -33,15 +36,16 @@ struct Problem {
 
 struct BlockedKernel {
   dnnl::memory memory;
-  std::vector<float> fingerprint;
+  std::vector<char> fingerprint;
 };
 
 constexpr size_t kMaxKernels = 4096;
 
-std::vector<float> Fingerprint(const float* data, int64_t size) {
+std::vector<char> Fingerprint(const char* data, int64_t size, int64_t bytes) {  // size elements of bytes each
   const int64_t n = std::min<int64_t>(size, 256);
-  std::vector<float> out(n);
-  for (int64_t i = 0; i < n; ++i) out[i] = data[n > 1 ? i * (size - 1) / (n - 1) : 0];
+  std::vector<char> out(n * bytes);
+  for (int64_t i = 0; i < n; ++i)
+    std::memcpy(&out[i * bytes], data + (n > 1 ? i * (size - 1) / (n - 1) : 0) * bytes, bytes);
   return out;
 }
 
@@ -50,7 +54,7 @@ struct State {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   dnnl::stream stream{engine};
   std::map<Key, Problem> problems;
-  std::map<std::pair<Key, const float*>, BlockedKernel> kernels;
+  std::map<std::pair<Key, const void*>, BlockedKernel> kernels;
 };
 
 State& state() {
@@ -58,33 +62,41 @@ State& state() {
   return *s;
 }
 
-ffi::Error Conv(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b, ffi::RemainingArgs rest,
-                ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl,
-                int64_t pr, int64_t relu) {
+ffi::Error Conv(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b, ffi::RemainingArgs rest,
+                ffi::Result<ffi::AnyBuffer> y, int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr,
+                int64_t relu) {
   auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
+  const ffi::DataType type = x.element_type();
   if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4 || wd[2] != xd[3] || b.element_count() != wd[3] ||
       rest.size() > 1)
     return ffi::Error::InvalidArgument(
         "facejax_onednn_conv: expected x [B, H, W, C], kernel [kh, kw, C, F], bias [F], optional residual "
         "[B, OH, OW, F], output [B, OH, OW, F]");
-  float* residual = nullptr;
+  if ((type != ffi::DataType::F32 && type != ffi::DataType::BF16) || w.element_type() != type ||
+      y->element_type() != type || b.element_type() != ffi::DataType::F32)
+    return ffi::Error::InvalidArgument(
+        "facejax_onednn_conv: x, kernel and output must all be float32 or all bfloat16, the bias float32");
+  void* residual = nullptr;
   if (!rest.empty()) {
-    auto r = rest.get<ffi::Buffer<ffi::F32>>(0);
-    if (!r.has_value() || r->element_count() != y->element_count())
-      return ffi::Error::InvalidArgument("facejax_onednn_conv: the residual must be float32 of the output's shape");
-    residual = r->typed_data();
+    auto r = rest.get<ffi::AnyBuffer>(0);
+    if (!r.has_value() || r->element_type() != type || r->element_count() != y->element_count())
+      return ffi::Error::InvalidArgument("facejax_onednn_conv: the residual must have the output's dtype and shape");
+    residual = r->untyped_data();
   }
+  const bool bf16 = type == ffi::DataType::BF16;
+  const dt data = bf16 ? dt::bf16 : dt::f32;
+  const int64_t bytes = bf16 ? 2 : 4;
   const int64_t n = xd[0], h = xd[1], wi = xd[2], c = xd[3], kh = wd[0], kw = wd[1], f = wd[3];
   const int64_t oh = yd[1], ow = yd[2];
-  const Key key{n, h, wi, c, kh, kw, f, oh, ow, sh, sw, pt, pb, pl, pr, relu, residual != nullptr};
+  const Key key{n, h, wi, c, kh, kw, f, oh, ow, sh, sw, pt, pb, pl, pr, relu, residual != nullptr, bf16};
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mu);
   try {
     auto it = s.problems.find(key);
     if (it == s.problems.end()) {
-      dnnl::memory::desc src({n, c, h, wi}, dt::f32, tag::nhwc), dst({n, f, oh, ow}, dt::f32, tag::nhwc),
-          bias({f}, dt::f32, tag::a), kernel({f, c, kh, kw}, dt::f32, tag::hwio),
-          any_kernel({f, c, kh, kw}, dt::f32, tag::any);
+      dnnl::memory::desc src({n, c, h, wi}, data, tag::nhwc), dst({n, f, oh, ow}, data, tag::nhwc),
+          bias({f}, dt::f32, tag::a), kernel({f, c, kh, kw}, data, tag::hwio),
+          any_kernel({f, c, kh, kw}, data, tag::any);
       dnnl::post_ops ops;
       if (residual) ops.append_binary(dnnl::algorithm::binary_add, dst);
       if (relu) ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
@@ -97,11 +109,11 @@ ffi::Error Conv(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ff
                                            dst}).first;
     }
     Problem& p = it->second;
-    const float* kdata = w.typed_data();
-    dnnl::memory user_kernel(p.kernel, s.engine, const_cast<float*>(kdata));
+    void* kdata = w.untyped_data();
+    dnnl::memory user_kernel(p.kernel, s.engine, kdata);
     dnnl::memory kernel = user_kernel;
     if (p.blocked_kernel != p.kernel) {
-      std::vector<float> print = Fingerprint(kdata, w.element_count());
+      std::vector<char> print = Fingerprint(static_cast<const char*>(kdata), w.element_count(), bytes);
       if (s.kernels.size() >= kMaxKernels && !s.kernels.count({key, kdata})) s.kernels.clear();
       auto& cached = s.kernels[{key, kdata}];
       if (!cached.memory || cached.fingerprint != print) {
@@ -111,8 +123,8 @@ ffi::Error Conv(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ff
       }
       kernel = cached.memory;
     }
-    dnnl::memory src(p.src, s.engine, x.typed_data()), bias(p.bias, s.engine, b.typed_data()),
-        dst(p.dst, s.engine, y->typed_data());
+    dnnl::memory src(p.src, s.engine, x.untyped_data()), bias(p.bias, s.engine, b.untyped_data()),
+        dst(p.dst, s.engine, y->untyped_data());
     std::unordered_map<int, dnnl::memory> args{
         {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, kernel}, {DNNL_ARG_BIAS, bias}, {DNNL_ARG_DST, dst}};
     if (residual) args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = dnnl::memory(p.dst, s.engine, residual);
@@ -128,11 +140,11 @@ ffi::Error Conv(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ff
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FacejaxOnednnConv, Conv,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
                                   .RemainingArgs()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::AnyBuffer>()
                                   .Attr<int64_t>("stride_h")
                                   .Attr<int64_t>("stride_w")
                                   .Attr<int64_t>("pad_top")

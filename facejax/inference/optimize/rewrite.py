@@ -77,7 +77,7 @@ def _plan(jaxpr):
     if eqn.primitive.name == 'add' and all(_is_var(v) for v in eqn.invars):
       for u, r in (eqn.invars, eqn.invars[::-1]):
         c = single_use_conv(u)
-        if c is not None and r.aval.shape == u.aval.shape:
+        if c is not None and (r.aval.shape, r.aval.dtype) == (u.aval.shape, u.aval.dtype):
           emit[i] = (c, r, False)
           skip.add(c)
           break
@@ -115,7 +115,7 @@ def _evaluate(jaxpr, consts, args):
       continue
     if i in emit:
       conv, residual, relu = emit[i]
-      options = dict(onednn.call_options(conv.params['attributes']), relu=relu)
+      options = dict(onednn.call_options(conv.params['attributes']), relu=relu, dtype=conv.outvars[0].aval.dtype)
       outs = [onednn.conv(*map(read, conv.invars), **options,
                           residual=None if residual is None else read(residual))]
     elif (eqn.primitive.name == 'reduce_window_max'
