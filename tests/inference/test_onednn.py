@@ -27,7 +27,8 @@ def built():
 
 
 def _xla(x, kernel, bias, strides, pads, relu, residual=None):
-  y = lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + bias
+  y = lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                               feature_group_count=x.shape[-1] // kernel.shape[2]) + bias
   y = y if residual is None else y + residual
   return jax.nn.relu(y) if relu else y
 
@@ -39,13 +40,21 @@ CASES = [(1, 31, 31, 3, 8, 7, 2, ((0, 0), (0, 0)), False), (2, 17, 17, 8, 24, 3,
          (1, 11, 7, 5, 13, 3, 1, ((0, 1), (2, 0)), False)]
 
 
-@pytest.mark.parametrize('case', CASES)
+# (batch, H, W, C, F, k, stride, pads, relu, groups): depthwise 3x3 at strides 1 and 2, MobileFaceNet's global
+# depthwise 7x7 on a 7x7 map, a grouped conv with two output channels per group
+GROUPED = [(2, 9, 9, 16, 16, 3, 1, ((1, 1), (1, 1)), True, 16), (1, 10, 10, 24, 24, 3, 2, ((0, 1), (0, 1)), False, 24),
+           (2, 7, 7, 32, 32, 7, 1, ((0, 0), (0, 0)), False, 32), (1, 6, 6, 8, 12, 3, 1, ((1, 1), (1, 1)), True, 2)]
+
+
+@pytest.mark.parametrize('case', CASES + GROUPED)
 @pytest.mark.parametrize('residual', [False, True])
 def test_conv_equals_xla(case, residual):
-  """Plain, and with a residual added by a oneDNN post-op (before the ReLU post-op, as relu(conv + b + r))."""
-  b, h, w, c, f, k, s, pads, relu = case
+  """Plain, grouped and depthwise, and each with a residual added by a oneDNN post-op (before the ReLU post-op,
+  as relu(conv + b + r))."""
+  b, h, w, c, f, k, s, pads, relu, *groups = case
   rng = np.random.default_rng(0)
-  x, kernel, bias = (jnp.asarray(rng.normal(size=shape), jnp.float32) for shape in ((b, h, w, c), (k, k, c, f), (f,)))
+  shapes = ((b, h, w, c), (k, k, c // (groups or [1])[0], f), (f,))
+  x, kernel, bias = (jnp.asarray(rng.normal(size=shape), jnp.float32) for shape in shapes)
   shape = jax.eval_shape(lambda x: _xla(x, kernel, bias, (s, s), pads, relu), x).shape
   r = jnp.asarray(rng.normal(size=shape), jnp.float32) if residual else None
   call = lambda x, kernel, bias, r: onednn.conv(x, kernel, bias, (s, s), pads, relu, residual=r)
@@ -61,14 +70,15 @@ BF16 = pytest.mark.skipif(not HAS_BF16, reason='this CPU has neither avx512_bf16
 
 
 @BF16
-@pytest.mark.parametrize('case', CASES)
+@pytest.mark.parametrize('case', CASES + GROUPED)
 def test_bf16_conv_is_the_exact_result_rounded_once(case):
   """bf16 input, kernel and residual: oneDNN's bf16 output is within one bf16 step of the exact float32
   relu(conv + b + r) of the same bf16 values (products summed in float32, rounded to bf16 once)."""
-  b, h, w, c, f, k, s, pads, relu = case
+  b, h, w, c, f, k, s, pads, relu, *groups = case
   rng = np.random.default_rng(0)
   bf = lambda shape: jnp.asarray(rng.normal(size=shape), jnp.bfloat16)
-  x, kernel, bias = bf((b, h, w, c)), bf((k, k, c, f)), jnp.asarray(rng.normal(size=f), jnp.float32)
+  x, kernel = bf((b, h, w, c)), bf((k, k, c // (groups or [1])[0], f))
+  bias = jnp.asarray(rng.normal(size=f), jnp.float32)
   exact = lambda r: _xla(*(a.astype(jnp.float32) for a in (x, kernel)), bias, (s, s), pads, relu, r)
   r = bf(jax.eval_shape(lambda: exact(None)).shape)
   call = lambda x, kernel, bias, r: onednn.conv(x, kernel, bias, (s, s), pads, relu, r, dtype=jnp.bfloat16)
@@ -132,17 +142,19 @@ def test_student_forward_equals_xla_and_each_kernel_is_its_own():
                              atol=1e-5)
 
 
-def test_plain_convs_go_to_onednn_depthwise_ones_do_not():
-  """MobileFaceNet: every conv that is not depthwise is a oneDNN call; the depthwise ones stay as 'auto' lowers
-  them (shifted multiply-adds: no native convolution is left either)."""
+def test_every_mobilefacenet_conv_depthwise_included_is_a_onednn_call():
+  """MobileFaceNet: its plain, depthwise and global depthwise convs are all oneDNN calls (no native convolution
+  left), and it equals conv='xla'."""
   model = build_model('mobilefacenet', num_classes=0, embed_dim=16)
   variables = random_variables(model, 112, seed=5)
   fn = optimize_for_inference(model, variables, image_size=112, conv='onednn')
   kernels = [p['kernel'] for p in fn.params['layers'].values() if getattr(p['kernel'], 'ndim', 0) == 4]
-  plain = sum(k.shape[2] > 1 for k in kernels)
-  assert 0 < plain < len(kernels)  # both kinds are there
-  hlo = jax.jit(fn).lower(jnp.zeros((1, 112, 112, 3), jnp.float32)).as_text()
-  assert hlo.count('custom_call @facejax_onednn_conv') == plain and 'stablehlo.convolution' not in hlo
+  assert 0 < sum(k.shape[2] == 1 for k in kernels) < len(kernels)  # both kinds are there
+  x = jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (2, 112, 112, 3)), jnp.float32)
+  hlo = jax.jit(fn).lower(x).as_text()
+  assert hlo.count('custom_call @facejax_onednn_conv') == len(kernels) and 'stablehlo.convolution' not in hlo
+  np.testing.assert_allclose(jax.jit(fn)(x), optimize_for_inference(model, variables, image_size=112, conv='xla')(x),
+                             atol=1e-5)
 
 
 def test_fallback_is_xla_and_says_why(monkeypatch):

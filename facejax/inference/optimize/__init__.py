@@ -66,7 +66,7 @@ def prepare_layers(folded: dict, traced: dict[str, TracedLayer], conv: str, dtyp
         lowering = 'xla' if np.prod(entry.out_shape[1:-1]) > int8_im2col_max_pixels else 'matmul'
       else:
         lowering = auto_lowering(entry, dtype, im2col_max_pixels)
-    if conv == 'onednn' and lowering == 'matmul' and entry.kind == 'conv':
+    if conv == 'onednn' and lowering in ('matmul', 'depthwise') and entry.kind == 'conv':
       lowering = 'onednn'
     if conv == 'winograd' and lowering == 'matmul' and _winograd_ok(entry):
       lowering = 'winograd'

@@ -1,13 +1,13 @@
-"""Conv lowering. `conv='im2col'`: k>1 convs as one matmul over the k*k shifted strided slices of the padded
-input concatenated on channels; 1x1 convs as a plain matmul (strided slice first); depthwise convs as k*k
-shifted multiply-adds (a global depthwise conv as one reduction). `conv='winograd'`: 3x3 stride-1 convs as
-Winograd F(2x2, 3x3) (16 multiplies per 2x2 tile instead of 36: input transform, one batched matmul, output
-transform), the rest as im2col. `conv='xla'`: `lax.conv_general_dilated` with the folded weights.
-`conv='auto'` (default) picks per layer from the output map size: native conv above 14x14, Winograd for
-3x3/s1 at 14x14 and below, im2col matmuls otherwise (with `dtype='int8'`: int8 im2col up to 112x112, native
-float conv above; with `dtype='bfloat16'`: im2col while the im2col matrix per image is at most 16 MB, see
-`auto_lowering`); off the CPU, native convs everywhere. `conv='onednn'`: plain 2-D float32 (or, under the bf16 policy,
-bfloat16) convs through oneDNN's CPU kernels as a custom call (`onednn`), depthwise ones as 'auto' does.
+"""Conv lowering. `conv='im2col'`: k>1 convs as one matmul over the k*k shifted strided slices of the padded input
+concatenated on channels; 1x1 convs as a plain matmul (strided slice first); depthwise convs as k*k shifted
+multiply-adds (a global depthwise conv as one reduction). `conv='winograd'`: 3x3 stride-1 convs as Winograd F(2x2,
+3x3) (16 multiplies per 2x2 tile instead of 36: input transform, one batched matmul, output transform), the rest as
+im2col. `conv='xla'`: `lax.conv_general_dilated` with the folded weights. `conv='auto'` (default) picks per layer
+from the output map size: native conv above 14x14, Winograd for 3x3/s1 at 14x14 and below, im2col matmuls otherwise
+(with `dtype='int8'`: int8 im2col up to 112x112, native float conv above; with `dtype='bfloat16'`: im2col while the
+im2col matrix per image is at most 16 MB, see `auto_lowering`); off the CPU, native convs everywhere.
+`conv='onednn'`: plain and depthwise 2-D float32 (or, under the bf16 policy, bfloat16) convs through oneDNN's CPU
+kernels as a custom call (`onednn`).
 """
 from __future__ import annotations
 

@@ -1,13 +1,13 @@
 """oneDNN convolutions as an XLA CPU custom call (`jax.ffi`), with a pure-XLA fallback.
 
-`conv(x, kernel, bias, strides, pads, relu, residual, dtype)` runs an NHWC x HWIO 2-D convolution plus bias
-(then + residual, then ReLU, as oneDNN post-ops) through oneDNN (`onednn_conv.cc`) when the library is built and
-the backend is the CPU, and through `lax.conv_general_dilated` otherwise; tests hold the two to 1e-5 in float32.
-With `dtype=bfloat16` the input, kernel, residual and output are bf16 (products accumulated in float32, the result
-rounded once), which oneDNN runs on bf16 dot instructions (avx512_bf16, AMX: `hardware.has_bf16_dots`). The
-optimized forward's rewrite (`rewrite`) moves the model's own residual adds and ReLUs into these calls. oneDNN
-picks its kernel for the CPU it runs on (AVX2, AVX-512, AMX) and keeps each kernel in its own blocked layout,
-reordered once per kernel buffer.
+`conv(x, kernel, bias, strides, pads, relu, residual, dtype)` runs an NHWC x HWIO 2-D convolution (plain, grouped
+or depthwise) plus bias (then + residual, then ReLU, as oneDNN post-ops) through oneDNN (`onednn_conv.cc`) when the
+library is built and the backend is the CPU, and through `lax.conv_general_dilated` otherwise; tests hold the two
+to 1e-5 in float32. With `dtype=bfloat16` the input, kernel, residual and output are bf16 (products accumulated in
+float32, the result rounded once), which oneDNN runs on bf16 dot instructions (avx512_bf16, AMX:
+`hardware.has_bf16_dots`). The optimized forward's rewrite (`rewrite`) moves the model's own residual adds and
+ReLUs into these calls. oneDNN picks its kernel for the CPU it runs on (AVX2, AVX-512, AMX) and keeps each kernel
+in its own blocked layout, reordered once per kernel buffer.
 
 The project's install builds it (`make venv`: the `[onednn]` extra's headers and library, then g++):
 
@@ -79,15 +79,17 @@ def unavailable() -> str | None:
 
 def _xla_conv(x, kernel, bias, *residual, strides, pads, relu: bool):
   y = lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                               feature_group_count=x.shape[-1] // kernel.shape[2],
                                preferred_element_type=jnp.float32) + bias
   y = y + residual[0].astype(jnp.float32) if residual else y
   return (jax.nn.relu(y) if relu else y).astype(x.dtype)
 
 
 def conv(x, kernel, bias, strides: tuple[int, int], pads, relu: bool = False, residual=None, dtype=jnp.float32):
-  """`x` [B, H, W, C] * `kernel` [kh, kw, C, F] + float32 `bias` [F] (+ `residual` [B, OH, OW, F], then ReLU if
-  `relu`: oneDNN post-ops) with zero `pads` ((top, bottom), (left, right)) -> [B, OH, OW, F] in `dtype` (float32
-  or bfloat16: x, kernel and residual are cast to it): oneDNN, or XLA when `unavailable()`."""
+  """`x` [B, H, W, C] * `kernel` [kh, kw, C / groups, F] (groups > 1: grouped; C of them: depthwise) + float32
+  `bias` [F] (+ `residual` [B, OH, OW, F], then ReLU if `relu`: oneDNN post-ops) with zero `pads` ((top, bottom),
+  (left, right)) -> [B, OH, OW, F] in `dtype` (float32 or bfloat16: x, kernel and residual are cast to it):
+  oneDNN, or XLA when `unavailable()`."""
   dtype = jnp.dtype(dtype)
   if dtype not in (jnp.float32, jnp.bfloat16):
     raise ValueError(f'onednn.conv: dtype={dtype}, expected float32 or bfloat16')

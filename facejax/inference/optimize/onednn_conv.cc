@@ -1,10 +1,11 @@
-// oneDNN 2-D convolution as an XLA CPU custom call (jax.ffi): NHWC input, HWIO kernel, float32 bias, an optional
-// NHWC residual of the output's shape (added after the bias), NHWC output, optional ReLU last. The input, kernel,
-// residual and output are all float32 or all bfloat16 (bf16 products accumulated in float32, the sum rounded to
-// bf16 once, after the post-ops). The residual add and the ReLU run as oneDNN post-ops, in the convolution's
-// epilogue. Built by `facejax.inference.optimize.onednn.build()` (make venv).
+// oneDNN 2-D convolution (plain, grouped or depthwise) as an XLA CPU custom call (jax.ffi): NHWC input, HWIO kernel
+// (groups = input channels / the kernel's), float32 bias, an optional NHWC residual of the output's shape (added
+// after the bias), NHWC output, optional ReLU last. The input, kernel, residual and output are all float32 or all
+// bfloat16 (bf16 products accumulated in float32, the sum rounded to bf16 once, after the post-ops). The residual
+// add and the ReLU run as oneDNN post-ops, in the convolution's epilogue. Built by
+// `facejax.inference.optimize.onednn.build()` (make venv).
 //
-// Primitives are cached per problem (dtype, shapes, strides, pads, ReLU, residual). oneDNN keeps the kernel in its
+// Primitives are cached per problem (dtype, shapes, groups, strides, pads, ReLU, residual). oneDNN keeps the kernel in its
 // own blocked layout: the reordered copy is cached per kernel buffer and problem, and checked against a fingerprint
 // of the buffer (the bytes of 256 elements spread over it) on every call, so a new kernel at a reused address is
 // reordered again. The cache is emptied when it holds kMaxKernels copies (weights passed as arguments, many
@@ -67,11 +68,11 @@ ffi::Error Conv(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b, ffi::Remai
                 int64_t relu) {
   auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
   const ffi::DataType type = x.element_type();
-  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4 || wd[2] != xd[3] || b.element_count() != wd[3] ||
-      rest.size() > 1)
+  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4 || wd[2] < 1 || xd[3] % wd[2] != 0 ||
+      wd[3] % (xd[3] / wd[2]) != 0 || b.element_count() != wd[3] || rest.size() > 1)
     return ffi::Error::InvalidArgument(
-        "facejax_onednn_conv: expected x [B, H, W, C], kernel [kh, kw, C, F], bias [F], optional residual "
-        "[B, OH, OW, F], output [B, OH, OW, F]");
+        "facejax_onednn_conv: expected x [B, H, W, C], kernel [kh, kw, C / groups, F] (F a multiple of groups), "
+        "bias [F], optional residual [B, OH, OW, F], output [B, OH, OW, F]");
   if ((type != ffi::DataType::F32 && type != ffi::DataType::BF16) || w.element_type() != type ||
       y->element_type() != type || b.element_type() != ffi::DataType::F32)
     return ffi::Error::InvalidArgument(
@@ -86,17 +87,21 @@ ffi::Error Conv(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b, ffi::Remai
   const bool bf16 = type == ffi::DataType::BF16;
   const dt data = bf16 ? dt::bf16 : dt::f32;
   const int64_t bytes = bf16 ? 2 : 4;
-  const int64_t n = xd[0], h = xd[1], wi = xd[2], c = xd[3], kh = wd[0], kw = wd[1], f = wd[3];
+  const int64_t n = xd[0], h = xd[1], wi = xd[2], c = xd[3], kh = wd[0], kw = wd[1], f = wd[3], g = c / wd[2];
   const int64_t oh = yd[1], ow = yd[2];
-  const Key key{n, h, wi, c, kh, kw, f, oh, ow, sh, sw, pt, pb, pl, pr, relu, residual != nullptr, bf16};
+  const Key key{n, h, wi, c, kh, kw, f, g, oh, ow, sh, sw, pt, pb, pl, pr, relu, residual != nullptr, bf16};
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mu);
   try {
     auto it = s.problems.find(key);
     if (it == s.problems.end()) {
       dnnl::memory::desc src({n, c, h, wi}, data, tag::nhwc), dst({n, f, oh, ow}, data, tag::nhwc),
-          bias({f}, dt::f32, tag::a), kernel({f, c, kh, kw}, data, tag::hwio),
-          any_kernel({f, c, kh, kw}, data, tag::any);
+          bias({f}, dt::f32, tag::a);
+      // Grouped (depthwise: C groups of one channel): oneDNN's [G, F/G, C/G, kh, kw] in the HWIO order of a
+      // flax kernel [kh, kw, C/G, F] is hwigo.
+      const dnnl::memory::dims wdims = g == 1 ? dnnl::memory::dims{f, c, kh, kw}
+                                              : dnnl::memory::dims{g, f / g, c / g, kh, kw};
+      dnnl::memory::desc kernel(wdims, data, g == 1 ? tag::hwio : tag::hwigo), any_kernel(wdims, data, tag::any);
       dnnl::post_ops ops;
       if (residual) ops.append_binary(dnnl::algorithm::binary_add, dst);
       if (relu) ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
