@@ -15,6 +15,7 @@ float32's (facejax.inference.optimize.choose); OUT.json records every candidate'
 float32, BN folded with --optimize (convolutions stay ONNX Conv ops for the runtime to lower).
 """
 import json
+import sys
 
 import numpy as np
 from absl import app, flags
@@ -47,7 +48,10 @@ def _faces(info: dict, calibration: int, check: int) -> tuple[np.ndarray | None,
   if not calibration + check:
     return None, None
   from facejax.inference.embedder import calibration_images
-  crops = calibration_images(FLAGS.workdir, calibration + check, int(info['image_size']), FLAGS.calibration_images)
+  try:
+    crops = calibration_images(FLAGS.workdir, calibration + check, int(info['image_size']), FLAGS.calibration_images)
+  except (FileNotFoundError, ValueError) as e:  # no (readable) --calibration_images, or no training data to use
+    sys.exit(f'launch.export: {e}')
   faces = np.asarray(info['preprocessing_obj'].apply(crops))
   held_out = np.zeros(len(faces), bool)
   if check:

@@ -122,9 +122,9 @@ def read_image(path: str) -> np.ndarray:
     raise UnreadableImage(e.category, f'{path}: {str(e)[len(e.category) + 2:]}') from None
 
 
-def find_images(images: str) -> tuple[list[str], str]:
+def find_images(images: str, flag: str = '--images') -> tuple[list[str], str]:
   """A directory (searched recursively for IMAGE_EXTENSIONS, any case) or a glob pattern (`**` recursive) ->
-  (sorted file paths, root the names are relative to)."""
+  (sorted file paths, root the names are relative to); none found: an error naming `flag`."""
   if os.path.isdir(images):
     root = images
     paths = [os.path.join(d, f) for d, _, files in os.walk(images) for f in files
@@ -133,7 +133,7 @@ def find_images(images: str) -> tuple[list[str], str]:
     paths = [p for p in glob.glob(images, recursive=True) if os.path.isfile(p)]
     root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths]) if paths else ''
   if not paths:
-    raise FileNotFoundError(f'--images={images}: no image files found (expected a directory holding '
+    raise FileNotFoundError(f'{flag}={images}: no image files found (expected a directory holding '
                             f'{"/".join(IMAGE_EXTENSIONS)} files, or a glob such as "faces/**/*.jpg")')
   return sorted(paths), root
 
@@ -147,7 +147,7 @@ def calibration_images(workdir: str, count: int, image_size: int, images: str = 
   if count < 1:
     raise ValueError(f'calibration count={count}: expected >= 1')
   if images:
-    paths, _ = find_images(images)
+    paths, _ = find_images(images, '--calibration_images')
     picked = [paths[i] for i in np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int)]
     crops = []
     for path in picked:

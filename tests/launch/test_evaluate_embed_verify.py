@@ -270,6 +270,10 @@ def test_export_int8_calibrated_on_the_runs_training_data(run_dir, lfw_dir, tmp_
   assert cos.min() >= 0.98, cos
   bad = launch('export', f'--workdir={run_dir}', f'--out={tmp_path / "f32.jaxexport"}', '--calibration=4')
   assert bad.returncode != 0 and '--calibration: static activation scales are for --dtype=int8' in bad.stderr
+  bad = launch('export', f'--workdir={run_dir}', f'--out={tmp_path / "x.jaxexport"}', '--dtype=int8', '--calibration=4',
+               f'--calibration_images={tmp_path}/no_such_dir')
+  assert bad.returncode != 0 and 'Traceback' not in bad.stderr
+  assert f'launch.export: --calibration_images={tmp_path}/no_such_dir: no image files found' in bad.stderr
 
 
 def test_export_auto_dtype_records_its_choice_and_exports_it(run_dir, lfw_dir, tmp_path):
