@@ -1,12 +1,11 @@
-"""dtype='auto': the fastest dtype policy (and float32 conv lowering) on the CPU at hand whose embeddings agree
+"""dtype='auto': the fastest dtype policy (and conv lowering) on the CPU at hand whose embeddings agree
 with float32.
 
-No fixed per-CPU table: the candidates the CPU can run (bfloat16 only with avx512_bf16 or AMX, where the dots
-have hardware support; int8 everywhere, static scales when calibration faces are given; float32 also with each of
+No fixed per-CPU table: the candidates the CPU can run (bfloat16 only with avx512_bf16 or AMX, where the dots have
+hardware support; int8 everywhere, static scales when calibration faces are given; float32 also with each of
 `convs`, e.g. XLA's native convs, which win on AVX2-only CPUs, and bfloat16 also with oneDNN's bf16 convs when
-`convs` holds 'onednn') are compiled and timed here, interleaved,
-and the fastest one whose embeddings stay within `min_cosine` of float32's on held-out faces wins. What the rule
-gave on each CPU kind: docs/cpu_inference.md.
+`convs` holds 'onednn') are compiled and timed here, interleaved, and the fastest one whose embeddings stay within
+`min_cosine` of float32's on held-out faces wins. What the rule gave on each CPU kind: docs/cpu_inference.md.
 """
 from __future__ import annotations
 
@@ -34,9 +33,9 @@ def choose_dtype(model, variables, *, image_size: int, check: np.ndarray, calibr
                  batch_size: int = 1, min_cosine: float = MIN_COSINE, rounds: int = 5, calls: int = 3,
                  conv: str = 'auto', convs: Sequence[str] = ()) -> dict:
   """Time every candidate dtype policy of `optimize_for_inference` at `batch_size` (with `conv`; float32 also
-  with each of `convs`, bfloat16 also with 'onednn' if there: XLA's other lowerings have no bf16 convs) and pick the fastest whose embeddings of `check` (float model inputs
-  [N, S, S, 3], faces not in `calibration`) have a per-face cosine of at least `min_cosine` to float32's. int8
-  uses static scales from `calibration` when given.
+  with each of `convs`, bfloat16 also with 'onednn' if there: XLA's other lowerings have no bf16 convs) and pick
+  the fastest whose embeddings of `check` (float model inputs [N, S, S, 3], faces not in `calibration`) have a
+  per-face cosine of at least `min_cosine` to float32's. int8 uses static scales from `calibration` when given.
 
   -> {'dtype', 'conv', 'calibrated', 'batch_size', 'min_cosine', 'candidates': {name: {'dtype', 'conv',
   'ms_median', 'min_cosine', 'agrees'}}, 'cpu', 'cpu_flags'}, a candidate named by its dtype ('float32/xla',

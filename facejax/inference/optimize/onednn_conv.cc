@@ -5,11 +5,11 @@
 // add and the ReLU run as oneDNN post-ops, in the convolution's epilogue. Built by
 // `facejax.inference.optimize.onednn.build()` (make venv).
 //
-// Primitives are cached per problem (dtype, shapes, groups, strides, pads, ReLU, residual). oneDNN keeps the kernel in its
-// own blocked layout: the reordered copy is cached per kernel buffer and problem, and checked against a fingerprint
-// of the buffer (the bytes of 256 elements spread over it) on every call, so a new kernel at a reused address is
-// reordered again. The cache is emptied when it holds kMaxKernels copies (weights passed as arguments, many
-// checkpoints).
+// Primitives are cached per problem (dtype, shapes, groups, strides, pads, ReLU, residual). oneDNN keeps the kernel
+// in its own blocked layout: the reordered copy is cached per kernel buffer and problem, and checked against a
+// fingerprint of the buffer (the bytes of 256 elements spread over it) on every call, so a new kernel at a reused
+// address is reordered again. The cache is emptied when it holds kMaxKernels copies (weights passed as arguments,
+// many checkpoints).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
