@@ -98,6 +98,21 @@ def test_flop_count_is_unknown_not_zero_with_the_custom_call():
   assert compiled_flops(jax.jit(lambda x: _xla(x, kernel, bias, (1, 1), ((1, 1), (1, 1)), False)).lower(x)) > 0
 
 
+@pytest.mark.parametrize('residual', [False, True])
+def test_prelu_post_op_equals_xla(residual):
+  """The PReLU post-op (one slope, an operand) after the bias and the residual: where(y >= 0, y, slope * y)."""
+  rng = np.random.default_rng(4)
+  x, kernel, bias, r = (jnp.asarray(rng.normal(size=shape), jnp.float32)
+                        for shape in ((2, 9, 9, 8), (3, 3, 8, 16), (16,), (2, 9, 9, 16)))
+  r = r if residual else None
+  call = jax.jit(lambda x, slope: onednn.conv(x, kernel, bias, (1, 1), ((1, 1), (1, 1)), residual=r, prelu=slope))
+  for slope in (0.25, -1.5):  # one executable, the slope an operand
+    y = _xla(x, kernel, bias, (1, 1), ((1, 1), (1, 1)), False, r)
+    np.testing.assert_allclose(call(x, slope), jnp.where(y >= 0, y, slope * y), atol=1e-5 * float(jnp.abs(y).max()))
+  with pytest.raises(ValueError, match='relu=True and a prelu slope: one activation at most'):
+    onednn.conv(x, kernel, bias, (1, 1), ((1, 1), (1, 1)), relu=True, prelu=0.25)
+
+
 def test_residual_of_another_shape_is_refused():
   x, kernel, bias = jnp.zeros((1, 8, 8, 4)), jnp.zeros((3, 3, 4, 6)), jnp.zeros(6)
   with pytest.raises(ValueError, match=r'residual of shape \(1, 8, 8, 4\), expected the output shape \(1, 8, 8, 6\)'):
@@ -144,7 +159,7 @@ def test_student_forward_equals_xla_and_each_kernel_is_its_own():
 
 def test_every_mobilefacenet_conv_depthwise_included_is_a_onednn_call():
   """MobileFaceNet: its plain, depthwise and global depthwise convs are all oneDNN calls (no native convolution
-  left), and it equals conv='xla'."""
+  left), each of its 33 PReLUs is a call's post-op, and it equals conv='xla'."""
   model = build_model('mobilefacenet', num_classes=0, embed_dim=16)
   variables = random_variables(model, 112, seed=5)
   fn = optimize_for_inference(model, variables, image_size=112, conv='onednn')
@@ -153,6 +168,9 @@ def test_every_mobilefacenet_conv_depthwise_included_is_a_onednn_call():
   x = jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (2, 112, 112, 3)), jnp.float32)
   hlo = jax.jit(fn).lower(x).as_text()
   assert hlo.count('custom_call @facejax_onednn_conv') == len(kernels) and 'stablehlo.convolution' not in hlo
+  eqns = jax.make_jaxpr(fn)(x).jaxpr.eqns
+  assert [onednn.call_options(e.params['attributes'])['prelu'] for e in eqns if e.primitive.name == 'ffi_call'].count(
+      True) == 33 and 'select_n' not in {e.primitive.name for e in eqns}
   np.testing.assert_allclose(jax.jit(fn)(x), optimize_for_inference(model, variables, image_size=112, conv='xla')(x),
                              atol=1e-5)
 

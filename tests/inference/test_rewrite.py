@@ -52,6 +52,30 @@ def test_epilogues_fuse_and_values_match():
   np.testing.assert_allclose(jax.jit(rewrite_forward(f))(x), jax.jit(f)(x), atol=1e-5)
 
 
+@pytest.mark.parametrize('dtype', ['float32', pytest.param('bfloat16', marks=BF16)])
+def test_prelu_fuses_and_values_match(dtype):
+  """flax's nn.PReLU after a oneDNN conv (where(y >= 0, y, slope * y)) becomes the call's PReLU post-op, with the
+  slope as an operand; a PReLU whose input is not a single-use conv output stays as traced."""
+  rng = np.random.default_rng(3)
+  k = jnp.asarray(rng.normal(size=(3, 3, 8, 8)) * 0.2, dtype)
+  b = jnp.asarray(rng.normal(size=8), jnp.float32)
+  prelu = lambda h: nn.PReLU(param_dtype=jnp.float32).apply({'params': {'negative_slope': jnp.float32(0.3)}}, h)
+  conv = lambda h: onednn.conv(h, k, b, (1, 1), ((1, 1), (1, 1)), dtype=dtype)
+
+  def f(x):
+    y = prelu(conv(x))
+    z = conv(y)
+    return prelu(z) + prelu(z + y)  # z is used twice: stays a plain call
+
+  x = jnp.asarray(rng.normal(size=(2, 9, 9, 8)), dtype)
+  calls, ops = _calls(rewrite_forward(f), x)
+  assert sorted(calls) == [(3, 0), (4, 2)] and 'ge' in ops  # the two PReLUs on z stay XLA's
+  out, ref = (np.asarray(jax.jit(g)(x), np.float32) for g in (rewrite_forward(f), f))
+  # float32: equal; bfloat16: the slope multiplies before the one rounding, not after it (one bf16 step), and
+  # the second conv and the adds carry that step on
+  np.testing.assert_allclose(out, ref, atol=1e-5 if dtype == 'float32' else 2 ** -6 * float(np.abs(ref).max()))
+
+
 @pytest.mark.parametrize('window, strides, padding', [((3, 3), (2, 2), ((1, 1), (1, 1))), ((3, 3), (2, 2), 'VALID'),
                                                       ((2, 2), (2, 2), 'VALID'), ((3, 2), (1, 2), ((0, 1), (2, 0)))])
 def test_max_pool_is_strided_slices_and_exact(window, strides, padding):

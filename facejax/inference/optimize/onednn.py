@@ -77,39 +77,49 @@ def unavailable() -> str | None:
   return None
 
 
-def _xla_conv(x, kernel, bias, *residual, strides, pads, relu: bool):
+def _xla_conv(x, kernel, bias, *rest, strides, pads, relu: bool, residual: bool):
   y = lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
                                feature_group_count=x.shape[-1] // kernel.shape[2],
                                preferred_element_type=jnp.float32) + bias
-  y = y + residual[0].astype(jnp.float32) if residual else y
+  y = y + rest[0].astype(jnp.float32) if residual else y
+  if len(rest) > residual:  # PReLU (flax's nn.PReLU: one slope)
+    y = jnp.where(y >= 0, y, rest[-1] * y)
   return (jax.nn.relu(y) if relu else y).astype(x.dtype)
 
 
-def conv(x, kernel, bias, strides: tuple[int, int], pads, relu: bool = False, residual=None, dtype=jnp.float32):
+def conv(x, kernel, bias, strides: tuple[int, int], pads, relu: bool = False, residual=None, dtype=jnp.float32,
+         prelu=None):
   """`x` [B, H, W, C] * `kernel` [kh, kw, C / groups, F] (groups > 1: grouped; C of them: depthwise) + float32
-  `bias` [F] (+ `residual` [B, OH, OW, F], then ReLU if `relu`: oneDNN post-ops) with zero `pads` ((top, bottom),
-  (left, right)) -> [B, OH, OW, F] in `dtype` (float32 or bfloat16: x, kernel and residual are cast to it):
-  oneDNN, or XLA when `unavailable()`."""
+  `bias` [F] (+ `residual` [B, OH, OW, F], then ReLU if `relu`, or PReLU with the scalar slope `prelu`: oneDNN
+  post-ops) with zero `pads` ((top, bottom), (left, right)) -> [B, OH, OW, F] in `dtype` (float32 or bfloat16:
+  x, kernel and residual are cast to it): oneDNN, or XLA when `unavailable()`."""
   dtype = jnp.dtype(dtype)
   if dtype not in (jnp.float32, jnp.bfloat16):
     raise ValueError(f'onednn.conv: dtype={dtype}, expected float32 or bfloat16')
+  if relu and prelu is not None:
+    raise ValueError('onednn.conv: relu=True and a prelu slope: one activation at most')
   args = [jnp.asarray(a, dtype) for a in (x, kernel) + (() if residual is None else (residual,))]
   args.insert(2, jnp.asarray(bias, jnp.float32))
-  xla = functools.partial(_xla_conv, strides=strides, pads=pads, relu=relu)
+  if prelu is not None:
+    args.append(jnp.reshape(jnp.asarray(prelu, jnp.float32), ()))
+  xla = functools.partial(_xla_conv, strides=strides, pads=pads, relu=relu, residual=residual is not None)
   if unavailable():
     return xla(*args)
-  out = jax.eval_shape(xla, *args[:3])  # oneDNN writes what XLA's conv would return
+  # oneDNN writes what XLA's conv would return
+  out = jax.eval_shape(functools.partial(_xla_conv, strides=strides, pads=pads, relu=False, residual=False), *args[:3])
   if residual is not None and args[3].shape != out.shape:
     raise ValueError(f'onednn.conv: residual of shape {args[3].shape}, expected the output shape {out.shape}')
   (pt, pb), (pl, pr) = pads
   i64 = np.int64
   return jax.ffi.ffi_call(TARGET, out, vmap_method='sequential')(
       *args, stride_h=i64(strides[0]), stride_w=i64(strides[1]), pad_top=i64(pt), pad_bottom=i64(pb),
-      pad_left=i64(pl), pad_right=i64(pr), relu=i64(relu))
+      pad_left=i64(pl), pad_right=i64(pr), relu=i64(2 if prelu is not None else relu))
 
 
 def call_options(attributes) -> dict:
-  """A traced call's attributes (the `ffi_call` equation's `attributes` param) -> `conv`'s strides, pads, relu."""
+  """A traced call's attributes (the `ffi_call` equation's `attributes` param) -> `conv`'s strides, pads, relu
+  (and 'prelu': whether its last operand is a PReLU slope)."""
   a = {k: int(v) for k, v in dict(attributes).items()}
   return {'strides': (a['stride_h'], a['stride_w']),
-          'pads': ((a['pad_top'], a['pad_bottom']), (a['pad_left'], a['pad_right'])), 'relu': bool(a['relu'])}
+          'pads': ((a['pad_top'], a['pad_bottom']), (a['pad_left'], a['pad_right'])), 'relu': a['relu'] == 1,
+          'prelu': a['relu'] == 2}

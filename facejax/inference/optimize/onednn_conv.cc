@@ -1,9 +1,9 @@
 // oneDNN 2-D convolution (plain, grouped or depthwise) as an XLA CPU custom call (jax.ffi): NHWC input, HWIO kernel
 // (groups = input channels / the kernel's), float32 bias, an optional NHWC residual of the output's shape (added
-// after the bias), NHWC output, optional ReLU last. The input, kernel, residual and output are all float32 or all
-// bfloat16 (bf16 products accumulated in float32, the sum rounded to bf16 once, after the post-ops). The residual
-// add and the ReLU run as oneDNN post-ops, in the convolution's epilogue. Built by
-// `facejax.inference.optimize.onednn.build()` (make venv).
+// after the bias), NHWC output, optional ReLU (relu=1) or PReLU with one slope (relu=2, the slope a float32 operand
+// after the residual) last. The input, kernel, residual and output are all float32 or all bfloat16 (bf16 products
+// accumulated in float32, the sum rounded to bf16 once, after the post-ops). The residual add and the (P)ReLU run as
+// oneDNN post-ops, in the convolution's epilogue. Built by `facejax.inference.optimize.onednn.build()` (make venv).
 //
 // Primitives are cached per problem (dtype, shapes, groups, strides, pads, ReLU, residual). oneDNN keeps the kernel
 // in its own blocked layout: the reordered copy is cached per kernel buffer and problem, and checked against a
@@ -69,16 +69,24 @@ ffi::Error Conv(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b, ffi::Remai
   auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
   const ffi::DataType type = x.element_type();
   if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4 || wd[2] < 1 || xd[3] % wd[2] != 0 ||
-      wd[3] % (xd[3] / wd[2]) != 0 || b.element_count() != wd[3] || rest.size() > 1)
+      wd[3] % (xd[3] / wd[2]) != 0 || b.element_count() != wd[3] || relu < 0 || relu > 2 ||
+      rest.size() > 1 + (relu == 2) || (relu == 2 && rest.empty()))
     return ffi::Error::InvalidArgument(
         "facejax_onednn_conv: expected x [B, H, W, C], kernel [kh, kw, C / groups, F] (F a multiple of groups), "
-        "bias [F], optional residual [B, OH, OW, F], output [B, OH, OW, F]");
+        "bias [F], optional residual [B, OH, OW, F], the PReLU slope last if relu=2, output [B, OH, OW, F]");
   if ((type != ffi::DataType::F32 && type != ffi::DataType::BF16) || w.element_type() != type ||
       y->element_type() != type || b.element_type() != ffi::DataType::F32)
     return ffi::Error::InvalidArgument(
         "facejax_onednn_conv: x, kernel and output must all be float32 or all bfloat16, the bias float32");
   void* residual = nullptr;
-  if (!rest.empty()) {
+  void* slope = nullptr;
+  if (relu == 2) {
+    auto a = rest.get<ffi::AnyBuffer>(rest.size() - 1);
+    if (!a.has_value() || a->element_type() != ffi::DataType::F32 || a->element_count() != 1)
+      return ffi::Error::InvalidArgument("facejax_onednn_conv: the PReLU slope must be one float32");
+    slope = a->untyped_data();
+  }
+  if (rest.size() > (relu == 2)) {
     auto r = rest.get<ffi::AnyBuffer>(0);
     if (!r.has_value() || r->element_type() != type || r->element_count() != y->element_count())
       return ffi::Error::InvalidArgument("facejax_onednn_conv: the residual must have the output's dtype and shape");
@@ -104,7 +112,8 @@ ffi::Error Conv(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b, ffi::Remai
       dnnl::memory::desc kernel(wdims, data, g == 1 ? tag::hwio : tag::hwigo), any_kernel(wdims, data, tag::any);
       dnnl::post_ops ops;
       if (residual) ops.append_binary(dnnl::algorithm::binary_add, dst);
-      if (relu) ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+      if (relu == 1) ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+      if (relu == 2) ops.append_prelu(0);  // one slope for every element
       dnnl::primitive_attr attr;
       attr.set_post_ops(ops);
       dnnl::convolution_forward::primitive_desc pd(
@@ -133,6 +142,9 @@ ffi::Error Conv(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b, ffi::Remai
     std::unordered_map<int, dnnl::memory> args{
         {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, kernel}, {DNNL_ARG_BIAS, bias}, {DNNL_ARG_DST, dst}};
     if (residual) args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = dnnl::memory(p.dst, s.engine, residual);
+    if (slope)
+      args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(residual ? 1 : 0) | DNNL_ARG_WEIGHTS] =
+          dnnl::memory({{1}, dt::f32, tag::a}, s.engine, slope);
     p.conv.execute(s.stream, args);
     s.stream.wait();
   } catch (const dnnl::error& e) {

@@ -1,13 +1,14 @@
 """A rewrite of the traced forward's jaxpr, for what the model code writes as separate ops:
 
-- **Epilogue fusion.** A oneDNN convolution (`onednn.conv`) whose output only feeds a residual add and/or a ReLU
-  takes them in as oneDNN post-ops: `relu(conv(x) + b + r)` is one call, not a call plus an XLA loop (which,
-  on XLA CPU, also materialises a zero tensor for `max(y, 0)`).
+- **Epilogue fusion.** A oneDNN convolution (`onednn.conv`) whose output only feeds a residual add and/or a ReLU,
+  or a PReLU with one slope (flax's `nn.PReLU`), takes them in as oneDNN post-ops: `relu(conv(x) + b + r)` is
+  one call, not a call plus an XLA loop (which, on XLA CPU, also materialises a zero tensor for `max(y, 0)`).
 - **Max pooling as strided slices.** `reduce_window_max` (flax's `max_pool`) becomes the elementwise max of
   its window's strided slices, which XLA CPU fuses into one vectorised loop instead of its scalar reduce-window
   loop (where YNNPACK takes the max instead, as in all-oneDNN graphs, it is no faster: docs/cpu_inference.md).
 
-Both give the same numbers (max is exact; the post-ops add in the same order). Only the top-level jaxpr is
+Both give the same numbers (max is exact; the post-ops add in the same order; a PReLU's slope multiplies before the
+result is rounded to the conv's dtype instead of after). Only the top-level jaxpr is
 rewritten; anything inside a nested jit or custom rule runs as traced.
 """
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _relu_input(eqn):
   if eqn.primitive.name == 'max':
     a, b = eqn.invars
     for y, zero in ((a, b), (b, a)):
-      if not _is_var(zero) and _is_var(y) and jnp.ndim(zero.val) == 0 and zero.val == 0:
+      if _is_zero(zero) and _is_var(y):
         return y
     return None
   inner = eqn.params.get('call_jaxpr', eqn.params.get('jaxpr'))
@@ -55,44 +56,77 @@ def _relu_input(eqn):
   return None
 
 
+def _select_operands(eqn):
+  """(predicate, case 0, case 1) of a select_n equation, or of a call (jnp.where is a jit) whose jaxpr is one
+  select_n on its inputs; else None."""
+  if eqn.primitive.name == 'select_n' and len(eqn.invars) == 3:
+    return tuple(eqn.invars)
+  inner = eqn.params.get('jaxpr')
+  inner = getattr(inner, 'jaxpr', inner)
+  if (isinstance(inner, core.Jaxpr) and len(inner.eqns) == 1 and inner.outvars == inner.eqns[0].outvars
+      and inner.eqns[0].primitive.name == 'select_n' and len(inner.eqns[0].invars) == 3
+      and all(_is_var(v) and v in inner.invars for v in inner.eqns[0].invars)):
+    outer = dict(zip(inner.invars, eqn.invars))
+    return tuple(outer[v] for v in inner.eqns[0].invars)
+  return None
+
+
+def _is_zero(v) -> bool:
+  return not _is_var(v) and jnp.ndim(v.val) == 0 and v.val == 0
+
+
 def _is_onednn_conv(eqn) -> bool:
   return (eqn.primitive.name == 'ffi_call' and eqn.params['target_name'] == onednn.TARGET
           and len(eqn.invars) == 3 and not onednn.call_options(eqn.params['attributes'])['relu'])
 
 
 def _plan(jaxpr):
-  """-> ({eqn index: (conv eqn, residual var or None, relu)} emitted there, eqn indices to skip)."""
+  """-> ({eqn index: (conv eqn, residual var or None, relu, PReLU slope var or None)} emitted there, eqn indices
+  to skip)."""
   uses = collections.Counter(v for e in jaxpr.eqns for v in e.invars if _is_var(v))
   uses.update(v for v in jaxpr.outvars if _is_var(v))
   producer = {v: i for i, e in enumerate(jaxpr.eqns) for v in e.outvars}
   emit, skip = {}, set()  # skip holds every conv already fused (and the adds moved into a later ReLU)
 
-  def single_use_conv(v):
+  def single_use_conv(v, n=1):  # the index of the oneDNN conv that produces v, when v has n uses
     i = producer.get(v)
-    if i is not None and uses[v] == 1 and i not in skip and _is_onednn_conv(jaxpr.eqns[i]):
+    if i is not None and uses[v] == n and i not in skip and _is_onednn_conv(jaxpr.eqns[i]):
       return i
     return None
 
   for i, eqn in enumerate(jaxpr.eqns):
+    select = _select_operands(eqn)
+    if select is not None:  # PReLU as flax writes it: where(y >= 0, y, slope * y), one scalar slope
+      pred, negative, y = select
+      ge, mul = (jaxpr.eqns[producer[v]] if _is_var(v) and v in producer else None for v in (pred, negative))
+      c = single_use_conv(y, 3)  # y >= 0, slope * y and the select
+      if (c is not None and ge is not None and ge.primitive.name == 'ge' and ge.invars[0] is y
+          and _is_zero(ge.invars[1]) and mul is not None and mul.primitive.name == 'mul' and y in mul.invars
+          and uses[pred] == uses[negative] == 1):
+        slope = mul.invars[1] if mul.invars[0] is y else mul.invars[0]
+        if slope is not y and jnp.ndim(slope.aval if _is_var(slope) else slope.val) == 0:
+          emit[i] = (c, None, False, slope)
+          skip.update((c, producer[pred], producer[negative]))
+          continue
     if eqn.primitive.name == 'add' and all(_is_var(v) for v in eqn.invars):
       for u, r in (eqn.invars, eqn.invars[::-1]):
         c = single_use_conv(u)
         if c is not None and (r.aval.shape, r.aval.dtype) == (u.aval.shape, u.aval.dtype):
-          emit[i] = (c, r, False)
+          emit[i] = (c, r, False, None)
           skip.add(c)
           break
     y = _relu_input(eqn)
     if y is None or uses[y] != 1 or y not in producer:
       continue
     j = producer[y]
-    if j in emit and not emit[j][2]:  # conv + residual add, then this ReLU
-      c, r, _ = emit.pop(j)
-      emit[i] = (c, r, True)
+    if j in emit and not emit[j][2] and emit[j][3] is None:  # conv + residual add, then this ReLU
+      c, r, _, _ = emit.pop(j)
+      emit[i] = (c, r, True, None)
       skip.add(j)
     elif (c := single_use_conv(y)) is not None:
-      emit[i] = (c, None, True)
+      emit[i] = (c, None, True, None)
       skip.add(c)
-  return {i: (jaxpr.eqns[c], r, relu) for i, (c, r, relu) in emit.items()}, skip
+  return {i: (jaxpr.eqns[c], *rest) for i, (c, *rest) in emit.items()}, skip
 
 
 def _max_pool(x, window_dimensions, window_strides, padding, base_dilation, window_dilation):
@@ -114,10 +148,12 @@ def _evaluate(jaxpr, consts, args):
     if i in skip:
       continue
     if i in emit:
-      conv, residual, relu = emit[i]
-      options = dict(onednn.call_options(conv.params['attributes']), relu=relu, dtype=conv.outvars[0].aval.dtype)
-      outs = [onednn.conv(*map(read, conv.invars), **options,
-                          residual=None if residual is None else read(residual))]
+      conv, residual, relu, slope = emit[i]
+      options = dict(onednn.call_options(conv.params['attributes']), relu=relu, dtype=conv.outvars[0].aval.dtype,
+                     residual=None if residual is None else read(residual),
+                     prelu=None if slope is None else read(slope))
+      del options['prelu' if slope is None else 'relu']
+      outs = [onednn.conv(*map(read, conv.invars), **options)]
     elif (eqn.primitive.name == 'reduce_window_max'
           and set(eqn.params['base_dilation']) | set(eqn.params['window_dilation']) == {1}):
       outs = [_max_pool(read(eqn.invars[0]), **eqn.params)]
