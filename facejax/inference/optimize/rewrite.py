@@ -8,8 +8,8 @@
   loop (where YNNPACK takes the max instead, as in all-oneDNN graphs, it is no faster: docs/cpu_inference.md).
 
 Both give the same numbers (max is exact; the post-ops add in the same order; a PReLU's slope multiplies before the
-result is rounded to the conv's dtype instead of after). Only the top-level jaxpr is
-rewritten; anything inside a nested jit or custom rule runs as traced.
+result is rounded to the conv's dtype instead of after). Only the top-level jaxpr is rewritten; anything inside a
+nested jit or custom rule runs as traced.
 """
 from __future__ import annotations
 
@@ -149,11 +149,10 @@ def _evaluate(jaxpr, consts, args):
       continue
     if i in emit:
       conv, residual, relu, slope = emit[i]
-      options = dict(onednn.call_options(conv.params['attributes']), relu=relu, dtype=conv.outvars[0].aval.dtype,
-                     residual=None if residual is None else read(residual),
-                     prelu=None if slope is None else read(slope))
-      del options['prelu' if slope is None else 'relu']
-      outs = [onednn.conv(*map(read, conv.invars), **options)]
+      call = onednn.call_options(conv.params['attributes'])
+      outs = [onednn.conv(*map(read, conv.invars), call['strides'], call['pads'], relu=relu,
+                          residual=None if residual is None else read(residual), dtype=conv.outvars[0].aval.dtype,
+                          prelu=None if slope is None else read(slope))]
     elif (eqn.primitive.name == 'reduce_window_max'
           and set(eqn.params['base_dilation']) | set(eqn.params['window_dilation']) == {1}):
       outs = [_max_pool(read(eqn.invars[0]), **eqn.params)]
