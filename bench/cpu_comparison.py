@@ -12,7 +12,7 @@ all but the first, so a framework's idle spinning threads do not tax the next on
 
   jax_plain   jax.jit(model.apply), variables as arguments (what a user writes)
   jax_opt     facejax.inference.optimize_for_inference, float32 (BN folded, im2col convs, constants)
-  jax_onednn  the same with every plain conv in oneDNN (the custom call, `conv='onednn'`)
+  jax_onednn  the same with every conv in oneDNN (the custom call, `conv='onednn'`; ReLU/PReLU/residual post-ops)
   jax_bf16    the same as jax_opt, bf16 conv matmuls accumulating in float32 (AMX / avx512_bf16)
   jax_onednn_bf16  oneDNN bf16 convs (bf16 activations between them, float32 accumulation; AMX / avx512_bf16)
   jax_int8    the same, int8 per-channel weights, per-example dynamic int8 activations
