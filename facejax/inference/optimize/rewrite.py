@@ -39,36 +39,42 @@ def _is_var(v) -> bool:
   return not isinstance(v, core.Literal)
 
 
+def _call_body(eqn):
+  """(the one equation of a call's jaxpr, {that jaxpr's inputs: the call's operands}) when that equation alone
+  computes the call's outputs (jax.nn.relu is a custom_jvp around a jit, jnp.where a jit); else None."""
+  inner = eqn.params.get('call_jaxpr', eqn.params.get('jaxpr'))
+  inner = getattr(inner, 'jaxpr', inner)
+  if isinstance(inner, core.Jaxpr) and len(inner.eqns) == 1 and inner.outvars == inner.eqns[0].outvars:
+    return inner.eqns[0], dict(zip(inner.invars, eqn.invars))
+  return None
+
+
 def _relu_input(eqn):
-  """The input of a ReLU equation, else None: max(y, 0), or a call (jax.nn.relu is a custom_jvp around a jit)
-  whose jaxpr is one such equation on its one input."""
+  """The input of a ReLU equation, else None: max(y, 0), or a one-input call whose body is such an equation on
+  that input."""
   if eqn.primitive.name == 'max':
     a, b = eqn.invars
     for y, zero in ((a, b), (b, a)):
       if _is_zero(zero) and _is_var(y):
         return y
     return None
-  inner = eqn.params.get('call_jaxpr', eqn.params.get('jaxpr'))
-  inner = getattr(inner, 'jaxpr', inner)
-  if (isinstance(inner, core.Jaxpr) and len(eqn.invars) == 1 and len(inner.invars) == 1 and len(inner.eqns) == 1
-      and inner.outvars == inner.eqns[0].outvars and _relu_input(inner.eqns[0]) is inner.invars[0]):
-    return eqn.invars[0]
-  return None
+  body = _call_body(eqn)
+  if body is None or len(eqn.invars) != 1:
+    return None
+  inner, outer = body
+  return outer.get(_relu_input(inner))  # None unless the ReLU is on the call's input
 
 
 def _select_operands(eqn):
-  """(predicate, case 0, case 1) of a select_n equation, or of a call (jnp.where is a jit) whose jaxpr is one
-  select_n on its inputs; else None."""
-  if eqn.primitive.name == 'select_n' and len(eqn.invars) == 3:
-    return tuple(eqn.invars)
-  inner = eqn.params.get('jaxpr')
-  inner = getattr(inner, 'jaxpr', inner)
-  if (isinstance(inner, core.Jaxpr) and len(inner.eqns) == 1 and inner.outvars == inner.eqns[0].outvars
-      and inner.eqns[0].primitive.name == 'select_n' and len(inner.eqns[0].invars) == 3
-      and all(_is_var(v) and v in inner.invars for v in inner.eqns[0].invars)):
-    outer = dict(zip(inner.invars, eqn.invars))
-    return tuple(outer[v] for v in inner.eqns[0].invars)
-  return None
+  """(predicate, case 0, case 1) of a select_n equation, or of a call whose body is one select_n on the call's
+  inputs; else None."""
+  if eqn.primitive.name == 'select_n':
+    return tuple(eqn.invars) if len(eqn.invars) == 3 else None
+  body = _call_body(eqn)
+  operands = None if body is None else _select_operands(body[0])
+  if operands is None or not all(_is_var(v) and v in body[1] for v in operands):
+    return None
+  return tuple(body[1][v] for v in operands)
 
 
 def _is_zero(v) -> bool:
