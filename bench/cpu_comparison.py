@@ -179,7 +179,8 @@ def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, emb
       r = {'model': name, 'variant': v, 'batch_size': b, 'image_size': size, 'params': inference_params(variables),
            'gflops_per_image': round(flops / 1e9, 4), 'ms_median': round(float(np.median(ms)), 2),
            'ms_min': round(float(ms.min()), 2), 'ms_per_image': round(float(np.median(ms)) / b, 3),
-           'compile_or_load_s': round(compile_s[v], 2), 'threads': threads, 'samples': len(ms), **cpu}
+           'compile_or_load_s': round(compile_s[v], 2), 'threads': threads, 'samples': len(ms), 'pause_s': pause,
+           **cpu}
       if v in opt_variants:
         r['options'] = opt_variants[v]
       if v in precision:
@@ -239,11 +240,12 @@ def missing_packages(variants, ort_int8: bool) -> list[str]:
 
 
 def run(models, batch_sizes, variants, *, rounds: int = 7, calls: int = 3, embed_dim: int = 128,
-        opt_variants: dict = OPT_VARIANTS, ort_int8: bool = False, log=print) -> list[dict]:
-  """Compare every model (each variant timed in the same process, interleaved) -> every record, each also passed
-  to `log` as a JSON line (`comparison_table` renders them)."""
+        opt_variants: dict = OPT_VARIANTS, ort_int8: bool = False, pause: float = 0.05, log=print) -> list[dict]:
+  """Compare every model (each variant timed in the same process, interleaved; `pause` seconds idle before each
+  variant's block of `calls`) -> every record, each also passed to `log` as a JSON line (`comparison_table`
+  renders them)."""
   records = []
   for name in models:
     records += compare_model(name, [int(b) for b in batch_sizes], list(variants), rounds, calls, embed_dim,
-                             opt_variants, ort_int8, log=lambda r: log(json.dumps(r)))
+                             opt_variants, ort_int8, log=lambda r: log(json.dumps(r)), pause=pause)
   return records

@@ -23,6 +23,9 @@ flags.DEFINE_list('variants', ['jax_plain', 'jax_opt', 'jax_onednn', 'jax_bf16',
 flags.DEFINE_bool('ort_int8', False, 'Also time ONNX Runtime dynamic int8 quantization.')
 flags.DEFINE_integer('rounds', 7, 'Interleaved rounds.')
 flags.DEFINE_integer('calls', 3, 'Calls per variant per round (the first of each block is not timed).')
+flags.DEFINE_float('pause_s', 0.05, "Seconds idle before each variant's block of calls, so the previous "
+                   "framework's spinning threads go idle: a sporadic caller. 0 with many --calls: a sustained "
+                   'stream of faces (worker threads stay awake).')
 flags.DEFINE_integer('embed_dim', 128, 'Embedding size.')
 flags.DEFINE_string('opt_variants', '{}', 'JSON {name: optimize_for_inference options} adding (or redefining) '
                     'jax_* variants, e.g. {"jax_opt_xla": {"conv": "xla"}}; name them in --variants too.')
@@ -44,7 +47,7 @@ def main(argv):
   opt_variants = dict(OPT_VARIANTS, **json.loads(FLAGS.opt_variants))
   records = run(FLAGS.models, FLAGS.batch_sizes, FLAGS.variants, rounds=FLAGS.rounds, calls=FLAGS.calls,
                 embed_dim=FLAGS.embed_dim, opt_variants=opt_variants, ort_int8=FLAGS.ort_int8,
-                log=lambda line: print(line, flush=True))
+                pause=FLAGS.pause_s, log=lambda line: print(line, flush=True))
   table = comparison_table(records)
   print(table)
   if FLAGS.json_out:

@@ -168,9 +168,10 @@ def cheap_compare_cpu(request, tmp_path):
     variants += ',ort,ort_facejax,openvino,openvino_f32'
   out = tmp_path / 'c.json'
   succeeded(run('compare_cpu', '--models=student_vgg', '--batch_sizes=1', f'--variants={variants}', '--rounds=1',
-                '--calls=2', f'--json_out={out}'))
+                '--calls=2', '--pause_s=0', f'--json_out={out}'))
   records = json.loads(out.read_text())['records']
   assert {r['variant'] for r in records} == set(variants.split(','))
+  assert {r['pause_s'] for r in records} == {0.0}
   for r in records:  # every anchor computes the same embeddings (OpenVINO's default may be bf16 on this CPU)
     assert r['min_cosine_vs_jax_plain'] > (0.99 if r['variant'] == 'openvino' else 0.99999), r
 
