@@ -1,0 +1,103 @@
+// What oneDNN itself offers on this CPU for the convolutions facejax sends it (docs/cpu_inference.md): for each
+// ResNet-50 3x3 / 1x1 shape at batch 1, float32 and bf16, the median us per `execute` + `wait` with facejax's NHWC
+// activations, with the layout left to oneDNN (`any`), in 16-channel blocks (nChw16c) and with Winograd, plus
+// what a chain of tiny convs costs per call when each is waited for and when all are queued and waited for once.
+// Prints one JSON object per line. Build and run against the `[onednn]` extra (make venv):
+//
+//   P=$PWD/.venv
+//   g++ -O2 -std=c++17 bench/onednn_probe.cc -I$P/include -L$P/lib -ldnnl -Wl,--disable-new-dtags,-rpath,$P/lib
+//   OCL_ICD_FILENAMES=$P/lib/libintelocl.so DPCPP_CPU_NUM_CUS=1 ./a.out
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+using Args = std::unordered_map<int, dnnl::memory>;
+
+static double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+struct Conv {
+  dnnl::convolution_forward prim;
+  Args args;
+  std::string impl;
+};
+
+// A same-padded stride-1 k x k conv [1, h, h, c] -> [1, h, h, f] with bias and ReLU; false if oneDNN has no kernel.
+static bool Make(dnnl::engine& eng, int h, int c, int f, int k, dt d, tag layout, dnnl::algorithm alg, Conv* out) {
+  dnnl::memory::desc src({1, c, h, h}, d, layout), dst({1, f, h, h}, d, layout), w({f, c, k, k}, d, tag::any),
+      b({f}, dt::f32, tag::a);
+  dnnl::post_ops ops;
+  ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+  dnnl::primitive_attr attr;
+  attr.set_post_ops(ops);
+  try {
+    dnnl::convolution_forward::primitive_desc pd(eng, dnnl::prop_kind::forward_inference, alg, src, w, b, dst,
+                                                 {1, 1}, {k / 2, k / 2}, {k / 2, k / 2}, attr);
+    out->prim = dnnl::convolution_forward(pd);
+    out->impl = pd.impl_info_str();
+    out->args = {{DNNL_ARG_SRC, dnnl::memory(pd.src_desc(), eng)}, {DNNL_ARG_WEIGHTS, dnnl::memory(pd.weights_desc(), eng)},
+                 {DNNL_ARG_BIAS, dnnl::memory(b, eng)}, {DNNL_ARG_DST, dnnl::memory(pd.dst_desc(), eng)}};
+    return true;
+  } catch (const dnnl::error&) {
+    return false;
+  }
+}
+
+static double MedianUs(Conv& conv, dnnl::stream& st, int calls) {
+  std::vector<double> t;
+  for (int i = 0; i < calls + 5; ++i) {
+    const double t0 = Now();
+    conv.prim.execute(st, conv.args);
+    st.wait();
+    if (i >= 5) t.push_back((Now() - t0) * 1e6);
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+int main() {
+  dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+  dnnl::stream st(eng);
+  const int shapes[][4] = {{56, 64, 64, 3}, {28, 128, 128, 3}, {14, 256, 256, 3}, {7, 512, 512, 3},
+                           {56, 64, 256, 1}, {14, 256, 1024, 1}, {14, 1024, 256, 1}, {7, 512, 2048, 1}};
+  for (dt d : {dt::f32, dt::bf16})
+    for (const auto& s : shapes) {
+      const double gflop = 2.0 * s[0] * s[0] * s[1] * s[2] * s[3] * s[3] / 1e9;
+      const struct { const char* name; tag layout; dnnl::algorithm alg; } ways[] = {
+          {"nhwc", tag::nhwc, dnnl::algorithm::convolution_direct},
+          {"any", tag::any, dnnl::algorithm::convolution_direct},
+          {"nChw16c", tag::nChw16c, dnnl::algorithm::convolution_direct},
+          {"winograd", tag::any, dnnl::algorithm::convolution_winograd}};
+      for (const auto& way : ways) {
+        Conv conv;
+        const bool ok = Make(eng, s[0], s[1], s[2], s[3], d, way.layout, way.alg, &conv);
+        const double us = ok ? MedianUs(conv, st, 30) : 0;
+        std::printf("{\"dtype\": \"%s\", \"conv\": \"%dx%dx%d->%d k%d\", \"way\": \"%s\", \"impl\": \"%s\", "
+                    "\"us\": %.0f, \"gflops_per_s\": %.0f}\n", d == dt::f32 ? "float32" : "bfloat16", s[0], s[0],
+                    s[1], s[2], s[3], way.name, ok ? conv.impl.c_str() : "unsupported", us, ok ? gflop / us * 1e6 : 0);
+      }
+    }
+  // A chain of 200 tiny convs (4x4x8, 1x1): waited for one by one, then queued and waited for once.
+  Conv tiny;
+  Make(eng, 4, 8, 8, 1, dt::f32, tag::nhwc, dnnl::algorithm::convolution_direct, &tiny);
+  for (int queued = 0; queued < 2; ++queued) {
+    const int n = 200;
+    MedianUs(tiny, st, 20);
+    const double t0 = Now();
+    for (int i = 0; i < n; ++i) {
+      tiny.prim.execute(st, tiny.args);
+      if (!queued) st.wait();
+    }
+    st.wait();
+    std::printf("{\"chain\": \"%s\", \"us_per_conv\": %.1f}\n", queued ? "queued, one wait" : "a wait each",
+                (Now() - t0) / n * 1e6);
+  }
+}
