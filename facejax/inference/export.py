@@ -50,19 +50,21 @@ def export_embedder(model, variables, preprocessing, image_size: int, *, flip: s
                     metadata: dict | None = None) -> jax.export.Exported:
   """-> `jax.export.Exported` of `embedding_function(...)`, polymorphic in the batch b. `metadata`, when given,
   gets 'cpu_compiler_options' (for `save_exported`'s sidecar; `load_exported` compiles with them) and
-  'custom_calls': the targets the artifact calls outside XLA (the oneDNN convolution with conv='onednn'), which
-  the loading process must have registered."""
+  'custom_calls': the targets the artifact calls outside XLA (with conv='onednn': the oneDNN convolution, and
+  under bf16 the dense layer), which the loading process must have registered."""
   from facejax.inference.optimize import onednn
   embed, compiler_options = embedding_function(model, variables, preprocessing, image_size, flip=flip,
                                                optimize=optimize)
   onednn_used = isinstance(optimize, dict) and optimize.get('conv') == 'onednn' and not onednn.unavailable()
-  custom_calls = [onednn.TARGET] if onednn_used else []
-  if metadata is not None:
-    metadata.update(cpu_compiler_options=compiler_options, custom_calls=custom_calls)
   (b,) = jax.export.symbolic_shape('b')
   spec = jax.ShapeDtypeStruct((b, image_size, image_size, 3), jnp.uint8)
-  checks = [jax.export.DisabledSafetyCheck.custom_call(t) for t in custom_calls]
-  return jax.export.export(jax.jit(embed), platforms=tuple(platforms), disabled_checks=checks)(spec)
+  checks = [jax.export.DisabledSafetyCheck.custom_call(t) for t in onednn.TARGETS] if onednn_used else []
+  exported = jax.export.export(jax.jit(embed), platforms=tuple(platforms), disabled_checks=checks)(spec)
+  if metadata is not None:
+    text = exported.mlir_module() if onednn_used else ''
+    metadata.update(cpu_compiler_options=compiler_options,
+                    custom_calls=[t for t in onednn.TARGETS if f'@{t}' in text])
+  return exported
 
 
 def save_exported(exported: jax.export.Exported, path: str, metadata: dict | None = None) -> dict:
@@ -128,7 +130,7 @@ def load_exported(path: str, compiler_options: dict | None = None) -> ExportedEm
       metadata = json.load(f)
   if (metadata or {}).get('custom_calls'):  # only then import facejax: the oneDNN custom call registers itself
     from facejax.inference.optimize import onednn
-    if onednn.TARGET in metadata['custom_calls'] and onednn.unavailable():
+    if set(onednn.TARGETS) & set(metadata['custom_calls']) and onednn.unavailable():
       raise RuntimeError(f'{path}: exported with conv=onednn, which calls the oneDNN custom call, not available '
                          f'here: {onednn.unavailable()}; build it (make venv) or re-export with --conv=auto')
   return ExportedEmbedder(exported, metadata, compiler_options)

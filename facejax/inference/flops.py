@@ -34,9 +34,11 @@ def layer_flops(traced: dict[str, TracedLayer]) -> int:
 
 def compiled_flops(compiled) -> float | None:
   """FLOPs per call from `compiled.cost_analysis()` (a dict, or a list of one dict on older jax); None when
-  the backend reports none, or when the executable calls the oneDNN convolution, whose work XLA cannot see."""
-  from facejax.inference.optimize.onednn import TARGET
-  if TARGET in compiled.as_text():
+  the backend reports none, or when the executable calls oneDNN (convolutions, dense layers), whose work XLA
+  cannot see."""
+  from facejax.inference.optimize.onednn import TARGETS
+  text = compiled.as_text()
+  if any(t in text for t in TARGETS):
     return None
   try:
     cost = compiled.cost_analysis()

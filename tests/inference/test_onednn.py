@@ -90,6 +90,47 @@ def test_bf16_conv_is_the_exact_result_rounded_once(case):
   assert np.all(np.abs(np.asarray(out, np.float32) - ref) <= step)
 
 
+@pytest.mark.parametrize('dtype', ['float32', pytest.param('bfloat16', marks=BF16)])
+@pytest.mark.parametrize('m', [1, 3])
+def test_dense_is_the_exact_product_and_each_kernel_is_its_own(dtype, m):
+  """oneDNN's matmul: float32 out within float32 rounding of the exact product of the dtype's values, and a second
+  kernel through the same executable (weights as arguments, reordered copies cached by address) gets its own."""
+  rng = np.random.default_rng(m)
+  x = jnp.asarray(rng.normal(size=(m, 300)), dtype)
+  bias = jnp.asarray(rng.normal(size=70), jnp.float32)
+  step = jax.jit(lambda x, kernel, bias: onednn.dense(x, kernel, bias, dtype=dtype))
+  assert 'facejax_onednn_dense' in step.lower(x, jax.ShapeDtypeStruct((300, 70), dtype), bias).as_text()
+  for _ in range(3):
+    kernel = jnp.asarray(rng.normal(size=(300, 70)), dtype)
+    out = step(x, kernel, bias)
+    exact = np.asarray(x, np.float64) @ np.asarray(kernel, np.float64) + np.asarray(bias, np.float64)
+    assert out.dtype == jnp.float32
+    np.testing.assert_allclose(out, exact, atol=1e-5 * np.abs(exact).max())
+  with pytest.raises(ValueError, match=r'onednn.dense: x \(3, 300\), kernel \(70, 300\), bias \(70,\): expected '
+                                       r'\[M, K\], \[K, N\], \[N\]'):
+    onednn.dense(jnp.zeros((3, 300)), jnp.zeros((70, 300)), bias)
+
+
+@BF16
+def test_large_dense_layers_run_in_onednn_bf16_and_are_exported(tmp_path, monkeypatch):
+  """Under conv='onednn', dtype='bfloat16', dense layers of at least ONEDNN_DENSE_MIN_WEIGHTS weights become oneDNN
+  bf16 matmuls (smaller ones stay XLA float32 dots); the embedding stays within bf16 error of float32, and the
+  export's sidecar names both custom calls."""
+  from facejax.inference import optimize
+  model, variables = _student(7)
+  x = jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (2, 112, 112, 3)), jnp.float32)
+  ref = optimize_for_inference(model, variables, image_size=112)(x)
+  dense_calls = lambda fn: jax.jit(fn).lower(x).as_text().count('custom_call @facejax_onednn_dense')
+  assert dense_calls(optimize_for_inference(model, variables, image_size=112, conv='onednn', dtype='bfloat16')) == 0
+  monkeypatch.setattr(optimize, 'ONEDNN_DENSE_MIN_WEIGHTS', 1)
+  fn = optimize_for_inference(model, variables, image_size=112, conv='onednn', dtype='bfloat16')
+  assert dense_calls(fn) == 1
+  assert float(jnp.min(jnp.sum(jax.jit(fn)(x) * ref, -1))) > 0.999
+  meta = {}
+  export_embedder(model, variables, FACEJAX, 112, optimize={'conv': 'onednn', 'dtype': 'bfloat16'}, metadata=meta)
+  assert meta['custom_calls'] == ['facejax_onednn_conv', 'facejax_onednn_dense']
+
+
 def test_flop_count_is_unknown_not_zero_with_the_custom_call():
   """XLA's cost analysis cannot see the work inside the call: compiled_flops says None rather than undercount."""
   x, kernel, bias = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 6)), jnp.zeros(6)

@@ -33,8 +33,8 @@ import numpy as np
 from facejax.inference.optimize import onednn
 from facejax.inference.optimize.fold import fold_batch_norm
 from facejax.inference.optimize.lowering import (AUTO_IM2COL_MAX_PIXELS, AUTO_INT8_IM2COL_MAX_PIXELS, CONV_IMPLS,
-                                                 _winograd_ok, auto_lowering, conv_forward, conv_lowering,
-                                                 dense_forward, winograd_kernel)
+                                                 ONEDNN_DENSE_MIN_WEIGHTS, _winograd_ok, auto_lowering, conv_forward,
+                                                 conv_lowering, dense_forward, winograd_kernel)
 from facejax.inference.optimize.options import DTYPES, default_compiler_options
 from facejax.inference.optimize.quantize import _quantize_weights, activation_ranges
 from facejax.inference.optimize.rewrite import rewrite_forward
@@ -58,6 +58,8 @@ def prepare_layers(folded: dict, traced: dict[str, TracedLayer], conv: str, dtyp
     kernel, bias = np.asarray(p['kernel'], np.float32), np.asarray(p['bias'], np.float32)
     lowering = 'matmul' if entry.kind == 'dense' else (
         conv_lowering(entry.module, entry.in_shape) if conv != 'xla' else 'xla')
+    if conv == 'onednn' and dtype == 'bfloat16' and entry.kind == 'dense' and kernel.size >= ONEDNN_DENSE_MIN_WEIGHTS:
+      lowering = 'onednn'  # oneDNN's bf16 matmul streams the kernel in half the bytes, without XLA's upcast
     if conv == 'auto' and lowering == 'matmul' and entry.kind == 'conv':
       # Off the CPU (cuDNN, TPU convolutions) the native convolution is the fast path.
       if jax.default_backend() != 'cpu':
@@ -75,9 +77,11 @@ def prepare_layers(folded: dict, traced: dict[str, TracedLayer], conv: str, dtyp
     if lowering == 'winograd':
       kernel = winograd_kernel(kernel)
     out = {'lowering': lowering}
-    if entry.kind == 'dense':
-      # Dense layers stay float32 under every policy: at batch 1 they are matrix-vector products, memory-bound,
-      # that XLA CPU upcasts from bf16/int8, converting the whole kernel on every call.
+    if entry.kind == 'dense' and lowering == 'onednn':
+      out.update(kernel=kernel.astype(jnp.bfloat16), bias=bias)
+    elif entry.kind == 'dense':
+      # Dense layers in XLA stay float32 under every policy: at batch 1 they are matrix-vector products,
+      # memory-bound, that XLA CPU upcasts from bf16/int8, converting the whole kernel on every call.
       out.update(kernel=np.ascontiguousarray(kernel.T), bias=bias)
     elif dtype == 'int8' and lowering == 'matmul' and kernel.shape[0] >= 16:
       # int8 only where a matmul does the work and the reduction is long enough to average rounding errors.
@@ -182,7 +186,7 @@ def optimize_for_inference(model, variables, *, image_size: int, conv: str = 'au
         a = params['affine'][path]
         return h * a['scale'].astype(h.dtype) + a['shift'].astype(h.dtype)
       if entry.kind == 'dense':
-        return dense_forward(params['layers'][path], h)
+        return dense_forward(dict(params['layers'][path], lowering=lowerings[path]), h)
       return conv_forward(entry, dict(params['layers'][path], lowering=lowerings[path]), h)
 
     with nn.intercept_methods(interceptor):

@@ -7,7 +7,7 @@ from the output map size: native conv above 14x14, Winograd for 3x3/s1 at 14x14 
 (with `dtype='int8'`: int8 im2col up to 112x112, native float conv above; with `dtype='bfloat16'`: im2col while the
 im2col matrix per image is at most 16 MB, see `auto_lowering`); off the CPU, native convs everywhere.
 `conv='onednn'`: plain and depthwise 2-D float32 (or, under the bf16 policy, bfloat16) convs through oneDNN's CPU
-kernels as a custom call (`onednn`).
+kernels as a custom call (`onednn`); under the bf16 policy the large dense layers too (bf16 kernels, float32 out).
 """
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ CONV_IMPLS = ('auto', 'im2col', 'winograd', 'xla', 'onednn')
 AUTO_INT8_IM2COL_MAX_PIXELS = 12544  # dtype='int8', conv='auto': larger maps (VGG's 224x224) run float32 native convs
 AUTO_IM2COL_MAX_PIXELS = 196  # conv='auto': k>1 convs with at most this many output pixels per image -> im2col
 AUTO_BF16_IM2COL_MAX_BYTES = 16 << 20  # conv='auto', bfloat16: im2col while its matrix per image is at most this
+# conv='onednn', bfloat16: dense layers with at least this many weights go to oneDNN's bf16 matmul (memory-bound at
+# batch 1, so half the bytes pay for the call's ~10-20 us; smaller ones stay XLA float32 dots)
+ONEDNN_DENSE_MIN_WEIGHTS = 1 << 20
 
 
 def _conv_pads(conv: nn.Conv, x_shape) -> list[tuple[int, int]] | None:
@@ -208,6 +211,10 @@ def _xla_conv(conv: nn.Conv, x, kernel):
 
 def dense_forward(p: dict, x):
   """`p['kernel']`: float32 [F, K] (transposed: each output is a dot product over a contiguous row, so the
-  matrix-vector product of batch 1 streams the kernel once)."""
+  matrix-vector product of batch 1 streams the kernel once); with `p['lowering'] == 'onednn'`, [K, F] in the
+  kernel's dtype (bfloat16: half the bytes) through `onednn.dense`, float32 out."""
   kernel, bias = p['kernel'], p['bias']
+  if p.get('lowering') == 'onednn':
+    y = onednn.dense(x.reshape(-1, x.shape[-1]), kernel, bias, dtype=kernel.dtype)
+    return y.reshape(*x.shape[:-1], kernel.shape[1])
   return lax.dot_general(x.astype(kernel.dtype), kernel, (((x.ndim - 1,), (1,)), ((), ()))) + bias

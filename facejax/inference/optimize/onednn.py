@@ -1,4 +1,4 @@
-"""oneDNN convolutions as an XLA CPU custom call (`jax.ffi`), with a pure-XLA fallback.
+"""oneDNN convolutions and dense layers as XLA CPU custom calls (`jax.ffi`), with a pure-XLA fallback.
 
 `conv(x, kernel, bias, strides, pads, relu, residual, dtype)` runs an NHWC x HWIO 2-D convolution (plain, grouped
 or depthwise) plus bias (then + residual, then ReLU, as oneDNN post-ops) through oneDNN (`onednn_conv.cc`) when the
@@ -6,8 +6,10 @@ library is built and the backend is the CPU, and through `lax.conv_general_dilat
 to 1e-5 in float32. With `dtype=bfloat16` the input, kernel, residual and output are bf16 (products accumulated in
 float32, the result rounded once), which oneDNN runs on bf16 dot instructions (avx512_bf16, AMX:
 `hardware.has_bf16_dots`). The optimized forward's rewrite (`rewrite`) moves the model's own residual adds and
-ReLUs into these calls. oneDNN picks its kernel for the CPU it runs on (AVX2, AVX-512, AMX) and keeps each kernel
-in its own blocked layout, reordered once per kernel buffer.
+ReLUs into these calls. `dense(x, kernel, bias, dtype)` is a dense layer [M, K] x [K, N] with a float32 output: in
+bf16 it streams half the kernel bytes that XLA's float32 matrix-vector product reads at batch 1. oneDNN picks its
+kernels for the CPU it runs on (AVX2, AVX-512, AMX) and keeps each kernel in its own blocked layout, reordered once
+per kernel buffer.
 
 The project's install builds it (`make venv`: the `[onednn]` extra's headers and library, then g++):
 
@@ -34,6 +36,8 @@ from jax import lax
 SOURCE = Path(__file__).with_name('onednn_conv.cc')
 LIBRARY = Path(os.environ.get('FACEJAX_ONEDNN_LIB', SOURCE.with_name('onednn_conv.so')))
 TARGET = 'facejax_onednn_conv'
+DENSE_TARGET = 'facejax_onednn_dense'
+TARGETS = (TARGET, DENSE_TARGET)
 
 
 def _prefix() -> Path:
@@ -73,7 +77,12 @@ def unavailable() -> str | None:
     lib = ctypes.cdll.LoadLibrary(str(LIBRARY))
   except OSError as e:
     return f'{LIBRARY} does not load: {e}'
-  jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.FacejaxOnednnConv), platform='cpu')
+  try:
+    handlers = {TARGET: lib.FacejaxOnednnConv, DENSE_TARGET: lib.FacejaxOnednnDense}
+  except AttributeError as e:
+    return f'{LIBRARY} is out of date ({e}): rebuild it (make venv, or onednn.build())'
+  for target, handler in handlers.items():
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform='cpu')
   return None
 
 
@@ -93,9 +102,7 @@ def conv(x, kernel, bias, strides: tuple[int, int], pads, relu: bool = False, re
   `bias` [F] (+ `residual` [B, OH, OW, F], then ReLU if `relu`, or PReLU with the scalar slope `prelu`: oneDNN
   post-ops) with zero `pads` ((top, bottom), (left, right)) -> [B, OH, OW, F] in `dtype` (float32 or bfloat16:
   x, kernel and residual are cast to it): oneDNN, or XLA when `unavailable()`."""
-  dtype = jnp.dtype(dtype)
-  if dtype not in (jnp.float32, jnp.bfloat16):
-    raise ValueError(f'onednn.conv: dtype={dtype}, expected float32 or bfloat16')
+  dtype = _check_dtype(dtype, 'conv')
   if relu and prelu is not None:
     raise ValueError('onednn.conv: relu=True and a prelu slope: one activation at most')
   args = [jnp.asarray(a, dtype) for a in (x, kernel) + (() if residual is None else (residual,))]
@@ -114,6 +121,27 @@ def conv(x, kernel, bias, strides: tuple[int, int], pads, relu: bool = False, re
   return jax.ffi.ffi_call(TARGET, out, vmap_method='sequential')(
       *args, stride_h=i64(strides[0]), stride_w=i64(strides[1]), pad_top=i64(pt), pad_bottom=i64(pb),
       pad_left=i64(pl), pad_right=i64(pr), relu=i64(2 if prelu is not None else relu))
+
+
+def _check_dtype(dtype, fn: str):
+  dtype = jnp.dtype(dtype)
+  if dtype not in (jnp.float32, jnp.bfloat16):
+    raise ValueError(f'onednn.{fn}: dtype={dtype}, expected float32 or bfloat16')
+  return dtype
+
+
+def dense(x, kernel, bias, dtype=jnp.float32):
+  """`x` [M, K] @ `kernel` [K, N] + float32 `bias` [N] -> float32 [M, N], x and kernel cast to `dtype` (float32 or
+  bfloat16; products accumulated in float32): oneDNN's matmul, or XLA's dot when `unavailable()`."""
+  dtype = _check_dtype(dtype, 'dense')
+  x, kernel, bias = jnp.asarray(x, dtype), jnp.asarray(kernel, dtype), jnp.asarray(bias, jnp.float32)
+  if x.ndim != 2 or kernel.ndim != 2 or x.shape[1] != kernel.shape[0] or bias.shape != kernel.shape[1:]:
+    raise ValueError(f'onednn.dense: x {x.shape}, kernel {kernel.shape}, bias {bias.shape}: expected [M, K], '
+                     '[K, N], [N]')
+  if unavailable():
+    return lax.dot_general(x, kernel, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32) + bias
+  out = jax.ShapeDtypeStruct((x.shape[0], kernel.shape[1]), jnp.float32)
+  return jax.ffi.ffi_call(DENSE_TARGET, out, vmap_method='sequential')(x, kernel, bias)
 
 
 def call_options(attributes) -> dict:

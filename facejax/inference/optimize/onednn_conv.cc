@@ -1,9 +1,16 @@
-// oneDNN 2-D convolution (plain, grouped or depthwise) as an XLA CPU custom call (jax.ffi): NHWC input, HWIO kernel
-// (groups = input channels / the kernel's), float32 bias, an optional NHWC residual of the output's shape (added
-// after the bias), NHWC output, optional ReLU (relu=1) or PReLU with one slope (relu=2, the slope a float32 operand
-// after the residual) last. The input, kernel, residual and output are all float32 or all bfloat16 (bf16 products
-// accumulated in float32, the sum rounded to bf16 once, after the post-ops). The residual add and the (P)ReLU run as
-// oneDNN post-ops, in the convolution's epilogue. Built by `facejax.inference.optimize.onednn.build()` (make venv).
+// oneDNN 2-D convolution (plain, grouped or depthwise) and dense layer as XLA CPU custom calls (jax.ffi).
+//
+// facejax_onednn_conv: NHWC input, HWIO kernel (groups = input channels / the kernel's), float32 bias, an optional
+// NHWC residual of the output's shape (added after the bias), NHWC output, optional ReLU (relu=1) or PReLU with one
+// slope (relu=2, the slope a float32 operand after the residual) last. The input, kernel, residual and output are
+// all float32 or all bfloat16 (bf16 products accumulated in float32, the sum rounded to bf16 once, after the
+// post-ops). The residual add and the (P)ReLU run as oneDNN post-ops, in the convolution's epilogue.
+//
+// facejax_onednn_dense: x [M, K] times kernel [K, N] (both float32 or both bfloat16) plus a float32 bias [N], written
+// as float32 [M, N] (bf16 products accumulated in float32): at batch 1 a matrix-vector product that streams the
+// kernel once, in half the bytes when it is bf16.
+//
+// Built by `facejax.inference.optimize.onednn.build()` (make venv).
 //
 // Primitives are cached per problem (dtype, shapes, groups, strides, pads, ReLU, residual). oneDNN keeps the kernel
 // in its own blocked layout: the reordered copy is cached per kernel buffer and problem, and checked against a
@@ -35,6 +42,11 @@ struct Problem {
   dnnl::memory::desc src, kernel, blocked_kernel, bias, dst;  // the residual has dst's layout
 };
 
+struct DenseProblem {
+  dnnl::matmul matmul;
+  dnnl::memory::desc src, kernel, blocked_kernel, bias, dst;
+};
+
 struct BlockedKernel {
   dnnl::memory memory;
   std::vector<char> fingerprint;
@@ -55,12 +67,31 @@ struct State {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   dnnl::stream stream{engine};
   std::map<Key, Problem> problems;
+  std::map<Key, DenseProblem> dense;
   std::map<std::pair<Key, const void*>, BlockedKernel> kernels;
 };
 
 State& state() {
   static State* s = new State();  // never destroyed: XLA may run custom calls during interpreter exit
   return *s;
+}
+
+// The kernel in the primitive's own layout: `w` itself when that is its layout, else a reordered copy cached per
+// problem and buffer address and checked against the buffer's fingerprint. The caller holds s.mu.
+dnnl::memory Blocked(State& s, const Key& key, const dnnl::memory::desc& user, const dnnl::memory::desc& blocked,
+                     ffi::AnyBuffer w, int64_t bytes) {
+  void* kdata = w.untyped_data();
+  dnnl::memory user_kernel(user, s.engine, kdata);
+  if (blocked == user) return user_kernel;
+  std::vector<char> print = Fingerprint(static_cast<const char*>(kdata), w.element_count(), bytes);
+  if (s.kernels.size() >= kMaxKernels && !s.kernels.count({key, kdata})) s.kernels.clear();
+  auto& cached = s.kernels[{key, kdata}];
+  if (!cached.memory || cached.fingerprint != print) {
+    cached.memory = dnnl::memory(blocked, s.engine);
+    dnnl::reorder(user_kernel, cached.memory).execute(s.stream, user_kernel, cached.memory);
+    cached.fingerprint = std::move(print);
+  }
+  return cached.memory;
 }
 
 ffi::Error Conv(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b, ffi::RemainingArgs rest,
@@ -123,20 +154,7 @@ ffi::Error Conv(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b, ffi::Remai
                                            dst}).first;
     }
     Problem& p = it->second;
-    void* kdata = w.untyped_data();
-    dnnl::memory user_kernel(p.kernel, s.engine, kdata);
-    dnnl::memory kernel = user_kernel;
-    if (p.blocked_kernel != p.kernel) {
-      std::vector<char> print = Fingerprint(static_cast<const char*>(kdata), w.element_count(), bytes);
-      if (s.kernels.size() >= kMaxKernels && !s.kernels.count({key, kdata})) s.kernels.clear();
-      auto& cached = s.kernels[{key, kdata}];
-      if (!cached.memory || cached.fingerprint != print) {
-        cached.memory = dnnl::memory(p.blocked_kernel, s.engine);
-        dnnl::reorder(user_kernel, cached.memory).execute(s.stream, user_kernel, cached.memory);
-        cached.fingerprint = std::move(print);
-      }
-      kernel = cached.memory;
-    }
+    dnnl::memory kernel = Blocked(s, key, p.kernel, p.blocked_kernel, w, bytes);
     dnnl::memory src(p.src, s.engine, x.untyped_data()), bias(p.bias, s.engine, b.untyped_data()),
         dst(p.dst, s.engine, y->untyped_data());
     std::unordered_map<int, dnnl::memory> args{
@@ -149,6 +167,44 @@ ffi::Error Conv(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b, ffi::Remai
     s.stream.wait();
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("facejax_onednn_conv: oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Dense(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> y) {
+  auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
+  const ffi::DataType type = x.element_type();
+  if (xd.size() != 2 || wd.size() != 2 || yd.size() != 2 || wd[0] != xd[1] || b.element_count() != wd[1] ||
+      yd[0] != xd[0] || yd[1] != wd[1])
+    return ffi::Error::InvalidArgument(
+        "facejax_onednn_dense: expected x [M, K], kernel [K, N], bias [N], output [M, N]");
+  if ((type != ffi::DataType::F32 && type != ffi::DataType::BF16) || w.element_type() != type ||
+      b.element_type() != ffi::DataType::F32 || y->element_type() != ffi::DataType::F32)
+    return ffi::Error::InvalidArgument(
+        "facejax_onednn_dense: x and kernel must both be float32 or both bfloat16, the bias and output float32");
+  const bool bf16 = type == ffi::DataType::BF16;
+  const dt data = bf16 ? dt::bf16 : dt::f32;
+  const int64_t m = xd[0], k = xd[1], n = wd[1];
+  const Key key{-1, m, k, n, bf16};  // -1: never a convolution's key (those start with the batch size)
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  try {
+    auto it = s.dense.find(key);
+    if (it == s.dense.end()) {
+      dnnl::memory::desc src({m, k}, data, tag::ab), kernel({k, n}, data, tag::ab),
+          any_kernel({k, n}, data, tag::any), bias({1, n}, dt::f32, tag::ab), dst({m, n}, dt::f32, tag::ab);
+      dnnl::matmul::primitive_desc pd(s.engine, src, any_kernel, bias, dst);
+      it = s.dense.emplace(key, DenseProblem{dnnl::matmul(pd), src, kernel, pd.weights_desc(), bias, dst}).first;
+    }
+    DenseProblem& p = it->second;
+    dnnl::memory kernel = Blocked(s, key, p.kernel, p.blocked_kernel, w, bf16 ? 2 : 4);
+    p.matmul.execute(s.stream, {{DNNL_ARG_SRC, dnnl::memory(p.src, s.engine, x.untyped_data())},
+                                {DNNL_ARG_WEIGHTS, kernel},
+                                {DNNL_ARG_BIAS, dnnl::memory(p.bias, s.engine, b.untyped_data())},
+                                {DNNL_ARG_DST, dnnl::memory(p.dst, s.engine, y->untyped_data())}});
+    s.stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("facejax_onednn_dense: oneDNN: ") + e.what());
   }
   return ffi::Error::Success();
 }
@@ -169,3 +225,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FacejaxOnednnConv, Conv,
                                   .Attr<int64_t>("pad_left")
                                   .Attr<int64_t>("pad_right")
                                   .Attr<int64_t>("relu"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FacejaxOnednnDense, Dense,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>());
