@@ -1,7 +1,8 @@
 // What oneDNN itself offers on this CPU for the convolutions facejax sends it (docs/cpu_inference.md): for each
 // ResNet-50 3x3 / 1x1 shape at batch 1, float32 and bf16, the median us per `execute` + `wait` with facejax's NHWC
 // activations, with the layout left to oneDNN (`any`), in 16-channel blocks (nChw16c) and with Winograd, plus
-// what a chain of tiny convs costs per call when each is waited for and when all are queued and waited for once.
+// what a chain of tiny convs costs per call when each is waited for and when all are queued and waited for once, and
+// VGG-16's fc6 (25088 -> 4096) as a matmul at batch 1 and 8, with the kernel as given ([K, N]) or reordered.
 // Prints one JSON object per line. Build and run against the `[onednn]` extra (make venv):
 //
 //   P=$PWD/.venv
@@ -10,6 +11,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -85,6 +87,29 @@ int main() {
                     s[1], s[2], s[3], way.name, ok ? conv.impl.c_str() : "unsupported", us, ok ? gflop / us * 1e6 : 0);
       }
     }
+  for (int m : {1, 8})
+    for (dt d : {dt::f32, dt::bf16})
+      for (tag layout : {tag::ab, tag::any}) {
+        const int k = 25088, n = 4096;
+        dnnl::memory::desc a({m, k}, d, tag::ab), w({k, n}, d, layout), c({m, n}, dt::f32, tag::ab);
+        dnnl::matmul::primitive_desc pd(eng, a, w, c);
+        dnnl::matmul mm(pd);
+        Args args{{DNNL_ARG_SRC, dnnl::memory(a, eng)}, {DNNL_ARG_WEIGHTS, dnnl::memory(pd.weights_desc(), eng)},
+                  {DNNL_ARG_DST, dnnl::memory(c, eng)}};
+        for (int arg : {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS})  // touch every page: untouched ones all read as one
+          std::memset(args[arg].get_data_handle(), 1, args[arg].get_desc().get_size());
+        std::vector<double> t;
+        for (int i = 0; i < 25; ++i) {
+          const double t0 = Now();
+          mm.execute(st, args);
+          st.wait();
+          if (i >= 5) t.push_back((Now() - t0) * 1e6);
+        }
+        std::sort(t.begin(), t.end());
+        std::printf("{\"dtype\": \"%s\", \"matmul\": \"%dx%d x %dx%d\", \"kernel\": \"%s\", \"impl\": \"%s\", "
+                    "\"us\": %.0f}\n", d == dt::f32 ? "float32" : "bfloat16", m, k, k, n,
+                    layout == tag::ab ? "as given" : "reordered", pd.impl_info_str(), t[t.size() / 2]);
+      }
   // A chain of 200 tiny convs (4x4x8, 1x1): waited for one by one, then queued and waited for once.
   Conv tiny;
   Make(eng, 4, 8, 8, 1, dt::f32, tag::nhwc, dnnl::algorithm::convolution_direct, &tiny);
