@@ -83,6 +83,12 @@ def prepare_layers(folded: dict, traced: dict[str, TracedLayer], conv: str, dtyp
       # Dense layers in XLA stay float32 under every policy: at batch 1 they are matrix-vector products,
       # memory-bound, that XLA CPU upcasts from bf16/int8, converting the whole kernel on every call.
       out.update(kernel=np.ascontiguousarray(kernel.T), bias=bias)
+    elif (dtype == 'int8' and lowering == 'onednn' and entry.module.feature_group_count == 1
+          and np.prod(kernel.shape[:3]) >= 16 and act_ranges is not None):
+      # oneDNN int8 (VNNI): the bias carries each channel's dequantization scale, x's static scale folded in
+      q, wscale = _quantize_weights(kernel)
+      act_scale = np.float32(max(act_ranges[path], 1e-12) / 127.0)
+      out.update(kernel=q, bias=np.stack([bias, act_scale * wscale]).astype(np.float32), act_scale=act_scale)
     elif dtype == 'int8' and lowering == 'matmul' and kernel.shape[0] >= 16:
       # int8 only where a matmul does the work and the reduction is long enough to average rounding errors.
       out.update(kernel=_quantize_weights(kernel), bias=bias)
@@ -145,8 +151,9 @@ def optimize_for_inference(model, variables, *, image_size: int, conv: str = 'au
     raise ValueError(f'conv={conv!r}: expected one of {CONV_IMPLS}')
   if dtype not in DTYPES:
     raise ValueError(f'dtype={dtype!r}: expected one of {DTYPES}')
-  if conv == 'onednn' and dtype == 'int8':
-    raise ValueError("conv='onednn' runs float32 or bfloat16 convolutions; got dtype='int8'")
+  if conv == 'onednn' and dtype == 'int8' and calibration is None:
+    raise ValueError("conv='onednn' with dtype='int8' needs static activation scales (oneDNN takes one scale per "
+                     "tensor, not per example): pass calibration faces (launch.export --calibration=N)")
   if conv == 'onednn' and onednn.unavailable():
     warnings.warn(f"conv='onednn': {onednn.unavailable()}; XLA runs those convolutions instead", stacklevel=2)
   if weights not in WEIGHTS:

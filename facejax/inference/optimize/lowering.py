@@ -7,7 +7,8 @@ from the output map size: native conv above 14x14, Winograd for 3x3/s1 at 14x14 
 (with `dtype='int8'`: int8 im2col up to 112x112, native float conv above; with `dtype='bfloat16'`: im2col while the
 im2col matrix per image is at most 16 MB, see `auto_lowering`); off the CPU, native convs everywhere.
 `conv='onednn'`: plain and depthwise 2-D float32 (or, under the bf16 policy, bfloat16) convs through oneDNN's CPU
-kernels as a custom call (`onednn`); under the bf16 policy the large dense layers too (bf16 kernels, float32 out).
+kernels as a custom call (`onednn`); under the bf16 policy the large dense layers too (bf16 kernels, float32 out);
+under the int8 policy with calibration, ungrouped convs as int8 x int8 (static activation scales, float32 out).
 """
 from __future__ import annotations
 
@@ -184,6 +185,8 @@ def conv_forward(entry: TracedLayer, p: dict, x):
     return winograd_conv(x, kernel, pads) + bias  # transforms in x's dtype, the dot in bf16 if the kernel is
   sh, sw = _strides(conv)
   if lowering == 'onednn':
+    if kernel.dtype == jnp.int8:  # the calibrated static scale: oneDNN takes one per tensor
+      x = _quantize_activations(x, p['act_scale'])[0]
     return onednn.conv(x, kernel, bias, (sh, sw), pads, dtype=kernel.dtype)
   if lowering == 'depthwise':  # k*k shifted multiply-adds
     x = x.astype(kernel.dtype)

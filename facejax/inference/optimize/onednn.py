@@ -87,13 +87,22 @@ def unavailable() -> str | None:
 
 
 def _xla_conv(x, kernel, bias, *rest, strides, pads, relu: bool, residual: bool):
+  int8 = kernel.dtype == jnp.int8
   y = lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
                                feature_group_count=x.shape[-1] // kernel.shape[2],
-                               preferred_element_type=jnp.float32) + bias
+                               preferred_element_type=jnp.int32 if int8 else jnp.float32)
+  y = y.astype(jnp.float32) * bias[1] + bias[0] if int8 else y + bias
   y = y + rest[0].astype(jnp.float32) if residual else y
   if len(rest) > residual:  # PReLU (flax's nn.PReLU: one slope)
     y = jnp.where(y >= 0, y, rest[-1] * y)
-  return (jax.nn.relu(y) if relu else y).astype(x.dtype)
+  return (jax.nn.relu(y) if relu else y).astype(jnp.float32 if int8 else x.dtype)
+
+
+def _check_dtype(dtype, fn: str):
+  dtype = jnp.dtype(dtype)
+  if dtype not in (jnp.float32, jnp.bfloat16):
+    raise ValueError(f'onednn.{fn}: dtype={dtype}, expected float32 or bfloat16')
+  return dtype
 
 
 def conv(x, kernel, bias, strides: tuple[int, int], pads, relu: bool = False, residual=None, dtype=jnp.float32,
@@ -101,11 +110,19 @@ def conv(x, kernel, bias, strides: tuple[int, int], pads, relu: bool = False, re
   """`x` [B, H, W, C] * `kernel` [kh, kw, C / groups, F] (groups > 1: grouped; C of them: depthwise) + float32
   `bias` [F] (+ `residual` [B, OH, OW, F], then ReLU if `relu`, or PReLU with the scalar slope `prelu`: oneDNN
   post-ops) with zero `pads` ((top, bottom), (left, right)) -> [B, OH, OW, F] in `dtype` (float32 or bfloat16:
-  x, kernel and residual are cast to it): oneDNN, or XLA when `unavailable()`."""
-  dtype = _check_dtype(dtype, 'conv')
+  x, kernel and residual are cast to it): oneDNN, or XLA when `unavailable()`. An int8 `kernel` (not grouped) takes
+  an int8 `x` and a float32 `bias` [2, F]: the bias and each channel's dequantization scale (x's scale times the
+  kernel's), and returns float32 (`dtype` is then ignored; the residual is float32)."""
+  int8 = jnp.dtype(kernel.dtype) == jnp.int8
+  dtype = jnp.dtype(jnp.float32) if int8 else _check_dtype(dtype, 'conv')
   if relu and prelu is not None:
     raise ValueError('onednn.conv: relu=True and a prelu slope: one activation at most')
-  args = [jnp.asarray(a, dtype) for a in (x, kernel) + (() if residual is None else (residual,))]
+  if int8 and (jnp.dtype(x.dtype) != jnp.int8 or jnp.shape(bias) != (2, kernel.shape[-1])
+               or kernel.shape[2] != x.shape[-1]):
+    raise ValueError(f'onednn.conv: an int8 kernel {kernel.shape} takes an int8 x (got {x.dtype}), a bias [2, '
+                     f'{kernel.shape[-1]}] (got {jnp.shape(bias)}) and no groups')
+  args = [jnp.asarray(x), jnp.asarray(kernel)] if int8 else [jnp.asarray(a, dtype) for a in (x, kernel)]
+  args += [] if residual is None else [jnp.asarray(residual, dtype)]
   args.insert(2, jnp.asarray(bias, jnp.float32))
   if prelu is not None:
     args.append(jnp.reshape(jnp.asarray(prelu, jnp.float32), ()))
@@ -121,13 +138,6 @@ def conv(x, kernel, bias, strides: tuple[int, int], pads, relu: bool = False, re
   return jax.ffi.ffi_call(TARGET, out, vmap_method='sequential')(
       *args, stride_h=i64(strides[0]), stride_w=i64(strides[1]), pad_top=i64(pt), pad_bottom=i64(pb),
       pad_left=i64(pl), pad_right=i64(pr), relu=i64(2 if prelu is not None else relu))
-
-
-def _check_dtype(dtype, fn: str):
-  dtype = jnp.dtype(dtype)
-  if dtype not in (jnp.float32, jnp.bfloat16):
-    raise ValueError(f'onednn.{fn}: dtype={dtype}, expected float32 or bfloat16')
-  return dtype
 
 
 def dense(x, kernel, bias, dtype=jnp.float32):

@@ -4,7 +4,9 @@
 // NHWC residual of the output's shape (added after the bias), NHWC output, optional ReLU (relu=1) or PReLU with one
 // slope (relu=2, the slope a float32 operand after the residual) last. The input, kernel, residual and output are
 // all float32 or all bfloat16 (bf16 products accumulated in float32, the sum rounded to bf16 once, after the
-// post-ops). The residual add and the (P)ReLU run as oneDNN post-ops, in the convolution's epilogue.
+// post-ops). Or int8: x and kernel int8 (exact int32 sums), the bias [2, F] holding the bias and each output
+// channel's dequantization scale (activation scale x kernel scale), the residual and output float32; not grouped.
+// The residual add and the (P)ReLU run as oneDNN post-ops, in the convolution's epilogue.
 //
 // facejax_onednn_dense: x [M, K] times kernel [K, N] (both float32 or both bfloat16) plus a float32 bias [N], written
 // as float32 [M, N] (bf16 products accumulated in float32): at batch 1 a matrix-vector product that streams the
@@ -100,15 +102,23 @@ ffi::Error Conv(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b, ffi::Remai
   auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
   const ffi::DataType type = x.element_type();
   if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4 || wd[2] < 1 || xd[3] % wd[2] != 0 ||
-      wd[3] % (xd[3] / wd[2]) != 0 || b.element_count() != wd[3] || relu < 0 || relu > 2 ||
+      wd[3] % (xd[3] / wd[2]) != 0 || relu < 0 || relu > 2 ||
       rest.size() > 1 + (relu == 2) || (relu == 2 && rest.empty()))
     return ffi::Error::InvalidArgument(
         "facejax_onednn_conv: expected x [B, H, W, C], kernel [kh, kw, C / groups, F] (F a multiple of groups), "
         "bias [F], optional residual [B, OH, OW, F], the PReLU slope last if relu=2, output [B, OH, OW, F]");
-  if ((type != ffi::DataType::F32 && type != ffi::DataType::BF16) || w.element_type() != type ||
-      y->element_type() != type || b.element_type() != ffi::DataType::F32)
+  // int8: x and kernel int8, output and residual float32, the float32 bias [2, F] = (bias, dequantization scale)
+  const bool int8 = type == ffi::DataType::S8;
+  const ffi::DataType out_type = int8 ? ffi::DataType::F32 : type;
+  if ((type != ffi::DataType::F32 && type != ffi::DataType::BF16 && !int8) || w.element_type() != type ||
+      y->element_type() != out_type || b.element_type() != ffi::DataType::F32)
     return ffi::Error::InvalidArgument(
-        "facejax_onednn_conv: x, kernel and output must all be float32 or all bfloat16, the bias float32");
+        "facejax_onednn_conv: x, kernel and output must all be float32 or all bfloat16 (or x and kernel int8, the "
+        "output float32), the bias float32");
+  if (b.element_count() != (int8 ? 2 : 1) * wd[3] || (int8 && wd[2] != xd[3]))
+    return ffi::Error::InvalidArgument(
+        "facejax_onednn_conv: the bias must be [F] (int8: [2, F], the bias and each channel's dequantization "
+        "scale; int8 convolutions are not grouped)");
   void* residual = nullptr;
   void* slope = nullptr;
   if (relu == 2) {
@@ -119,22 +129,22 @@ ffi::Error Conv(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b, ffi::Remai
   }
   if (rest.size() > (relu == 2)) {
     auto r = rest.get<ffi::AnyBuffer>(0);
-    if (!r.has_value() || r->element_type() != type || r->element_count() != y->element_count())
+    if (!r.has_value() || r->element_type() != out_type || r->element_count() != y->element_count())
       return ffi::Error::InvalidArgument("facejax_onednn_conv: the residual must have the output's dtype and shape");
     residual = r->untyped_data();
   }
   const bool bf16 = type == ffi::DataType::BF16;
-  const dt data = bf16 ? dt::bf16 : dt::f32;
-  const int64_t bytes = bf16 ? 2 : 4;
+  const dt data = int8 ? dt::s8 : bf16 ? dt::bf16 : dt::f32, out = int8 ? dt::f32 : data;
+  const int64_t bytes = int8 ? 1 : bf16 ? 2 : 4;
   const int64_t n = xd[0], h = xd[1], wi = xd[2], c = xd[3], kh = wd[0], kw = wd[1], f = wd[3], g = c / wd[2];
   const int64_t oh = yd[1], ow = yd[2];
-  const Key key{n, h, wi, c, kh, kw, f, g, oh, ow, sh, sw, pt, pb, pl, pr, relu, residual != nullptr, bf16};
+  const Key key{n, h, wi, c, kh, kw, f, g, oh, ow, sh, sw, pt, pb, pl, pr, relu, residual != nullptr, bytes};
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mu);
   try {
     auto it = s.problems.find(key);
     if (it == s.problems.end()) {
-      dnnl::memory::desc src({n, c, h, wi}, data, tag::nhwc), dst({n, f, oh, ow}, data, tag::nhwc),
+      dnnl::memory::desc src({n, c, h, wi}, data, tag::nhwc), dst({n, f, oh, ow}, out, tag::nhwc),
           bias({f}, dt::f32, tag::a);
       // Grouped (depthwise: C groups of one channel): oneDNN's [G, F/G, C/G, kh, kw] in the HWIO order of a
       // flax kernel [kh, kw, C/G, F] is hwigo.
@@ -147,6 +157,7 @@ ffi::Error Conv(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b, ffi::Remai
       if (relu == 2) ops.append_prelu(0);  // one slope for every element
       dnnl::primitive_attr attr;
       attr.set_post_ops(ops);
+      if (int8) attr.set_scales_mask(DNNL_ARG_WEIGHTS, 1);  // per output channel, applied before the bias
       dnnl::convolution_forward::primitive_desc pd(
           s.engine, dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src, any_kernel,
           bias, dst, {sh, sw}, {pt, pl}, {pb, pr}, attr);
@@ -163,6 +174,9 @@ ffi::Error Conv(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b, ffi::Remai
     if (slope)
       args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(residual ? 1 : 0) | DNNL_ARG_WEIGHTS] =
           dnnl::memory({{1}, dt::f32, tag::a}, s.engine, slope);
+    if (int8)
+      args[DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS] =
+          dnnl::memory({{f}, dt::f32, tag::a}, s.engine, static_cast<float*>(b.untyped_data()) + f);
     p.conv.execute(s.stream, args);
     s.stream.wait();
   } catch (const dnnl::error& e) {
