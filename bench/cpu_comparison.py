@@ -17,6 +17,7 @@ all but the first, so a framework's idle spinning threads do not tax the next on
   jax_onednn_bf16  oneDNN bf16 convs (bf16 activations between them, float32 accumulation; AMX / avx512_bf16)
   jax_int8    the same, int8 per-channel weights, per-example dynamic int8 activations
   jax_int8_static  int8 with static activation scales calibrated on 32 other random inputs
+  jax_onednn_int8  oneDNN int8 convs with those static scales (VNNI / AMX int8; float32 between them)
   ort         ONNX Runtime, all graph optimizations, intra-op threads = usable cores, sequential
   ort_int8    ONNX Runtime dynamic quantization of the same graph (--ort_int8)
   ort_facejax ONNX Runtime on facejax's own ONNX export of the net (jax2onnx, `launch.export --format=onnx`)
@@ -60,7 +61,8 @@ ANCHORS = ('jax_plain', 'ort', 'ort_facejax', 'openvino', 'openvino_f32', 'torch
 # 'random' calibration: 32 uniform inputs
 OPT_VARIANTS = {'jax_opt': {}, 'jax_onednn': {'conv': 'onednn'}, 'jax_bf16': {'dtype': 'bfloat16'},
                 'jax_onednn_bf16': {'conv': 'onednn', 'dtype': 'bfloat16'},
-                'jax_int8': {'dtype': 'int8'}, 'jax_int8_static': {'dtype': 'int8', 'calibration': 'random'}}
+                'jax_int8': {'dtype': 'int8'}, 'jax_int8_static': {'dtype': 'int8', 'calibration': 'random'},
+                'jax_onednn_int8': {'conv': 'onednn', 'dtype': 'int8', 'calibration': 'random'}}
 
 
 def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, embed_dim: int, opt_variants: dict,

@@ -131,6 +131,52 @@ def test_large_dense_layers_run_in_onednn_bf16_and_are_exported(tmp_path, monkey
   assert meta['custom_calls'] == ['facejax_onednn_conv', 'facejax_onednn_dense']
 
 
+@pytest.mark.parametrize('residual', [False, True])
+@pytest.mark.parametrize('case', CASES)
+def test_int8_conv_is_the_exact_integer_sum_dequantized(case, residual):
+  """int8 x and kernel: oneDNN's exact int32 sums times each channel's scale, plus bias (and a float32 residual),
+  equal XLA's int32 conv dequantized the same way."""
+  b, h, w, c, f, k, s, pads, relu = case
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.integers(-127, 128, (b, h, w, c)), jnp.int8)
+  kernel = jnp.asarray(rng.integers(-127, 128, (k, k, c, f)), jnp.int8)
+  bias = jnp.asarray(np.stack([rng.normal(size=f), rng.uniform(1e-4, 1e-3, f)]), jnp.float32)
+  acc = lax.conv_general_dilated(x, kernel, (s, s), pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                 preferred_element_type=jnp.int32)
+  ref = acc.astype(jnp.float32) * bias[1] + bias[0]
+  r = jnp.asarray(rng.normal(size=ref.shape), jnp.float32) if residual else None
+  ref = ref if r is None else ref + r
+  ref = jax.nn.relu(ref) if relu else ref
+  call = lambda x, kernel, bias, r: onednn.conv(x, kernel, bias, (s, s), pads, relu, residual=r)
+  out = jax.jit(call)(x, kernel, bias, r)
+  assert out.dtype == jnp.float32 and 'custom_call' in jax.jit(call).lower(x, kernel, bias, r).as_text()
+  np.testing.assert_allclose(out, ref, atol=1e-5 * float(jnp.abs(ref).max()))
+  with pytest.raises(ValueError, match=r'onednn.conv: an int8 kernel .* takes an int8 x \(got float32\)'):
+    onednn.conv(x.astype(jnp.float32), kernel, bias, (s, s), pads)
+
+
+def test_int8_forward_equals_its_xla_fallback(monkeypatch):
+  """conv='onednn', dtype='int8' with calibration: every ungrouped conv an int8 oneDNN call (the rewrite's
+  epilogues included), equal to the same quantised forward through XLA's int32 convs."""
+  model, variables = _student(8)
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.uniform(-1, 1, (2, 112, 112, 3)), jnp.float32)
+  calibration = rng.uniform(-1, 1, (8, 112, 112, 3)).astype(np.float32)
+  fn = optimize_for_inference(model, variables, image_size=112, conv='onednn', dtype='int8', calibration=calibration)
+  hlo = jax.jit(fn).lower(x).as_text()
+  calls = [line for line in hlo.splitlines() if 'custom_call @facejax_onednn_conv(' in line]
+  assert len(calls) == 17 and all('xi8>, tensor<' in line for line in calls)  # the student's 17 convs, all int8
+  fast = jax.jit(fn)(x)
+  monkeypatch.setattr(onednn, 'unavailable', lambda: 'a test')
+  with pytest.warns(UserWarning, match="conv='onednn': a test; XLA runs those convolutions instead"):
+    slow = optimize_for_inference(model, variables, image_size=112, conv='onednn', dtype='int8',
+                                  calibration=calibration)
+  assert 'custom_call' not in jax.jit(slow).lower(x).as_text()
+  np.testing.assert_allclose(fast, jax.jit(slow)(x), atol=1e-5)
+  ref = optimize_for_inference(model, variables, image_size=112)(x)
+  assert float(jnp.min(jnp.sum(fast * ref, -1))) > 0.99
+
+
 def test_flop_count_is_unknown_not_zero_with_the_custom_call():
   """XLA's cost analysis cannot see the work inside the call: compiled_flops says None rather than undercount."""
   x, kernel, bias = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 6)), jnp.zeros(6)
@@ -229,7 +275,8 @@ def test_fallback_is_xla_and_says_why(monkeypatch):
 
 def test_onednn_refuses_int8_and_bf16_without_bf16_dots(monkeypatch):
   model, variables = _student(4)
-  with pytest.raises(ValueError, match=r"conv='onednn' runs float32 or bfloat16 convolutions; got dtype='int8'"):
+  with pytest.raises(ValueError, match=r"conv='onednn' with dtype='int8' needs static activation scales .*: pass "
+                                       r"calibration faces \(launch.export --calibration=N\)"):
     optimize_for_inference(model, variables, image_size=112, conv='onednn', dtype='int8')
   with pytest.raises(ValueError, match=r'onednn.conv: dtype=float16, expected float32 or bfloat16'):
     onednn.conv(jnp.zeros((1, 4, 4, 2)), jnp.zeros((1, 1, 2, 2)), jnp.zeros(2), (1, 1), ((0, 0), (0, 0)),

@@ -3,8 +3,8 @@ with float32.
 
 No fixed per-CPU table: the candidates the CPU can run (bfloat16 only with avx512_bf16 or AMX, where the dots have
 hardware support; int8 everywhere, static scales when calibration faces are given; float32 also with each of
-`convs`, e.g. XLA's native convs, which win on AVX2-only CPUs, and bfloat16 also with oneDNN's bf16 convs when
-`convs` holds 'onednn') are compiled and timed here, interleaved, and the fastest one whose embeddings stay within
+`convs`, e.g. XLA's native convs, which win on AVX2-only CPUs, and bfloat16, and int8 with calibration faces,
+also with oneDNN's convs when `convs` holds 'onednn') are compiled and timed here, interleaved, and the fastest one whose embeddings stay within
 `min_cosine` of float32's on held-out faces wins. What the rule gave on each CPU kind: docs/cpu_inference.md.
 """
 from __future__ import annotations
@@ -33,13 +33,13 @@ def choose_dtype(model, variables, *, image_size: int, check: np.ndarray, calibr
                  batch_size: int = 1, min_cosine: float = MIN_COSINE, rounds: int = 5, calls: int = 3,
                  conv: str = 'auto', convs: Sequence[str] = ()) -> dict:
   """Time every candidate dtype policy of `optimize_for_inference` at `batch_size` (with `conv`; float32 also
-  with each of `convs`, bfloat16 also with 'onednn' if there: XLA's other lowerings have no bf16 convs) and pick
+  with each of `convs`; bfloat16, and int8 when `calibration` is given, also with 'onednn' if there) and pick
   the fastest whose embeddings of `check` (float model inputs [N, S, S, 3], faces not in `calibration`) have a
   per-face cosine of at least `min_cosine` to float32's. int8 uses static scales from `calibration` when given.
 
   -> {'dtype', 'conv', 'calibrated', 'batch_size', 'min_cosine', 'candidates': {name: {'dtype', 'conv',
   'ms_median', 'min_cosine', 'agrees'}}, 'cpu', 'cpu_flags'}, a candidate named by its dtype ('float32/xla',
-  'bfloat16/onednn' with another conv); float32 always agrees, so it is the fallback."""
+  'bfloat16/onednn', 'int8/onednn' with another conv); float32 always agrees, so it is the fallback."""
   from facejax.inference.optimize import optimize_for_inference
   info = hardware.cpu_info()
   check = np.asarray(check, np.float32)
@@ -52,6 +52,10 @@ def choose_dtype(model, variables, *, image_size: int, check: np.ndarray, calibr
   paths.update({f'float32/{c}': ('float32', c) for c in convs if c != conv})
   if 'onednn' in convs and conv != 'onednn' and 'bfloat16' in dtypes:
     paths['bfloat16/onednn'] = ('bfloat16', 'onednn')
+  if 'onednn' in convs and conv != 'onednn' and calibration is not None:
+    paths['int8/onednn'] = ('int8', 'onednn')
+  if conv == 'onednn' and calibration is None:
+    paths.pop('int8')  # oneDNN's int8 convs need static activation scales
   compiled, agreement, reference = {}, {}, None
   for name, (dtype, lowering) in paths.items():
     fn = optimize_for_inference(model, variables, image_size=image_size, conv=lowering, dtype=dtype,
