@@ -1,5 +1,5 @@
 // What oneDNN itself offers on this CPU for the convolutions facejax sends it (docs/cpu_inference.md): for each
-// ResNet-50 3x3 / 1x1 shape at batch 1, float32 and bf16, the median us per `execute` + `wait` with facejax's NHWC
+// ResNet-50 3x3 / 1x1 shape at batch 1, float32, bf16 and int8, the median us per `execute` + `wait` with facejax's NHWC
 // activations, with the layout left to oneDNN (`any`), in 16-channel blocks (nChw16c) and with Winograd, plus
 // what a chain of tiny convs costs per call when each is waited for and when all are queued and waited for once, and
 // VGG-16's fc6 (25088 -> 4096) as a matmul at batch 1 and 8, with the kernel as given ([K, N]) or reordered.
@@ -32,14 +32,16 @@ struct Conv {
   std::string impl;
 };
 
-// A same-padded stride-1 k x k conv [1, h, h, c] -> [1, h, h, f] with bias and ReLU; false if oneDNN has no kernel.
+// A same-padded stride-1 k x k conv [1, h, h, c] -> [1, h, h, f] with bias and ReLU (s8: s8 x s8 with per-channel
+// kernel scales, float32 out, as facejax's int8 calls); false if oneDNN has no kernel.
 static bool Make(dnnl::engine& eng, int h, int c, int f, int k, dt d, tag layout, dnnl::algorithm alg, Conv* out) {
-  dnnl::memory::desc src({1, c, h, h}, d, layout), dst({1, f, h, h}, d, layout), w({f, c, k, k}, d, tag::any),
-      b({f}, dt::f32, tag::a);
+  dnnl::memory::desc src({1, c, h, h}, d, layout), dst({1, f, h, h}, d == dt::s8 ? dt::f32 : d, layout),
+      w({f, c, k, k}, d, tag::any), b({f}, dt::f32, tag::a);
   dnnl::post_ops ops;
   ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
   dnnl::primitive_attr attr;
   attr.set_post_ops(ops);
+  if (d == dt::s8) attr.set_scales_mask(DNNL_ARG_WEIGHTS, 1);
   try {
     dnnl::convolution_forward::primitive_desc pd(eng, dnnl::prop_kind::forward_inference, alg, src, w, b, dst,
                                                  {1, 1}, {k / 2, k / 2}, {k / 2, k / 2}, attr);
@@ -47,6 +49,10 @@ static bool Make(dnnl::engine& eng, int h, int c, int f, int k, dt d, tag layout
     out->impl = pd.impl_info_str();
     out->args = {{DNNL_ARG_SRC, dnnl::memory(pd.src_desc(), eng)}, {DNNL_ARG_WEIGHTS, dnnl::memory(pd.weights_desc(), eng)},
                  {DNNL_ARG_BIAS, dnnl::memory(b, eng)}, {DNNL_ARG_DST, dnnl::memory(pd.dst_desc(), eng)}};
+    if (d == dt::s8) out->args[DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS] = dnnl::memory({{f}, dt::f32, tag::a}, eng);
+    for (auto& [arg, memory] : out->args)  // touch every page: untouched ones all read as one zero page
+      std::memset(memory.get_data_handle(), arg == DNNL_ARG_SRC || arg == DNNL_ARG_WEIGHTS ? 1 : 0,
+                  memory.get_desc().get_size());
     return true;
   } catch (const dnnl::error&) {
     return false;
@@ -70,7 +76,7 @@ int main() {
   dnnl::stream st(eng);
   const int shapes[][4] = {{56, 64, 64, 3}, {28, 128, 128, 3}, {14, 256, 256, 3}, {7, 512, 512, 3},
                            {56, 64, 256, 1}, {14, 256, 1024, 1}, {14, 1024, 256, 1}, {7, 512, 2048, 1}};
-  for (dt d : {dt::f32, dt::bf16})
+  for (dt d : {dt::f32, dt::bf16, dt::s8})
     for (const auto& s : shapes) {
       const double gflop = 2.0 * s[0] * s[0] * s[1] * s[2] * s[3] * s[3] / 1e9;
       const struct { const char* name; tag layout; dnnl::algorithm alg; } ways[] = {
@@ -83,7 +89,7 @@ int main() {
         const bool ok = Make(eng, s[0], s[1], s[2], s[3], d, way.layout, way.alg, &conv);
         const double us = ok ? MedianUs(conv, st, 30) : 0;
         std::printf("{\"dtype\": \"%s\", \"conv\": \"%dx%dx%d->%d k%d\", \"way\": \"%s\", \"impl\": \"%s\", "
-                    "\"us\": %.0f, \"gflops_per_s\": %.0f}\n", d == dt::f32 ? "float32" : "bfloat16", s[0], s[0],
+                    "\"us\": %.0f, \"gflops_per_s\": %.0f}\n", d == dt::f32 ? "float32" : d == dt::bf16 ? "bfloat16" : "int8", s[0], s[0],
                     s[1], s[2], s[3], way.name, ok ? conv.impl.c_str() : "unsupported", us, ok ? gflop / us * 1e6 : 0);
       }
     }
