@@ -285,7 +285,7 @@ def test_export_auto_dtype_records_its_choice_and_exports_it(run_dir, lfw_dir, t
   assert proc.returncode == 0, proc.stderr[-2000:]
   meta = json.loads((tmp_path / 'auto.jaxexport.json').read_text())
   choice = meta['dtype_choice']
-  assert {'float32', 'float32/xla', 'float32/onednn', 'int8'} <= set(choice['candidates'])
+  assert {'float32', 'float32/xla', 'float32/onednn', 'int8', 'int8/onednn'} <= set(choice['candidates'])
   assert ('bfloat16/onednn' in choice['candidates']) == has_bf16_dots(choice['cpu_flags'])
   assert choice['batch_size'] == 2
   agreeing = [d for d, c in choice['candidates'].items() if c['agrees']]

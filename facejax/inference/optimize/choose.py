@@ -3,9 +3,10 @@ with float32.
 
 No fixed per-CPU table: the candidates the CPU can run (bfloat16 only with avx512_bf16 or AMX, where the dots have
 hardware support; int8 everywhere, static scales when calibration faces are given; float32 also with each of
-`convs`, e.g. XLA's native convs, which win on AVX2-only CPUs, and bfloat16, and int8 with calibration faces,
-also with oneDNN's convs when `convs` holds 'onednn') are compiled and timed here, interleaved, and the fastest one whose embeddings stay within
-`min_cosine` of float32's on held-out faces wins. What the rule gave on each CPU kind: docs/cpu_inference.md.
+`convs`, e.g. XLA's native convs, which win on AVX2-only CPUs; bfloat16, and int8 with calibration faces, also
+with oneDNN's convs when `convs` holds 'onednn') are compiled and timed here, interleaved, and the fastest one
+whose embeddings stay within `min_cosine` of float32's on held-out faces wins. What the rule gave on each CPU
+kind: docs/cpu_inference.md.
 """
 from __future__ import annotations
 
