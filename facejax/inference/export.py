@@ -60,10 +60,10 @@ def export_embedder(model, variables, preprocessing, image_size: int, *, flip: s
   spec = jax.ShapeDtypeStruct((b, image_size, image_size, 3), jnp.uint8)
   checks = [jax.export.DisabledSafetyCheck.custom_call(t) for t in onednn.TARGETS] if onednn_used else []
   exported = jax.export.export(jax.jit(embed), platforms=tuple(platforms), disabled_checks=checks)(spec)
-  if metadata is not None:
-    text = exported.mlir_module() if onednn_used else ''
+  if metadata is not None:  # the targets' names in the serialized module (its text form prints every weight)
+    module = exported.mlir_module_serialized if onednn_used else b''
     metadata.update(cpu_compiler_options=compiler_options,
-                    custom_calls=[t for t in onednn.TARGETS if f'@{t}' in text])
+                    custom_calls=[t for t in onednn.TARGETS if t.encode() in module])
   return exported
 
 
