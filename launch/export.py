@@ -79,8 +79,8 @@ def main(argv):
     options['calibration'] = calibration
   if FLAGS.dtype == 'auto':
     from facejax.inference.optimize.choose import choose_dtype
-    # float32 is also timed with XLA's native convs and with oneDNN (where built; bfloat16 too) when the lowering
-    # is left to facejax (--conv=auto)
+    # float32 is also timed with XLA's native convs and with oneDNN (where built; bfloat16 too, and int8 with
+    # calibration faces) when the lowering is left to facejax (--conv=auto)
     from facejax.inference.optimize import onednn
     convs = ('xla',) + (() if onednn.unavailable() else ('onednn',))
     meta['dtype_choice'] = choose_dtype(model, variables, image_size=size, check=check, calibration=calibration,

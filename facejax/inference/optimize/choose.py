@@ -51,12 +51,13 @@ def choose_dtype(model, variables, *, image_size: int, check: np.ndarray, calibr
   dtypes = candidate_dtypes(info.get('cpu_flags'))
   paths = {d: (d, conv) for d in dtypes}
   paths.update({f'float32/{c}': ('float32', c) for c in convs if c != conv})
-  if 'onednn' in convs and conv != 'onednn' and 'bfloat16' in dtypes:
-    paths['bfloat16/onednn'] = ('bfloat16', 'onednn')
-  if 'onednn' in convs and conv != 'onednn' and calibration is not None:
-    paths['int8/onednn'] = ('int8', 'onednn')
+  if 'onednn' in convs and conv != 'onednn':
+    if 'bfloat16' in dtypes:
+      paths['bfloat16/onednn'] = ('bfloat16', 'onednn')
+    if calibration is not None:  # oneDNN's int8 convs need static activation scales
+      paths['int8/onednn'] = ('int8', 'onednn')
   if conv == 'onednn' and calibration is None:
-    paths.pop('int8')  # oneDNN's int8 convs need static activation scales
+    paths.pop('int8')  # likewise
   compiled, agreement, reference = {}, {}, None
   for name, (dtype, lowering) in paths.items():
     fn = optimize_for_inference(model, variables, image_size=image_size, conv=lowering, dtype=dtype,
