@@ -26,6 +26,13 @@ static double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+// Write every buffer (inputs 1s, the rest 0s): pages never written all read as one shared zero page.
+static void Touch(Args& args) {
+  for (auto& [arg, memory] : args)
+    std::memset(memory.get_data_handle(), arg == DNNL_ARG_SRC || arg == DNNL_ARG_WEIGHTS ? 1 : 0,
+                memory.get_desc().get_size());
+}
+
 struct Conv {
   dnnl::convolution_forward prim;
   Args args;
@@ -50,20 +57,19 @@ static bool Make(dnnl::engine& eng, int h, int c, int f, int k, dt d, tag layout
     out->args = {{DNNL_ARG_SRC, dnnl::memory(pd.src_desc(), eng)}, {DNNL_ARG_WEIGHTS, dnnl::memory(pd.weights_desc(), eng)},
                  {DNNL_ARG_BIAS, dnnl::memory(b, eng)}, {DNNL_ARG_DST, dnnl::memory(pd.dst_desc(), eng)}};
     if (d == dt::s8) out->args[DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS] = dnnl::memory({{f}, dt::f32, tag::a}, eng);
-    for (auto& [arg, memory] : out->args)  // touch every page: untouched ones all read as one zero page
-      std::memset(memory.get_data_handle(), arg == DNNL_ARG_SRC || arg == DNNL_ARG_WEIGHTS ? 1 : 0,
-                  memory.get_desc().get_size());
+    Touch(out->args);
     return true;
   } catch (const dnnl::error&) {
     return false;
   }
 }
 
-static double MedianUs(Conv& conv, dnnl::stream& st, int calls) {
+// Median us of `calls` execute + wait, after 5 untimed.
+static double MedianUs(const dnnl::primitive& prim, const Args& args, dnnl::stream& st, int calls) {
   std::vector<double> t;
   for (int i = 0; i < calls + 5; ++i) {
     const double t0 = Now();
-    conv.prim.execute(st, conv.args);
+    prim.execute(st, args);
     st.wait();
     if (i >= 5) t.push_back((Now() - t0) * 1e6);
   }
@@ -87,7 +93,7 @@ int main() {
       for (const auto& way : ways) {
         Conv conv;
         const bool ok = Make(eng, s[0], s[1], s[2], s[3], d, way.layout, way.alg, &conv);
-        const double us = ok ? MedianUs(conv, st, 30) : 0;
+        const double us = ok ? MedianUs(conv.prim, conv.args, st, 30) : 0;
         std::printf("{\"dtype\": \"%s\", \"conv\": \"%dx%dx%d->%d k%d\", \"way\": \"%s\", \"impl\": \"%s\", "
                     "\"us\": %.0f, \"gflops_per_s\": %.0f}\n", d == dt::f32 ? "float32" : d == dt::bf16 ? "bfloat16" : "int8", s[0], s[0],
                     s[1], s[2], s[3], way.name, ok ? conv.impl.c_str() : "unsupported", us, ok ? gflop / us * 1e6 : 0);
@@ -102,26 +108,17 @@ int main() {
         dnnl::matmul mm(pd);
         Args args{{DNNL_ARG_SRC, dnnl::memory(a, eng)}, {DNNL_ARG_WEIGHTS, dnnl::memory(pd.weights_desc(), eng)},
                   {DNNL_ARG_DST, dnnl::memory(c, eng)}};
-        for (int arg : {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS})  // touch every page: untouched ones all read as one
-          std::memset(args[arg].get_data_handle(), 1, args[arg].get_desc().get_size());
-        std::vector<double> t;
-        for (int i = 0; i < 25; ++i) {
-          const double t0 = Now();
-          mm.execute(st, args);
-          st.wait();
-          if (i >= 5) t.push_back((Now() - t0) * 1e6);
-        }
-        std::sort(t.begin(), t.end());
+        Touch(args);
         std::printf("{\"dtype\": \"%s\", \"matmul\": \"%dx%d x %dx%d\", \"kernel\": \"%s\", \"impl\": \"%s\", "
                     "\"us\": %.0f}\n", d == dt::f32 ? "float32" : "bfloat16", m, k, k, n,
-                    layout == tag::ab ? "as given" : "reordered", pd.impl_info_str(), t[t.size() / 2]);
+                    layout == tag::ab ? "as given" : "reordered", pd.impl_info_str(), MedianUs(mm, args, st, 20));
       }
   // A chain of 200 tiny convs (4x4x8, 1x1): waited for one by one, then queued and waited for once.
   Conv tiny;
   Make(eng, 4, 8, 8, 1, dt::f32, tag::nhwc, dnnl::algorithm::convolution_direct, &tiny);
   for (int queued = 0; queued < 2; ++queued) {
     const int n = 200;
-    MedianUs(tiny, st, 20);
+    MedianUs(tiny.prim, tiny.args, st, 20);
     const double t0 = Now();
     for (int i = 0; i < n; ++i) {
       tiny.prim.execute(st, tiny.args);
