@@ -52,7 +52,7 @@ def main(argv):
   del argv
   common.quiet_library_logs()
   if FLAGS.summarize:
-    from facejax.train.throughput import paired_table, summary_table
+    from facejax.train.throughput_report import paired_table, summary_table
     records = []
     for path in sorted(glob.glob(os.path.join(FLAGS.summarize, '*.json')), key=os.path.getmtime):  # run order
       with open(path) as f:
@@ -67,7 +67,7 @@ def main(argv):
   if FLAGS.prepare_data:
     import time
 
-    from facejax.train.throughput import prepare_bench_folders
+    from facejax.train.throughput_input import prepare_bench_folders
     t0 = time.perf_counter()
     out = prepare_bench_folders(FLAGS.prepare_data, num_identities=FLAGS.prepare_identities,
                                 images_per_identity=FLAGS.prepare_images, image_size=FLAGS.prepare_size,

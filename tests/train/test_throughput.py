@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from facejax.train import throughput as tp
+from facejax.train import throughput_input as tp_input
+from facejax.train import throughput_report as tp_report
 from facejax.train.feed import DeviceFeed, batch_sharding, replicate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
@@ -88,7 +90,7 @@ def test_classify_device_then_pipeline(tmp_path):
   p['mfu'] = None
   check(p, steps=3, window=2, data='loader')
   assert p['data_source'] == 'synthetic' and p['cache'] == 'decoded' and p['prefetch'] == 'device_put'
-  assert p['loader_img_per_s'] > 0 and p['loader_warmup_batches'] == tp.loader_warmup_batches(0, 2) == 6
+  assert p['loader_img_per_s'] > 0 and p['loader_warmup_batches'] == tp_input.loader_warmup_batches(0, 2) == 6
   # Same program on both paths: the FLOPs agree.
   assert p['gflops_per_step_per_device'] == r['gflops_per_step_per_device']
 
@@ -127,7 +129,7 @@ def test_real_student_step_looks_up_the_teacher_cache():
   assert r['teacher_cached'] is True and live['teacher_cached'] is False and r['dtype'] == 'float32'
   assert r['gflops_per_step_per_device'] < 0.2 * live['gflops_per_step_per_device']  # the teacher's pass is gone
   assert json.loads(json.dumps(r['model_kwargs'])) == {'channels': [4, 4, 4, 4], 'blocks': [1, 2, 2, 2, 1]}
-  assert 'channels=4/4/4/4' in tp.summary_table([r])
+  assert 'channels=4/4/4/4' in tp_report.summary_table([r])
 
 
 def test_real_student_config_names_a_bad_count():
@@ -137,7 +139,7 @@ def test_real_student_config_names_a_bad_count():
 
 def test_cli_siamese_pipeline_from_prepared_folders(tmp_path):
   data_dir = str(tmp_path / 'tfds')
-  out = tp.prepare_bench_folders(data_dir, num_identities=6, images_per_identity=4, image_size=48, processes=1)
+  out = tp_input.prepare_bench_folders(data_dir, num_identities=6, images_per_identity=4, image_size=48, processes=1)
   assert os.path.isfile(os.path.join(out, 'dataset_info.json'))
   env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=2',
              PYTHONPATH=ROOT)
@@ -153,7 +155,7 @@ def test_cli_siamese_pipeline_from_prepared_folders(tmp_path):
   assert r['name'] == 'siamese_pipeline' and r['task'] == 'siamese'
   assert r['data_source'] == 'folders' and r['encoded'] and r['records'] == 24 and r['prefetch'] == 'thread'
   assert r['augment_on'] == 'device'
-  table = tp.summary_table([r, {'name': 'broken', 'error': 'timeout after 90 s'}])
+  table = tp_report.summary_table([r, {'name': 'broken', 'error': 'timeout after 90 s'}])
   assert 'siamese_pipeline' in table and 'failed: timeout' in table
 
 
@@ -227,19 +229,19 @@ class StaggeredLoader:
 def test_loader_throughput_skips_worker_start_up(monkeypatch):
   # 4 workers starting 0.15 s apart, then 20 ms a batch: 50 batches/s in steady state, 4 batches in the first
   # 0.6 s. prefetch 1 + grain's queue of 1 per worker: 2 x 4 x 3 = 24 batches of warm-up (0.84 s here).
-  warmup = tp.loader_warmup_batches(num_workers=4, prefetch=1)
-  assert warmup == 24 and tp.loader_warmup_batches(num_workers=0, prefetch=2) == 6
+  warmup = tp_input.loader_warmup_batches(num_workers=4, prefetch=1)
+  assert warmup == 24 and tp_input.loader_warmup_batches(num_workers=0, prefetch=2) == 6
   loader = StaggeredLoader(workers=4, start_s=0.15, buffered=8, step_s=0.02)
-  monkeypatch.setattr(tp, 'time', types.SimpleNamespace(perf_counter=loader.now))
-  m = tp.loader_throughput(loader, batch_size=16, seconds=0.49, warmup_batches=warmup)
+  monkeypatch.setattr(tp_input, 'time', types.SimpleNamespace(perf_counter=loader.now))
+  m = tp_input.loader_throughput(loader, batch_size=16, seconds=0.49, warmup_batches=warmup)
   assert m['warmup_batches'] == warmup and m['warmup_s'] == pytest.approx(0.84)
   assert m['batches'] == 25 and m['window_s'] == pytest.approx(0.5)
   assert m['img_per_s'] == pytest.approx(16 / 0.02), m  # the steady rate exactly
   cold = StaggeredLoader(workers=4, start_s=0.15, buffered=8, step_s=0.02)
-  monkeypatch.setattr(tp, 'time', types.SimpleNamespace(perf_counter=cold.now))
-  unwarmed = tp.loader_throughput(cold, batch_size=16, seconds=0.49)
+  monkeypatch.setattr(tp_input, 'time', types.SimpleNamespace(perf_counter=cold.now))
+  unwarmed = tp_input.loader_throughput(cold, batch_size=16, seconds=0.49)
   assert unwarmed['img_per_s'] < 0.5 * 16 / 0.02  # what the old measurement reported: start-up dominates
-  assert tp.loader_throughput(loader, batch_size=16, seconds=0) is None
+  assert tp_input.loader_throughput(loader, batch_size=16, seconds=0) is None
 
 
 def test_img_per_s_counts_every_stall_of_the_feed(monkeypatch):
@@ -281,14 +283,14 @@ def test_paired_table_pairs_device_and_pipeline_runs():
                   model_kwargs={'stem_space_to_depth': True}),
              dict(base, data='device', img_per_s=5500.0, xla_flags='--a=1 --b=2', compile_cache_hit=True),
              {'name': 'broken', 'error': 'timeout'}]
-  rows = tp.paired_table(records).splitlines()
+  rows = tp_report.paired_table(records).splitlines()
   assert rows[2] == '| classify | resnet50@224 | 256 | 5,618 | 5,597 | 5,610 | 1.00 | 13.5% | 25.0 |'
   assert rows[3] == ('| classify | resnet50@224 (stem_space_to_depth=True) | 256 | 6,100 | 4,800 | - | 0.79 | 13.5% '
                      '| 25.0 |')
   assert rows[4] == '| classify | resnet50@224 [--b=2] | 256 | 5,500 | - | - | - | 13.5% | 25.0 (cache) |'
   assert len(rows) == 7 and rows[-1] == 'XLA_FLAGS of every run: --a=1'
   # A flag only the device runs share is theirs, not every run's (a pipeline run without it).
-  rows = tp.paired_table([dict(base, data='device', img_per_s=5618.0, xla_flags='--lhs'),
-                          dict(base, data='loader', prefetch='thread', cache='none', img_per_s=5000.0,
-                               xla_flags='')]).splitlines()
+  rows = tp_report.paired_table([dict(base, data='device', img_per_s=5618.0, xla_flags='--lhs'),
+                                 dict(base, data='loader', prefetch='thread', cache='none', img_per_s=5000.0,
+                                      xla_flags='')]).splitlines()
   assert rows[2].startswith('| classify | resnet50@224 [--lhs] | 256 | 5,618 | - | - |') and len(rows) == 3
