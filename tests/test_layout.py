@@ -1,7 +1,8 @@
 """The import direction of DESIGN.md, checked on the source: every `import` in facejax/ (module level or inside a
 function: a lazy import is an edge too) is parsed with `ast`, never executed.
 
-  data, models, losses, markdown (0) -> runs (1) -> inference, convert (2) -> evaluation (3) -> train (4) -> pipeline, sweep (5)
+  data, models, losses, markdown (0) -> runs (1) -> inference, convert (2) -> evaluation (3) -> train (4)
+    -> pipeline, sweep, sweep_report (5)
 
 No edge points up this order, no modules import each other in a circle, and nothing in facejax/ imports launch/,
 tests/, configs/ or bench/ (launch/ sits above everything; configs/ are read by path, never imported; bench/ holds
@@ -21,7 +22,7 @@ LAYERS = {
     'facejax.inference': 2, 'facejax.convert': 2,
     'facejax.evaluation': 3,
     'facejax.train': 4,
-    'facejax.pipeline': 5, 'facejax.sweep': 5,
+    'facejax.pipeline': 5, 'facejax.sweep': 5, 'facejax.sweep_report': 5,
 }
 FORBIDDEN = ('launch', 'tests', 'configs', 'bench', 'torch', 'keras')  # top-level names facejax/ never imports
 
