@@ -17,7 +17,7 @@ all but the first, so a framework's idle spinning threads do not tax the next on
   jax_onednn_bf16  oneDNN bf16 convs (bf16 activations between them, float32 accumulation; AMX / avx512_bf16)
   jax_int8    the same, int8 per-channel weights, per-example dynamic int8 activations
   jax_int8_static  int8 with static activation scales calibrated on 32 other random inputs
-  jax_onednn_int8  oneDNN int8 convs with those static scales (VNNI / AMX int8; float32 between them)
+  jax_onednn_int8  oneDNN int8 convs with those static scales (only on CPUs with VNNI / AMX int8; float32 between them)
   ort         ONNX Runtime, all graph optimizations, intra-op threads = usable cores, sequential
   ort_int8    ONNX Runtime dynamic quantization of the same graph (--ort_int8)
   ort_facejax ONNX Runtime on facejax's own ONNX export of the net (jax2onnx, `launch.export --format=onnx`)
@@ -73,7 +73,7 @@ def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, emb
   import torch
 
   from facejax.inference.benchmark import inference_params, random_variables
-  from facejax.inference.hardware import cpu_info, num_threads
+  from facejax.inference.hardware import cpu_info, has_int8_dots, num_threads
   from facejax.inference.flops import layer_flops
   from facejax.inference.onnx_export import onnx_session
   from facejax.inference.optimize import optimize_for_inference
@@ -95,6 +95,13 @@ def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, emb
     if dropped:
       log({'model': name, 'note': f'no torch twin for {type(model.backbone).__name__}: {", ".join(dropped)} '
                                   'left out; ort_facejax (ONNX Runtime on the jax2onnx export) is the anchor'})
+  if not has_int8_dots(cpu.get('cpu_flags')):  # oneDNN's int8 sums saturate there: it would time float32 convs
+    dropped = [v for v in variants if opt_variants.get(v, {}).get('conv') == 'onednn'
+               and opt_variants[v].get('dtype') == 'int8']
+    variants = [v for v in variants if v not in dropped]
+    if dropped:
+      log({'model': name, 'note': f'{", ".join(dropped)} left out: this CPU has no int8 dot instructions '
+                                  '(avx512_vnni, avx_vnni, amx_int8), so facejax runs no int8 conv in oneDNN here'})
   net = onnx_path = None
   uses_onnx = not no_twin and (ort_int8 or any(v in ('ort', 'ort_int8') or v.startswith('openvino')
                                                 for v in variants))

@@ -16,7 +16,7 @@ def num_threads() -> int:
     return os.cpu_count() or 1
 
 
-CPU_FLAGS = ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'amx_bf16', 'amx_int8')  # what the dtype policies use
+CPU_FLAGS = ('avx2', 'avx512f', 'avx512_vnni', 'avx_vnni', 'avx512_bf16', 'amx_bf16', 'amx_int8')  # the dtype policies'
 
 
 def cpu_info() -> dict:
@@ -37,6 +37,14 @@ def has_bf16_dots(cpu_flags: list[str] | None) -> bool:
   """Whether a CPU with `cpu_flags` (`cpu_info()['cpu_flags']`; None: unknown, assumed yes) has bf16 dot-product
   instructions (avx512_bf16 or AMX): without them bf16 matmuls are emulated and oneDNN has no bf16 convolution."""
   return cpu_flags is None or bool({'avx512_bf16', 'amx_bf16'} & set(cpu_flags))
+
+
+def has_int8_dots(cpu_flags: list[str] | None) -> bool:
+  """Whether a CPU with `cpu_flags` (None: unknown, assumed not) has int8 dot-product instructions (avx512_vnni,
+  avx_vnni or AMX int8). Without them oneDNN's x86 int8 kernels multiply u8 x s8 pairs with vpmaddubsw, which
+  saturates each pairwise sum to int16 (oneDNN's "Nuances of int8 computations"): their sums are not the exact
+  int32 ones, so facejax runs int8 convolutions in oneDNN only where this holds."""
+  return bool(cpu_flags and {'avx512_vnni', 'avx_vnni', 'amx_int8'} & set(cpu_flags))
 
 
 def cpu_text(info: dict) -> str:

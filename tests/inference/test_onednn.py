@@ -131,6 +131,13 @@ def test_large_dense_layers_run_in_onednn_bf16_and_are_exported(tmp_path, monkey
   assert meta['custom_calls'] == ['facejax_onednn_conv', 'facejax_onednn_dense']
 
 
+HAS_INT8 = hardware.has_int8_dots(hardware.cpu_info().get('cpu_flags'))
+INT8 = pytest.mark.skipif(not HAS_INT8, reason='this CPU has no int8 dot instructions (avx512_vnni, avx_vnni, '
+                                               "amx_int8): facejax runs no int8 conv in oneDNN here (the switch is "
+                                               'tested with faked flags)')
+
+
+@INT8
 @pytest.mark.parametrize('residual', [False, True])
 @pytest.mark.parametrize('case', CASES)
 def test_int8_conv_is_the_exact_integer_sum_dequantized(case, residual):
@@ -155,6 +162,7 @@ def test_int8_conv_is_the_exact_integer_sum_dequantized(case, residual):
     onednn.conv(x.astype(jnp.float32), kernel, bias, (s, s), pads)
 
 
+@INT8
 def test_int8_forward_equals_its_xla_fallback(monkeypatch):
   """conv='onednn', dtype='int8' with calibration: every ungrouped conv an int8 oneDNN call (the rewrite's
   epilogues included), equal to the same quantised forward through XLA's int32 convs."""
@@ -175,6 +183,48 @@ def test_int8_forward_equals_its_xla_fallback(monkeypatch):
   np.testing.assert_allclose(fast, jax.jit(slow)(x), atol=1e-5)
   ref = optimize_for_inference(model, variables, image_size=112)(x)
   assert float(jnp.min(jnp.sum(fast * ref, -1))) > 0.99
+
+
+@pytest.mark.parametrize('flags', [['avx2', 'fma'], ['avx2', 'avx512f', 'avx512_bf16']])
+def test_without_int8_dots_no_int8_conv_runs_in_onednn(monkeypatch, flags):
+  """On a CPU without VNNI or AMX int8 (faked flags: Zen 3, and an AVX-512 CPU without VNNI), where oneDNN's int8
+  sums saturate to int16: the int8 primitive runs XLA's exact int32 conv, `optimize_for_inference` keeps
+  oneDNN's convs in float32 (and says so), and neither --dtype=auto nor compare_cpu offers the int8 oneDNN path."""
+  from bench.cpu_comparison import OPT_VARIANTS, compare_model
+  from facejax.inference.optimize.choose import candidate_paths
+  monkeypatch.setattr(hardware, 'cpu_info', lambda: {'cpu': 'no VNNI', 'cpu_flags': flags})
+  assert 'saturate' in onednn.int8_unavailable() and onednn.unavailable() is None
+  b, h, w, c, f, k, s, pads, relu = CASES[1]
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.integers(-127, 128, (b, h, w, c)), jnp.int8)
+  kernel = jnp.asarray(rng.integers(-127, 128, (k, k, c, f)), jnp.int8)
+  bias = jnp.asarray(np.stack([rng.normal(size=f), rng.uniform(1e-4, 1e-3, f)]), jnp.float32)
+  call = jax.jit(lambda x, kernel, bias: onednn.conv(x, kernel, bias, (s, s), pads, relu))
+  assert 'custom_call' not in call.lower(x, kernel, bias).as_text()
+  acc = lax.conv_general_dilated(x, kernel, (s, s), pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                 preferred_element_type=jnp.int32)
+  ref = jax.nn.relu(acc.astype(jnp.float32) * bias[1] + bias[0])  # exact sums; the dequantization may use an FMA
+  np.testing.assert_allclose(call(x, kernel, bias), ref, rtol=1e-6, atol=1e-6)
+
+  model, variables = _student(8)
+  x = jnp.asarray(rng.uniform(-1, 1, (2, 112, 112, 3)), jnp.float32)
+  calibration = rng.uniform(-1, 1, (8, 112, 112, 3)).astype(np.float32)
+  with pytest.warns(UserWarning, match="dtype='int8': this CPU has no int8 dot instructions .* oneDNN float32"):
+    fn = optimize_for_inference(model, variables, image_size=112, conv='onednn', dtype='int8', calibration=calibration)
+  calls = [line for line in jax.jit(fn).lower(x).as_text().splitlines() if 'custom_call @facejax_onednn_conv(' in line]
+  assert len(calls) == 17 and not any('xi8>' in line for line in calls)  # every conv in oneDNN, none int8
+  f32 = optimize_for_inference(model, variables, image_size=112, conv='onednn')
+  np.testing.assert_allclose(jax.jit(fn)(x), jax.jit(f32)(x), atol=1e-6)
+
+  paths = candidate_paths(flags, convs=('xla', 'onednn'), calibrated=True)
+  assert 'int8/onednn' not in paths and paths['int8'] == ('int8', 'auto')
+  assert 'int8' not in candidate_paths(flags, conv='onednn', calibrated=True)  # it would be float32/onednn again
+  for vnni in ('avx512_vnni', 'avx_vnni', 'amx_int8'):
+    assert candidate_paths(['avx2', vnni], convs=('onednn',), calibrated=True)['int8/onednn'] == ('int8', 'onednn')
+  notes = []
+  compare_model('student_vgg', [], ['jax_opt', 'jax_onednn_int8'], rounds=1, calls=1, embed_dim=16,
+                opt_variants=OPT_VARIANTS, ort_int8=False, log=notes.append)
+  assert any('jax_onednn_int8 left out: this CPU has no int8 dot instructions' in n.get('note', '') for n in notes)
 
 
 def test_flop_count_is_unknown_not_zero_with_the_custom_call():

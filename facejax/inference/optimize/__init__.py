@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from facejax.inference import hardware
 from facejax.inference.optimize import onednn
 from facejax.inference.optimize.fold import fold_batch_norm
 from facejax.inference.optimize.lowering import (AUTO_IM2COL_MAX_PIXELS, AUTO_INT8_IM2COL_MAX_PIXELS, CONV_IMPLS,
@@ -52,6 +53,8 @@ def prepare_layers(folded: dict, traced: dict[str, TracedLayer], conv: str, dtyp
   """Folded float32 tree -> what the forward consumes: per layer its lowering, matmul kernels already 2-D
   (reshaped here in numpy, not by XLA's constant folder), cast or quantised per the dtype policy; int8 layers
   get a static activation scale when `act_ranges` (`activation_ranges`) is given."""
+  # oneDNN's int8 convs only where their int32 sums are exact (VNNI / AMX); elsewhere its convs stay float32
+  onednn_int8 = dtype == 'int8' and conv == 'onednn' and hardware.has_int8_dots(hardware.cpu_info().get('cpu_flags'))
   layers = {}
   for path, p in folded['layers'].items():
     entry = traced[path]
@@ -83,7 +86,7 @@ def prepare_layers(folded: dict, traced: dict[str, TracedLayer], conv: str, dtyp
       # Dense layers in XLA stay float32 under every policy: at batch 1 they are matrix-vector products,
       # memory-bound, that XLA CPU upcasts from bf16/int8, converting the whole kernel on every call.
       out.update(kernel=np.ascontiguousarray(kernel.T), bias=bias)
-    elif (dtype == 'int8' and lowering == 'onednn' and entry.module.feature_group_count == 1
+    elif (onednn_int8 and lowering == 'onednn' and entry.module.feature_group_count == 1
           and np.prod(kernel.shape[:3]) >= 16 and act_ranges is not None):
       # oneDNN int8 (VNNI): the bias carries each channel's dequantization scale, x's static scale folded in
       q, wscale = _quantize_weights(kernel)
@@ -158,8 +161,11 @@ def optimize_for_inference(model, variables, *, image_size: int, conv: str = 'au
     warnings.warn(f"conv='onednn': {onednn.unavailable()}; XLA runs those convolutions instead", stacklevel=2)
   if weights not in WEIGHTS:
     raise ValueError(f'weights={weights!r}: expected one of {WEIGHTS}')
+  if conv == 'onednn' and dtype == 'int8' and not hardware.has_int8_dots(hardware.cpu_info().get('cpu_flags')):
+    warnings.warn("conv='onednn' with dtype='int8': this CPU has no int8 dot instructions (avx512_vnni, avx_vnni or "
+                  "amx_int8), where oneDNN's int8 sums saturate; its convolutions run in oneDNN float32 instead",
+                  stacklevel=2)
   if dtype == 'bfloat16' and jax.default_backend() == 'cpu':
-    from facejax.inference import hardware
     if not hardware.has_bf16_dots(hardware.cpu_info().get('cpu_flags')):
       if conv == 'onednn' and not onednn.unavailable():
         raise ValueError("conv='onednn' with dtype='bfloat16': this CPU has neither avx512_bf16 nor amx_bf16, so "

@@ -86,6 +86,19 @@ def unavailable() -> str | None:
   return None
 
 
+def int8_unavailable() -> str | None:
+  """None when int8 convolutions run in oneDNN here, exactly; else why not (then `conv` runs XLA's exact int32
+  conv, and `optimize_for_inference` keeps oneDNN's convs in float32): the custom call is not built, or the CPU
+  has no int8 dot instructions (`hardware.has_int8_dots`), where oneDNN's int8 sums saturate."""
+  from facejax.inference import hardware
+  if unavailable():
+    return unavailable()
+  if not hardware.has_int8_dots(hardware.cpu_info().get('cpu_flags')):
+    return ('this CPU has no int8 dot instructions (avx512_vnni, avx_vnni or amx_int8), so oneDNN\'s int8 kernels '
+            'saturate pairwise sums to int16')
+  return None
+
+
 def _xla_conv(x, kernel, bias, *rest, strides, pads, relu: bool, residual: bool):
   int8 = kernel.dtype == jnp.int8
   y = lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
@@ -112,7 +125,8 @@ def conv(x, kernel, bias, strides: tuple[int, int], pads, relu: bool = False, re
   post-ops) with zero `pads` ((top, bottom), (left, right)) -> [B, OH, OW, F] in `dtype` (float32 or bfloat16:
   x, kernel and residual are cast to it): oneDNN, or XLA when `unavailable()`. An int8 `kernel` (not grouped) takes
   an int8 `x` and a float32 `bias` [2, F]: the bias and each channel's dequantization scale (x's scale times the
-  kernel's), and returns float32 (`dtype` is then ignored; the residual is float32)."""
+  kernel's), and returns float32 (`dtype` is then ignored; the residual is float32): the exact int32 sums, from
+  oneDNN where `int8_unavailable()` is None, else from XLA."""
   int8 = jnp.dtype(kernel.dtype) == jnp.int8
   dtype = jnp.dtype(jnp.float32) if int8 else _check_dtype(dtype, 'conv')
   if relu and prelu is not None:
@@ -127,7 +141,7 @@ def conv(x, kernel, bias, strides: tuple[int, int], pads, relu: bool = False, re
   if prelu is not None:
     args.append(jnp.reshape(jnp.asarray(prelu, jnp.float32), ()))
   xla = functools.partial(_xla_conv, strides=strides, pads=pads, relu=relu, residual=residual is not None)
-  if unavailable():
+  if int8_unavailable() if int8 else unavailable():
     return xla(*args)
   # oneDNN writes what XLA's conv would return
   out = jax.eval_shape(functools.partial(_xla_conv, strides=strides, pads=pads, relu=False, residual=False), *args[:3])
