@@ -187,9 +187,10 @@ def test_bf16_warns_without_hardware_bf16(monkeypatch):
 
 def test_auto_dtype_times_what_the_cpu_can_run_and_falls_back_to_float32(monkeypatch):
   import facejax.inference.hardware as hardware
-  from facejax.inference.optimize.choose import candidate_dtypes, choose_dtype
-  assert candidate_dtypes(['avx2', 'avx512f']) == ['float32', 'int8']  # no bf16 dot instructions: no bf16
-  assert candidate_dtypes(['avx512_bf16']) == candidate_dtypes(['amx_bf16']) == ['float32', 'bfloat16', 'int8']
+  from facejax.inference.optimize.choose import candidate_paths, choose_dtype
+  assert list(candidate_paths(['avx2', 'avx512f'])) == ['float32', 'int8']  # no bf16 dot instructions: no bf16
+  assert list(candidate_paths(['avx512_bf16'])) == list(candidate_paths(['amx_bf16'])) == ['float32', 'bfloat16',
+                                                                                           'int8']
   monkeypatch.setattr(hardware, 'cpu_info', lambda: {'cpu': 'test', 'cpu_flags': ['avx512_bf16']})
   model, variables = _model('student_vgg')
   check, calibration = np.asarray(_inputs(6, seed=7)), np.asarray(_inputs(8, seed=8))
@@ -209,6 +210,35 @@ def test_auto_dtype_times_what_the_cpu_can_run_and_falls_back_to_float32(monkeyp
     assert LOW_PRECISION_MIN_COS <= anything['candidates'][dtype]['min_cosine'] < 1.0
   strict = choose(1.5)  # nothing but float32 itself can agree
   assert strict['dtype'] == 'float32' and not strict['candidates']['int8']['agrees']
+
+
+def test_auto_export_checks_and_times_the_artifact_it_returns(tmp_path):
+  """choose_export: each candidate is the serialized artifact read back, so the chosen one's recorded agreement
+  is what its bytes give on the check faces; ONNX Runtime on the ONNX export is timed beside them."""
+  from facejax.inference.optimize.choose import ORT, choose_export, ort_unavailable
+  model, variables = _model('student_vgg')
+  rng = np.random.default_rng(9)
+  check = rng.integers(0, 256, (5, SIZE, SIZE, 3), dtype=np.uint8)
+  calibration = np.asarray(FACEJAX.apply(rng.integers(0, 256, (8, SIZE, SIZE, 3), dtype=np.uint8)))
+  choice, chosen, onnx_path = choose_export(model, variables, FACEJAX, SIZE, check=check, calibration=calibration,
+                                            batch_size=2, convs=('xla',), onnx_dir=str(tmp_path), min_cosine=-1.0,
+                                            rounds=2, calls=1)
+  own = {n: c for n, c in choice['candidates'].items() if n != ORT}
+  name = min(own, key=lambda n: own[n]['ms_median'])  # every candidate agrees at min_cosine=-1
+  assert (choice['dtype'], choice['conv']) == (own[name]['dtype'], own[name]['conv'])
+  assert chosen.metadata['cpu_compiler_options'] == chosen.compiler_options
+  reference = export_embedder(model, variables, FACEJAX, SIZE, optimize={'dtype': 'float32', 'conv': 'auto'})
+  save_exported(chosen.exported, str(tmp_path / 'chosen.jaxexport'), chosen.metadata)
+  reloaded = load_exported(str(tmp_path / 'chosen.jaxexport'))
+  emb, ref = reloaded(check), np.asarray(jax.jit(reference.call)(check))
+  assert float(np.min(np.sum(emb * ref, -1))) == pytest.approx(own[name]['min_cosine'], abs=2e-6)
+  if ort_unavailable():
+    assert onnx_path is None and choice['ort'] == ort_unavailable() and ORT not in choice['candidates']
+  else:
+    ort = choice['candidates'][ORT]
+    assert os.path.isfile(onnx_path) and ort['agrees'] and ort['min_cosine'] > 0.9999
+    assert choice['ort_speedup'] == round(own[name]['ms_median'] / ort['ms_median'], 3)
+    assert choice['fastest'] == min(choice['candidates'], key=lambda n: choice['candidates'][n]['ms_median'])
 
 
 def test_xla_conv_lowering_with_weights_as_arguments():

@@ -13,7 +13,7 @@ from facejax.data.pairs import resolve_source
 from facejax.evaluation.evaluator import evaluate_run
 from facejax.evaluation.threshold import format_verification, verify_pair
 from facejax.inference.embedder import calibration_images, embed_paths, load_embedder
-from facejax.inference.hardware import has_bf16_dots
+from facejax.inference.hardware import has_bf16_dots, has_int8_dots
 from facejax.runs import calibrated_pair_sets, read_threshold, threshold_path, write_threshold
 from facejax.train import train
 from tests.cli_process import launch
@@ -285,10 +285,15 @@ def test_export_auto_dtype_records_its_choice_and_exports_it(run_dir, lfw_dir, t
   assert proc.returncode == 0, proc.stderr[-2000:]
   meta = json.loads((tmp_path / 'auto.jaxexport.json').read_text())
   choice = meta['dtype_choice']
-  assert {'float32', 'float32/xla', 'float32/onednn', 'int8', 'int8/onednn'} <= set(choice['candidates'])
+  assert {'float32', 'float32/xla', 'float32/onednn', 'int8', 'float32/ort'} <= set(choice['candidates'])
   assert ('bfloat16/onednn' in choice['candidates']) == has_bf16_dots(choice['cpu_flags'])
+  assert ('int8/onednn' in choice['candidates']) == has_int8_dots(choice['cpu_flags'])
   assert choice['batch_size'] == 2
-  agreeing = [d for d, c in choice['candidates'].items() if c['agrees']]
+  times = {d: c['ms_median'] for d, c in choice['candidates'].items()}
+  assert choice['fastest'] == min(times, key=times.get)
+  onnx = tmp_path / 'auto.onnx'  # written only where ONNX Runtime beat every facejax path, and said so
+  assert onnx.exists() == (choice['fastest'] == 'float32/ort') == ('deploy ' + str(onnx) in proc.stdout)
+  agreeing = [d for d, c in choice['candidates'].items() if c['agrees'] and d != 'float32/ort']
   best = choice['candidates'][min(agreeing, key=lambda d: choice['candidates'][d]['ms_median'])]
   assert meta['optimize']['dtype'] == choice['dtype'] == best['dtype']
   assert meta['optimize']['conv'] == choice['conv'] == best['conv']
