@@ -1,40 +1,49 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# Each command installs what it runs, into one venv: a stamp per set of pyproject extras.
+#   core   make demo (jax, flax, optax, orbax, tfds, grain, ...; no reference frameworks)
+#   real   + dlib and its face models (alignment, the teacher), oneDNN, the ImageNet weights
+#   bench  + ONNX Runtime, OpenVINO, jax2onnx, PyTorch eager (launch.compare_cpu's anchors), oneDNN
+#   test   + the test-only references (torch, keras) and everything above
+EXTRAS_core :=
+EXTRAS_onednn := [onednn]
+EXTRAS_real := [align,onednn,imagenet]
+EXTRAS_bench := [bench,onednn]
+EXTRAS_test := [dev,align,bench,onednn,imagenet]
 # The oneDNN convolution custom call (facejax.inference.optimize.onednn), compiled against the installed oneDNN.
 ONEDNN := facejax/inference/optimize/onednn_conv.so
-INSTALL := $(STAMP) $(ONEDNN)
 
 DATA ?= ../shared/data
 
 .PHONY: venv demo real test bench clean
 
-venv: $(INSTALL)
-
-$(STAMP): pyproject.toml
+$(VENV)/.installed-%: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,align,bench,onednn]'
-	touch $(STAMP)
+	$(BIN)/pip install -q -e '.$(EXTRAS_$*)'
+	touch $@
 
-$(ONEDNN): facejax/inference/optimize/onednn_conv.cc $(STAMP)
+$(ONEDNN): facejax/inference/optimize/onednn_conv.cc $(VENV)/.installed-onednn
 	$(BIN)/python -c 'from facejax.inference.optimize import onednn; onednn.build()'
 
-demo: $(INSTALL)
+# Everything the tests use (what `make test` installs).
+venv: $(VENV)/.installed-test $(ONEDNN)
+
+demo: $(VENV)/.installed-core
 	$(BIN)/python -m launch.pipeline --config=configs/demo.py --workdir=runs/demo
 
-# The paper's lineage on real photos (LFW View 2 + a restricted identity set), read in place from $(DATA).
+# Real photos (LFW View 2 + a restricted identity set), read in place from $(DATA).
 # ARGS: more pipeline flags, e.g. ARGS=--config.finetune.total_steps=300 (the optional transfer step).
-real: $(INSTALL)
+real: $(VENV)/.installed-real $(ONEDNN)
 	FACEJAX_DATA=$(DATA) $(BIN)/python -m launch.pipeline --config=configs/real_faces.py --workdir=runs/real $(ARGS)
 
 # Two pytest workers (each file's tests and module fixtures stay in one); the 15 slowest tests are printed, so
 # the suite can be kept short on the CPU at hand.
-test: $(INSTALL)
+test: $(VENV)/.installed-test $(ONEDNN)
 	$(BIN)/python -m pytest tests -n 2 --dist loadfile --durations=15
 
-bench: $(INSTALL)
+bench: $(VENV)/.installed-bench $(ONEDNN)
 	$(BIN)/python -m launch.benchmark --all --json_out=runs/bench/models.json
 
 clean:
