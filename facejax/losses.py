@@ -14,6 +14,18 @@ def softmax_cross_entropy(logits, labels, label_smoothing: float = 0.0):
   return optax.softmax_cross_entropy(logits, onehot).mean()
 
 
+def arcface_logits(logits, labels, scale: float, margin: float):
+  """ArcFace (Deng et al., 2019): cosine logits [B, C] (`scale` * cos) -> the same with the target class's angle
+  widened by `margin` radians, s * cos(theta + m); where theta + m would pass pi, insightface's fallback
+  s * (cos - m sin(m)) keeps the logit decreasing in theta."""
+  cos = jnp.clip(logits / scale, -1.0, 1.0)
+  target = jnp.take_along_axis(cos, labels[:, None], axis=1)
+  sin = jnp.sqrt(jnp.maximum(1.0 - target * target, 0.0))
+  widened = target * jnp.cos(margin) - sin * jnp.sin(margin)
+  widened = jnp.where(target > jnp.cos(jnp.pi - margin), widened, target - margin * jnp.sin(margin))
+  return scale * jnp.where(jax.nn.one_hot(labels, cos.shape[-1], dtype=bool), widened, cos)
+
+
 def embedding_mimic(student, teacher, kind: str = 'l2'):
   """Student embeddings [B, D] regress the teacher's (both L2-normalised): 'l2' = mean squared distance,
   'cosine' = mean (1 - cos)."""

@@ -1,6 +1,8 @@
 """Heads and the two top-level model shapes.
 
-- `FaceNet`: backbone -> embedding head (dropout -> dense -> BN) -> identity classifier. Param tree
+- `FaceNet`: backbone -> embedding head (dropout -> dense -> BN) -> identity classifier: a dense softmax layer
+  (the paper's), or with head='cosine' the cosines between the normalised embedding and normalised class
+  weights, times `head_scale` (the logits ArcFace's margin is applied to: `losses.arcface_logits`). Param tree
   `{'backbone', 'embedding', 'classifier'}`; transfer copies `backbone` from a pretrained `Classifier`.
 - `Classifier`: backbone -> dense logits, the ImageNet (source-task) shape that converters produce.
 """
@@ -32,6 +34,19 @@ class EmbeddingHead(nn.Module):
                         axis_name=self.bn_axis)(x)
 
 
+class CosineClassifier(nn.Module):
+  """[B, D] -> [B, C] cosines between the L2-normalised rows and L2-normalised class weights (no bias)."""
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param('kernel', nn.initializers.lecun_normal(), (x.shape[-1], self.num_classes), jnp.float32)
+    return l2_normalize(x) @ (kernel / jnp.sqrt(jnp.maximum(jnp.sum(kernel * kernel, 0, keepdims=True), 1e-10)))
+
+
+HEADS = ('softmax', 'cosine')
+
+
 class FaceNet(nn.Module):
   """`model(x, train)` -> logits `[B, num_classes]`; `model.embed(x)` -> `[B, D]` L2-normalised float32;
   `model.forward(x, train)` -> both, from one pass (what the trainer uses)."""
@@ -41,17 +56,23 @@ class FaceNet(nn.Module):
   dropout: float = 0.0
   bn_axis: str | None = None
   dtype: Dtype = jnp.float32
+  head: str = 'softmax'  # HEADS
+  head_scale: float = 64.0  # head='cosine': logits = head_scale * cos
 
   def setup(self):
+    if self.head not in HEADS:
+      raise ValueError(f'head={self.head!r}: expected one of {HEADS}')
     self.embedding = EmbeddingHead(self.embed_dim, self.dropout, self.bn_axis, self.dtype)
     if self.num_classes:
-      self.classifier = nn.Dense(self.num_classes, dtype=self.dtype)
+      self.classifier = (CosineClassifier(self.num_classes) if self.head == 'cosine' else
+                         nn.Dense(self.num_classes, dtype=self.dtype))
 
   def forward(self, x, train: bool = False) -> dict:
     raw = self.embedding(self.backbone(x, train=train), train=train)
     out = {'embedding': l2_normalize(raw), 'raw_embedding': raw.astype(jnp.float32)}
     if self.num_classes:
-      out['logits'] = self.classifier(raw).astype(jnp.float32)
+      logits = self.classifier(raw).astype(jnp.float32)
+      out['logits'] = self.head_scale * logits if self.head == 'cosine' else logits
     return out
 
   def __call__(self, x, train: bool = False):

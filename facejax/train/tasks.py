@@ -58,18 +58,23 @@ def _accuracy(logits, labels):
 
 @dataclasses.dataclass(frozen=True)
 class Classify:
-  """Identity classification (fine-tuning): softmax CE with optional label smoothing.
+  """Identity classification (fine-tuning): softmax CE with optional label smoothing, on the model's logits or,
+  with `margin` > 0 (a cosine head), on ArcFace's margin logits (`losses.arcface_logits`).
   `bn='frozen'` keeps BatchNorm running statistics fixed (and uses them), as is common for small-data transfer."""
   student: ModelIO
   label_smoothing: float = 0.0
   bn: str = 'train'
+  margin: float = 0.0
 
   def frozen(self) -> dict:
     return {}
 
   def loss_fn(self, params, batch_stats, batch, frozen, rng):
     out, batch_stats = self.student(params, batch_stats, batch['image'], train=self.bn == 'train', rng=rng)
-    loss = losses.softmax_cross_entropy(out['logits'], batch['label'], self.label_smoothing)
+    logits = out['logits']
+    if self.margin:
+      logits = losses.arcface_logits(logits, batch['label'], self.student.model.head_scale, self.margin)
+    loss = losses.softmax_cross_entropy(logits, batch['label'], self.label_smoothing)
     return loss, ({'loss': loss, 'accuracy': _accuracy(out['logits'], batch['label'])}, batch_stats)
 
 
@@ -217,7 +222,10 @@ def make_task(config: ml_collections.ConfigDict, student: ModelIO, teacher: Mode
   """Build the task named by `config.task` from its config section."""
   if config.task == 'classify':
     c = config.classify
-    return Classify(student, c.label_smoothing, c.bn)
+    if c.get('margin', 0.0) and student.model.head != 'cosine':
+      raise ValueError(f"config.classify.margin={c.margin} (ArcFace) needs config.model.head='cosine', got "
+                       f'{student.model.head!r}')
+    return Classify(student, c.label_smoothing, c.bn, c.get('margin', 0.0))
   if config.task == 'distill':
     c = config.distill
     if teacher is None:
