@@ -95,7 +95,8 @@ def model_info(config) -> dict:
           'preprocessing': PREPROCESSING[m.preprocessing].to_dict() if isinstance(m.preprocessing, str)
                            else dict(m.preprocessing), 'task': config.task,
           **({'align': {'kind': m.align, 'size': CHIP_SIZE, 'padding': CHIP_PADDING}} if m.get('align') else {}),
-          **({'head': m.head, 'head_scale': float(m.head_scale)} if m.get('head', 'softmax') != 'softmax' else {})}
+          **({'classifier': m.classifier, 'cosine_scale': float(m.cosine_scale)}
+             if m.get('classifier', 'softmax') != 'softmax' else {})}
 
 
 def read_model_info(workdir: str) -> dict:
@@ -111,8 +112,8 @@ def build_from_info(info: dict, dtype=None, bn_axis: str | None = None):
   import jax.numpy as jnp
   from facejax.models import Preprocessing, build_model
   model = build_model(info['name'], info['num_classes'], info['embed_dim'], info['dropout'],
-                      dtype=dtype or jnp.float32, bn_axis=bn_axis, head=info.get('head', 'softmax'),
-                      head_scale=info.get('head_scale', 64.0), **info['kwargs'])
+                      dtype=dtype or jnp.float32, bn_axis=bn_axis, classifier=info.get('classifier', 'softmax'),
+                      cosine_scale=info.get('cosine_scale', 64.0), **info['kwargs'])
   p = info['preprocessing']
   return model, Preprocessing(tuple(p['mean']), tuple(p['std']), bool(p['bgr'])), int(info['image_size'])
 

@@ -1,8 +1,8 @@
 """Heads and the two top-level model shapes.
 
 - `FaceNet`: backbone -> embedding head (dropout -> dense -> BN) -> identity classifier: a dense softmax layer
-  (the paper's), or with head='cosine' the cosines between the normalised embedding and normalised class
-  weights, times `head_scale` (the logits ArcFace's margin is applied to: `losses.arcface_logits`). Param tree
+  (the paper's), or with classifier_kind='cosine' the cosines between the normalised embedding and normalised class
+  weights, times `cosine_scale` (the logits ArcFace's margin is applied to: `losses.arcface_logits`). Param tree
   `{'backbone', 'embedding', 'classifier'}`; transfer copies `backbone` from a pretrained `Classifier`.
 - `Classifier`: backbone -> dense logits, the ImageNet (source-task) shape that converters produce.
 """
@@ -44,7 +44,7 @@ class CosineClassifier(nn.Module):
     return l2_normalize(x) @ (kernel / jnp.sqrt(jnp.maximum(jnp.sum(kernel * kernel, 0, keepdims=True), 1e-10)))
 
 
-HEADS = ('softmax', 'cosine')
+CLASSIFIERS = ('softmax', 'cosine')
 
 
 class FaceNet(nn.Module):
@@ -56,15 +56,15 @@ class FaceNet(nn.Module):
   dropout: float = 0.0
   bn_axis: str | None = None
   dtype: Dtype = jnp.float32
-  head: str = 'softmax'  # HEADS
-  head_scale: float = 64.0  # head='cosine': logits = head_scale * cos
+  classifier_kind: str = 'softmax'  # CLASSIFIERS
+  cosine_scale: float = 64.0  # classifier_kind='cosine': logits = cosine_scale * cos
 
   def setup(self):
-    if self.head not in HEADS:
-      raise ValueError(f'head={self.head!r}: expected one of {HEADS}')
+    if self.classifier_kind not in CLASSIFIERS:
+      raise ValueError(f'classifier={self.classifier_kind!r}: expected one of {CLASSIFIERS}')
     self.embedding = EmbeddingHead(self.embed_dim, self.dropout, self.bn_axis, self.dtype)
     if self.num_classes:
-      self.classifier = (CosineClassifier(self.num_classes) if self.head == 'cosine' else
+      self.classifier = (CosineClassifier(self.num_classes) if self.classifier_kind == 'cosine' else
                          nn.Dense(self.num_classes, dtype=self.dtype))
 
   def forward(self, x, train: bool = False) -> dict:
@@ -72,7 +72,7 @@ class FaceNet(nn.Module):
     out = {'embedding': l2_normalize(raw), 'raw_embedding': raw.astype(jnp.float32)}
     if self.num_classes:
       logits = self.classifier(raw).astype(jnp.float32)
-      out['logits'] = self.head_scale * logits if self.head == 'cosine' else logits
+      out['logits'] = self.cosine_scale * logits if self.classifier_kind == 'cosine' else logits
     return out
 
   def __call__(self, x, train: bool = False):

@@ -69,12 +69,13 @@ def build_backbone(name: str, dtype: Any = jnp.float32, **overrides) -> nn.Modul
 
 
 def build_model(name: str, num_classes: int, embed_dim: int = 128, dropout: float = 0.0, dtype: Any = jnp.float32,
-                bn_axis: str | None = None, head: str = 'softmax', head_scale: float = 64.0, **overrides) -> FaceNet:
-  """Face model: backbone + embedding head + identity classifier (num_classes=0: embedding only; `head`:
+                bn_axis: str | None = None, classifier: str = 'softmax', cosine_scale: float = 64.0,
+                **overrides) -> FaceNet:
+  """Face model: backbone + embedding head + identity classifier (num_classes=0: embedding only; `classifier`:
   'softmax' or 'cosine', see FaceNet). `bn_axis` (the pmap axis name, training only) makes BatchNorm statistics
   cross-device."""
   backbone = build_backbone(name, dtype, **overrides, **({'bn_axis': bn_axis} if bn_axis else {}))
-  return FaceNet(backbone, num_classes, embed_dim, dropout, bn_axis, dtype, head, head_scale)
+  return FaceNet(backbone, num_classes, embed_dim, dropout, bn_axis, dtype, classifier, cosine_scale)
 
 
 def build_classifier(name: str, num_classes: int = 1000, dtype: Any = jnp.float32, **overrides) -> Classifier:

@@ -28,7 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
       name='vgg_small', embed_dim=128, dropout=0.0, image_size=64,
       preprocessing='facejax',  # facejax.models.preprocessing.PREPROCESSING key (or taken from the init checkpoint)
       align='',  # 'dlib_5pt': the model reads dlib 5-point chips (model.json "align"; evaluate/verify align photos)
-      head='softmax', head_scale=64.0,  # 'cosine': normalised classifier, logits = head_scale * cos (ArcFace's)
+      classifier='softmax', cosine_scale=64.0,  # 'cosine': normalised classifier, logits = scale * cos (ArcFace)
       kwargs=ml_collections.ConfigDict()))  # module field overrides, e.g. width=0.25
 
   c.data = ml_collections.ConfigDict(dict(
@@ -47,7 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
       lr_mult=ml_collections.ConfigDict(),  # path prefix -> multiplier, e.g. {'backbone': 0.1}
       freeze=()))  # path prefixes with zero updates, e.g. ('backbone/conv1_', 'backbone/conv2_')
 
-  # bn: 'train' | 'frozen'; margin: ArcFace's additive angular margin in radians (model.head='cosine'; 0: none)
+  # bn: 'train' | 'frozen'; margin: ArcFace's additive angular margin in radians (model.classifier='cosine'; 0: none)
   c.classify = ml_collections.ConfigDict(dict(label_smoothing=0.0, bn='train', margin=0.0))
   c.distill = ml_collections.ConfigDict(dict(
       teacher_workdir='', embed_weight=1.0, embed_kind='l2', soft_weight=0.0, temperature=4.0, hard_weight=0.0,

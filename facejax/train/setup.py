@@ -30,7 +30,8 @@ def model_io(config, num_classes: int, bn_axis=None) -> ModelIO:
   if m.preprocessing not in PREPROCESSING:
     raise ValueError(f'config.model.preprocessing={m.preprocessing!r}: expected one of {sorted(PREPROCESSING)}')
   model = build_model(m.name, num_classes, m.embed_dim, m.dropout, dtype=compute_dtype(config), bn_axis=bn_axis,
-                      head=m.get('head', 'softmax'), head_scale=m.get('head_scale', 64.0), **m.kwargs.to_dict())
+                      classifier=m.get('classifier', 'softmax'), cosine_scale=m.get('cosine_scale', 64.0),
+                      **m.kwargs.to_dict())
   return ModelIO(model, PREPROCESSING[m.preprocessing], m.image_size)
 
 

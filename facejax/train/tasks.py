@@ -59,7 +59,7 @@ def _accuracy(logits, labels):
 @dataclasses.dataclass(frozen=True)
 class Classify:
   """Identity classification (fine-tuning): softmax CE with optional label smoothing, on the model's logits or,
-  with `margin` > 0 (a cosine head), on ArcFace's margin logits (`losses.arcface_logits`).
+  with `margin` > 0 (a cosine classifier), on ArcFace's margin logits (`losses.arcface_logits`).
   `bn='frozen'` keeps BatchNorm running statistics fixed (and uses them), as is common for small-data transfer."""
   student: ModelIO
   label_smoothing: float = 0.0
@@ -73,7 +73,7 @@ class Classify:
     out, batch_stats = self.student(params, batch_stats, batch['image'], train=self.bn == 'train', rng=rng)
     logits = out['logits']
     if self.margin:
-      logits = losses.arcface_logits(logits, batch['label'], self.student.model.head_scale, self.margin)
+      logits = losses.arcface_logits(logits, batch['label'], self.student.model.cosine_scale, self.margin)
     loss = losses.softmax_cross_entropy(logits, batch['label'], self.label_smoothing)
     return loss, ({'loss': loss, 'accuracy': _accuracy(out['logits'], batch['label'])}, batch_stats)
 
@@ -222,9 +222,9 @@ def make_task(config: ml_collections.ConfigDict, student: ModelIO, teacher: Mode
   """Build the task named by `config.task` from its config section."""
   if config.task == 'classify':
     c = config.classify
-    if c.get('margin', 0.0) and student.model.head != 'cosine':
-      raise ValueError(f"config.classify.margin={c.margin} (ArcFace) needs config.model.head='cosine', got "
-                       f'{student.model.head!r}')
+    if c.get('margin', 0.0) and student.model.classifier_kind != 'cosine':
+      raise ValueError(f"config.classify.margin={c.margin} (ArcFace) needs config.model.classifier='cosine', got "
+                       f'{student.model.classifier_kind!r}')
     return Classify(student, c.label_smoothing, c.bn, c.get('margin', 0.0))
   if config.task == 'distill':
     c = config.distill

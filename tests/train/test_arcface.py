@@ -27,8 +27,8 @@ def test_arcface_logits_widen_the_target_angle_only():
   assert np.all(out[np.arange(64), labels] < target)  # the margin always costs the target
 
 
-def test_cosine_head_logits_are_scaled_cosines_of_normalised_rows():
-  model = build_model('student_vgg', num_classes=5, embed_dim=8, head='cosine', head_scale=16.0, width=0.25)
+def test_cosine_classifier_logits_are_scaled_cosines_of_normalised_rows():
+  model = build_model('student_vgg', num_classes=5, embed_dim=8, classifier='cosine', cosine_scale=16.0, width=0.25)
   x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (3, 16, 16, 3)), jnp.float32)
   variables = model.init(jax.random.PRNGKey(0), x)
   out = model.apply(variables, x, method='forward')
@@ -37,18 +37,19 @@ def test_cosine_head_logits_are_scaled_cosines_of_normalised_rows():
   want = 16.0 * (e / np.linalg.norm(e, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=0, keepdims=True))
   np.testing.assert_allclose(out['logits'], want, atol=1e-4)
   assert 'bias' not in variables['params']['classifier']
-  with pytest.raises(ValueError, match=r"head='arc': expected one of \('softmax', 'cosine'\)"):
-    build_model('student_vgg', num_classes=5, head='arc').init(jax.random.PRNGKey(0), x)
+  with pytest.raises(ValueError, match=r"classifier='arc': expected one of \('softmax', 'cosine'\)"):
+    build_model('student_vgg', num_classes=5, classifier='arc').init(jax.random.PRNGKey(0), x)
 
 
-def test_arcface_run_trains_records_its_head_and_needs_a_cosine_head(tmp_path):
+def test_arcface_run_trains_records_its_classifier_and_needs_a_cosine_one(tmp_path):
   config = get_config('classify')
-  config.model.head, config.model.head_scale, config.classify.margin = 'cosine', 16.0, 0.3
+  config.model.classifier, config.model.cosine_scale, config.classify.margin = 'cosine', 16.0, 0.3
   config.total_steps = 4
   metrics = train(config, str(tmp_path / 'arc'))
   assert np.isfinite(metrics['loss'])
   model, variables, info = load_run(str(tmp_path / 'arc'))
-  assert (info['head'], info['head_scale'], model.head, model.head_scale) == ('cosine', 16.0, 'cosine', 16.0)
-  config.model.head = 'softmax'
-  with pytest.raises(ValueError, match=r"config.classify.margin=0.3 \(ArcFace\) needs config.model.head='cosine'"):
+  assert (info['classifier'], info['cosine_scale'], model.classifier_kind, model.cosine_scale) == ('cosine', 16.0, 'cosine',
+                                                                                                16.0)
+  config.model.classifier = 'softmax'
+  with pytest.raises(ValueError, match=r"config.classify.margin=0.3 \(ArcFace\) needs config.model.classifier='cosine'"):
     train(config, str(tmp_path / 'softmax'))
