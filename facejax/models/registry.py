@@ -11,6 +11,7 @@ import numpy as np
 
 from facejax.models.dlib_resnet import DlibResNet
 from facejax.models.heads import Classifier, FaceNet
+from facejax.models.mobilenet import EfficientNetLite0, EfficientNetLite1, EfficientNetLite2, MobileNetV2
 from facejax.models.resnet import ResNet18, ResNet50
 from facejax.models.students import MobileFaceNet
 from facejax.models.vgg import VGG
@@ -37,6 +38,16 @@ MODELS: dict[str, ModelSpec] = {
                                 'ResNet-50, keras.applications v1 layout (stride in the 1x1, conv biases).'),
     'vgg_small': ModelSpec(functools.partial(VGG, **_SMALL, fc_dims=(512,), norm=True, dropout=0.3), 48,
                            'Demo teacher: 6 convs (16-128 channels) + one fc layer, BN, for 48x48 synthetic faces.'),
+    # ImageNet backbones for face transfer (weights: facejax.convert.load_pretrained(name), from the pip extra
+    # [imagenet]); the default size is the face size, the ImageNet resolution is in the doc.
+    'mobilenet_v2': ModelSpec(MobileNetV2, 112, 'MobileNetV2, torchvision layout (3.5M params with the ImageNet '
+                              'head; ImageNet at 224 px).'),
+    'efficientnet_lite0': ModelSpec(EfficientNetLite0, 112, 'EfficientNet-Lite0: B0 without squeeze-excite, ReLU6, '
+                                    "TF 'SAME' padding (4.65M params with the ImageNet head; ImageNet at 224 px)."),
+    'efficientnet_lite1': ModelSpec(EfficientNetLite1, 112, 'EfficientNet-Lite1: Lite0 with 1.1x depth (5.42M '
+                                    'params with the ImageNet head; ImageNet at 240 px).'),
+    'efficientnet_lite2': ModelSpec(EfficientNetLite2, 112, 'EfficientNet-Lite2: 1.1x width, 1.2x depth (6.09M '
+                                    'params with the ImageNet head; ImageNet at 260 px).'),
     # Students.
     'student_vgg': ModelSpec(functools.partial(VGG, **_SMALL, fc_dims=(), norm=True, width=0.5), 48,
                              'Paper-style compressed student: thin VGG (half the demo teacher width), global pooling.'),

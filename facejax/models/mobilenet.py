@@ -1,0 +1,107 @@
+"""Inverted-residual ImageNet nets: MobileNetV2 (torchvision layout) and EfficientNet-Lite0/1/2 (TF, as
+EfficientNet-Lite-PyTorch ports it). One module, variants are partials (flax examples/imagenet style).
+
+Input `[B, H, W, 3]` -> globally pooled features `[B, head]` (1280 for all four ImageNet variants).
+A block is expand 1x1 -> BN -> ReLU6 -> depthwise kxk -> BN -> ReLU6 -> project 1x1 -> BN (+ input when the
+shape allows). The two families differ in:
+- padding: torchvision pads `k // 2` on every side; the EfficientNet-Lite checkpoints come from TF and use TF
+  'SAME' (a stride-2 conv on an even side pads one pixel at the end only), which flax's 'SAME' is;
+- BatchNorm epsilon: 1e-5 (torch) vs 1e-3 (TF);
+- scaling: MobileNetV2's width multiplier also scales the stem (and the head above 1.0); EfficientNet-Lite
+  fixes the stem (32), the head (1280) and the repeats of the first and last stage (Lite has no
+  squeeze-excite and ReLU6 instead of swish, for integer quantization).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from facejax.models.common import Dtype, ModuleDef, pad
+
+# (expansion t, output channels c, repeats n, first stride s, kernel k).
+MOBILENET_V2_BLOCKS = ((1, 16, 1, 1, 3), (6, 24, 2, 2, 3), (6, 32, 3, 2, 3), (6, 64, 4, 2, 3), (6, 96, 3, 1, 3),
+                       (6, 160, 3, 2, 3), (6, 320, 1, 1, 3))
+# EfficientNet-B0's stages (efficientnet_builder.py), which the Lite nets scale without squeeze-excite.
+EFFICIENTNET_LITE_BLOCKS = ((1, 16, 1, 1, 3), (6, 24, 2, 2, 3), (6, 40, 2, 2, 5), (6, 80, 3, 2, 3),
+                            (6, 112, 3, 1, 5), (6, 192, 4, 2, 5), (6, 320, 1, 1, 3))
+
+
+def round_channels(channels: float, divisor: int = 8) -> int:
+  """torchvision's `_make_divisible` = TF EfficientNet's `round_filters`: the nearest multiple of `divisor`,
+  never more than 10% below `channels`."""
+  rounded = max(divisor, int(channels + divisor / 2) // divisor * divisor)
+  return rounded + divisor if rounded < 0.9 * channels else rounded
+
+
+class MBConv(nn.Module):
+  """Inverted residual: [B, H, W, C] -> [B, H / strides, W / strides, features]."""
+  features: int
+  expansion: int
+  kernel: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+  same_padding: bool = False  # TF 'SAME' instead of symmetric k // 2
+
+  @nn.compact
+  def __call__(self, x):
+    hidden = x.shape[-1] * self.expansion
+    y = x
+    if self.expansion != 1:
+      y = nn.relu6(self.norm(name='expand_bn')(self.conv(hidden, (1, 1), name='expand_conv')(y)))
+    padding = 'SAME' if self.same_padding else pad(self.kernel)
+    y = self.conv(hidden, (self.kernel, self.kernel), (self.strides, self.strides), padding=padding,
+                  feature_group_count=hidden, name='dw_conv')(y)
+    y = nn.relu6(self.norm(name='dw_bn')(y))
+    y = self.norm(name='project_bn')(self.conv(self.features, (1, 1), name='project_conv')(y))
+    return x + y if self.strides == 1 and x.shape[-1] == self.features else y
+
+
+class MobileNet(nn.Module):
+  blocks: Sequence[tuple[int, int, int, int, int]]  # (t, c, n, s, k) per stage
+  width: float = 1.0  # channel multiplier (rounded to multiples of 8)
+  depth: float = 1.0  # repeat multiplier (ceil), EfficientNet's compound scaling
+  stem: int = 32
+  head: int = 1280
+  fixed_stem_head: bool = False  # EfficientNet-Lite: width/depth leave the stem, head, first and last stage
+  same_padding: bool = False  # TF 'SAME' padding (EfficientNet-Lite's TF checkpoints)
+  bn_eps: float = 1e-5
+  bn_axis: str | None = None  # pmap axis for cross-device BatchNorm statistics
+  dtype: Dtype = jnp.float32
+
+  def block_specs(self) -> list[tuple[int, int, int, int]]:
+    """(expansion, output channels, kernel, stride) of each block, in order (what converters map onto)."""
+    specs = []
+    for stage, (t, c, n, s, k) in enumerate(self.blocks):
+      fixed = self.fixed_stem_head and stage in (0, len(self.blocks) - 1)
+      for j in range(n if fixed else math.ceil(n * self.depth)):
+        specs.append((t, round_channels(c * self.width), k, s if j == 0 else 1))
+    return specs
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=self.bn_eps,
+                             dtype=self.dtype, axis_name=self.bn_axis)
+    stem = self.stem if self.fixed_stem_head else round_channels(self.stem * self.width)
+    head = self.head if self.fixed_stem_head else round_channels(self.head * max(1.0, self.width))
+    x = conv(stem, (3, 3), (2, 2), padding='SAME' if self.same_padding else pad(3), name='stem_conv')(
+        x.astype(self.dtype))
+    x = nn.relu6(norm(name='stem_bn')(x))
+    for i, (t, c, k, s) in enumerate(self.block_specs()):
+      x = MBConv(c, t, k, s, conv, norm, self.same_padding, name=f'block{i}')(x)
+    x = nn.relu6(norm(name='head_bn')(conv(head, (1, 1), name='head_conv')(x)))
+    return jnp.mean(x, axis=(1, 2))
+
+
+MobileNetV2 = functools.partial(MobileNet, blocks=MOBILENET_V2_BLOCKS)
+# EfficientNet-Lite0/1/2: (width, depth) (1.0, 1.0), (1.0, 1.1), (1.1, 1.2); ImageNet at 224/240/260 px.
+EfficientNetLite = functools.partial(MobileNet, blocks=EFFICIENTNET_LITE_BLOCKS, fixed_stem_head=True,
+                                     same_padding=True, bn_eps=1e-3)
+EfficientNetLite0 = EfficientNetLite
+EfficientNetLite1 = functools.partial(EfficientNetLite, depth=1.1)
+EfficientNetLite2 = functools.partial(EfficientNetLite, width=1.1, depth=1.2)
