@@ -8,6 +8,7 @@ once, the teacher evaluated on LFW View 2 beside dlib's own pipeline, the identi
 prepared ArrayRecord sets the student (embedding mimic, cached teacher) and the Siamese stage train on."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -17,12 +18,14 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from facejax.data.faces import chip_files, link_tree, unpaired_lfw_people
 from facejax.evaluation.evaluator import evaluate_run
 from facejax.evaluation.leakage import identity_threshold, leakage_check, leakage_text
 from facejax.evaluation.report import plot_roc, results_markdown, summary_row
 from facejax.evaluation.verification import compare
 from facejax.inference.benchmark import benchmark_model
 from facejax.inference.hardware import cpu_info, cpu_text
+from facejax.lineage import prepare_faces, stage_plan
 from facejax.runs import jsonable, load_run
 from facejax.train import train
 
@@ -77,11 +80,17 @@ def reported_runs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Run every stage, evaluate and benchmark teacher / student / student_siamese, write the report files."""
   os.makedirs(workdir, exist_ok=True)
-  timings, real = {}, None
-  if 'real' in config:
+  timings, real, faces = {}, None, None
+  if 'faces' in config:  # a lineage whose stages name their own inits, teachers and data (facejax.lineage)
+    config = faces_eval_config(config, workdir)
+    faces = prepare_faces(config.faces, workdir, config.eval, timings)
+    stages = stage_plan(config, workdir, faces)
+  elif 'real' in config:
     real = prepare_real_faces(config, workdir, timings)
     config = real['config']
-  for name, stage in stage_configs(config, workdir).items():
+  if faces is None:
+    stages = stage_configs(config, workdir)
+  for name, stage in stages.items():
     logging.info('stage %s -> %s', name, os.path.join(workdir, name))
     print(f'== stage {name}: {stage.task} {stage.model.name}, {stage.total_steps} steps', flush=True)
     t0 = time.perf_counter()
@@ -89,11 +98,18 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
     timings[f'train {name}'] = time.perf_counter() - t0
 
   print('== evaluate + benchmark', flush=True)
-  rows, results, runs = {}, {}, {}
-  for name, run in reported_runs(config, workdir).items():
+  rows, results, runs, holdout = {}, {}, {}, {}
+  if faces:
+    reported = {name: os.path.join(workdir, stage) for name, stage in config.report.items() if stage in stages}
+    reported.update({'dlib': faces['judge']} if faces['judge'] else {})
+  else:
+    reported = reported_runs(config, workdir)
+  for name, run in reported.items():
     t0 = time.perf_counter()
-    evaluation = (real or {}).get('evaluations', {}).get(name) or evaluate_run(config.eval, run)
+    evaluation = (real or faces or {}).get('evaluations', {}).get(name) or evaluate_run(config.eval, run)
     results[name] = evaluation['result']
+    if faces and faces['holdout']:
+      holdout[name] = evaluate_run(holdout_eval_config(config.eval, faces['holdout']), run)['result']
     runs[name] = {'workdir': os.path.abspath(run),
                   'evaluation': os.path.abspath(os.path.join(evaluation['out_dir'], 'results.json'))}
     model, variables, info = load_run(run)
@@ -116,11 +132,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       'gflops_ratio': teacher['gflops'] / student['gflops'],
                       'cpu_speedup': teacher['cpu_ms_b1'] / student['cpu_ms_b1'],
                       'cpu_speedup_batched': teacher['cpu_ms_per_img_batched'] / student['cpu_ms_per_img_batched']},
-      'comparisons': {f'{a} vs {b}': compare(results[a], results[b], a, b)
-                      for a, b in (('student', 'teacher'), ('student_siamese', 'teacher'),
-                                   ('student_siamese', 'student'), ('teacher_finetuned', 'teacher'),
-                                   ('teacher', 'dlib_native'))
-                      if a in results and b in results},
+      'comparisons': comparisons(results, config.get('comparisons', COMPARISONS)),
       'protocol': dict(protocol, params='embedding network (no classifier)',
                        cpu_ms_b1=f'median of {config.benchmark.runs} AOT-compiled runs, batch 1, compile excluded',
                        cpu_ms_per_img_batched=f'the same at batch {config.benchmark.batch_size}, per image'),
@@ -130,6 +142,15 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
   }
   if real:
     report['leakage'], report['data'] = real['leakage'], real['data']
+  if faces:
+    report['leakage'] = faces['leakage']
+    report['data'] = {'sets': faces['sets'], 'aligned': {k: {c: v[c] for c in ('aligned', 'no_face', 'unreadable', 'source')}
+                                                         for k, v in faces['aligned'].items()}}
+  if holdout:  # the second yardstick: identities held out of every training set, in LFW's protocol
+    report['holdout'] = {
+        'pairs': {k: faces['holdout'][k] for k in ('lfw_dir', 'pairs', 'num_folds', 'pairs_per_half', 'photos')},
+        'models': {name: summary_row(r, threshold=r['threshold']) for name, r in holdout.items()},
+        'comparisons': comparisons(holdout, config.get('comparisons', COMPARISONS))}
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
     json.dump(jsonable(report), f, indent=2)
   table = results_markdown(rows)
@@ -140,6 +161,13 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
              + ''.join(f'{k}: {v["summary"]}\n' for k, v in report['comparisons'].items()))
   if real:
     summary += '\n' + leakage_text(real['leakage']) + '\n' + real_data_text(real['data'], protocol)
+  if faces and faces['leakage']:
+    summary += '\n' + leakage_text(faces['leakage']) + '\n'
+  if holdout:
+    summary += (f"\nHeld-out identities ({len(faces['holdout']['identities'])} people, "
+                f"{faces['holdout']['num_folds']} folds of {2 * faces['holdout']['pairs_per_half']} pairs):\n"
+                + results_markdown(report['holdout']['models'])
+                + ''.join(f'{k}: {v["summary"]}\n' for k, v in report['holdout']['comparisons'].items()))
   summary += '\nwall time (s): ' + ', '.join(f'{k} {v:.0f}' for k, v in timings.items()) + '\n'
   summary += host_text(report['host']) + '\n'
   with open(os.path.join(workdir, 'results.md'), 'w') as f:
@@ -147,6 +175,32 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
   plot_roc(results, os.path.join(workdir, 'roc.png'))
   print(table + summary, flush=True)
   return report
+
+
+COMPARISONS = (('student', 'teacher'), ('student_siamese', 'teacher'), ('student_siamese', 'student'),
+               ('teacher_finetuned', 'teacher'), ('teacher', 'dlib_native'))
+
+
+def comparisons(results: dict, pairs) -> dict:
+  """Paired per-fold comparisons of the (a, b) in `pairs` that both have results."""
+  return {f'{a} vs {b}': compare(results[a], results[b], a, b) for a, b in pairs if a in results and b in results}
+
+
+def faces_eval_config(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+  """A `faces` lineage's config with config.eval pointed at its LFW View 2 and a cache under `workdir`."""
+  config = copy.deepcopy(config)  # ConfigDict(x) would share x's sections
+  with config.unlocked():
+    config.eval.data.lfw_dir = config.faces.lfw_dir
+    config.eval.data.pairs = config.faces.pairs or os.path.join(config.faces.lfw_dir, 'pairs.txt')
+    config.eval.cache_dir = config.eval.cache_dir or os.path.join(workdir, 'cache')
+  return config
+
+
+def holdout_eval_config(eval_config: ml_collections.ConfigDict, holdout: dict) -> ml_collections.ConfigDict:
+  """The LFW evaluation config on the held-out pairs instead (results in RUN/eval/holdout/, no calibration)."""
+  c = copy.deepcopy(eval_config)
+  c.data.lfw_dir, c.data.pairs, c.name, c.calibrate = holdout['lfw_dir'], holdout['pairs'], 'holdout', False
+  return c
 
 
 def host_info() -> dict:
@@ -162,80 +216,6 @@ def host_text(host: dict) -> str:
 
 
 # ---- Real faces (configs/real_faces.py). ----
-
-def _link_tree(sources: dict[str, str], out: str, exclude=frozenset(), mirror: bool = False,
-               jittered: int = 0) -> dict:
-  """Identity folders of several chip trees -> one tree under `out` of per-file symlinks (and, with `mirror`,
-  left-right mirrored PNG copies `<image>_mirror.png`, and with `jittered` = J, J copies `<image>_jitter<j>.png`
-  through the trainer's `Augment` (crop, flip, colour), drawn from a seed of the file name: the teacher's cached
-  outputs then cover 1 + mirror + J views of every chip). `sources`: prefix -> chips root; identities are named
-  `<prefix>/<identity>` -> '<prefix>_<identity>'. A resumed run reuses the tree when `<out>.json` records the same
-  sources, exclusions and views; otherwise it is rebuilt, so a changed exclusion list takes effect. -> counts."""
-  import shutil
-  import zlib
-  from PIL import Image
-  from facejax.data.loader import Augment
-  spec = {'sources': {k: os.path.abspath(v) for k, v in sources.items()}, 'exclude': sorted(exclude),
-          'mirror': bool(mirror)}
-  if jittered:
-    spec['jittered'] = int(jittered)  # absent when 0: trees built before jittering existed stay valid
-  if os.path.isfile(out + '.json') and os.path.isdir(out):
-    with open(out + '.json') as f:
-      stored = json.load(f)
-    if stored['spec'] == spec:
-      return stored['counts']
-  if os.path.exists(out + '.json'):
-    os.remove(out + '.json')
-  if os.path.isdir(out):
-    shutil.rmtree(out)
-  counts = {'identities': 0, 'images': 0, 'excluded_identities': 0}
-  for prefix, root in sources.items():
-    for identity in sorted(os.listdir(root)):
-      if f'{prefix}/{identity}' in exclude:
-        counts['excluded_identities'] += 1
-        continue
-      dst = os.path.join(out, f'{prefix}_{identity}')
-      os.makedirs(dst)
-      counts['identities'] += 1
-      for name in sorted(os.listdir(os.path.join(root, identity))):
-        src = os.path.abspath(os.path.join(root, identity, name))
-        os.symlink(src, os.path.join(dst, name))
-        counts['images'] += 1
-        if not (mirror or jittered):
-          continue
-        with Image.open(src) as im:
-          image = np.asarray(im.convert('RGB'))
-        stem = os.path.join(dst, os.path.splitext(name)[0])
-        if mirror:
-          Image.fromarray(image[:, ::-1]).save(stem + '_mirror.png')
-        augment = Augment(image.shape[0], area=(0.8, 1.0), ratio=(0.95, 1.05), jitter=0.2)
-        for j in range(jittered):
-          rng = np.random.default_rng([zlib.crc32(f'{prefix}/{identity}/{name}'.encode()), j])
-          Image.fromarray(augment({'image': image}, rng)['image']).save(f'{stem}_jitter{j}.png')
-        counts['images'] += bool(mirror) + jittered
-  with open(out + '.json.tmp', 'w') as f:
-    json.dump({'spec': spec, 'counts': counts}, f, indent=2)
-  os.replace(out + '.json.tmp', out + '.json')  # written last: a tree without it is rebuilt
-  return counts
-
-
-def _unpaired_lfw_people(lfw_dir: str, pairs_path: str, out: str) -> int:
-  """A tree of symlinks to the LFW people who appear in no pair of `pairs_path` -> how many people."""
-  from facejax.data.lfw import read_pairs
-  paired = {n for line in read_pairs(pairs_path) for n in (line.name1, line.name2)}
-  os.makedirs(out, exist_ok=True)
-  people = [p for p in sorted(os.listdir(lfw_dir)) if os.path.isdir(os.path.join(lfw_dir, p)) and p not in paired]
-  for p in people:
-    if not os.path.lexists(os.path.join(out, p)):
-      os.symlink(os.path.abspath(os.path.join(lfw_dir, p)), os.path.join(out, p))
-  return len(people)
-
-
-def _chip_files(root: str) -> tuple[list[str], list[str]]:
-  """A chips tree -> (sorted file paths, their identity folder names)."""
-  paths = sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files)
-  return paths, [os.path.basename(os.path.dirname(p)) for p in paths]
-
 
 def prepare_real_faces(config: ml_collections.ConfigDict, workdir: str, timings: dict) -> dict:
   """The data side of the real-faces pipeline (every step resumable: done markers, caches, skip-if-present):
@@ -273,7 +253,7 @@ def prepare_real_faces(config: ml_collections.ConfigDict, workdir: str, timings:
   aligned = {'identities': align_once(r.identities_dir, os.path.join(data_dir, 'aligned', 'identities'), **align)}
   if r.add_lfw_unpaired:
     unpaired = os.path.join(data_dir, 'lfw_unpaired_photos')
-    _unpaired_lfw_people(r.lfw_dir, pairs_path, unpaired)
+    unpaired_lfw_people(r.lfw_dir, pairs_path, unpaired)
     aligned['lfw_unpaired'] = align_once(unpaired, os.path.join(data_dir, 'aligned', 'lfw_unpaired'), **align)
   timings['align training photos'] = time.perf_counter() - t0
 
@@ -289,7 +269,7 @@ def prepare_real_faces(config: ml_collections.ConfigDict, workdir: str, timings:
   t0 = time.perf_counter()
   print('== identity leakage check', flush=True)
   embed_fn, size = load_embedder(teacher_dir)
-  paths, ids = _chip_files(aligned['identities']['chips'])
+  paths, ids = chip_files(aligned['identities']['chips'])
   train_emb = embed_images(embed_fn, [read_image(p) for p in paths], size, batch_size=config.eval.batch_size)
   people = [n.replace('\\', '/').split('/')[0] for n in teacher_eval['names']]
   calibration = None if r.leakage.threshold else identity_threshold(teacher_eval['embeddings'], people,
@@ -311,9 +291,9 @@ def prepare_real_faces(config: ml_collections.ConfigDict, workdir: str, timings:
   print('== prepare the training sets', flush=True)
   sources = {k: v['chips'] for k, v in aligned.items()}
   jittered = r.get('jittered', 0)
-  trees = {'mimic': _link_tree(sources, os.path.join(data_dir, 'trees', 'mimic'), exclude, mirror=r.mirror,
+  trees = {'mimic': link_tree(sources, os.path.join(data_dir, 'trees', 'mimic'), exclude, mirror=r.mirror,
                              jittered=jittered),
-           'identities': _link_tree({'identities': sources['identities']},
+           'identities': link_tree({'identities': sources['identities']},
                                     os.path.join(data_dir, 'trees', 'identities'), exclude)}
   tag = f'{len(exclude)}x'  # a changed exclusion list (or set of views) prepares new sets, not stale ones
   views = ('' if r.mirror else '_nomirror') + (f'_jitter{jittered}' if jittered else '')
@@ -386,7 +366,7 @@ def _prune_student(stage: ml_collections.ConfigDict, teacher_dir: str, chips_roo
       return _init_summary(out, meta)  # (older cuts did not record the channels distillation hints compare)
   print(f'== cut the student from the teacher (width {width}, channels {channels or "scaled"}, blocks '
         f'{blocks or "all"}) -> {out}', flush=True)
-  paths, _ = _chip_files(chips_root)
+  paths, _ = chip_files(chips_root)
   step = max(1, len(paths) // calibration_images)
   chips = np.stack([read_image(p) for p in paths[::step][:calibration_images]])  # aligned 150 px chips
   variables, report = prune_dlib(restore_variables(teacher_dir), width,

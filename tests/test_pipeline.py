@@ -72,18 +72,18 @@ def test_unknown_model_and_bad_workdir_errors(tmp_path):
 
 
 def test_mimic_tree_views_are_deterministic_and_rebuilt_when_asked_for_others(tmp_path):
-  """_link_tree: each chip, its exact mirror image and J jittered copies (same size, different pixels), drawn
+  """link_tree: each chip, its exact mirror image and J jittered copies (same size, different pixels), drawn
   from the file name so a rebuild writes the same bytes; the same spec is reused, another one rebuilt."""
   import numpy as np
   from PIL import Image
-  from facejax.pipeline import _link_tree
+  from facejax.data.faces import link_tree
   rng = np.random.default_rng(0)
   for person in ('a', 'b'):
     os.makedirs(tmp_path / 'chips' / person)
     for i in range(2):
       Image.fromarray(rng.integers(0, 256, (24, 24, 3), np.uint8)).save(tmp_path / 'chips' / person / f'{i}.png')
   sources, out = {'ids': str(tmp_path / 'chips')}, str(tmp_path / 'tree')
-  counts = _link_tree(sources, out, exclude={'ids/b'}, mirror=True, jittered=2)
+  counts = link_tree(sources, out, exclude={'ids/b'}, mirror=True, jittered=2)
   assert counts == {'identities': 1, 'images': 8, 'excluded_identities': 1}
   assert sorted(os.listdir(tmp_path / 'tree' / 'ids_a')) == [
       '0.png', '0_jitter0.png', '0_jitter1.png', '0_mirror.png', '1.png', '1_jitter0.png', '1_jitter1.png',
@@ -94,9 +94,9 @@ def test_mimic_tree_views_are_deterministic_and_rebuilt_when_asked_for_others(tm
   assert jittered.shape == (24, 24, 3) and not np.array_equal(jittered, read('0.png'))
   assert not np.array_equal(jittered, read('0_jitter1.png'))
   stamp = os.path.getmtime(out + '.json')
-  assert _link_tree(sources, out, exclude={'ids/b'}, mirror=True, jittered=2) == counts
+  assert link_tree(sources, out, exclude={'ids/b'}, mirror=True, jittered=2) == counts
   assert os.path.getmtime(out + '.json') == stamp  # reused
-  assert _link_tree(sources, out, mirror=True)['images'] == 8  # another spec: rebuilt, both people, no jitter
+  assert link_tree(sources, out, mirror=True)['images'] == 8  # another spec: rebuilt, both people, no jitter
   assert not os.path.exists(tmp_path / 'tree' / 'ids_a' / '0_jitter0.png')
-  _link_tree(sources, out, exclude={'ids/b'}, mirror=True, jittered=2)
+  link_tree(sources, out, exclude={'ids/b'}, mirror=True, jittered=2)
   np.testing.assert_array_equal(read('0_jitter0.png'), jittered)  # the same draws again

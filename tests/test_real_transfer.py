@@ -1,0 +1,78 @@
+"""The ImageNet-transfer lineage (configs/real_transfer.py, facejax.lineage) in its tiny variant on a small real
+subset of ../shared/data (skipped when absent): held-out pairs, alignment, the training set, stages that name
+their own inits, teachers and data, and the report on both yardsticks."""
+import json
+import os
+
+import pytest
+
+from tests.shared_data import shared_data
+
+pytest.importorskip('dlib')
+
+
+@pytest.fixture(scope='module')
+def tiny_faces(tmp_path_factory):
+  """A 2-fold, 12-pair LFW tree and two identity folders (10 + 3 real identities), all symlinks."""
+  lfw, celeba, celeba299 = shared_data('lfw'), shared_data('celeba'), shared_data('celeba299')
+  root = tmp_path_factory.mktemp('faces')
+  with open(os.path.join(lfw, 'pairs.txt')) as f:
+    lines = f.read().splitlines()[1:]
+  same = [l for l in lines[:300] if len(l.split('\t')) == 3][:6]
+  diff = [l for l in lines[300:600] if len(l.split('\t')) == 4][:6]
+  chosen = same[:3] + diff[:3] + same[3:] + diff[3:]
+  os.makedirs(root / 'lfw')
+  for person in {f for l in chosen for f in l.split('\t') if not f.isdigit()}:
+    os.symlink(os.path.join(lfw, person), root / 'lfw' / person)
+  (root / 'lfw' / 'pairs.txt').write_text('2\t3\n' + '\n'.join(chosen) + '\n')
+  for name, source, n in (('celeba', celeba, 10), ('celeba299', celeba299, 3)):
+    os.makedirs(root / name)
+    for identity in sorted(os.listdir(source))[:n]:
+      os.symlink(os.path.join(source, identity), root / name / identity)
+  return root
+
+
+def test_stage_references_resolve_and_unknown_sets_are_named(tmp_path):
+  from configs.real_transfer import get_config
+  from facejax.lineage import stage_plan
+  c = get_config('tiny')
+  prepared = {'data_dir': '/d', 'sets': {'identities': {'name': 'identities_abc'}}}
+  plan = stage_plan(c, str(tmp_path), prepared)
+  assert list(plan) == ['teacher', 'student', 'siamese']  # teacher_scratch has 0 steps in the tiny variant
+  assert plan['student'].distill.teacher_workdir == str(tmp_path / 'teacher')
+  assert plan['siamese'].init.path == str(tmp_path / 'student')
+  assert (plan['teacher'].data.kwargs.name, plan['teacher'].data.kwargs.data_dir) == ('identities_abc', '/d')
+  assert c.student.distill.teacher_workdir == 'stage:teacher'  # the config itself is not changed
+  c.student.data.kwargs.name = 'prepared:mimic'
+  with pytest.raises(ValueError, match=r"config.student.data.kwargs.name='prepared:mimic': expected one of "
+                                       r"\['prepared:identities'\]"):
+    stage_plan(c, str(tmp_path), prepared)
+  with pytest.raises(ValueError, match=r'teacher=vgg16: expected one of'):
+    get_config('teacher=vgg16')
+
+
+def test_tiny_transfer_pipeline(tiny_faces, tmp_path):
+  from configs.real_transfer import get_config
+  from facejax.pipeline import run_pipeline
+  c = get_config('tiny')
+  c.faces.lfw_dir = str(tiny_faces / 'lfw')
+  c.faces.identities.celeba, c.faces.identities.celeba299 = str(tiny_faces / 'celeba'), str(tiny_faces / 'celeba299')
+  workdir = tmp_path / 'run'
+  report = run_pipeline(c, str(workdir))
+  assert set(report['models']) == {'teacher', 'student', 'student_siamese'}
+  for row in report['models'].values():
+    assert {'params', 'gflops', 'cpu_ms_b1', 'accuracy', 'accuracy_std', 'auc', 'eer', 'tar_at_far_1e-3'} <= set(row)
+  assert set(report['holdout']['models']) == set(report['models'])
+  assert report['holdout']['pairs']['num_folds'] == 2 and report['holdout']['pairs']['photos'] == 30
+  assert {'student vs teacher', 'student_siamese vs teacher'} <= set(report['comparisons'])
+  held_out = json.loads((workdir / 'data' / 'holdout' / 'holdout.json').read_text())['identities']
+  chosen = report['data']['sets']['identities']
+  assert chosen['identities'] == 10 - len(held_out) + 3 and chosen['excluded_identities'] == len(held_out)
+  # each stage trained on the prepared set and from what its config named
+  student = json.loads((workdir / 'student' / 'config.json').read_text())
+  assert student['distill']['teacher_workdir'] == str(workdir / 'teacher')
+  assert student['data']['kwargs']['name'] == chosen['name']
+  assert json.loads((workdir / 'siamese' / 'config.json').read_text())['init']['path'] == str(workdir / 'student')
+  assert (workdir / 'student' / 'eval' / 'holdout' / 'results.json').exists()
+  text = (workdir / 'results.md').read_text()
+  assert 'Held-out identities (6 people, 2 folds of 60 pairs)' in text
