@@ -34,8 +34,13 @@ import ml_collections
 from configs import lfw_eval
 from facejax.train.config import parse_arg, stage_config
 
-IMAGE_SIZE = 112  # the face size these nets are fine-tuned and evaluated at (dlib chips resized)
+# The face size these nets are fine-tuned and evaluated at (dlib chips resized). 112 px is the usual face size,
+# but XLA's CPU backward of depthwise nets is slow: MobileNetV2's step at batch 64 took 8.4 s at 112 px and 2.5 s
+# at 64 px on 2 loaded Sapphire Rapids cores (launch.benchmark_train, docs/real_faces.md).
+IMAGE_SIZE = 64
 TEACHERS = ('mobilenet_v2', 'efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2')
+PREPROCESSING = {'efficientnet_lite0': 'efficientnet_lite', 'efficientnet_lite1': 'efficientnet_lite',
+                 'efficientnet_lite2': 'efficientnet_lite'}  # the rest: torchvision's mean and std
 STUDENT = dict(width=0.25, head=256)  # MobileNetV2 x0.25, head 1280 -> 256: 187K params with the 128-d embedding
 TINY_BLOCKS = ((1, 8, 1, 1, 3), (6, 16, 1, 2, 3))  # tiny: two inverted-residual blocks (compiles in seconds)
 
@@ -46,9 +51,9 @@ def data_root() -> str:
 
 def _stage(task: str, model: str, steps: int, lr: float, batch: int = 64) -> ml_collections.ConfigDict:
   c = stage_config(task, model, IMAGE_SIZE, steps, lr, batch)
+  c.model.preprocessing = PREPROCESSING.get(model, 'torchvision')  # the ImageNet weights' input scaling
   c.log_every, c.checkpoint_every = max(1, steps // 20), max(1, steps // 5)
   c.optim.warmup_steps = max(1, steps // 20)
-  c.model.preprocessing = 'torchvision'  # the ImageNet weights' mean and std
   c.model.align = 'dlib_5pt'  # trained on dlib chips: evaluate / verify / embed align photos for it
   c.data.source = 'folders'
   c.data.kwargs = ml_collections.ConfigDict(dict(name='prepared:identities', data_dir='', split='train'))
@@ -84,7 +89,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.comparisons = [('teacher', 'teacher_scratch'), ('student', 'teacher'), ('student_siamese', 'teacher'),
                    ('student_siamese', 'student'), ('teacher', 'dlib')]
 
-  c.teacher = _stage('classify', a.teacher, 1500, 0.05)
+  c.teacher = _stage('classify', a.teacher, 400, 0.05)
   c.teacher.init.path = f'imagenet:{a.teacher}'
   c.teacher.init.mode = 'backbone'  # a new embedding and identity classifier on the ImageNet backbone
   c.teacher.classify.label_smoothing = 0.1
@@ -93,14 +98,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.teacher_scratch = ml_collections.ConfigDict(c.teacher)
   c.teacher_scratch.init.path = ''
 
-  c.student = _stage('distill', 'mobilenet_v2', 1500, 0.1)
+  c.student = _stage('distill', 'mobilenet_v2', 600, 0.1)
   c.student.model.kwargs = ml_collections.ConfigDict(STUDENT)
   c.student.distill.teacher_workdir = 'stage:teacher'
   c.student.distill.embed_weight = 1.0
   c.student.distill.soft_weight = 1.0
   c.student.distill.hard_weight = 0.5
 
-  c.siamese = _stage('siamese', 'mobilenet_v2', 300, 0.005)
+  c.siamese = _stage('siamese', 'mobilenet_v2', 150, 0.005)
   c.siamese.model.kwargs = ml_collections.ConfigDict(STUDENT)
   c.siamese.init.path, c.siamese.init.mode = 'stage:student', 'all'
   c.siamese.distill.teacher_workdir = 'stage:teacher'  # the teacher's embeddings anchor it (mimic_weight)
