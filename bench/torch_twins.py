@@ -146,6 +146,49 @@ def _torch_modules():
     def forward(self, x):
       return self.gdbn(self.gdconv(self.body(x))).flatten(1)
 
+  class SameConv2d(nn.Conv2d):
+    """TF 'SAME' padding from the input size (EfficientNet-Lite): the odd pixel of a stride-2 pad goes at the end."""
+
+    def forward(self, x):
+      pads = []
+      for n, k, s in zip(x.shape[:1:-1], self.kernel_size[::-1], self.stride[::-1]):  # w, then h
+        n = int(n)  # a constant in the ONNX graph (its integer Div truncates; the spatial size is fixed anyway)
+        total = max(((n + s - 1) // s - 1) * s + k - n, 0)
+        pads += [total // 2, total - total // 2]
+      return nn.functional.conv2d(nn.functional.pad(x, pads), self.weight, None, self.stride, 0, 1, self.groups)
+
+  class MobileNet(nn.Module):
+    """facejax.models.mobilenet.MobileNet (MobileNetV2, EfficientNet-Lite): the same layers in the same order."""
+
+    def __init__(self, b):
+      super().__init__()
+
+      def conv_bn(cin, cout, k, stride=1, groups=1):
+        conv = (SameConv2d(cin, cout, k, stride, groups=groups, bias=False) if b.same_padding else
+                nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False))
+        return nn.Sequential(conv, nn.BatchNorm2d(cout, eps=b.bn_eps))
+
+      from facejax.models.mobilenet import round_channels
+      stem = b.stem if b.fixed_stem_head else round_channels(b.stem * b.width)
+      head = b.head if b.fixed_stem_head else round_channels(b.head * max(1.0, b.width))
+      self.stem = conv_bn(3, stem, 3, 2)
+      self.blocks, self.residual, cin = nn.ModuleList(), [], stem
+      for t, c, k, s in b.block_specs():
+        h = cin * t
+        layers = ([conv_bn(cin, h, 1), nn.ReLU6()] if t != 1 else []) + [conv_bn(h, h, k, s, h), nn.ReLU6(),
+                                                                          conv_bn(h, c, 1)]
+        self.blocks.append(nn.Sequential(*layers))
+        self.residual.append(s == 1 and cin == c)
+        cin = c
+      self.head = conv_bn(cin, head, 1)
+      self.out_dim = head
+
+    def forward(self, x):
+      x = torch.nn.functional.relu6(self.stem(x))
+      for block, residual in zip(self.blocks, self.residual):
+        x = x + block(x) if residual else block(x)
+      return torch.nn.functional.relu6(self.head(x)).mean((2, 3))
+
   class Embedder(nn.Module):
     def __init__(self, backbone, embed_dim):
       super().__init__()
@@ -156,7 +199,7 @@ def _torch_modules():
     def forward(self, x):
       return nn.functional.normalize(self.bn(self.dense(self.backbone(x))), dim=-1, eps=1e-10)
 
-  return dict(ResNet=ResNet, VGG=VGG, MobileFaceNet=MobileFaceNet, Embedder=Embedder)
+  return dict(ResNet=ResNet, VGG=VGG, MobileFaceNet=MobileFaceNet, MobileNet=MobileNet, Embedder=Embedder)
 
 
 def torch_twin(model, variables, image_size: int):
@@ -168,6 +211,7 @@ def torch_twin(model, variables, image_size: int):
   import torch
   from torch import nn
 
+  from facejax.models.mobilenet import MobileNet
   from facejax.models.resnet import ResNet
   from facejax.models.students import MobileFaceNet
   from facejax.models.vgg import VGG
@@ -185,6 +229,8 @@ def torch_twin(model, variables, image_size: int):
       backbone.build_fc(0)
   elif isinstance(b, MobileFaceNet):
     backbone = mods['MobileFaceNet'](b, image_size)
+  elif isinstance(b, MobileNet):
+    backbone = mods['MobileNet'](b)
   else:
     raise ValueError(f'no torch twin for backbone {type(b).__name__}')
   net = mods['Embedder'](backbone, model.embed_dim).eval()

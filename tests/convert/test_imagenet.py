@@ -2,6 +2,8 @@
 torch give the same ImageNet logits on real photos as torch modules written here from the two reference
 implementations (torchvision's MobileNetV2; EfficientNet-Lite-PyTorch, lukemelas' layout with TF 'SAME' padding)
 loading the same files with `torch.load`. Skips when the weight package, torch or ../shared/data/lfw is absent.
+Also: an ImageNet-initialised 112 px face model, launch.convert's run directory and its errors, the default
+depthwise path (`depthwise_taps`) against lax's grouped convolution, and bench.torch_twins' MobileNet twin.
 """
 import math
 
@@ -12,6 +14,7 @@ import pytest
 
 from facejax.convert import convert_pretrained, convert_to_checkpoint, transfer_backbone
 from facejax.convert import torchvision as tv
+from facejax.inference.benchmark import random_variables
 from facejax.models import PREPROCESSING, build_model, count_params
 from facejax.runs import load_converted
 from tests.shared_data import shared_data
@@ -208,7 +211,7 @@ def test_face_model_from_imagenet_weights():
   weights('mobilenet_v2')
   model = build_model('mobilenet_v2', num_classes=10, embed_dim=32)
   x = jax.random.uniform(jax.random.PRNGKey(0), (2, 112, 112, 3), minval=-2, maxval=2)
-  fresh = jax.jit(lambda x: model.init(jax.random.key(0, impl='rbg'), x, train=False))(x)  # eager init: ~8 s
+  fresh = random_variables(model, 112, method='forward')  # no init compile (~6 s here)
   variables, report = transfer_backbone(fresh, convert_pretrained('mobilenet_v2').variables)
   assert len(report.loaded) == 262 - 2  # every backbone tensor; the ImageNet classifier stays behind
   assert {d.split('/')[1] for d, _, _ in report.initialised} == {'embedding', 'classifier'}
@@ -246,8 +249,7 @@ def test_checkpoint_and_errors(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize('kernel,stride,padding,hw', [(3, 1, 'pairs', (9, 8)), (3, 2, 'pairs', (9, 8)),
-                                                      (3, 2, 'SAME', (8, 9)), (5, 2, 'SAME', (9, 9)),
-                                                      (5, 1, 'SAME', (7, 6)), (3, 1, 'VALID', (6, 6))])
+                                                      (3, 2, 'SAME', (8, 9)), (5, 2, 'SAME', (9, 7))])
 def test_depthwise_taps_matches_the_grouped_conv(kernel, stride, padding, hw):
   """MobileNet's default depthwise path: lax's grouped convolution's values and gradients (both arguments)."""
   from jax import lax
@@ -259,6 +261,21 @@ def test_depthwise_taps_matches_the_grouped_conv(kernel, stride, padding, hw):
   grouped = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), pads, feature_group_count=6,
                                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   taps = lambda x, w: depthwise_taps(x, w, (stride, stride), pads, feature_group_count=6)
-  np.testing.assert_allclose(taps(x, w), grouped(x, w), atol=1e-5)
-  grad = lambda f: jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1))(x, w)
+  np.testing.assert_allclose(jax.jit(taps)(x, w), jax.jit(grouped)(x, w), atol=1e-5)
+  grad = lambda f: jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1)))(x, w)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), grad(taps), grad(grouped))
+
+
+@pytest.mark.parametrize('arch', ['mobilenet_v2', 'efficientnet_lite0'])
+def test_bench_torch_twin(arch):
+  """bench.torch_twins (launch.compare_cpu's PyTorch / ONNX anchors) computes the same embeddings; odd input size, so
+  EfficientNet-Lite's TF 'SAME' stride-2 padding differs from symmetric padding."""
+  torch = pytest.importorskip('torch')
+  from bench.torch_twins import torch_twin
+  model = build_model(arch, num_classes=0, embed_dim=16, width=0.25)
+  variables = random_variables(model, 33, seed=1)
+  x = np.random.default_rng(0).uniform(-1, 1, (2, 33, 33, 3)).astype(np.float32)
+  with torch.no_grad():
+    out = torch_twin(model, variables, 33)(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
+  ref = jax.jit(lambda v, x: model.apply(v, x, method='embed'))(variables, x)  # eager apply: ~10 s of dispatch
+  np.testing.assert_allclose(out, ref, atol=1e-5)
