@@ -86,7 +86,9 @@ class MBConv(nn.Module):
     if self.expansion != 1:
       y = nn.relu6(self.norm(name='expand_bn')(self.conv(hidden, (1, 1), name='expand_conv')(y)))
     padding = 'SAME' if self.same_padding else pad(self.kernel)
-    taps = {'taps': {'conv_general_dilated': depthwise_taps}, 'xla': {}}[self.depthwise]
+    if self.depthwise not in ('taps', 'xla'):
+      raise ValueError(f"depthwise={self.depthwise!r}; expected 'taps' or 'xla'")
+    taps = {'conv_general_dilated': depthwise_taps} if self.depthwise == 'taps' else {}
     y = self.conv(hidden, (self.kernel, self.kernel), (self.strides, self.strides), padding=padding,
                   feature_group_count=hidden, name='dw_conv', **taps)(y)
     y = nn.relu6(self.norm(name='dw_bn')(y))
