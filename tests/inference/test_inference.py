@@ -35,7 +35,8 @@ SMALL = {
     'vgg16': dict(width=0.125), 'vgg16_gap': dict(width=0.125), 'resnet50': dict(width=0.25),
     'resnet50_keras': dict(width=0.25), 'vgg_small': {}, 'student_vgg': {}, 'mobilefacenet': dict(width=0.25),
     'resnet18': dict(width=0.25), 'resnet18_w050': dict(width=0.25), 'dlib_resnet': dict(width=0.25),
-    'dlib_student': {},
+    'dlib_student': {}, 'mobilenet_v2': dict(width=0.25), 'efficientnet_lite0': dict(width=0.25),
+    'efficientnet_lite1': dict(width=0.25), 'efficientnet_lite2': dict(width=0.25),
 }
 SIZES = {'dlib_resnet': 112, 'dlib_student': 112}  # their unpadded stride-2 layers need a larger input
 SIZE = 32
