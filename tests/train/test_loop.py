@@ -1,10 +1,10 @@
-"""The trainer: each task learns, exact resume after SIGKILL, device-count invariance, NaN guard, freezing."""
+"""The trainer in this process: each task learns, NaN guard, freezing and the config guard, device-side augmentation,
+checkpoints, periodic validation. Runs in subprocesses (SIGKILL, device counts, two processes): test_processes.py;
+cached and live teachers: test_teacher_cache.py."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +14,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from facejax.runs import latest_step, restore_variables
+from facejax.runs import restore_variables
 from facejax.train import train
 from facejax.train.state import TrainState, make_optimizer
 from facejax.train.steps import make_p_train_step
@@ -26,35 +26,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def losses(workdir):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     return [r['loss'] for r in map(json.loads, f) if 'loss' in r]
-
-
-def run_train(workdir, config_arg='classify', overrides=(), device_count=2, extra_env=None, log=None):
-  """launch.train in a subprocess; its output goes to a log file (a pipe nobody reads would block it)."""
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=f'--xla_force_host_platform_device_count={device_count}',
-             PYTHONPATH=ROOT, **(extra_env or {}))
-  cmd = [sys.executable, '-m', 'launch.train', f'--config=tests/configs/tiny.py:{config_arg}', f'--workdir={workdir}',
-         *overrides]
-  log = open(log or f'{workdir}.log', 'a')
-  p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-  p.log_path = log.name
-  return p
-
-
-def output(p) -> str:
-  with open(p.log_path) as f:
-    return f.read()[-4000:]
-
-
-def final_params(workdir):
-  return restore_variables(workdir)['params']
-
-
-def assert_trees_equal(a, b, **tol):
-  for (pa, x), (_, y) in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)):
-    if tol:
-      np.testing.assert_allclose(x, y, err_msg=jax.tree_util.keystr(pa), **tol)
-    else:
-      np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(pa))
 
 
 @pytest.mark.parametrize('task', ['classify', 'siamese'])
@@ -70,7 +41,7 @@ def test_task_reduces_loss(tmp_path, task):
 
 def test_distill_reduces_loss_and_matches_teacher(tmp_path):
   teacher = get_config('classify')
-  teacher.total_steps = 4
+  teacher.total_steps = 2  # the teacher runs of test_transfer_freezing_and_config_guard and test_teacher_cache.py: one compile
   train(teacher, str(tmp_path / 'teacher'))
   c = get_config('distill')
   c.total_steps = 30
@@ -82,31 +53,6 @@ def test_distill_reduces_loss_and_matches_teacher(tmp_path):
   train(c, str(tmp_path / 'student'))
   ls = losses(str(tmp_path / 'student'))
   assert np.mean(ls[-5:]) < 0.8 * np.mean(ls[:5]), ls
-
-
-def test_exact_resume_after_sigkill(tmp_path):
-  """Kill -9 mid-run, re-run on the same workdir: the final params equal an uninterrupted run bitwise."""
-  steps = ['--config.total_steps=40', '--config.checkpoint_every=2']
-  straight, killed = tmp_path / 'straight', tmp_path / 'killed'
-  p = run_train(straight, overrides=steps)
-  assert p.wait() == 0, output(p)
-  p = run_train(killed, overrides=steps)
-  for _ in range(6000):  # poll every 50 ms, give up after 5 minutes
-    if (latest_step(str(killed)) or 0) >= 2:
-      break
-    assert p.poll() is None, 'run ended before it could be killed: ' + output(p)
-    time.sleep(0.05)
-  else:
-    pytest.fail('no checkpoint appeared within 5 minutes: ' + output(p))
-  p.send_signal(signal.SIGKILL)
-  p.wait()
-  killed_at = latest_step(str(killed))
-  assert 2 <= killed_at < 40
-  p = run_train(killed, overrides=steps)
-  assert p.wait() == 0, output(p)
-  with open(killed / 'metrics.jsonl') as f:
-    assert json.loads(f.readline())['step'] == 1
-  assert_trees_equal(restore_variables(str(killed), 40), restore_variables(str(straight), 40))
 
 
 def test_nonfinite_step_is_skipped_and_counted():
@@ -204,36 +150,6 @@ def test_checkpoint_restores_without_model_code(tmp_path):
   assert "2 ['backbone', 'classifier', 'embedding']" in out
 
 
-def test_device_count_does_not_change_training(tmp_path):
-  """Same global batch on 1 and 8 devices: cross-device BN statistics and pmean'd gradients give the same params
-  up to float32 summation order (rtol 1e-4, atol 1e-5 after 4 SGD steps)."""
-  runs = {}
-  for n in (1, 8):
-    p = run_train(tmp_path / f'dev{n}', overrides=['--config.total_steps=4'], device_count=n)
-    assert p.wait() == 0, output(p)
-    runs[n] = restore_variables(str(tmp_path / f'dev{n}'), 4)
-  assert_trees_equal(runs[1], runs[8], rtol=1e-4, atol=1e-5)
-
-
-def test_two_processes_agree_with_one(tmp_path):
-  """2 processes (jax.distributed on 127.0.0.1, 1 CPU device each, disjoint data shards) vs 1 process with
-  2 devices: same global batches (augmentation included), same params up to summation order."""
-  steps = ['--config.total_steps=4']
-  p = run_train(tmp_path / 'single', overrides=steps, device_count=2)
-  assert p.wait() == 0, output(p)
-  import socket
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
-  procs = [run_train(tmp_path / 'multi', overrides=steps + [f'--jax_coordinator=127.0.0.1:{port}',
-                                                             '--jax_num_processes=2', f'--jax_process_id={i}'],
-                     device_count=1, log=f'{tmp_path}/multi{i}.log') for i in range(2)]
-  for q in procs:
-    assert q.wait(timeout=600) == 0, output(q)
-  assert_trees_equal(restore_variables(str(tmp_path / 'single'), 4),
-                     restore_variables(str(tmp_path / 'multi'), 4), rtol=1e-4, atol=1e-5)
-
-
 def test_periodic_validation_and_tensorboard(tmp_path):
   c = get_config()
   c.total_steps = 4
@@ -245,71 +161,3 @@ def test_periodic_validation_and_tensorboard(tmp_path):
     val = [r for r in map(json.loads, f) if 'val_accuracy' in r]
   assert [r['step'] for r in val] == [2, 4] and all(0 <= r['val_accuracy'] <= 1 for r in val)
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(tmp_path / 'tb'))
-
-
-def _cached_and_live(tmp_path, task: str, steps: int, configure, model=lambda c: None):
-  """`task` trained from a 2-step tiny teacher twice, its outputs cached and run live -> (the last config, {cache:
-  metric records}); `configure(c)` sets the task's own fields, `model(c)` both models'."""
-  teacher = get_config()
-  teacher.total_steps = 2
-  model(teacher)
-  train(teacher, str(tmp_path / 'teacher'))
-  runs = {}
-  for cache in (False, True):
-    c = get_config(task)
-    c.total_steps = steps
-    c.data.augment = False
-    c.distill.update(teacher_workdir=str(tmp_path / 'teacher'), cache_teacher=cache)
-    model(c)
-    configure(c)
-    train(c, str(tmp_path / f'cache{cache}'))
-    with open(tmp_path / f'cache{cache}' / 'metrics.jsonl') as f:
-      runs[cache] = [r for r in map(json.loads, f) if 'loss' in r]
-  return c, runs
-
-
-def test_cached_teacher_outputs_match_running_the_teacher(tmp_path):
-  c, runs = _cached_and_live(tmp_path, 'distill', 4, lambda c: c.distill.update(soft_weight=0.5))
-  np.testing.assert_allclose([r['loss'] for r in runs[True]], [r['loss'] for r in runs[False]], rtol=1e-4)
-  c.data.augment = True
-  with pytest.raises(ValueError, match='cache_teacher=True needs config.data.augment=False'):
-    train(c, str(tmp_path / 'bad'))
-
-
-def test_siamese_with_a_mimic_anchor_adds_the_teachers_embedding_loss(tmp_path):
-  c, runs = _cached_and_live(tmp_path, 'siamese', 3, lambda c: c.siamese.update(mimic_weight=0.5))
-  np.testing.assert_allclose([r['loss'] for r in runs[True]], [r['loss'] for r in runs[False]], rtol=1e-4)
-  assert all(r['embed_loss'] > 0 for r in runs[True])
-  c.distill.teacher_workdir = ''
-  with pytest.raises(ValueError, match='mimic_weight > 0 needs config.distill.teacher_workdir'):
-    train(c, str(tmp_path / 'no_teacher'))
-
-
-def _small_dlib(c, width=0.25):
-  c.model.update(name='dlib_resnet', image_size=128, embed_dim=128, preprocessing='dlib')
-  c.model.kwargs = ml_collections.ConfigDict(dict(width=width, blocks=(1, 1, 1, 1, 1)))
-  c.data.kwargs.update(image_size=128, images_per_identity=4)
-
-
-def test_distill_hints_from_the_cache_match_the_live_teacher(tmp_path):
-  """Each stage of the student regresses the teacher's (FitNets-style hints): cached and live agree, the hint
-  term is in the loss, and a narrower student without the channels it was cut from is told what it needs."""
-  c, runs = _cached_and_live(tmp_path, 'distill', 3, lambda c: c.distill.update(hint_weight=0.5), _small_dlib)
-  np.testing.assert_allclose([r['loss'] for r in runs[True]], [r['loss'] for r in runs[False]], rtol=1e-4)
-  for r in runs[True]:
-    assert 0 < r['hint_loss'] and r['loss'] == pytest.approx(r['embed_loss'] + 0.5 * r['hint_loss'], rel=1e-5)
-  _small_dlib(c, width=0.125)
-  with pytest.raises(ValueError, match=r"stage 0 is .* in the student and .* in the teacher.*'stage_channels'"):
-    train(c, str(tmp_path / 'narrower'))
-
-
-def test_hint_channels_come_from_the_cut_students_metadata(tmp_path):
-  from facejax.runs import CONVERTED_METADATA
-  from facejax.train.tasks import hint_channels
-  c = get_config('distill')
-  assert hint_channels(c) is None  # hint_weight 0: no hints
-  c.distill.hint_weight = 1.0
-  assert hint_channels(c) == ()  # no cut student: every channel of every stage
-  (tmp_path / CONVERTED_METADATA).write_text(json.dumps({'stage_channels': [[3, 1], [0]]}))
-  c.init.path = str(tmp_path)
-  assert hint_channels(c) == ((3, 1), (0,))

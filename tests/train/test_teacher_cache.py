@@ -1,0 +1,80 @@
+"""The distillation teacher cached (its outputs computed once per example) or run live in every step: the same
+losses for distillation, for the Siamese stage's mimic anchor and for stage hints; where hint channels come from."""
+import json
+
+import ml_collections
+import numpy as np
+import pytest
+
+from facejax.train import train
+from tests.configs.tiny import get_config
+
+
+def _cached_and_live(tmp_path, task: str, steps: int, configure, model=lambda c: None):
+  """`task` trained from a 2-step tiny teacher twice, its outputs cached and run live -> (the last config, {cache:
+  metric records}); `configure(c)` sets the task's own fields, `model(c)` both models'."""
+  teacher = get_config()
+  teacher.total_steps = 2
+  model(teacher)
+  train(teacher, str(tmp_path / 'teacher'))
+  runs = {}
+  for cache in (False, True):
+    c = get_config(task)
+    c.total_steps = steps
+    c.data.augment = False
+    c.distill.update(teacher_workdir=str(tmp_path / 'teacher'), cache_teacher=cache)
+    model(c)
+    configure(c)
+    train(c, str(tmp_path / f'cache{cache}'))
+    with open(tmp_path / f'cache{cache}' / 'metrics.jsonl') as f:
+      runs[cache] = [r for r in map(json.loads, f) if 'loss' in r]
+  return c, runs
+
+
+def test_cached_teacher_outputs_match_running_the_teacher(tmp_path):
+  c, runs = _cached_and_live(tmp_path, 'distill', 4, lambda c: c.distill.update(soft_weight=0.5))
+  np.testing.assert_allclose([r['loss'] for r in runs[True]], [r['loss'] for r in runs[False]], rtol=1e-4)
+  c.data.augment = True
+  with pytest.raises(ValueError, match='cache_teacher=True needs config.data.augment=False'):
+    train(c, str(tmp_path / 'bad'))
+
+
+def test_siamese_with_a_mimic_anchor_adds_the_teachers_embedding_loss(tmp_path):
+  c, runs = _cached_and_live(tmp_path, 'siamese', 3, lambda c: c.siamese.update(mimic_weight=0.5))
+  np.testing.assert_allclose([r['loss'] for r in runs[True]], [r['loss'] for r in runs[False]], rtol=1e-4)
+  assert all(r['embed_loss'] > 0 for r in runs[True])
+  c.distill.teacher_workdir = ''
+  with pytest.raises(ValueError, match='mimic_weight > 0 needs config.distill.teacher_workdir'):
+    train(c, str(tmp_path / 'no_teacher'))
+
+
+def _small_dlib(c, width=0.25):
+  """dlib's net cut to two stages of one block at 48 px: hints on every stage (and a mismatch at stage 0) as in
+  the whole net, at a third of the compile time of its five stages at 128 px."""
+  c.model.update(name='dlib_resnet', image_size=48, embed_dim=128, preprocessing='dlib')
+  c.model.kwargs = ml_collections.ConfigDict(dict(width=width, stages=((32, 1, False), (64, 1, True))))
+  c.data.kwargs.update(image_size=48, images_per_identity=4)
+
+
+def test_distill_hints_from_the_cache_match_the_live_teacher(tmp_path):
+  """Each stage of the student regresses the teacher's (FitNets-style hints): cached and live agree, the hint
+  term is in the loss, and a narrower student without the channels it was cut from is told what it needs."""
+  c, runs = _cached_and_live(tmp_path, 'distill', 3, lambda c: c.distill.update(hint_weight=0.5), _small_dlib)
+  np.testing.assert_allclose([r['loss'] for r in runs[True]], [r['loss'] for r in runs[False]], rtol=1e-4)
+  for r in runs[True]:
+    assert 0 < r['hint_loss'] and r['loss'] == pytest.approx(r['embed_loss'] + 0.5 * r['hint_loss'], rel=1e-5)
+  _small_dlib(c, width=0.125)
+  with pytest.raises(ValueError, match=r"stage 0 is .* in the student and .* in the teacher.*'stage_channels'"):
+    train(c, str(tmp_path / 'narrower'))
+
+
+def test_hint_channels_come_from_the_cut_students_metadata(tmp_path):
+  from facejax.runs import CONVERTED_METADATA
+  from facejax.train.tasks import hint_channels
+  c = get_config('distill')
+  assert hint_channels(c) is None  # hint_weight 0: no hints
+  c.distill.hint_weight = 1.0
+  assert hint_channels(c) == ()  # no cut student: every channel of every stage
+  (tmp_path / CONVERTED_METADATA).write_text(json.dumps({'stage_channels': [[3, 1], [0]]}))
+  c.init.path = str(tmp_path)
+  assert hint_channels(c) == ((3, 1), (0,))
