@@ -117,5 +117,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.finetune.progress = False
     c.real.add_lfw_unpaired, c.real.student_init = False, ''
     c.eval.progress = False
+    c.eval.batch_size = 16  # tens of photos: batches of 64 would pad them with copies through dlib's net
     c.benchmark.update(warmup=1, runs=2, batch_size=4)
   return c
