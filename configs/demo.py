@@ -24,7 +24,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   micro = parse_arg(arg, 'configs/demo.py', micro=False).micro
   faces = dict(num_identities=12 if micro else 200, images_per_identity=8 if micro else 40, image_size=IMAGE_SIZE,
                difficulty=1.0, seed=0)
-  objects = dict(num_classes=10 if micro else 50, images_per_class=8 if micro else 60, image_size=IMAGE_SIZE, seed=1)
+  # micro: as many object classes as face identities, so the pretrain and teacher models are the same program to
+  # initialise (one compile of it).
+  objects = dict(num_classes=12 if micro else 50, images_per_class=8 if micro else 60, image_size=IMAGE_SIZE, seed=1)
   pairs = dict(num_identities=20 if micro else 300, images_per_identity=4 if micro else 8, image_size=IMAGE_SIZE,
                difficulty=1.0, seed=0, identity_offset=100_000, num_folds=10, pairs_per_fold=8 if micro else 60)
   steps = (lambda n: 3) if micro else (lambda n: n)
