@@ -27,6 +27,7 @@ Args: teacher=ARCH (mobilenet_v2 | efficientnet_lite0 | efficientnet_lite1 | eff
 """
 from __future__ import annotations
 
+import copy
 import os
 
 import ml_collections
@@ -95,8 +96,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.teacher.classify.label_smoothing = 0.1
   if a.classifier == 'arcface':
     c.teacher.model.classifier, c.teacher.model.cosine_scale, c.teacher.classify.margin = 'cosine', 32.0, 0.3
-  c.teacher_scratch = ml_collections.ConfigDict(c.teacher)
+  c.teacher_scratch = copy.deepcopy(c.teacher)  # ConfigDict(x) would share x's sections
   c.teacher_scratch.init.path = ''
+  # The pretrained backbone learns 10x slower than the new head, so a random head's first gradients do not wash
+  # out the ImageNet features; from random init every layer learns at the full rate.
+  c.teacher.optim.lr_mult = ml_collections.ConfigDict({'backbone': 0.1})
 
   c.student = _stage('distill', 'mobilenet_v2', 600, 0.1)
   c.student.model.kwargs = ml_collections.ConfigDict(STUDENT)

@@ -35,6 +35,9 @@ def tiny_faces(tmp_path_factory):
 def test_stage_references_resolve_and_unknown_sets_are_named(tmp_path):
   from configs.real_transfer import get_config
   from facejax.lineage import stage_plan
+  full = get_config()  # the control differs from the teacher in its init (and backbone rate) only
+  assert (full.teacher.init.path, full.teacher_scratch.init.path) == ('imagenet:mobilenet_v2', '')
+  assert (dict(full.teacher.optim.lr_mult), dict(full.teacher_scratch.optim.lr_mult)) == ({'backbone': 0.1}, {})
   c = get_config('tiny')
   prepared = {'data_dir': '/d', 'sets': {'identities': {'name': 'identities_abc'}}}
   plan = stage_plan(c, str(tmp_path), prepared)
