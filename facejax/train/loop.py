@@ -26,7 +26,8 @@ RUNTIME_FIELDS = ('resume', 'log_every', 'progress', 'prefetch', 'eval_every', '
                   'val')
 # Fields added after runs were made, with the value that reproduces what those runs did (absent = this value).
 ADDED_FIELDS = {'data.augment_on': 'host', 'model.align': '', 'siamese.mimic_weight': 0.0,
-                'distill.hint_weight': 0.0}
+                'distill.hint_weight': 0.0, 'model.classifier': 'softmax', 'model.cosine_scale': 64.0,
+                'classify.margin': 0.0}
 
 
 def _config_diff(a: dict, b: dict, prefix: str = '') -> list[str]:

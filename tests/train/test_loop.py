@@ -116,7 +116,8 @@ def test_augment_on_device_trains_like_the_host_and_old_workdirs_resume(tmp_path
   """data.augment_on='device' trains on the host's draws made into pixels on the devices: the first loss matches
   the host-augmented run's. A workdir saved before the field existed resumes under its default ('host'), and one
   saved before config.val took the pair-set schema (val.source='synthetic', val.kwargs) or before
-  distill.hint_weight existed resumes too."""
+  distill.hint_weight or the cosine classifier (model.classifier, cosine_scale, classify.margin) existed resumes
+  too."""
   first = {}
   for where in ('host', 'device'):
     c = get_config()
@@ -127,7 +128,8 @@ def test_augment_on_device_trains_like_the_host_and_old_workdirs_resume(tmp_path
   assert first['device'][0] != first['host'][0]  # the images did come from device_augment
   path = tmp_path / 'host' / 'config.json'
   saved = json.loads(path.read_text())
-  del saved['data']['augment_on'], saved['distill']['hint_weight']
+  del saved['data']['augment_on'], saved['distill']['hint_weight'], saved['classify']['margin']
+  del saved['model']['classifier'], saved['model']['cosine_scale']
   saved['val'] = {'source': 'synthetic', 'kwargs': saved['val'].pop('synthetic')}
   path.write_text(json.dumps(saved))
   c = get_config()
