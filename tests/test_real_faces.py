@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.shared_data import shared_data
+from tests.shared_data import shared_data, tiny_lfw
 
 pytest.importorskip('dlib')
 
@@ -16,17 +16,9 @@ pytest.importorskip('dlib')
 def tiny_real(tmp_path_factory):
   """A 2-fold, 12-pair LFW tree (symlinks to real people, real View 2 lines) and 6 real identities of at most 8
   photos each (46: what the wiring needs; each photo costs alignment and teacher passes in the tiny pipeline)."""
-  lfw, celeba = shared_data('lfw'), shared_data('celeba299')
+  celeba = shared_data('celeba299')
   root = tmp_path_factory.mktemp('real')
-  with open(os.path.join(lfw, 'pairs.txt')) as f:
-    lines = f.read().splitlines()[1:]
-  same = [l for l in lines[:300] if len(l.split('\t')) == 3][:6]
-  diff = [l for l in lines[300:600] if len(l.split('\t')) == 4][:6]
-  chosen = same[:3] + diff[:3] + same[3:] + diff[3:]
-  os.makedirs(root / 'lfw')
-  for person in {f for l in chosen for f in l.split('\t') if not f.isdigit()}:
-    os.symlink(os.path.join(lfw, person), root / 'lfw' / person)
-  (root / 'lfw' / 'pairs.txt').write_text('2\t3\n' + '\n'.join(chosen) + '\n')
+  tiny_lfw(root / 'lfw')
   for identity in sorted(os.listdir(celeba))[:6]:
     os.makedirs(root / 'ids' / identity)
     for photo in sorted(os.listdir(os.path.join(celeba, identity)))[:8]:

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.shared_data import shared_data
+from tests.shared_data import shared_data, tiny_lfw
 
 pytest.importorskip('dlib')
 
@@ -14,17 +14,9 @@ pytest.importorskip('dlib')
 @pytest.fixture(scope='module')
 def tiny_faces(tmp_path_factory):
   """A 2-fold, 12-pair LFW tree and two identity folders (10 + 3 real identities), all symlinks."""
-  lfw, celeba, celeba299 = shared_data('lfw'), shared_data('celeba'), shared_data('celeba299')
+  celeba, celeba299 = shared_data('celeba'), shared_data('celeba299')
   root = tmp_path_factory.mktemp('faces')
-  with open(os.path.join(lfw, 'pairs.txt')) as f:
-    lines = f.read().splitlines()[1:]
-  same = [l for l in lines[:300] if len(l.split('\t')) == 3][:6]
-  diff = [l for l in lines[300:600] if len(l.split('\t')) == 4][:6]
-  chosen = same[:3] + diff[:3] + same[3:] + diff[3:]
-  os.makedirs(root / 'lfw')
-  for person in {f for l in chosen for f in l.split('\t') if not f.isdigit()}:
-    os.symlink(os.path.join(lfw, person), root / 'lfw' / person)
-  (root / 'lfw' / 'pairs.txt').write_text('2\t3\n' + '\n'.join(chosen) + '\n')
+  tiny_lfw(root / 'lfw')
   for name, source, n in (('celeba', celeba, 10), ('celeba299', celeba299, 3)):
     os.makedirs(root / name)
     for identity in sorted(os.listdir(source))[:n]:
