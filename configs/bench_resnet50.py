@@ -1,5 +1,5 @@
 """Training throughput: ResNet-50 identity classification at 224x224, bf16 compute, global batch 256,
-10,575 identities (CASIA-WebFace's count) -- the issue-8 reference point (README, "Training throughput").
+10,575 identities (CASIA-WebFace's count) -- the reference point of docs/gpu_training.md.
 
   python -m launch.benchmark_train --config=configs/bench_resnet50.py --data=device
   python -m launch.benchmark_train --prepare_data=/tmp/fj_bench            # once: 1,600 JPEG faces -> ArrayRecord

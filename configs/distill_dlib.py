@@ -37,7 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # ResNet-18 at quarter width, 112x112: 0.72M params (7.8x fewer than dlib's 5.6M). MobileFaceNet has 5.6x fewer
   # params but about dlib's FLOPs (0.44 vs 0.54 GFLOPs), and XLA's CPU depthwise convs are slow. configs/real_faces.py
-  # is the measured real-faces lineage (README, "Real faces").
+  # is the measured real-faces lineage (docs/real_faces.md).
   c.model.name = 'resnet18'
   c.model.kwargs = ml_collections.ConfigDict(dict(width=0.25))
   c.model.image_size = 112

@@ -1,7 +1,7 @@
-"""The paper's lineage on real faces: dlib's face ResNet -> a >= 9x smaller student -> Siamese, on LFW View 2.
+"""The dlib lineage on real faces: dlib's face ResNet -> a >= 9x smaller student -> Siamese, on LFW View 2.
 
-  make real    # = the command below with FACEJAX_DATA=../shared/data
-  python -m launch.pipeline --config=configs/real_faces.py --workdir=runs/real \\
+  make real-dlib    # = the command below with FACEJAX_DATA=../shared/data (make real: configs/real_transfer.py)
+  python -m launch.pipeline --config=configs/real_faces.py --workdir=runs/real_dlib \\
       --config.real.lfw_dir=DATA/lfw --config.real.identities_dir=DATA/celeba299
   python -m launch.pipeline --config=configs/real_faces.py:tiny --workdir=/tmp/real_tiny   # minutes: the test variant
 
@@ -34,7 +34,7 @@ from configs import lfw_eval
 from facejax.train.config import parse_arg, stage_config
 
 STUDENT_SIZE = 150  # dlib's chips: the student reads the teacher's input
-STUDENT_CHANNELS = (8, 24, 48, 96)  # per residual stream (dlib: 32, 64, 128, 256); README: Real faces
+STUDENT_CHANNELS = (8, 24, 48, 96)  # per residual stream (dlib: 32, 64, 128, 256); docs/real_faces.md
 STUDENT_BLOCKS = (1, 2, 2, 2, 1)  # residual blocks per stage (dlib: 3, 4, 3, 3, 1): 564K parameters
 
 
@@ -81,11 +81,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.student.distill.soft_weight = 0.0  # dlib has no identity classifier to soften
   c.student.distill.hard_weight = 0.0  # the mimic set mixes labelled and unlabelled people
   c.student.distill.cache_teacher = True
-  c.student.distill.hint_weight = 0.0  # stage hints (FitNets) did not help this student: README, Real faces
+  c.student.distill.hint_weight = 0.0  # stage hints (FitNets) did not help this student: docs/real_faces.md
   c.student.data.augment = False  # the cache holds the teacher's outputs of each chip (and its mirror)
 
   c.siamese = _stage('siamese', 400, 0.002)
-  c.siamese.siamese.mimic_weight = 5.0  # the teacher's embeddings anchor it (without: -7.1 pp on LFW, README)
+  c.siamese.siamese.mimic_weight = 5.0  # the teacher's embeddings anchor it (without: -7.1 pp, docs/real_faces.md)
   c.siamese.distill.cache_teacher = True
   c.siamese.data.augment = False  # the cache holds the teacher's outputs of each chip
   c.siamese.data.sampler = 'identity'

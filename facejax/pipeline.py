@@ -144,8 +144,9 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
     report['leakage'], report['data'] = real['leakage'], real['data']
   if faces:
     report['leakage'] = faces['leakage']
-    report['data'] = {'sets': faces['sets'], 'aligned': {k: {c: v[c] for c in ('aligned', 'no_face', 'unreadable', 'source')}
-                                                         for k, v in faces['aligned'].items()}}
+    counts = ('aligned', 'no_face', 'unreadable', 'source')
+    report['data'] = {'sets': faces['sets'],
+                      'aligned': {k: {c: v[c] for c in counts} for k, v in faces['aligned'].items()}}
   if holdout:  # the second yardstick: identities held out of every training set, in LFW's protocol
     report['holdout'] = {
         'pairs': {k: faces['holdout'][k] for k in ('lfw_dir', 'pairs', 'num_folds', 'pairs_per_half', 'photos')},

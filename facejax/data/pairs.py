@@ -144,7 +144,8 @@ def holdout_pairs(identities_dir: str, out_dir: str, *, num_identities: int = 30
                  os.path.join(out_dir, name(identity), f'{name(identity)}_{k:04d}{os.path.splitext(f)[1].lower()}'))
   with open(os.path.join(out_dir, 'pairs.txt'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
-  record = {'spec': spec, 'lfw_dir': os.path.abspath(out_dir), 'pairs': os.path.abspath(os.path.join(out_dir, 'pairs.txt')),
+  record = {'spec': spec, 'lfw_dir': os.path.abspath(out_dir),
+            'pairs': os.path.abspath(os.path.join(out_dir, 'pairs.txt')),
             'identities': chosen, 'num_folds': num_folds, 'pairs_per_half': half,
             'photos': sum(len(photos[i]) for i in chosen)}
   with open(record_path, 'w') as f:

@@ -116,7 +116,7 @@ def benchmark_config(task: str, model: str, *, image_size: int, batch_size: int 
                      tiny: bool = False, model_kwargs: dict | None = None) -> ml_collections.ConfigDict:
   """A training config for `throughput.benchmark_training`: bf16 compute, the trainer's default optimizer, a fixed class
   count (CASIA-WebFace's 10,575 by default) and data from the bench folders prepared under `data_dir`
-  (`throughput.prepare_bench_folders`), else the on-the-fly synthetic faces at 250x250.
+  (`throughput_input.prepare_bench_folders`), else the on-the-fly synthetic faces at 250x250.
 
   tiny: the same models (and dtype) at a fraction of their width, 32x32 inputs, batch 8, 16 classes: a CPU
   smoke run of the same code paths. model_kwargs: module fields of the student (config.model.kwargs)."""

@@ -90,7 +90,7 @@ def loader_throughput(iterator, batch_size: int, seconds: float, *, warmup_batch
   Untimed warm-up first: `warmup_batches` batches (`loader_warmup_batches`), or `max_warmup_s`, whichever comes
   first. A fresh grain loader's worker processes start one after another, so its first batches arrive at the pace
   of process start-up and then the batches buffered meanwhile arrive at once; a window that includes either misses
-  the steady rate (README, "Training throughput", has a measured case).
+  the steady rate (docs/gpu_training.md has a measured case).
   Then a window of `seconds` (at most `max_batches` batches) is timed from the end of the warm-up:
   img_per_s = batches x batch_size / (time to the window's last batch)."""
   if seconds <= 0:

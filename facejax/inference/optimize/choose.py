@@ -157,7 +157,8 @@ def choose_export(model, variables, preprocessing, image_size: int, *, check: np
     embedders[ORT] = OnnxEmbedder(onnx_path)
   found = choose_fastest(embedders, check, batch_size=batch_size, min_cosine=min_cosine, rounds=rounds, calls=calls)
   ort = found['candidates'].pop(ORT, None)
-  own = min((n for n, c in found['candidates'].items() if c['agrees']), key=lambda n: found['candidates'][n]['ms_median'])
+  own = min((n for n, c in found['candidates'].items() if c['agrees']),
+            key=lambda n: found['candidates'][n]['ms_median'])
   choice = _choice({'best': own, 'candidates': found['candidates']}, paths, calibrated=calibration is not None,
                    batch_size=batch_size, min_cosine=min_cosine)
   choice['fastest'] = found['best']
