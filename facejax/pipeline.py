@@ -85,10 +85,10 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
     config = faces_eval_config(config, workdir)
     faces = prepare_faces(config.faces, workdir, config.eval, timings)
     stages = stage_plan(config, workdir, faces)
-  elif 'real' in config:
-    real = prepare_real_faces(config, workdir, timings)
-    config = real['config']
-  if faces is None:
+  else:
+    if 'real' in config:
+      real = prepare_real_faces(config, workdir, timings)
+      config = real['config']
     stages = stage_configs(config, workdir)
   for name, stage in stages.items():
     logging.info('stage %s -> %s', name, os.path.join(workdir, name))
