@@ -129,29 +129,37 @@ def prepare_faces(faces: ml_collections.ConfigDict, workdir: str, eval_config: m
           'leakage': leakage, 'judge': judge, 'evaluations': evaluations}
 
 
+def judge_leakage(judge: str, evaluation: dict, paths: list[str], ids: list[str], cfg: ml_collections.ConfigDict,
+                  batch_size: int, workdir: str) -> dict:
+  """The training identities (`ids`, one per chip in `paths`) that the face model `judge` finds among the people
+  of `evaluation` (its own LFW View 2 evaluation, `evaluate_run`), at cfg.threshold or one calibrated at cfg.far
+  (`cfg`: a `leakage` config section) -> the check, also written to `workdir/leakage.json` and printed."""
+  from facejax.evaluation.leakage import identity_threshold, leakage_check, leakage_text
+  from facejax.inference.embed import embed_images
+  from facejax.inference.embedder import load_embedder, read_image
+  embed_fn, size = load_embedder(judge)
+  train_emb = embed_images(embed_fn, [read_image(p) for p in paths], size, batch_size=batch_size)
+  people = [n.replace('\\', '/').split('/')[0] for n in evaluation['names']]
+  calibration = None if cfg.threshold else identity_threshold(evaluation['embeddings'], people, cfg.far)
+  check = leakage_check(train_emb, ids, evaluation['embeddings'], people, cfg.threshold or calibration['threshold'])
+  check.update(calibration=calibration, dropped=bool(cfg.drop), judge=os.path.abspath(judge))
+  with open(os.path.join(workdir, 'leakage.json'), 'w') as f:
+    json.dump(jsonable(check), f, indent=2)
+  print(leakage_text(check), flush=True)
+  return check
+
+
 def _leakage(judge: str, sources: dict, exclude: set, cfg: ml_collections.ConfigDict,
              eval_config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, dict]:
   """The judge on LFW View 2 (its evaluation) and the training identities it finds among View 2's people."""
   from facejax.data.faces import chip_files
   from facejax.evaluation.evaluator import evaluate_run
-  from facejax.evaluation.leakage import identity_threshold, leakage_check, leakage_text
-  from facejax.inference.embed import embed_images
-  from facejax.inference.embedder import load_embedder, read_image
   print(f'== identity leakage check (judge: {judge})', flush=True)
   evaluation = evaluate_run(eval_config, judge)
-  embed_fn, size = load_embedder(judge)
   paths, ids = [], []
   for prefix, root in sources.items():
     files, names = chip_files(root)
     keep = [k for k, n in enumerate(names) if f'{prefix}/{n}' not in exclude]
     paths += [files[k] for k in keep]
     ids += [f'{prefix}/{names[k]}' for k in keep]
-  train_emb = embed_images(embed_fn, [read_image(p) for p in paths], size, batch_size=eval_config.batch_size)
-  people = [n.replace('\\', '/').split('/')[0] for n in evaluation['names']]
-  calibration = None if cfg.threshold else identity_threshold(evaluation['embeddings'], people, cfg.far)
-  check = leakage_check(train_emb, ids, evaluation['embeddings'], people, cfg.threshold or calibration['threshold'])
-  check.update(calibration=calibration, dropped=bool(cfg.drop), judge=judge)
-  with open(os.path.join(workdir, 'leakage.json'), 'w') as f:
-    json.dump(jsonable(check), f, indent=2)
-  print(leakage_text(check), flush=True)
-  return evaluation, check
+  return evaluation, judge_leakage(judge, evaluation, paths, ids, cfg, eval_config.batch_size, workdir)

@@ -20,12 +20,12 @@ from absl import logging
 
 from facejax.data.faces import chip_files, link_tree, unpaired_lfw_people
 from facejax.evaluation.evaluator import evaluate_run
-from facejax.evaluation.leakage import identity_threshold, leakage_check, leakage_text
+from facejax.evaluation.leakage import leakage_text
 from facejax.evaluation.report import plot_roc, results_markdown, summary_row
 from facejax.evaluation.verification import compare
 from facejax.inference.benchmark import benchmark_model
 from facejax.inference.hardware import cpu_info, cpu_text
-from facejax.lineage import prepare_faces, stage_plan
+from facejax.lineage import judge_leakage, prepare_faces, stage_plan
 from facejax.runs import jsonable, load_run
 from facejax.train import train
 
@@ -226,8 +226,6 @@ def prepare_real_faces(config: ml_collections.ConfigDict, workdir: str, timings:
   'data'}."""
   from facejax.convert.dlib import convert_dlib, default_dat_path
   from facejax.data.folders import align_once, prepare_folders
-  from facejax.inference.embed import embed_images
-  from facejax.inference.embedder import load_embedder, read_image
 
   r = config.real
   for flag, path in (('lfw_dir', r.lfw_dir), ('identities_dir', r.identities_dir)):
@@ -269,18 +267,8 @@ def prepare_real_faces(config: ml_collections.ConfigDict, workdir: str, timings:
 
   t0 = time.perf_counter()
   print('== identity leakage check', flush=True)
-  embed_fn, size = load_embedder(teacher_dir)
   paths, ids = chip_files(aligned['identities']['chips'])
-  train_emb = embed_images(embed_fn, [read_image(p) for p in paths], size, batch_size=config.eval.batch_size)
-  people = [n.replace('\\', '/').split('/')[0] for n in teacher_eval['names']]
-  calibration = None if r.leakage.threshold else identity_threshold(teacher_eval['embeddings'], people,
-                                                                      r.leakage.far)
-  leakage = leakage_check(train_emb, ids, teacher_eval['embeddings'], people,
-                          r.leakage.threshold or calibration['threshold'])
-  leakage.update(calibration=calibration, dropped=bool(r.leakage.drop))
-  with open(os.path.join(workdir, 'leakage.json'), 'w') as f:
-    json.dump(jsonable(leakage), f, indent=2)
-  print(leakage_text(leakage), flush=True)
+  leakage = judge_leakage(teacher_dir, teacher_eval, paths, ids, r.leakage, config.eval.batch_size, workdir)
   exclude = {f'identities/{s["train"]}' for s in leakage['suspects']} if r.leakage.drop else set()
   if len(exclude) == leakage['train_identities']:
     raise ValueError(f'the leakage check flags all {len(exclude)} training identities (threshold '
