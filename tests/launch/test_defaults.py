@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from facejax.data.synthetic import SyntheticFaces
+from tests.xla_flags import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPTS = sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(ROOT, 'launch', '*.py'))
@@ -59,7 +60,7 @@ SLOW_BARE = {
 
 def run(script: str, *args: str, timeout: float = 180, env_extra: dict | None = None) -> subprocess.CompletedProcess:
   """`python -m launch.<script> args` from the repo root on one CPU device (tests/cli_process.py's setup)."""
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': ROOT, 'XLA_FLAGS': '', **(env_extra or {})}
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': ROOT, 'XLA_FLAGS': xla_flags(), **(env_extra or {})}
   return subprocess.run([sys.executable, '-m', f'launch.{script}', *args], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
 

@@ -41,7 +41,7 @@ def test_task_reduces_loss(tmp_path, task):
 
 def test_distill_reduces_loss_and_matches_teacher(tmp_path):
   teacher = get_config('classify')
-  teacher.total_steps = 2  # the teacher runs of test_transfer_freezing_and_config_guard and test_teacher_cache.py: one compile
+  teacher.total_steps = 2  # as the other 2-step classify runs here and in test_teacher_cache.py: one compile
   train(teacher, str(tmp_path / 'teacher'))
   c = get_config('distill')
   c.total_steps = 30

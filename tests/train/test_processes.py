@@ -15,14 +15,14 @@ import pytest
 from facejax.runs import latest_step, restore_variables
 from facejax.train import train
 from tests.configs.tiny import get_config
+from tests.xla_flags import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 
 
 def run_train(workdir, config_arg='classify', overrides=(), device_count=2, extra_env=None, log=None):
   """launch.train in a subprocess; its output goes to a log file (a pipe nobody reads would block it)."""
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=f'--xla_force_host_platform_device_count={device_count}',
-             PYTHONPATH=ROOT, **(extra_env or {}))
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=xla_flags(device_count), PYTHONPATH=ROOT, **(extra_env or {}))
   cmd = [sys.executable, '-m', 'launch.train', f'--config=tests/configs/tiny.py:{config_arg}', f'--workdir={workdir}',
          *overrides]
   log = open(log or f'{workdir}.log', 'a')

@@ -18,6 +18,7 @@ from facejax.train import throughput as tp
 from facejax.train import throughput_input as tp_input
 from facejax.train import throughput_report as tp_report
 from facejax.train.feed import DeviceFeed, batch_sharding, replicate
+from tests.xla_flags import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 KEYS = ('task', 'model', 'data', 'batch_size', 'image_size', 'dtype', 'img_per_s', 'step_ms_median', 'compile_s',
@@ -141,8 +142,7 @@ def test_cli_siamese_pipeline_from_prepared_folders(tmp_path):
   data_dir = str(tmp_path / 'tfds')
   out = tp_input.prepare_bench_folders(data_dir, num_identities=6, images_per_identity=4, image_size=48, processes=1)
   assert os.path.isfile(os.path.join(out, 'dataset_info.json'))
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=2',
-             PYTHONPATH=ROOT)
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=xla_flags(2), PYTHONPATH=ROOT)
   json_out = tmp_path / 'res' / 'siamese.json'
   cmd = [sys.executable, '-m', 'launch.benchmark_train',
          f'--config=configs/bench_siamese.py:tiny,model=student_vgg,data_dir={data_dir}', '--data=loader',
