@@ -16,6 +16,7 @@ names them in its own config:
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import time
@@ -116,7 +117,8 @@ def prepare_faces(faces: ml_collections.ConfigDict, workdir: str, eval_config: m
   if faces.leakage.judge:
     t0 = time.perf_counter()
     judge = resolve(faces.leakage.judge, workdir)
-    evaluations['dlib'], leakage = _leakage(judge, sources, exclude, faces.leakage, eval_config, workdir)
+    evaluations['dlib'], leakage = _leakage(judge, sources, exclude, faces.leakage, eval_config, workdir,
+                                              data_dir)
     if faces.leakage.drop:
       exclude |= {s['train'] for s in leakage['suspects']}
     timings['leakage check'] = time.perf_counter() - t0
@@ -150,8 +152,9 @@ def judge_leakage(judge: str, evaluation: dict, paths: list[str], ids: list[str]
 
 
 def _leakage(judge: str, sources: dict, exclude: set, cfg: ml_collections.ConfigDict,
-             eval_config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, dict]:
-  """The judge on LFW View 2 (its evaluation) and the training identities it finds among View 2's people."""
+             eval_config: ml_collections.ConfigDict, workdir: str, data_dir: str) -> tuple[dict, dict]:
+  """The judge on LFW View 2 (its evaluation) and the training identities it finds among View 2's people (the
+  check is kept under `data_dir/leakage/` and written to `workdir/leakage.json`)."""
   from facejax.data.faces import chip_files
   from facejax.evaluation.evaluator import evaluate_run
   print(f'== identity leakage check (judge: {judge})', flush=True)
@@ -162,4 +165,20 @@ def _leakage(judge: str, sources: dict, exclude: set, cfg: ml_collections.Config
     keep = [k for k, n in enumerate(names) if f'{prefix}/{n}' not in exclude]
     paths += [files[k] for k in keep]
     ids += [f'{prefix}/{names[k]}' for k in keep]
-  return evaluation, judge_leakage(judge, evaluation, paths, ids, cfg, eval_config.batch_size, workdir)
+  # The check depends on the judge, the chips and its settings only: kept beside the prepared data, so a resumed
+  # run or another run on the same data (a data-efficiency point) reuses it instead of embedding every chip again.
+  key = {'judge': os.path.abspath(judge), 'chips': [os.path.abspath(p) for p in paths], 'ids': ids,
+         'threshold': cfg.threshold, 'far': cfg.far, 'drop': bool(cfg.drop),
+         'pairs': os.path.abspath(eval_config.data.pairs)}
+  cached = os.path.join(data_dir, 'leakage', hashlib.sha1(json.dumps(key).encode()).hexdigest()[:12] + '.json')
+  if os.path.isfile(cached):
+    print(f'== leakage check reused from {cached}', flush=True)
+  else:
+    os.makedirs(os.path.dirname(cached), exist_ok=True)
+    judge_leakage(judge, evaluation, paths, ids, cfg, eval_config.batch_size, os.path.dirname(cached))
+    os.replace(os.path.join(os.path.dirname(cached), 'leakage.json'), cached)
+  with open(cached) as f:
+    check = json.load(f)
+  with open(os.path.join(workdir, 'leakage.json'), 'w') as f:
+    json.dump(check, f, indent=2)
+  return evaluation, check

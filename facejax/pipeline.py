@@ -125,13 +125,9 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # dlib's own C++ net: the teacher's architecture and weights, timed as dlib runs it (one thread).
     rows['dlib_native'] = dict(real['dlib_row'], params=rows['teacher']['params'], gflops=rows['teacher']['gflops'])
     results['dlib_native'] = real['dlib_result']
-  teacher, student = rows['teacher'], rows['student']
   report = {
       'models': rows,
-      'compression': {'param_ratio': teacher['params'] / student['params'],
-                      'gflops_ratio': teacher['gflops'] / student['gflops'],
-                      'cpu_speedup': teacher['cpu_ms_b1'] / student['cpu_ms_b1'],
-                      'cpu_speedup_batched': teacher['cpu_ms_per_img_batched'] / student['cpu_ms_per_img_batched']},
+      'compression': compression(rows),
       'comparisons': comparisons(results, config.get('comparisons', COMPARISONS)),
       'protocol': dict(protocol, params='embedding network (no classifier)',
                        cpu_ms_b1=f'median of {config.benchmark.runs} AOT-compiled runs, batch 1, compile excluded',
@@ -156,9 +152,9 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
     json.dump(jsonable(report), f, indent=2)
   table = results_markdown(rows)
   c = report['compression']
-  summary = (f'\nstudent: {c["param_ratio"]:.1f}x fewer parameters, {c["gflops_ratio"]:.1f}x fewer FLOPs, '
-             f'{c["cpu_speedup"]:.1f}x faster on CPU at batch 1, {c["cpu_speedup_batched"]:.1f}x at batch '
-             f'{config.benchmark.batch_size}\n'
+  summary = ((f'\nstudent: {c["param_ratio"]:.1f}x fewer parameters, {c["gflops_ratio"]:.1f}x fewer FLOPs, '
+              f'{c["cpu_speedup"]:.1f}x faster on CPU at batch 1, {c["cpu_speedup_batched"]:.1f}x at batch '
+              f'{config.benchmark.batch_size}\n' if c else '\n')
              + ''.join(f'{k}: {v["summary"]}\n' for k, v in report['comparisons'].items()))
   if real:
     summary += '\n' + leakage_text(real['leakage']) + '\n' + real_data_text(real['data'], protocol)
@@ -180,6 +176,16 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 COMPARISONS = (('student', 'teacher'), ('student_siamese', 'teacher'), ('student_siamese', 'student'),
                ('teacher_finetuned', 'teacher'), ('teacher', 'dlib_native'))
+
+
+def compression(rows: dict) -> dict | None:
+  """The student against the teacher: parameter, FLOP and CPU-time ratios (None without both rows)."""
+  if 'teacher' not in rows or 'student' not in rows:
+    return None
+  teacher, student = rows['teacher'], rows['student']
+  return {'param_ratio': teacher['params'] / student['params'], 'gflops_ratio': teacher['gflops'] / student['gflops'],
+          'cpu_speedup': teacher['cpu_ms_b1'] / student['cpu_ms_b1'],
+          'cpu_speedup_batched': teacher['cpu_ms_per_img_batched'] / student['cpu_ms_per_img_batched']}
 
 
 def comparisons(results: dict, pairs) -> dict:

@@ -71,3 +71,32 @@ def test_tiny_transfer_pipeline(tiny_faces, tmp_path):
   assert (workdir / 'student' / 'eval' / 'holdout' / 'results.json').exists()
   text = (workdir / 'results.md').read_text()
   assert 'Held-out identities (6 people, 2 folds of 60 pairs)' in text
+
+
+def test_tiny_data_efficiency_curve(tiny_faces, tmp_path):
+  """launch.data_efficiency at 2 points: each a pipeline run of the two transfer stages on that many identities,
+  sharing one prepared data folder; the records, table and plot it promises."""
+  from tests.cli_process import launch
+  workdir = tmp_path / 'curve'
+  paths = (f'--config.faces.lfw_dir={tiny_faces / "lfw"}', f'--config.faces.identities.celeba={tiny_faces / "celeba"}',
+           f'--config.faces.identities.celeba299={tiny_faces / "celeba299"}')
+  proc = launch('data_efficiency', '--config=configs/real_transfer.py:tiny', f'--workdir={workdir}',
+                '--identities=3,0', '--steps=2', *paths)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  curve = json.loads((workdir / 'data_efficiency.json').read_text())
+  held_out = len(json.loads((workdir / 'data' / 'holdout' / 'holdout.json').read_text())['identities'])
+  everyone = 13 - held_out  # identities: 0 -> all that are left
+  assert [(p['identities'], p['stage'], p['steps']) for p in curve['points']] == [
+      (3, 'teacher', 2), (3, 'teacher_scratch', 2), (everyone, 'teacher', 2), (everyone, 'teacher_scratch', 2)]
+  assert {p['init'] for p in curve['points']} == {'random'}  # the tiny variant has no ImageNet init
+  assert {p['data_dir'] for p in curve['points']} == {str(workdir / 'data')}  # prepared once, shared
+  for p in curve['points']:
+    assert 0 <= p['accuracy'] <= 1 and p['accuracy_std'] >= 0 and 'holdout_accuracy' in p
+    run = json.loads((tmp_path / p['run'] / 'config.json').read_text())
+    assert run['total_steps'] == 2 and run['model']['num_classes'] == p['identities']
+  assert sorted(curve['comparisons']) == ['3', str(everyone)]
+  assert not (workdir / 'identities_3' / 'data').exists()
+  assert (workdir / 'data_efficiency.png').stat().st_size > 0
+  assert '| 3 |' in (workdir / 'data_efficiency.md').read_text()
+  bad = launch('data_efficiency', '--config=configs/real_transfer.py:tiny', f'--workdir={workdir}', '--identities=a')
+  assert bad.returncode != 0 and '--identities=a: expected integers' in bad.stderr

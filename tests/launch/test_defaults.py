@@ -41,6 +41,7 @@ BARE = {
     'benchmark_train': ('--config',),
     'compare_cpu': None if installed('onnx', 'onnxruntime', 'openvino', 'jax2onnx', 'torch') else ('pip install',),
     'convert': ('--from', '--out'),
+    'data_efficiency': ('--config', '--workdir'),
     'embed': ('--workdir', '--images'),
     'evaluate': ('--config', '--workdir'),
     'export': ('--workdir', '--out'),
@@ -214,6 +215,11 @@ def cheap_pipeline(request, tmp_path):
   assert os.path.isfile(tmp_path / 'demo' / 'results.json')
 
 
+def cheap_data_efficiency(request, tmp_path):
+  pytest.skip('its cheap run needs real faces: tests/test_real_transfer.py::test_tiny_data_efficiency_curve runs '
+              'launch.data_efficiency on a tiny real subset')
+
+
 def cheap_prepare_data(request, tmp_path):
   """The default --dataset=folders with the default --name, and the synthetic set."""
   data_dir = tmp_path / 'tfds'
@@ -243,8 +249,9 @@ def cheap_verify(request, tmp_path):
 
 
 CHEAP = {
-    'benchmark': cheap_benchmark, 'benchmark_align': cheap_benchmark_align, 'benchmark_dlib': cheap_benchmark_dlib, 'benchmark_train': cheap_benchmark_train,
-    'compare_cpu': cheap_compare_cpu, 'convert': cheap_convert, 'embed': cheap_embed, 'evaluate': cheap_evaluate,
+    'benchmark': cheap_benchmark, 'benchmark_align': cheap_benchmark_align, 'benchmark_dlib': cheap_benchmark_dlib,
+    'benchmark_train': cheap_benchmark_train, 'compare_cpu': cheap_compare_cpu, 'convert': cheap_convert,
+    'data_efficiency': cheap_data_efficiency, 'embed': cheap_embed, 'evaluate': cheap_evaluate,
     'export': cheap_export, 'pipeline': cheap_pipeline, 'prepare_data': cheap_prepare_data, 'sweep': cheap_sweep,
     'train': cheap_train, 'verify': cheap_verify,
 }
