@@ -6,8 +6,11 @@ cached outputs (the step looks them up; dlib's net, random weights, fills the ca
   python -m launch.benchmark_train --config=configs/bench_real_student.py:channels=10/20/41/82 --data=device \\
       --json_out=DIR/ch10.json     # the 0.32-width cut; then --summarize=DIR
 
+  python -m launch.benchmark_train --config=configs/bench_real_student.py:mode=function_matching --data=device
+      # configs/real_faces.py:fm's step: dlib's whole net (random weights) runs in the step on the mixed batch
+
 Arg: channels=8/24/48/96 (one count per stream, '/'-separated; see DlibResNet), blocks=1/2/2/2/1, batch=64,
-tiny (a 4/4/4/4-channel student at batch 4: a smoke run of the same code path).
+mode=cached|function_matching, tiny (a 4/4/4/4-channel student at batch 4: a smoke run of the same code path).
 """
 import ml_collections
 
@@ -24,8 +27,10 @@ def _counts(text: str, key: str) -> tuple:
 
 def get_config(arg=None):
   a = parse_arg(arg, 'configs/bench_real_student.py', channels='/'.join(map(str, real_faces.STUDENT_CHANNELS)),
-                blocks='/'.join(map(str, real_faces.STUDENT_BLOCKS)), batch=64, tiny=False)
-  c = real_faces.get_config().student
+                blocks='/'.join(map(str, real_faces.STUDENT_BLOCKS)), batch=64, mode='cached', tiny=False)
+  if a.mode not in ('cached', 'function_matching'):
+    raise ValueError(f"configs/bench_real_student.py: mode={a.mode!r}: expected 'cached' or 'function_matching'")
+  c = real_faces.get_config('fm' if a.mode == 'function_matching' else '').student
   c.model.kwargs = ml_collections.ConfigDict(dict(channels=_counts(a.channels, 'channels'),
                                                   blocks=_counts(a.blocks, 'blocks')))
   c.batch_size = a.batch

@@ -22,7 +22,12 @@ config.real.data_dir). Stages (facejax.pipeline.prepare_real_faces, then the usu
             fine-tuned as identity classification on the identity set (its 128-d layer the embedding, a new
             classifier on it), reported as teacher_finetuned beside the teacher; the student still mimics the
             converted teacher
-Args: '' (the full run) or 'tiny' (a few identities and steps: the test of the wiring).
+Args: '' (the full run) or 'tiny' (a few identities and steps: the test of the wiring), and for the student stage
+  fm        function matching (Beyer et al. 2022; facejax.train.tasks.Distill): dlib's net runs in every step on the
+            student's augmented batch after mixup, instead of the cache of its outputs (docs/real_faces.md)
+  fm_gpu    function matching on one GPU: 10.24M images seen (batch 1024 x 10,000 steps), the chips resident in
+            device memory and augmented there (data.resident), teacher and student computing in bf16
+  e.g. configs/real_faces.py:fm_gpu,tiny (the test's CPU run of the GPU schedule at tiny size).
 """
 from __future__ import annotations
 
@@ -54,8 +59,23 @@ def _stage(task: str, steps: int, lr: float) -> ml_collections.ConfigDict:
   return c
 
 
+def _function_matching(stage: ml_collections.ConfigDict, gpu: bool) -> None:
+  """The student stage with the teacher run in the step on the augmented, mixed batch (configs arg fm / fm_gpu)."""
+  stage.distill.update(mode='function_matching', mixup=1.0, cache_teacher=False)
+  stage.data.augment = True  # crop, flip and jitter (facejax.data.loader.Augment), then mixup in the step
+  if gpu:
+    stage.half_precision = True  # the teacher's forward, the student's too, in bf16 (params stay float32)
+    stage.data.resident = True  # ~15k chips at 150 px: 1 GB of uint8 on the device; no JPEG decoding per step
+    steps, batch = 10_000, 1024  # 10.24M images seen (docs/real_faces.md: the paper's students needed >= 10M)
+    stage.total_steps, stage.batch_size = steps, batch
+    stage.optim.learning_rate = 0.1  # not tuned: 0.02 at batch 64, scaled by sqrt(16) and rounded up
+    stage.optim.warmup_steps = steps // 20
+    stage.log_every, stage.checkpoint_every = steps // 20, steps // 5
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  tiny = parse_arg(arg, 'configs/real_faces.py', tiny=False).tiny
+  a = parse_arg(arg, 'configs/real_faces.py', tiny=False, fm=False, fm_gpu=False)
+  tiny = a.tiny
   root = data_root()
   c = ml_collections.ConfigDict()
   c.real = ml_collections.ConfigDict(dict(
@@ -83,6 +103,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.student.distill.cache_teacher = True
   c.student.distill.hint_weight = 0.0  # stage hints (FitNets) did not help this student: docs/real_faces.md
   c.student.data.augment = False  # the cache holds the teacher's outputs of each chip (and its mirror)
+
+  if a.fm or a.fm_gpu:
+    _function_matching(c.student, gpu=a.fm_gpu)
 
   c.siamese = _stage('siamese', 400, 0.002)
   c.siamese.siamese.mimic_weight = 5.0  # the teacher's embeddings anchor it (without: -7.1 pp, docs/real_faces.md)

@@ -35,7 +35,10 @@ def base_config() -> ml_collections.ConfigDict:
       source='synthetic',  # facejax.data.make_source name
       kwargs=ml_collections.ConfigDict(dict(num_identities=100, images_per_identity=30, image_size=64)),
       augment=True, sampler='random', images_per_identity=4,  # sampler 'identity': P x K batches
-      augment_on='host'))  # 'device': the host decodes, the accelerator crops, flips and jitters (same draws)
+      augment_on='host',  # 'device': the host decodes, the accelerator crops, flips and jitters (same draws)
+      # True: the whole source decoded once into device memory; every batch drawn and augmented on the devices
+      # (facejax.train.resident), no loader
+      resident=False))
 
   # Where the weights start: '' (random), a facejax run dir, or a converted checkpoint dir (launch.convert).
   # mode 'backbone' copies the backbone only (transfer: new embedding + classifier); 'all' copies every matching tensor.
@@ -52,7 +55,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.distill = ml_collections.ConfigDict(dict(
       teacher_workdir='', embed_weight=1.0, embed_kind='l2', soft_weight=0.0, temperature=4.0, hard_weight=0.0,
       cache_teacher=False,  # True: run the teacher once over the data (needs data.augment=False), then look up
-      hint_weight=0.0))  # > 0: each backbone stage also regresses the teacher's (train.tasks.Distill)
+      hint_weight=0.0,  # > 0: each backbone stage also regresses the teacher's (train.tasks.Distill)
+      # 'plain': the teacher's outputs for the batch as loaded (from the cache with cache_teacher); 'function_matching'
+      # (Beyer et al. 2022): the teacher runs in the step on the augmented batch after mixup, as the student sees it
+      mode='plain',
+      mixup=1.0))  # function matching's mixup: a ~ Beta(mixup, mixup), folded to max(a, 1 - a)
   # mimic_weight > 0: also mimic config.distill.teacher_workdir's embeddings (cached with distill.cache_teacher).
   c.siamese = ml_collections.ConfigDict(dict(loss='contrastive', margin=1.0, mimic_weight=0.0))
 

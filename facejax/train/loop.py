@@ -16,9 +16,10 @@ from tqdm import tqdm
 from facejax import data as fdata
 from facejax import runs
 from facejax.train.feed import DeviceFeed, batch_sharding, device_augmentation
+from facejax.train.resident import ResidentFeed
 from facejax.train.setup import load_teacher, setup
 from facejax.train.state import TrainState
-from facejax.train.tasks import ModelIO, hint_channels, teacher_outputs
+from facejax.train.tasks import ModelIO, hint_channels, task_needs, teacher_outputs
 
 # Fields that may change between a run and its resumption without changing what is computed (val: the pairs
 # periodic validation reports on; runs made before it took the pair-set schema saved val.source/kwargs).
@@ -27,7 +28,7 @@ RUNTIME_FIELDS = ('resume', 'log_every', 'progress', 'prefetch', 'eval_every', '
 # Fields added after runs were made, with the value that reproduces what those runs did (absent = this value).
 ADDED_FIELDS = {'data.augment_on': 'host', 'model.align': '', 'siamese.mimic_weight': 0.0,
                 'distill.hint_weight': 0.0, 'model.classifier': 'softmax', 'model.cosine_scale': 64.0,
-                'classify.margin': 0.0}
+                'classify.margin': 0.0, 'distill.mode': 'plain', 'distill.mixup': 1.0, 'data.resident': False}
 
 
 def _config_diff(a: dict, b: dict, prefix: str = '') -> list[str]:
@@ -117,12 +118,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise ValueError(f'config.batch_size={config.batch_size} must divide evenly over {n_proc} process(es) x '
                      f'{n_dev} local device(s)')
   num_classes = config.model.num_classes
-  mimics = config.task == 'distill' or (config.task == 'siamese' and config.siamese.get('mimic_weight', 0.0))
-  teacher = load_teacher(config) if mimics else None
+  needs = task_needs(config)
+  teacher = load_teacher(config) if needs.teacher else None
   # Batches come at the larger input size of student and teacher; each model resizes in-graph to its own.
   load_size = max(config.model.image_size, teacher[0].image_size if teacher else 0)
   cache = None
-  if mimics and config.distill.cache_teacher:
+  if needs.cache:
     if config.data.augment:
       raise ValueError('config.distill.cache_teacher=True needs config.data.augment=False: the cache holds the '
                        "teacher's outputs for the un-augmented images")
@@ -132,11 +133,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info('init from %s: %s', config.init.path, run.init_report.summary())
   student, state = run.student, run.state
 
-  loader = fdata.train_loader(source, global_batch_size=config.batch_size, image_size=load_size,
-                              seed=config.seed, num_devices=n_dev, augment=config.data.augment,
-                              augment_on=config.data.augment_on, sampler=config.data.sampler,
-                              images_per_identity=config.data.images_per_identity,
-                              process_index=jax.process_index(), process_count=n_proc)
+  resident = config.data.get('resident', False)
+  if resident:  # the whole source on the devices; batches drawn and augmented there
+    if config.data.sampler != 'random':
+      raise ValueError(f"config.data.resident=True draws batches at random: config.data.sampler={config.data.sampler!r}"
+                       " needs the loader (resident=False)")
+    loader = ResidentFeed(source, global_batch_size=config.batch_size, image_size=load_size, seed=config.seed,
+                          augment=config.data.augment)
+  else:
+    loader = fdata.train_loader(source, global_batch_size=config.batch_size, image_size=load_size,
+                                seed=config.seed, num_devices=n_dev, augment=config.data.augment,
+                                augment_on=config.data.augment_on, sampler=config.data.sampler,
+                                images_per_identity=config.data.images_per_identity,
+                                process_index=jax.process_index(), process_count=n_proc)
   manager = runs.checkpoint_manager(workdir, config.keep_checkpoints)
   start = manager.latest_step()
   if start is not None:
@@ -153,8 +162,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Batches are copied to the devices ahead of the step; the feed reports the loader state of the last batch
   # handed out, so a checkpoint never skips the batches still queued.
   extra_keys, transform = device_augmentation(config.data, load_size)
-  feed = DeviceFeed(loader, batch_sharding(), mode=config.prefetch, depth=2, track_state=True,
-                    keys=('image', 'label', 'index') + extra_keys, transform=transform)
+  feed = loader if resident else DeviceFeed(loader, batch_sharding(), mode=config.prefetch, depth=2, track_state=True,
+                                            keys=('image', 'label', 'index') + extra_keys, transform=transform)
   writer = MetricWriter(workdir)
   last, t0, seen = {}, time.perf_counter(), 0
   bar = tqdm(total=config.total_steps, initial=start, desc=f'{config.task} {os.path.basename(workdir)}',

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -87,6 +87,17 @@ def select_stages(stages: tuple, channels: tuple) -> tuple:
   return tuple(s[..., jnp.asarray(c)] for s, c in zip(stages, channels))
 
 
+def mixup(images, rng, concentration: float = 1.0):
+  """uint8 or float [B, H, W, 3] pixels in [0, 255] -> (float32 [B, H, W, 3], a): every image mixed with its
+  neighbour in the batch, a * x[i] + (1 - a) * x[i - 1], with one a ~ Beta(c, c) for the batch folded to
+  max(a, 1 - a) >= 0.5, so each mixed image is mostly its own chip (big_vision's `u.mixup` with n=2, p=c). Mixing
+  raw pixels serves models with different preprocessing and input sizes alike: both are affine or linear."""
+  a = jax.random.beta(rng, concentration, concentration)
+  a = jnp.maximum(a, 1.0 - a)
+  x = jnp.asarray(images, jnp.float32)
+  return a * x + (1.0 - a) * jnp.roll(x, 1, axis=0), a
+
+
 def _teacher_outputs(teacher: ModelIO, frozen: dict, batch: dict, hint_channels: tuple | None = None) -> dict:
   """The frozen teacher's outputs for `batch`: looked up by record index in `frozen['cache']`, or computed (with
   `hint_channels`, also its selected stage outputs)."""
@@ -118,18 +129,39 @@ class Distill:
   teacher_cache: Any = dataclasses.field(repr=False, default=None)
   hint_weight: float = 0.0
   hint_channels: tuple = ()
+  mode: str = 'plain'
+  mixup: float = 1.0
+
+  def __post_init__(self):
+    if self.mode not in DISTILL_MODES:
+      raise ValueError(f'config.distill.mode={self.mode!r}: expected one of {DISTILL_MODES}')
+    if self.mode == 'function_matching' and self.teacher_cache is not None:
+      raise ValueError("config.distill.mode='function_matching' runs the teacher on every mixed batch: set "
+                       'config.distill.cache_teacher=False')
 
   def frozen(self) -> dict:
     if self.teacher_cache is not None:
       return {'cache': self.teacher_cache}
     return {'teacher': self.teacher_variables}
 
+  def inputs_and_targets(self, batch: dict, frozen: dict, rng) -> tuple[Any, dict, Any, Any]:
+    """-> (the images the student reads, the teacher's outputs for them, the mixup coefficient or None, the rng
+    left for the student). 'plain': the batch's images, and the teacher's outputs looked up in the cache or
+    computed on them. 'function_matching' (Beyer et al. 2022): the batch's (augmented) images mixed (`mixup`),
+    and the teacher run here on exactly those (FaceNet.forward's 'embedding': L2-normalised, float32)."""
+    hints = self.hint_channels if self.hint_weight else None
+    if self.mode == 'plain':
+      return batch['image'], _teacher_outputs(self.teacher, frozen, batch, hints), None, rng
+    mix_rng, rng = jax.random.split(rng)
+    images, a = mixup(batch['image'], mix_rng, self.mixup)
+    return images, _teacher_outputs(self.teacher, frozen, {'image': images}, hints), a, rng
+
   def loss_fn(self, params, batch_stats, batch, frozen, rng):
     hints = bool(self.hint_weight)
-    t_out = jax.lax.stop_gradient(_teacher_outputs(self.teacher, frozen, batch,
-                                                   self.hint_channels if hints else None))
-    out, batch_stats = self.student(params, batch_stats, batch['image'], train=True, rng=rng, stages=hints)
-    metrics = {}
+    images, t_out, a, rng = self.inputs_and_targets(batch, frozen, rng)
+    t_out = jax.lax.stop_gradient(t_out)
+    out, batch_stats = self.student(params, batch_stats, images, train=True, rng=rng, stages=hints)
+    metrics = {} if a is None else {'mixup': a}
     loss = 0.0
     if hints:
       metrics['hint_loss'] = losses.stage_hints(out['stages'], t_out['stages'])
@@ -140,8 +172,11 @@ class Distill:
     if self.soft_weight:
       metrics['soft_loss'] = losses.soft_target_kl(out['logits'], t_out['logits'], self.temperature)
       loss += self.soft_weight * metrics['soft_loss']
-    if self.hard_weight:
+    if self.hard_weight:  # mixed images: their labels mixed alike
       metrics['hard_loss'] = losses.softmax_cross_entropy(out['logits'], batch['label'])
+      if a is not None:
+        metrics['hard_loss'] = a * metrics['hard_loss'] + (1.0 - a) * losses.softmax_cross_entropy(
+            out['logits'], jnp.roll(batch['label'], 1, axis=0))
       loss += self.hard_weight * metrics['hard_loss']
     if 'logits' in out:
       metrics['accuracy'] = _accuracy(out['logits'], batch['label'])
@@ -183,6 +218,22 @@ class Siamese:
 
 
 TASKS = ('classify', 'distill', 'siamese')
+# 'plain': the teacher's outputs for the batch as loaded (cached with distill.cache_teacher, or computed in the
+# step); 'function_matching': computed in the step on the augmented batch after mixup (Distill.inputs_and_targets).
+DISTILL_MODES = ('plain', 'function_matching')
+
+
+class TaskNeeds(NamedTuple):
+  """What a task reads besides its batches, so the trainer and the throughput benchmark prepare the same."""
+  teacher: bool  # a frozen teacher: config.distill.teacher_workdir (the benchmark: also config.bench.teacher)
+  cache: bool  # its outputs computed once per record before training (config.distill.cache_teacher)
+
+
+def task_needs(config: ml_collections.ConfigDict) -> TaskNeeds:
+  """config.task 'distill', and 'siamese' with a mimic anchor (siamese.mimic_weight > 0), read a teacher; with
+  config.distill.cache_teacher its outputs come from a cache instead of the step."""
+  teacher = config.task == 'distill' or (config.task == 'siamese' and bool(config.siamese.get('mimic_weight', 0.0)))
+  return TaskNeeds(teacher=teacher, cache=teacher and bool(config.distill.cache_teacher))
 
 
 def teacher_outputs(teacher: ModelIO, variables: dict, source, image_size: int, batch_size: int = 256,
@@ -231,7 +282,8 @@ def make_task(config: ml_collections.ConfigDict, student: ModelIO, teacher: Mode
     if teacher is None:
       raise ValueError('config.task=distill needs config.distill.teacher_workdir (a finished classify run)')
     return Distill(student, teacher, teacher_variables, c.embed_weight, c.embed_kind, c.soft_weight, c.temperature,
-                   c.hard_weight, teacher_cache, c.get('hint_weight', 0.0), hint_channels(config) or ())
+                   c.hard_weight, teacher_cache, c.get('hint_weight', 0.0), hint_channels(config) or (),
+                   c.get('mode', 'plain'), c.get('mixup', 1.0))
   if config.task == 'siamese':
     c = config.siamese
     if c.get('mimic_weight', 0.0) and teacher is None:

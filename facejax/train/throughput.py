@@ -41,7 +41,7 @@ from facejax.train.feed import batch_sharding, replicate
 from facejax.train.profile import latest_xplane, trace_summary, write_text
 from facejax.train.setup import TrainingSetup, compute_dtype, load_teacher, model_io, setup
 from facejax.train.steps import AXIS
-from facejax.train.tasks import ModelIO, _teacher_outputs, hint_channels
+from facejax.train.tasks import ModelIO, _teacher_outputs, hint_channels, task_needs
 from facejax.train.throughput_input import ConstantFeed, loader_feed
 
 # Dense bf16 peak per chip, TFLOP/s (vendor datasheets, no sparsity). Matched as substrings of device_kind,
@@ -93,7 +93,8 @@ def build_training(config: ml_collections.ConfigDict, num_classes: int) -> Train
   config.distill.cache_teacher the teacher is not run in the step: its outputs for `host_batch` are the cache the
   step looks up by `batch['index']`, as the trainer's cached distillation does."""
   teacher = None
-  if config.task == 'distill' or (config.task == 'siamese' and config.siamese.get('mimic_weight', 0.0)):
+  needs = task_needs(config)
+  if needs.teacher:
     if config.distill.teacher_workdir:
       teacher = load_teacher(config)
     elif config.bench.teacher.name:
@@ -109,7 +110,7 @@ def build_training(config: ml_collections.ConfigDict, num_classes: int) -> Train
     variables = random_variables(model_io(config, num_classes).model, config.model.image_size, config.seed,
                                  method='forward')
   cache = None
-  if teacher is not None and config.distill.cache_teacher:
+  if needs.cache:
     io, teacher_vars = teacher
     size = max(config.model.image_size, io.image_size)
     images = host_batch(config, size, num_classes, 1)['image'][0]

@@ -135,6 +135,13 @@ def loader_feed(config, image_size: int, num_classes: int, sharding, log) -> tup
   elif b.cache != 'none':
     raise ValueError(f"config.bench.cache={b.cache!r}: expected 'none' or 'decoded'")
   info['source_s'] = round(time.perf_counter() - t0, 2)
+  if config.data.get('resident', False):  # the trainer's resident set: no loader, batches drawn on the devices
+    from facejax.train.resident import ResidentFeed
+    feed = ResidentFeed(source, global_batch_size=config.batch_size, image_size=image_size, seed=config.seed,
+                        augment=config.data.augment)
+    info.update(resident=True, resident_bytes=feed.nbytes, augment=bool(config.data.augment),
+                source_s=round(time.perf_counter() - t0, 2))
+    return feed, info, None
   n_dev = len(sharding.device_set)
   loader = fdata.train_loader(source, global_batch_size=config.batch_size, image_size=image_size, seed=config.seed,
                               num_devices=n_dev, augment=config.data.augment, augment_on=config.data.augment_on,
