@@ -3,7 +3,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Each command installs what it runs, into one venv: a stamp per set of pyproject extras.
 #   core   make demo (jax, flax, optax, orbax, tfds, grain, ...; no reference frameworks)
-#   real   + dlib and its face models (alignment, the teacher), oneDNN, the ImageNet weights
+#   real   + dlib and its face models (alignment, the teacher), OpenCV 4.x's Haar cascades (the second detector of
+#          the no-face policy), oneDNN, the ImageNet weights
 #   bench  + ONNX Runtime, OpenVINO, jax2onnx, PyTorch eager (launch.compare_cpu's anchors), oneDNN
 #   test   + the test-only references (torch, keras) and everything above
 EXTRAS_core :=

