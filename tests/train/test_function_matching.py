@@ -236,3 +236,20 @@ def test_the_gpu_schedule_runs_at_tiny_size_on_cpu(tmp_path):
   c.data.kwargs = ml_collections.ConfigDict(dict(num_identities=4, images_per_identity=4, image_size=48))
   last = train(c, str(tmp_path / 'student'))
   assert last['step'] == c.total_steps == 2 and np.isfinite(last['loss']) and 0.5 <= last['mixup'] <= 1.0
+
+
+def test_the_benchmark_times_the_function_matching_step_and_the_resident_feed():
+  """configs/bench_real_student.py:mode=function_matching times the step with the teacher in it (its FLOPs on top of
+  the student's), on the constant batch and on batches drawn from the resident set."""
+  from configs import bench_real_student
+  from facejax.train import throughput as tp
+  c = bench_real_student.get_config('mode=function_matching,tiny')
+  assert c.distill.mode == 'function_matching' and not c.distill.cache_teacher and c.data.augment
+  c.bench.teacher.kwargs = ml_collections.ConfigDict(dict(width=0.25))  # a quarter of dlib's net: compiles faster
+  r = tp.benchmark_training(c, steps=2, warmup=1, data='device', window=2)
+  assert r['teacher_cached'] is False and 0.5 <= r['metrics']['mixup'] <= 1.0 and np.isfinite(r['final_loss'])
+  c.data.resident = True
+  r = tp.benchmark_training(c, steps=2, warmup=1, data='loader', window=2)
+  assert r['resident'] is True and r['resident_bytes'] == 64 * 150 * 150 * 3 and np.isfinite(r['final_loss'])
+  with pytest.raises(ValueError, match="mode='mixed': expected 'cached' or 'function_matching'"):
+    bench_real_student.get_config('mode=mixed')
