@@ -43,14 +43,18 @@ DEFAULT_NO_FACE = 'detect'
 FOUND_BY = ('hog', 'mmod', 'haar_frontal', 'haar_profile', 'none', 'unreadable')
 HAAR_FILES = {'haar_frontal': 'haarcascade_frontalface_alt2.xml', 'haar_profile': 'haarcascade_profileface.xml'}
 OPENCV_HINT = "pip install 'facejax[align]' (opencv-python-headless 4.x ships the Haar cascades; 5.x does not)"
-# (dx, dy, scale) per detector: HOG's box centre = box centre + (dx * w, dy * h), HOG's side = scale * side.
-# Medians over faces found by HOG and the detector (IoU > 0.3) in 400 LFW and 400 celeba299 photos
-# (`box_offsets`; docs/alignment.md).
+# (dx, dy, scale) per detector: HOG's box centre = box centre + (dx * w, dy * h), HOG's side = scale * side (dx in
+# the frame the cascade was trained on: a profile found on the mirrored photo flips it). Medians over the faces
+# HOG and each detector found (IoU > 0.3; 289 MMOD, 269 frontal, 189 profile boxes) in 150 LFW and 150 celeba299
+# photos, 2026-12-07 (`box_offsets`, docs/alignment.md): MMOD's and Haar's boxes sit higher than HOG's.
 BOX_TO_HOG = {
-    'mmod': (0.0, 0.0, 1.0),
-    'haar_frontal': (0.0, 0.0, 1.0),
-    'haar_profile': (0.0, 0.0, 1.0),
+    'mmod': (0.051, 0.099, 1.091),
+    'haar_frontal': (-0.025, 0.08, 0.928),
+    'haar_profile': (-0.155, 0.085, 0.794),
 }
+# The landmark chip's side over the box chip's, for HOG's frontal faces: 0.84-1.17 (5-95 %, BOX_CHIP); outside
+# this range the 5-point fit of a second detector's face is not trusted.
+LANDMARK_SCALE = (0.8, 1.25)
 
 
 def check_policy(policy: str, flag: str = 'config.no_face') -> tuple[tuple[str, ...], str]:
@@ -81,10 +85,12 @@ def require_cv2():
   return cv2
 
 
-def to_hog_box(box, detector: str, shape) -> tuple[int, int, int, int]:
-  """A detector's (left, top, right, bottom) -> the box HOG would give the same face (BOX_TO_HOG), clipped to
-  the photo [H, W, ...] so the predictor's features stay on it."""
+def to_hog_box(box, detector: str, shape, mirrored: bool = False) -> tuple[int, int, int, int]:
+  """A detector's (left, top, right, bottom) -> the box HOG would give the same face (BOX_TO_HOG; `mirrored`: found
+  on the mirrored photo, so the horizontal offset flips), clipped to the photo [H, W, ...] so the predictor's
+  features stay on it."""
   dx, dy, scale = BOX_TO_HOG.get(detector, (0.0, 0.0, 1.0))
+  dx = -dx if mirrored else dx
   l, t, r, b = (float(v) for v in box)
   w, h = r - l, b - t
   cx, cy, half = (l + r) / 2 + dx * w, (t + b) / 2 + dy * h, scale * max(w, h) / 2
@@ -93,8 +99,8 @@ def to_hog_box(box, detector: str, shape) -> tuple[int, int, int, int]:
 
 
 class SecondDetectors:
-  """dlib's MMOD CNN and OpenCV's Haar cascades, loaded when first used. `find(image, kind)` -> [(box, score)],
-  boxes as (left, top, right, bottom) in the detector's own convention, largest first."""
+  """dlib's MMOD CNN and OpenCV's Haar cascades, loaded when first used. `find(image, kind)` -> [(box, score,
+  mirrored)], boxes as (left, top, right, bottom) in the detector's own convention, largest first."""
 
   def __init__(self, upsample: int = 1, min_size: int = 30):
     self.upsample, self.min_size = int(upsample), int(min_size)
@@ -115,13 +121,14 @@ class SecondDetectors:
   def _haar(self, grey: np.ndarray, kind: str) -> list:
     boxes, _, weights = self._cascade(kind).detectMultiScale3(
         grey, scaleFactor=1.1, minNeighbors=4, minSize=(self.min_size, self.min_size), outputRejectLevels=True)
-    return [((int(x), int(y), int(x + w - 1), int(y + h - 1)), float(s))
+    return [((int(x), int(y), int(x + w - 1), int(y + h - 1)), float(s), False)
             for (x, y, w, h), s in zip(np.reshape(boxes, (-1, 4)), np.ravel(weights))]
 
   def find(self, image: np.ndarray, kind: str) -> list:
-    """uint8 RGB [H, W, 3] -> [((left, top, right, bottom), score)], largest box first."""
+    """uint8 RGB [H, W, 3] -> [((left, top, right, bottom), score, mirrored)], largest box first; mirrored: a
+    profile found on the mirrored photo (the box is mapped back onto the photo)."""
     if kind == 'mmod':
-      found = [((d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom()), float(d.confidence))
+      found = [((d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom()), float(d.confidence), False)
                for d in self._mmod(image, self.upsample)]
     elif kind in HAAR_FILES:
       cv2 = require_cv2()
@@ -129,7 +136,8 @@ class SecondDetectors:
       found = self._haar(grey, kind)
       if kind == 'haar_profile':  # the cascade knows one side: the other is found on the mirrored photo
         w = grey.shape[1]
-        found += [((w - 1 - r, t, w - 1 - l, b), s) for (l, t, r, b), s in self._haar(grey[:, ::-1].copy(), kind)]
+        found += [((w - 1 - r, t, w - 1 - l, b), s, True)
+                  for (l, t, r, b), s, _ in self._haar(grey[:, ::-1].copy(), kind)]
     else:
       raise ValueError(f'second detector {kind!r}: expected one of {("mmod", *HAAR_FILES)}')
     return sorted(found, key=lambda f: (-(f[0][2] - f[0][0]) * (f[0][3] - f[0][1]), -f[1]))
@@ -154,8 +162,8 @@ class NoFaceRescue:
     for kind in self.detectors:
       found = self.second.find(image, kind)
       if found:
-        box, score = found[0]
-        return aligner.face_in_box(image, to_hog_box(box, kind, image.shape), score, name), kind
+        box, score, mirrored = found[0]
+        return aligner.face_in_box(image, to_hog_box(box, kind, image.shape, mirrored), score, name), kind
     return None, 'none'
 
   def chip(self, image: Any, aligner, name: str = 'image') -> tuple[np.ndarray, str]:
@@ -165,10 +173,23 @@ class NoFaceRescue:
     image = as_rgb_uint8(image, name)
     face, kind = self.face(image, aligner, name)
     if face is not None:
-      return aligner.chip_of(image, face), kind
+      return landmark_or_box_chip(image, face, aligner), kind
     if self.fallback == 'lfw_box':
       return aligner.chip_of(image, aligner.fallback_face(image, name)), 'none'
     return center_crop(image, aligner.size), 'none'
+
+
+def landmarks_agree(face, aligner) -> bool:
+  """Whether the 5-point fit of a second detector's face is sound: its chip's scale within LANDMARK_SCALE of what
+  the box says (BOX_CHIP). On profiles the two eyes' landmarks fall close together and the chip zooms into the cheek."""
+  from facejax.data.align import BOX_CHIP
+  ratio = aligner.chip_side(face) / (BOX_CHIP[2] * (face.box[2] - face.box[0]) * (1 + 2 * aligner.padding) / 1.5)
+  return LANDMARK_SCALE[0] <= ratio <= LANDMARK_SCALE[1]
+
+
+def landmark_or_box_chip(image: np.ndarray, face, aligner) -> np.ndarray:
+  """The landmark chip of a second detector's face where its landmarks agree with its box, else the box's chip."""
+  return aligner.chip_of(image, face) if landmarks_agree(face, aligner) else aligner.box_chip(image, face.box)
 
 
 def _rescue_chunk(args) -> tuple[np.ndarray, list[str]]:
@@ -219,10 +240,10 @@ def box_offsets(paths: list[str], detectors=('mmod', 'haar_frontal', 'haar_profi
       continue
     hb = (rects[0].left(), rects[0].top(), rects[0].right(), rects[0].bottom())
     for kind in detectors:
-      for box, _ in second.find(image, kind):
+      for box, _, mirrored in second.find(image, kind):
         if _iou(box, hb) > 0.3:
           w, h = box[2] - box[0], box[3] - box[1]
-          samples[kind].append((((hb[0] + hb[2]) - (box[0] + box[2])) / 2 / w,
+          samples[kind].append(((-1 if mirrored else 1) * ((hb[0] + hb[2]) - (box[0] + box[2])) / 2 / w,
                                 ((hb[1] + hb[3]) - (box[1] + box[3])) / 2 / h,
                                 max(hb[2] - hb[0], hb[3] - hb[1]) / max(w, h)))
           break
@@ -283,7 +304,7 @@ def contact_sheet(paths: list[str], policy: str = DEFAULT_NO_FACE, upsample: int
                   tile: int = 150):
   """Photos HOG found no face in -> a PIL image: per photo, the photo with the box the policy used (HOG's
   convention; green: a detector's, red: the fallback's) and its 5 landmarks, beside the chip, labelled with
-  what found the face. -> (image, [what found each face])."""
+  what found the face ('(box chip)': cut from the box, the landmarks disagreeing). -> (image, [what found each])."""
   from PIL import Image, ImageDraw
   from facejax.data.align import _read_rgb, default_aligner
   from facejax.data.loader import center_crop
@@ -297,9 +318,15 @@ def contact_sheet(paths: list[str], policy: str = DEFAULT_NO_FACE, upsample: int
       kinds.append('unreadable')
       continue
     face, kind = rescuer.face(image, aligner, path)
-    if face is None and rescuer.fallback == 'lfw_box':
+    label = kind
+    if face is not None:
+      chip = landmark_or_box_chip(image, face, aligner)
+      label += '' if landmarks_agree(face, aligner) else ' (box chip)'
+    elif rescuer.fallback == 'lfw_box':
       face = aligner.fallback_face(image, path)
-    chip = aligner.chip_of(image, face) if face is not None else center_crop(image, tile)
+      chip = aligner.chip_of(image, face)
+    else:
+      chip = center_crop(image, tile)
     photo = Image.fromarray(image)
     pd = ImageDraw.Draw(photo)
     if face is not None:
@@ -311,6 +338,6 @@ def contact_sheet(paths: list[str], policy: str = DEFAULT_NO_FACE, upsample: int
     x, y = (k % columns) * 2 * tile, (k // columns) * (tile + 14)
     sheet.paste(photo, (x, y))
     sheet.paste(Image.fromarray(chip), (x + tile, y))
-    draw.text((x + 2, y + tile + 1), f'{kind}  {os.path.basename(path)}', fill=(0, 0, 0))
+    draw.text((x + 2, y + tile + 1), f'{label}  {os.path.basename(path)}', fill=(0, 0, 0))
     kinds.append(kind)
   return sheet, kinds

@@ -85,7 +85,7 @@ def aligned_chips(pairs, spec: dict, no_face: str = DEFAULT_NO_FACE, cache_dir: 
   if no_face != 'lfw_box' and len(misses):  # align_or_fallback's chips are the 'lfw_box' policy's already
     items = [(pairs.names[k], paths[k] if paths else as_rgb_array(pairs.images[k])) for k in misses]
     rkey = {'photos': [os.path.abspath(p) for p, _ in items] if paths else None, 'align': args,
-            'no_face': no_face, 'box_to_hog': BOX_TO_HOG, 'version': 1}
+            'no_face': no_face, 'box_to_hog': BOX_TO_HOG, 'version': 2}
 
     def rescue() -> dict:
       t0 = time.perf_counter()

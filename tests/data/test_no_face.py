@@ -22,14 +22,30 @@ class FakeSecond:
     return self.answers.get(kind, [])
 
 
+class FakeFace(tuple):
+  def __new__(cls, *fields):
+    return super().__new__(cls, fields)
+
+  @property
+  def box(self):
+    return self[1]
+
+
 class FakeAligner:
-  size = 8
+  size, padding, side = 8, 0.25, None
+
+  def chip_side(self, face):  # the landmark chip's side: by default what the box says (landmarks agree)
+    from facejax.data.align import BOX_CHIP
+    return self.side or BOX_CHIP[2] * (face[1][2] - face[1][0])
+
+  def box_chip(self, image, box):
+    return np.full((self.size, self.size, 3), 5, np.uint8)
 
   def face_in_box(self, image, box, score=0.0, name='image'):
-    return ('face', tuple(box), score)
+    return FakeFace('face', tuple(box), score)
 
   def fallback_face(self, image, name='image'):
-    return ('lfw_box', None, 0.0)
+    return FakeFace('lfw_box', None, 0.0)
 
   def chip_of(self, image, face):
     return np.full((self.size, self.size, 3), 7 if face[0] == 'face' else 9, np.uint8)
@@ -64,7 +80,7 @@ def test_the_eval_config_names_the_flag():
 
 def test_cascade_order_stops_at_the_first_detector_that_finds_a_face():
   image = np.zeros((40, 40, 3), np.uint8)
-  box = ((5, 6, 25, 26), 1.0)
+  box = ((5, 6, 25, 26), 1.0, False)
   r = rescuer('detect', {'haar_frontal': [box], 'haar_profile': [box]})
   face, kind = r.face(image, FakeAligner())
   assert kind == 'haar_frontal' and r.second.asked == ['mmod', 'haar_frontal']
@@ -82,16 +98,28 @@ def test_fallbacks_when_no_detector_finds_a_face():
   chip, kind = rescuer('detect', {}).chip(image, FakeAligner())
   np.testing.assert_array_equal(chip, center_crop(image, 8))
   assert kind == 'none'
-  chip, kind = rescuer('lfw_box', {'mmod': [((0, 0, 9, 9), 1.0)]}).chip(image, FakeAligner())
+  chip, kind = rescuer('lfw_box', {'mmod': [((0, 0, 9, 9), 1.0, False)]}).chip(image, FakeAligner())
   assert kind == 'none' and (chip == 9).all()  # the LFW box, no detector tried
-  chip, kind = rescuer('mmod', {'mmod': [((0, 0, 9, 9), 1.0)]}).chip(image, FakeAligner())
+  chip, kind = rescuer('mmod', {'mmod': [((0, 0, 9, 9), 1.0, False)]}).chip(image, FakeAligner())
   assert kind == 'mmod' and (chip == 7).all()
+
+
+def test_a_profiles_landmarks_give_way_to_its_box():
+  """The 5-point fit of a second detector's face makes the chip where its scale agrees with the box; a profile's
+  (eyes close together: a chip zoomed far in) gives way to the box's chip."""
+  image = np.zeros((60, 60, 3), np.uint8)
+  aligner, face = FakeAligner(), FakeFace('face', (10, 10, 40, 40), 1.0)
+  assert no_face.landmarks_agree(face, aligner) and (no_face.landmark_or_box_chip(image, face, aligner) == 7).all()
+  aligner.side = 0.5 * 1.143 * 30
+  assert not no_face.landmarks_agree(face, aligner)
+  assert (no_face.landmark_or_box_chip(image, face, aligner) == 5).all()
 
 
 def test_boxes_move_to_hogs_convention_and_stay_on_the_photo(monkeypatch):
   monkeypatch.setitem(no_face.BOX_TO_HOG, 'mmod', (0.1, -0.2, 1.5))
-  # 20 px box centred at (30, 30): centre -> (32, 26), side 30
+  # 20 px box centred at (30, 30): centre -> (32, 26), side 30; found on the mirrored photo: centre -> (28, 26)
   assert no_face.to_hog_box((20, 20, 40, 40), 'mmod', (100, 100, 3)) == (17, 11, 47, 41)
+  assert no_face.to_hog_box((20, 20, 40, 40), 'mmod', (100, 100, 3), mirrored=True) == (13, 11, 43, 41)
   # centre (24, 12), side 60: clipped to the 45 x 50 photo
   assert no_face.to_hog_box((0, 0, 40, 40), 'mmod', (50, 45, 3)) == (0, 0, 44, 42)
 
@@ -166,10 +194,10 @@ def test_second_detectors_find_faces_hog_misses(lfw_misses):
   # at the mirrored place.
   second = no_face.SecondDetectors()
   for image in images:
-    for (l, t, r_, b), _ in second.find(image, 'haar_profile')[:1]:
+    for (l, t, r_, b), _, side in second.find(image, 'haar_profile')[:1]:
       w = image.shape[1]
-      mirrored = [box for box, _ in second.find(image[:, ::-1].copy(), 'haar_profile')]
-      assert any(abs(ml - (w - 1 - r_)) <= 3 and abs(mt - t) <= 3 for ml, mt, _, _ in mirrored)
+      mirrored = [(box, m) for box, _, m in second.find(image[:, ::-1].copy(), 'haar_profile')]
+      assert any(abs(ml - (w - 1 - r_)) <= 3 and abs(mt - t) <= 3 and m != side for (ml, mt, _, _), m in mirrored)
 
 
 def test_the_benchmark_counts_every_policy_on_the_same_photos(lfw_misses):
