@@ -30,13 +30,15 @@ def init_label(path: str) -> str:
   return 'imagenet' if path.startswith('imagenet:') else path or 'random'
 
 
-def point_config(config: ml_collections.ConfigDict, identities: int, steps: int, data_dir: str
+def point_config(config: ml_collections.ConfigDict, identities: int, steps: int, workdir: str
                  ) -> ml_collections.ConfigDict:
-  """The lineage config of one point: its two transfer stages only, on `identities` identities (0: all)."""
+  """The lineage config of one point: its two transfer stages only, on `identities` identities (0: all); the
+  prepared data and the evaluation's chip cache shared by every point under the curve's `workdir`."""
   c = copy.deepcopy(config)  # ConfigDict(x) would share x's sections
   with c.unlocked():
     c.faces.max_identities = int(identities)
-    c.faces.data_dir = c.faces.data_dir or data_dir
+    c.faces.data_dir = c.faces.data_dir or os.path.join(workdir, 'data')
+    c.eval.cache_dir = c.eval.cache_dir or os.path.join(workdir, 'cache')
     c.stages = [s for s in c.stages if s in STAGES]
     c.report = ml_collections.ConfigDict({k: v for k, v in c.report.items() if k in STAGES})
     c.comparisons = [('teacher', 'teacher_scratch')]
@@ -60,7 +62,7 @@ def run_curve(config: ml_collections.ConfigDict, workdir: str, identities: list[
   os.makedirs(workdir, exist_ok=True)
   points, comparisons, timings, report = [], {}, {}, {}
   for n in identities:
-    c = point_config(config, n, steps, os.path.join(workdir, 'data'))
+    c = point_config(config, n, steps, workdir)
     name = f'identities_{n or "all"}'
     print(f'== data-efficiency point {name}', flush=True)
     t0 = time.perf_counter()

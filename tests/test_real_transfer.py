@@ -95,7 +95,8 @@ def test_tiny_data_efficiency_curve(tiny_faces, tmp_path):
     run = json.loads((tmp_path / p['run'] / 'config.json').read_text())
     assert run['total_steps'] == 2 and run['model']['num_classes'] == p['identities']
   assert sorted(curve['comparisons']) == ['3', str(everyone)]
-  assert not (workdir / 'identities_3' / 'data').exists()
+  assert not (workdir / 'identities_3' / 'data').exists() and not (workdir / 'identities_3' / 'cache').exists()
+  assert (workdir / 'cache').is_dir()  # LFW's chips aligned once for every point
   assert (workdir / 'data_efficiency.png').stat().st_size > 0
   assert '| 3 |' in (workdir / 'data_efficiency.md').read_text()
   bad = launch('data_efficiency', '--config=configs/real_transfer.py:tiny', f'--workdir={workdir}', '--identities=a')
