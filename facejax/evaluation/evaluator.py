@@ -15,9 +15,9 @@ evaluates a run directory or an export and writes
   from.
 
 Photos of a model that expects aligned chips are aligned first (`facejax.data.align.resolve_align`); one without a
-face is kept by the no-face policy config.no_face (`facejax.data.no_face`: second detectors, then the centre crop) and
-counted; the protocol says which detector found each face ('faces_found_by'). With config.cache_dir the chips of a pair set are
-computed once (in config.workers processes) and shared by every model evaluated on it.
+face is kept by the no-face policy config.no_face (`facejax.data.no_face`: second detectors, then the centre
+crop) and counted; the protocol says which detector found each face ('faces_found_by'). With config.cache_dir the
+chips of a pair set are computed once (in config.workers processes) and shared by every model evaluated on it.
 
 Reference (config.reference='dlib'): dlib's own pipeline (its detector, 5-point predictor, `compute_face_descriptor`
 and raw euclidean distance) on the same photos, chips and folds, beside facejax's numbers with normalised and raw
