@@ -7,7 +7,8 @@ Writes RUN/eval/<name>/{config.json, results.json, results.md, roc.png, threshol
 --config.calibrate=True also RUN/threshold.json, the default threshold of launch.verify; see
 facejax/evaluation/evaluator.py. --workdir=M.jaxexport (launch.export) writes M.jaxexport.eval/<name>/ and
 M.jaxexport.threshold.json. Models that ask for aligned faces (dlib's) get their LFW photos aligned
-(config.align='auto').
+(config.align='auto'); a photo HOG finds no face in gets the no-face policy config.no_face ('detect': dlib's MMOD
+CNN, then OpenCV's Haar cascades, then the center crop; 'lfw_box' for LFW's framing only; docs/alignment.md).
 """
 import sys
 

@@ -60,8 +60,9 @@ LANDMARK_SCALE = (0.8, 1.25)
 def check_policy(policy: str, flag: str = 'config.no_face') -> tuple[tuple[str, ...], str]:
   """-> (second detectors, fallback) of a policy; ValueError naming the flag and the allowed values."""
   if policy not in POLICIES:
-    raise ValueError(f'{flag}={policy!r}: expected one of {NO_FACE} (the no-face policy: {DEFAULT_NO_FACE!r}, '
-                     'the default, tries second detectors; see facejax/data/no_face.py)')
+    renamed = " ('box', the LFW box, is now 'lfw_box')" if policy == 'box' else ''
+    raise ValueError(f'{flag}={policy!r}: expected one of {NO_FACE}{renamed} (the no-face policy: '
+                     f'{DEFAULT_NO_FACE!r}, the default, tries second detectors; see facejax/data/no_face.py)')
   return POLICIES[policy]
 
 

@@ -60,7 +60,7 @@ def rescuer(policy, answers):
 def test_policy_names_and_errors():
   assert no_face.DEFAULT_NO_FACE == 'detect' and set(no_face.NO_FACE) == {'detect', 'mmod', 'haar', 'center', 'lfw_box'}
   with pytest.raises(ValueError, match=r"config\.no_face='box': expected one of \('detect', 'mmod', 'haar', "
-                                       r"'center', 'lfw_box'\)"):
+                                       r"'center', 'lfw_box'\) \('box', the LFW box, is now 'lfw_box'\)"):
     no_face.check_policy('box')
   with pytest.raises(ValueError, match=r"--policy='hog'"):
     no_face.check_policy('hog', '--policy')
