@@ -38,7 +38,9 @@ BARE = {
     'benchmark_align': ('--images',),
     'benchmark_data': None,
     'benchmark_dlib': None,
+    'benchmark_no_face': ('--misses',),
     'benchmark_train': ('--config',),
+    'contact_sheet': ('--misses', '--out'),
     'compare_cpu': None if installed('onnx', 'onnxruntime', 'openvino', 'jax2onnx', 'torch') else ('pip install',),
     'convert': ('--from', '--out'),
     'data_efficiency': ('--config', '--workdir'),
@@ -215,6 +217,35 @@ def cheap_pipeline(request, tmp_path):
   assert os.path.isfile(tmp_path / 'demo' / 'results.json')
 
 
+def _misses(request, tmp_path) -> str:
+  """A text file naming two photos (launch.benchmark_no_face's and launch.contact_sheet's --misses)."""
+  photos = sorted(glob.glob(str(request.getfixturevalue('faces') / '*' / '*.png')))[:2]
+  (tmp_path / 'misses.txt').write_text('\n'.join(photos) + '\n')
+  return str(tmp_path / 'misses.txt')
+
+
+def cheap_benchmark_no_face(request, tmp_path):
+  out = tmp_path / 'nf.json'
+  proc = run('benchmark_no_face', f'--misses={_misses(request, tmp_path)}', '--policies=center,lfw_box',
+             f'--json_out={out}')
+  if not installed('dlib', 'face_recognition_models'):
+    assert proc.returncode != 0 and 'pip install' in no_traceback(proc)
+    return
+  succeeded(proc)
+  assert [(r['policy'], r['images']) for r in json.loads(out.read_text())['sets']['photos']] == [
+      ('center', 2), ('lfw_box', 2)]
+
+
+def cheap_contact_sheet(request, tmp_path):
+  proc = run('contact_sheet', f'--misses={_misses(request, tmp_path)}', '--policy=center', '--limit=2',
+             f'--out={tmp_path / "sheet.png"}')
+  if not installed('dlib', 'face_recognition_models'):
+    assert proc.returncode != 0 and 'pip install' in no_traceback(proc)
+    return
+  succeeded(proc)
+  assert Image.open(tmp_path / 'sheet.png').size[0] > 0
+
+
 def cheap_data_efficiency(request, tmp_path):
   pytest.skip('its cheap run needs real faces: tests/test_real_transfer.py::test_tiny_data_efficiency_curve runs '
               'launch.data_efficiency on a tiny real subset')
@@ -250,7 +281,8 @@ def cheap_verify(request, tmp_path):
 
 CHEAP = {
     'benchmark': cheap_benchmark, 'benchmark_align': cheap_benchmark_align, 'benchmark_dlib': cheap_benchmark_dlib,
-    'benchmark_train': cheap_benchmark_train, 'compare_cpu': cheap_compare_cpu, 'convert': cheap_convert,
+    'benchmark_no_face': cheap_benchmark_no_face, 'benchmark_train': cheap_benchmark_train,
+    'compare_cpu': cheap_compare_cpu, 'contact_sheet': cheap_contact_sheet, 'convert': cheap_convert,
     'data_efficiency': cheap_data_efficiency, 'embed': cheap_embed, 'evaluate': cheap_evaluate,
     'export': cheap_export, 'pipeline': cheap_pipeline, 'prepare_data': cheap_prepare_data, 'sweep': cheap_sweep,
     'train': cheap_train, 'verify': cheap_verify,
