@@ -4,7 +4,8 @@ initialisation and with random initialisation (the figure a researcher with a sm
 Each point is the lineage's `teacher` and `teacher_scratch` stages (configs/real_transfer.py) trained on N
 identities drawn from the prepared set (`faces.max_identities`, 0: all), for the same number of steps at every
 point, run by `facejax.pipeline.run_pipeline` in `<workdir>/identities_<N>/` (so a killed curve resumes where it
-stopped). All points share one prepared data folder: alignment and the leakage check run once.
+stopped; a finished point is read back from its results.json). All points share one prepared data folder:
+alignment and the leakage check run once.
 
   python -m launch.data_efficiency --config=configs/real_transfer.py --workdir=runs/curve --identities=100,300,1000,0
 
@@ -64,19 +65,27 @@ def run_curve(config: ml_collections.ConfigDict, workdir: str, identities: list[
   for n in identities:
     c = point_config(config, n, steps, workdir)
     name = f'identities_{n or "all"}'
-    print(f'== data-efficiency point {name}', flush=True)
-    t0 = time.perf_counter()
-    report = run_pipeline(c, os.path.join(workdir, name))
-    timings[name] = time.perf_counter() - t0
+    done = os.path.join(workdir, name, 'results.json')
+    if os.path.isfile(done):  # a finished point is kept (delete its folder to run it again)
+      print(f'== data-efficiency point {name}: finished, read from {done}', flush=True)
+      with open(done) as f:
+        report = json.load(f)
+    else:
+      print(f'== data-efficiency point {name}', flush=True)
+      t0 = time.perf_counter()
+      report = run_pipeline(c, os.path.join(workdir, name))
+      timings[name] = time.perf_counter() - t0
     trained = report['data']['sets']['identities']
     for row in STAGES:
       if row not in report['models']:
         continue  # a stage with total_steps 0
       m = report['models'][row]
+      with open(os.path.join(report['runs'][row]['workdir'], 'config.json')) as f:
+        trained_with = json.load(f)  # what the run was trained with (a kept point may predate --steps)
       record = {'identities': int(trained['identities']), 'images': int(trained['images']), 'stage': row,
                 'init': init_label(c[row].init.path), 'data_dir': trained['data_dir'],
                 'accuracy': m['accuracy'], 'accuracy_std': m['accuracy_std'], 'auc': m['auc'],
-                'steps': int(c[row].total_steps), 'run': report['runs'][row]['workdir']}
+                'steps': int(trained_with['total_steps']), 'run': report['runs'][row]['workdir']}
       if 'holdout' in report:
         h = report['holdout']['models'][row]
         record.update(holdout_accuracy=h['accuracy'], holdout_accuracy_std=h['accuracy_std'])

@@ -99,5 +99,9 @@ def test_tiny_data_efficiency_curve(tiny_faces, tmp_path):
   assert (workdir / 'cache').is_dir()  # LFW's chips aligned once for every point
   assert (workdir / 'data_efficiency.png').stat().st_size > 0
   assert '| 3 |' in (workdir / 'data_efficiency.md').read_text()
+  again = launch('data_efficiency', '--config=configs/real_transfer.py:tiny', f'--workdir={workdir}',
+                 '--identities=3', '--steps=2', *paths)  # a finished point is read back, not run again
+  assert again.returncode == 0 and 'identities_3: finished, read from' in again.stdout, again.stderr[-2000:]
+  assert json.loads((workdir / 'data_efficiency.json').read_text())['points'] == curve['points'][:2]
   bad = launch('data_efficiency', '--config=configs/real_transfer.py:tiny', f'--workdir={workdir}', '--identities=a')
   assert bad.returncode != 0 and '--identities=a: expected integers' in bad.stderr
