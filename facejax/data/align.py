@@ -50,7 +50,7 @@ DETECTORS = ('hog', 'cnn', 'hog+cnn')
 FALLBACK_BOX = (0.27, 0.32, 0.70, 0.75)
 # (dx, dy, side) of dlib's chip rectangle (get_face_chip_details at padding 0.25) relative to HOG's box, in box
 # widths: medians over 289 HOG faces in 150 LFW and 150 celeba299 photos (the side's 5-95 % range: 0.96-1.34),
-# 2026-12-07. `FaceAligner.box_chip` cuts a chip from a box alone with it.
+# 2026-12-07: what a sound 5-point fit gives, against which facejax.data.no_face judges other detectors' fits.
 BOX_CHIP = (0.037, 0.022, 1.143)
 RECOGNITION_MODEL = 'dlib_face_recognition_resnet_model_v1.dat'
 SHAPE_PREDICTOR = 'shape_predictor_5_face_landmarks.dat'
@@ -180,18 +180,6 @@ class FaceAligner:
     d = self.dlib
     shape = d.full_object_detection(d.rectangle(*face.box), [d.point(int(x), int(y)) for x, y in face.landmarks])
     return float(d.get_face_chip_details(shape, self.size, self.padding).rect.width())
-
-  def box_chip(self, image: np.ndarray, box) -> np.ndarray:
-    """uint8 [size, size, 3] chip from a box in HOG's convention alone, upright (BOX_CHIP: where HOG's faces' chips
-    sit relative to their box): for faces whose 5 landmarks are unreliable (profiles)."""
-    d = self.dlib
-    l, t, r, b = (float(v) for v in box)
-    w = r - l
-    cx, cy = (l + r) / 2 + BOX_CHIP[0] * w, (t + b) / 2 + BOX_CHIP[1] * w
-    half = BOX_CHIP[2] * w * (1 + 2 * self.padding) / (1 + 2 * CHIP_PADDING) / 2
-    square = d.drectangle(cx - half, cy - half, cx + half, cy + half)
-    details = d.chip_details(square, d.chip_dims(self.size, self.size))
-    return np.asarray(d.extract_image_chip(image, details))
 
   def align_all(self, image: Any, name: str = 'image') -> list[np.ndarray]:
     """uint8 RGB photo -> [uint8 [size, size, 3]] for every face, largest first (empty list: no face)."""

@@ -44,16 +44,19 @@ FOUND_BY = ('hog', 'mmod', 'haar_frontal', 'haar_profile', 'none', 'unreadable')
 HAAR_FILES = {'haar_frontal': 'haarcascade_frontalface_alt2.xml', 'haar_profile': 'haarcascade_profileface.xml'}
 OPENCV_HINT = "pip install 'facejax[align]' (opencv-python-headless 4.x ships the Haar cascades; 5.x does not)"
 # (dx, dy, scale) per detector: HOG's box centre = box centre + (dx * w, dy * h), HOG's side = scale * side (dx in
-# the frame the cascade was trained on: a profile found on the mirrored photo flips it). Medians over the faces
-# HOG and each detector found (IoU > 0.3; 289 MMOD, 269 frontal, 189 profile boxes) in 150 LFW and 150 celeba299
-# photos, 2026-12-07 (`box_offsets`, docs/alignment.md): MMOD's and Haar's boxes sit higher than HOG's.
+# the frame the cascade was trained on: a profile found on the mirrored photo flips it). Measured 2026-12-07 as the
+# medians over faces HOG and the detector both found (IoU > 0.3) in 150 LFW and 150 celeba299 photos (`box_offsets`):
+# MMOD (0.051, 0.099, 1.091) over 289 faces, Haar frontal (-0.025, 0.08, 0.928) over 269, Haar profile (-0.155,
+# 0.085, 0.794) over 189. MMOD keeps its raw box: moved, its chips were further from the identity's HOG chips on
+# celeba299's misses and from HOG's chip of the same face (docs/alignment.md); the predictor takes MMOD's boxes as
+# face_recognition feeds them.
 BOX_TO_HOG = {
-    'mmod': (0.051, 0.099, 1.091),
+    'mmod': (0.0, 0.0, 1.0),
     'haar_frontal': (-0.025, 0.08, 0.928),
     'haar_profile': (-0.155, 0.085, 0.794),
 }
-# The landmark chip's side over the box chip's, for HOG's frontal faces: 0.84-1.17 (5-95 %, BOX_CHIP); outside
-# this range the 5-point fit of a second detector's face is not trusted.
+# `landmark_scale` of HOG's own faces: 0.84-1.17 (5-95 %); the contact sheet flags second-detector faces outside
+# (0.8, 1.25). Their chips are kept: cutting those from the box instead was measured worse (docs/alignment.md).
 LANDMARK_SCALE = (0.8, 1.25)
 
 
@@ -174,23 +177,17 @@ class NoFaceRescue:
     image = as_rgb_uint8(image, name)
     face, kind = self.face(image, aligner, name)
     if face is not None:
-      return landmark_or_box_chip(image, face, aligner), kind
+      return aligner.chip_of(image, face), kind
     if self.fallback == 'lfw_box':
       return aligner.chip_of(image, aligner.fallback_face(image, name)), 'none'
     return center_crop(image, aligner.size), 'none'
 
 
-def landmarks_agree(face, aligner) -> bool:
-  """Whether the 5-point fit of a second detector's face is sound: its chip's scale within LANDMARK_SCALE of what
-  the box says (BOX_CHIP). On profiles the two eyes' landmarks fall close together and the chip zooms into the cheek."""
+def landmark_scale(face, aligner) -> float:
+  """The landmark chip's side over what the face's box says (align.BOX_CHIP): ~1 for a sound 5-point fit; well
+  below 1 on a profile, whose eye landmarks fall close together (the chip zooms into the face)."""
   from facejax.data.align import BOX_CHIP
-  ratio = aligner.chip_side(face) / (BOX_CHIP[2] * (face.box[2] - face.box[0]) * (1 + 2 * aligner.padding) / 1.5)
-  return LANDMARK_SCALE[0] <= ratio <= LANDMARK_SCALE[1]
-
-
-def landmark_or_box_chip(image: np.ndarray, face, aligner) -> np.ndarray:
-  """The landmark chip of a second detector's face where its landmarks agree with its box, else the box's chip."""
-  return aligner.chip_of(image, face) if landmarks_agree(face, aligner) else aligner.box_chip(image, face.box)
+  return aligner.chip_side(face) / (BOX_CHIP[2] * (face.box[2] - face.box[0]) * (1 + 2 * aligner.padding) / 1.5)
 
 
 def _rescue_chunk(args) -> tuple[np.ndarray, list[str]]:
@@ -305,7 +302,8 @@ def contact_sheet(paths: list[str], policy: str = DEFAULT_NO_FACE, upsample: int
                   tile: int = 150):
   """Photos HOG found no face in -> a PIL image: per photo, the photo with the box the policy used (HOG's
   convention; green: a detector's, red: the fallback's) and its 5 landmarks, beside the chip, labelled with
-  what found the face ('(box chip)': cut from the box, the landmarks disagreeing). -> (image, [what found each])."""
+  what found the face ('(zoom 1.3x)': the landmark chip is zoomed in against what the box says, as on profiles).
+  -> (image, [what found each face])."""
   from PIL import Image, ImageDraw
   from facejax.data.align import _read_rgb, default_aligner
   from facejax.data.loader import center_crop
@@ -321,8 +319,9 @@ def contact_sheet(paths: list[str], policy: str = DEFAULT_NO_FACE, upsample: int
     face, kind = rescuer.face(image, aligner, path)
     label = kind
     if face is not None:
-      chip = landmark_or_box_chip(image, face, aligner)
-      label += '' if landmarks_agree(face, aligner) else ' (box chip)'
+      chip = aligner.chip_of(image, face)
+      scale = landmark_scale(face, aligner)
+      label += '' if LANDMARK_SCALE[0] <= scale <= LANDMARK_SCALE[1] else f' (zoom {1 / scale:.2f}x)'
     elif rescuer.fallback == 'lfw_box':
       face = aligner.fallback_face(image, path)
       chip = aligner.chip_of(image, face)

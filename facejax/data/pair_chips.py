@@ -16,8 +16,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from facejax.data import no_face as no_face_policy
 from facejax.data.align import align_files, default_aligner
-from facejax.data.no_face import BOX_TO_HOG, DEFAULT_NO_FACE, check_policy, rescue_all
+from facejax.data.no_face import DEFAULT_NO_FACE, check_policy, rescue_all
 
 
 def _image_paths(images) -> list[str] | None:
@@ -85,7 +86,7 @@ def aligned_chips(pairs, spec: dict, no_face: str = DEFAULT_NO_FACE, cache_dir: 
   if no_face != 'lfw_box' and len(misses):  # align_or_fallback's chips are the 'lfw_box' policy's already
     items = [(pairs.names[k], paths[k] if paths else as_rgb_array(pairs.images[k])) for k in misses]
     rkey = {'photos': [os.path.abspath(p) for p, _ in items] if paths else None, 'align': args,
-            'no_face': no_face, 'box_to_hog': BOX_TO_HOG, 'version': 2}
+            'no_face': no_face, 'box_to_hog': no_face_policy.BOX_TO_HOG, 'version': 3}
 
     def rescue() -> dict:
       t0 = time.perf_counter()

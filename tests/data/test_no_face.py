@@ -38,9 +38,6 @@ class FakeAligner:
     from facejax.data.align import BOX_CHIP
     return self.side or BOX_CHIP[2] * (face[1][2] - face[1][0])
 
-  def box_chip(self, image, box):
-    return np.full((self.size, self.size, 3), 5, np.uint8)
-
   def face_in_box(self, image, box, score=0.0, name='image'):
     return FakeFace('face', tuple(box), score)
 
@@ -104,15 +101,16 @@ def test_fallbacks_when_no_detector_finds_a_face():
   assert kind == 'mmod' and (chip == 7).all()
 
 
-def test_a_profiles_landmarks_give_way_to_its_box():
-  """The 5-point fit of a second detector's face makes the chip where its scale agrees with the box; a profile's
-  (eyes close together: a chip zoomed far in) gives way to the box's chip."""
+def test_landmark_scale_flags_a_zoomed_in_fit_but_keeps_its_chip():
+  """landmark_scale: ~1 where the 5-point fit agrees with the box; a profile's (eyes close together) is well below.
+  The chip stays the landmark chip either way (box chips were measured further from the identity)."""
   image = np.zeros((60, 60, 3), np.uint8)
   aligner, face = FakeAligner(), FakeFace('face', (10, 10, 40, 40), 1.0)
-  assert no_face.landmarks_agree(face, aligner) and (no_face.landmark_or_box_chip(image, face, aligner) == 7).all()
+  assert abs(no_face.landmark_scale(face, aligner) - 1) < 1e-9
   aligner.side = 0.5 * 1.143 * 30
-  assert not no_face.landmarks_agree(face, aligner)
-  assert (no_face.landmark_or_box_chip(image, face, aligner) == 5).all()
+  assert abs(no_face.landmark_scale(face, aligner) - 0.5) < 1e-9
+  r = rescuer('mmod', {'mmod': [((10, 10, 40, 40), 1.0, False)]})
+  assert r.chip(image, aligner)[1] == 'mmod' and (r.chip(image, aligner)[0] == 7).all()
 
 
 def test_boxes_move_to_hogs_convention_and_stay_on_the_photo(monkeypatch):
