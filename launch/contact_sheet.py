@@ -4,8 +4,9 @@
   python -m launch.contact_sheet --misses=hard.txt --policy=haar --only=haar_profile --out=profiles.png
 
 --misses: a JSON object {set name: [photo paths]} or a text file of paths. Each tile: the photo with the box the
-policy used (green: a second detector's, moved to HOG's convention; red: the fallback's) and dlib's 5 landmarks,
-beside the chip, labelled with what found the face (facejax.data.no_face.contact_sheet).
+policy used (green: a second detector's, as no_face.BOX_TO_HOG moves it; red: the fallback's) and dlib's 5
+landmarks, beside the chip, labelled with what found the face and, where the landmark chip is zoomed against the
+box (profiles), by how much (facejax.data.no_face.contact_sheet).
 """
 import json
 import sys

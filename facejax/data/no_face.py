@@ -300,9 +300,9 @@ def policy_benchmark(paths: list[str], policies=NO_FACE, upsample: int = 1) -> l
 
 def contact_sheet(paths: list[str], policy: str = DEFAULT_NO_FACE, upsample: int = 1, columns: int = 6,
                   tile: int = 150):
-  """Photos HOG found no face in -> a PIL image: per photo, the photo with the box the policy used (HOG's
-  convention; green: a detector's, red: the fallback's) and its 5 landmarks, beside the chip, labelled with
-  what found the face ('(zoom 1.3x)': the landmark chip is zoomed in against what the box says, as on profiles).
+  """Photos HOG found no face in -> a PIL image: per photo, the photo with the box the policy used (BOX_TO_HOG
+  applied; green: a detector's, red: the fallback's) and its 5 landmarks, beside the chip, labelled with what
+  found the face ('(zoom 1.3x)': the landmark chip is zoomed against what the box says, as on profiles).
   -> (image, [what found each face])."""
   from PIL import Image, ImageDraw
   from facejax.data.align import _read_rgb, default_aligner
