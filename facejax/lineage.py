@@ -167,7 +167,8 @@ def _leakage(judge: str, sources: dict, exclude: set, cfg: ml_collections.Config
     ids += [f'{prefix}/{names[k]}' for k in keep]
   # The check depends on the judge, the chips and its settings only: kept beside the prepared data, so a resumed
   # run or another run on the same data (a data-efficiency point) reuses it instead of embedding every chip again.
-  key = {'judge': os.path.abspath(judge), 'chips': [os.path.abspath(p) for p in paths], 'ids': ids,
+  converted = cfg.judge == REF_DLIB or cfg.judge.startswith(REF_IMAGENET)  # the same weights in every workdir
+  key = {'judge': cfg.judge if converted else os.path.abspath(judge), 'chips': [os.path.abspath(p) for p in paths], 'ids': ids,
          'threshold': cfg.threshold, 'far': cfg.far, 'drop': bool(cfg.drop),
          'pairs': os.path.abspath(eval_config.data.pairs)}
   cached = os.path.join(data_dir, 'leakage', hashlib.sha1(json.dumps(key).encode()).hexdigest()[:12] + '.json')
