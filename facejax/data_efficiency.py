@@ -43,11 +43,10 @@ def point_config(config: ml_collections.ConfigDict, identities: int, steps: int,
     c.stages = [s for s in c.stages if s in STAGES]
     c.report = ml_collections.ConfigDict({k: v for k, v in c.report.items() if k in STAGES})
     c.comparisons = [('teacher', 'teacher_scratch')]
-    for stage in STAGES:
-      if steps:
-        c[stage].total_steps = int(steps)
-        c[stage].log_every, c[stage].checkpoint_every = max(1, steps // 20), max(1, steps // 5)
-        c[stage].optim.warmup_steps = max(1, steps // 20)
+    for stage in STAGES if steps else ():
+      c[stage].total_steps = int(steps)
+      c[stage].log_every, c[stage].checkpoint_every = max(1, steps // 20), max(1, steps // 5)
+      c[stage].optim.warmup_steps = max(1, steps // 20)
   return c
 
 

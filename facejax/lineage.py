@@ -132,10 +132,10 @@ def prepare_faces(faces: ml_collections.ConfigDict, workdir: str, eval_config: m
 
 
 def judge_leakage(judge: str, evaluation: dict, paths: list[str], ids: list[str], cfg: ml_collections.ConfigDict,
-                  batch_size: int, workdir: str) -> dict:
+                  batch_size: int, out: str) -> dict:
   """The training identities (`ids`, one per chip in `paths`) that the face model `judge` finds among the people
   of `evaluation` (its own LFW View 2 evaluation, `evaluate_run`), at cfg.threshold or one calibrated at cfg.far
-  (`cfg`: a `leakage` config section) -> the check, also written to `workdir/leakage.json` and printed."""
+  (`cfg`: a `leakage` config section) -> the check, also written to the JSON file `out` and printed."""
   from facejax.evaluation.leakage import identity_threshold, leakage_check, leakage_text
   from facejax.inference.embed import embed_images
   from facejax.inference.embedder import load_embedder, read_image
@@ -145,7 +145,7 @@ def judge_leakage(judge: str, evaluation: dict, paths: list[str], ids: list[str]
   calibration = None if cfg.threshold else identity_threshold(evaluation['embeddings'], people, cfg.far)
   check = leakage_check(train_emb, ids, evaluation['embeddings'], people, cfg.threshold or calibration['threshold'])
   check.update(calibration=calibration, dropped=bool(cfg.drop), judge=os.path.abspath(judge))
-  with open(os.path.join(workdir, 'leakage.json'), 'w') as f:
+  with open(out, 'w') as f:
     json.dump(jsonable(check), f, indent=2)
   print(leakage_text(check), flush=True)
   return check
@@ -168,16 +168,15 @@ def _leakage(judge: str, sources: dict, exclude: set, cfg: ml_collections.Config
   # The check depends on the judge, the chips and its settings only: kept beside the prepared data, so a resumed
   # run or another run on the same data (a data-efficiency point) reuses it instead of embedding every chip again.
   converted = cfg.judge == REF_DLIB or cfg.judge.startswith(REF_IMAGENET)  # the same weights in every workdir
-  key = {'judge': cfg.judge if converted else os.path.abspath(judge), 'chips': [os.path.abspath(p) for p in paths], 'ids': ids,
-         'threshold': cfg.threshold, 'far': cfg.far, 'drop': bool(cfg.drop),
+  key = {'judge': cfg.judge if converted else os.path.abspath(judge), 'chips': [os.path.abspath(p) for p in paths],
+         'ids': ids, 'threshold': cfg.threshold, 'far': cfg.far, 'drop': bool(cfg.drop),
          'pairs': os.path.abspath(eval_config.data.pairs)}
   cached = os.path.join(data_dir, 'leakage', hashlib.sha1(json.dumps(key).encode()).hexdigest()[:12] + '.json')
   if os.path.isfile(cached):
     print(f'== leakage check reused from {cached}', flush=True)
   else:
     os.makedirs(os.path.dirname(cached), exist_ok=True)
-    judge_leakage(judge, evaluation, paths, ids, cfg, eval_config.batch_size, os.path.dirname(cached))
-    os.replace(os.path.join(os.path.dirname(cached), 'leakage.json'), cached)
+    judge_leakage(judge, evaluation, paths, ids, cfg, eval_config.batch_size, cached)
   with open(cached) as f:
     check = json.load(f)
   with open(os.path.join(workdir, 'leakage.json'), 'w') as f:

@@ -274,7 +274,8 @@ def prepare_real_faces(config: ml_collections.ConfigDict, workdir: str, timings:
   t0 = time.perf_counter()
   print('== identity leakage check', flush=True)
   paths, ids = chip_files(aligned['identities']['chips'])
-  leakage = judge_leakage(teacher_dir, teacher_eval, paths, ids, r.leakage, config.eval.batch_size, workdir)
+  leakage = judge_leakage(teacher_dir, teacher_eval, paths, ids, r.leakage, config.eval.batch_size,
+                          os.path.join(workdir, 'leakage.json'))
   exclude = {f'identities/{s["train"]}' for s in leakage['suspects']} if r.leakage.drop else set()
   if len(exclude) == leakage['train_identities']:
     raise ValueError(f'the leakage check flags all {len(exclude)} training identities (threshold '

@@ -1,4 +1,5 @@
-"""Run a sweep of pipeline variants, collate one table and the Pareto / loss plots (facejax/sweep.py, facejax/sweep_report.py).
+"""Run a sweep of pipeline variants, collate one table and the Pareto / loss plots (facejax/sweep.py,
+facejax/sweep_report.py).
 
   python -m launch.sweep --config=configs/sweeps/student_width.py --workdir=runs/student_width [--print_commands]
 

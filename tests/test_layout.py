@@ -30,7 +30,8 @@ LAYERS = {
     'facejax.inference': 2, 'facejax.convert': 2,
     'facejax.evaluation': 3,
     'facejax.train': 4,
-    'facejax.pipeline': 5, 'facejax.lineage': 5, 'facejax.data_efficiency': 5, 'facejax.sweep': 5, 'facejax.sweep_report': 5,
+    'facejax.pipeline': 5, 'facejax.lineage': 5, 'facejax.data_efficiency': 5, 'facejax.sweep': 5,
+    'facejax.sweep_report': 5,
 }
 FORBIDDEN = ('launch', 'tests', 'configs', 'bench', 'torch', 'keras')  # top-level names facejax/ never imports
 MAX_MODULE_LINES = 500
