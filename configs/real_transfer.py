@@ -83,9 +83,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           judge='dlib',  # the face model that judges who is a View 2 person ('': no check)
           drop=True, far=0.01, threshold=0.0)),  # threshold 0: calibrated on View 2's people at `far`
   ))
-  c.stages = ['teacher', 'teacher_scratch', 'student', 'siamese']
+  c.stages = ('teacher', 'teacher_scratch', 'student', 'siamese')  # the order they train in (a tuple: overridable)
   c.report = ml_collections.ConfigDict({'teacher': 'teacher', 'teacher_scratch': 'teacher_scratch',
-                                        'student': 'student', 'student_siamese': 'siamese'})
+                                        'student': 'student', 'student_siamese': 'siamese',
+                                        'dlib': 'dlib'})  # a stage, or a reference: dlib's net as a reference row
   # The paper's three claims, then the rest, each a paired per-fold comparison on both yardsticks.
   c.comparisons = [('teacher', 'teacher_scratch'), ('student', 'teacher'), ('student_siamese', 'teacher'),
                    ('student_siamese', 'student'), ('teacher', 'dlib')]
@@ -124,6 +125,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if a.tiny:
     c.faces.holdout.identities, c.faces.holdout.folds = 6, 2
     c.faces.leakage.judge = ''
+    del c.report['dlib']  # the wiring only: no reference row
     for name in c.stages:
       stage = c[name]
       stage.total_steps, stage.batch_size, stage.log_every, stage.checkpoint_every = 2, 8, 1, 2

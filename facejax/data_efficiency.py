@@ -40,7 +40,7 @@ def point_config(config: ml_collections.ConfigDict, identities: int, steps: int,
     c.faces.max_identities = int(identities)
     c.faces.data_dir = c.faces.data_dir or os.path.join(workdir, 'data')
     c.eval.cache_dir = c.eval.cache_dir or os.path.join(workdir, 'cache')
-    c.stages = [s for s in c.stages if s in STAGES]
+    c.stages = tuple(s for s in c.stages if s in STAGES)
     c.report = ml_collections.ConfigDict({k: v for k, v in c.report.items() if k in STAGES})
     c.comparisons = [('teacher', 'teacher_scratch')]
     for stage in STAGES if steps else ():

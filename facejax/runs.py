@@ -61,18 +61,24 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 def checkpoint_manager(workdir: str, keep: int = 2):
-  """-> orbax.checkpoint.CheckpointManager over RUN/checkpoints with items 'state' and 'data'."""
+  """-> orbax.checkpoint.CheckpointManager over RUN/checkpoints with items 'state' and 'data', keeping the `keep`
+  latest checkpoints (0: all of them, e.g. for launch.learning_curve)."""
   import orbax.checkpoint as ocp
   return ocp.CheckpointManager(checkpoint_dir(workdir), item_names=('state', 'data'),
-                               options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+                               options=ocp.CheckpointManagerOptions(max_to_keep=keep or None, create=True))
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """The steps of a run's complete checkpoints, ascending."""
+  d = checkpoint_dir(workdir)
+  if not os.path.isdir(d):
+    return []
+  return sorted(int(s) for s in os.listdir(d) if s.isdigit() and os.path.isdir(os.path.join(d, s, 'state')))
 
 
 def latest_step(workdir: str) -> int | None:
-  d = checkpoint_dir(workdir)
-  if not os.path.isdir(d):
-    return None
-  steps = [int(s) for s in os.listdir(d) if s.isdigit() and os.path.isdir(os.path.join(d, s, 'state'))]
-  return max(steps) if steps else None
+  steps = checkpoint_steps(workdir)
+  return steps[-1] if steps else None
 
 
 def restore_variables(workdir: str, step: int | None = None) -> dict:

@@ -130,10 +130,11 @@ def _check_eval_config(config: ml_collections.ConfigDict) -> None:
   resolve_source(config.data)
 
 
-def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def evaluate_run(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> dict:
   """Embed every image the pairs use once, run the 10-fold protocol, write RUN/eval/<name>/ (its threshold.json
   included) and, with config.calibrate, RUN/threshold.json (`M.jaxexport.eval/<name>/` and
-  `M.jaxexport.threshold.json` for an export).
+  `M.jaxexport.threshold.json` for an export). `step`: a run's checkpoint other than the latest, written to
+  RUN/eval/<name>/step_<step>/ and never calibrated (launch.learning_curve).
   Returns {'result' (verification.evaluate), 'row', 'out_dir', 'calibration', 'protocol', 'reference' (or None),
   'calibrated', 'embeddings' [N, D] and 'names' (the pair set's images)}."""
   import time
@@ -153,11 +154,12 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.reference == 'dlib' and (align is None or int(align['size']) != 150):
     raise ValueError('config.reference=dlib runs dlib on 150 px dlib 5-point chips: expected an aligning model '
                      '(dlib\'s converted net) or config.align=on with a 150 px model')
-  embed_fn, image_size = load_embedder(workdir, flip, raw=raw)
-  step = desc['step']
+  embed_fn, image_size = load_embedder(workdir, flip, raw=raw, step=step)
   pairs, described = load_pairs(config.data, image_size)
   name = config.name or described['source']
-  out_dir = eval_dir(workdir, name)
+  out_dir = eval_dir(workdir, name) if step is None else os.path.join(eval_dir(workdir, name), f'step_{step}')
+  calibrate = config.calibrate and step is None
+  step = desc['step'] if step is None else step
 
   images, aligned = pairs.images, None
   if align is not None:
@@ -230,10 +232,10 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'align': align,
   }
   write_threshold(os.path.join(out_dir, THRESHOLD_FILE), calibration)
-  if config.calibrate:
+  if calibrate:
     write_threshold(threshold_path(workdir), calibration)
   return {'result': result, 'row': row, 'out_dir': out_dir, 'calibration': calibration, 'protocol': protocol,
-          'reference': reference, 'calibrated': bool(config.calibrate), 'embeddings': emb, 'names': pairs.names}
+          'reference': reference, 'calibrated': bool(calibrate), 'embeddings': emb, 'names': pairs.names}
 
 
 def reference_text(reference: dict | None) -> str:

@@ -46,6 +46,7 @@ BARE = {
     'data_efficiency': ('--config', '--workdir'),
     'embed': ('--workdir', '--images'),
     'evaluate': ('--config', '--workdir'),
+    'learning_curve': ('--config', '--workdir'),
     'export': ('--workdir', '--out'),
     'model_zoo': None,
     'pipeline': ('--config', '--workdir'),
@@ -209,6 +210,13 @@ def cheap_evaluate(request, tmp_path):
   assert os.path.isfile(run_dir / 'eval' / 'synthetic_pairs' / 'results.json')
 
 
+def cheap_learning_curve(request, tmp_path):
+  run_dir = request.getfixturevalue('trained')
+  out = succeeded(run('learning_curve', f'--workdir={run_dir}', *EVAL_FLAGS, '--config.name=curve'))
+  assert '| 2 | 16 |' in out  # step 2, 2 x the tiny config's batch of 8 images seen
+  assert os.path.isfile(run_dir / 'eval' / 'curve' / 'learning_curve.png')
+
+
 def cheap_export(request, tmp_path):
   out = tmp_path / 'm.jaxexport'
   succeeded(run('export', f'--workdir={request.getfixturevalue("trained")}', f'--out={out}'))
@@ -284,7 +292,7 @@ CHEAP = {
     'benchmark_no_face': cheap_benchmark_no_face, 'benchmark_train': cheap_benchmark_train,
     'compare_cpu': cheap_compare_cpu, 'contact_sheet': cheap_contact_sheet, 'convert': cheap_convert,
     'data_efficiency': cheap_data_efficiency, 'embed': cheap_embed, 'evaluate': cheap_evaluate,
-    'export': cheap_export, 'pipeline': cheap_pipeline, 'prepare_data': cheap_prepare_data, 'sweep': cheap_sweep,
+    'export': cheap_export, 'learning_curve': cheap_learning_curve, 'pipeline': cheap_pipeline, 'prepare_data': cheap_prepare_data, 'sweep': cheap_sweep,
     'train': cheap_train, 'verify': cheap_verify,
 }
 
