@@ -20,6 +20,11 @@ policy to HOG's misses (facejax.data.no_face: second detectors, then the centre 
 'hog' (fast, frontal), 'cnn' (dlib's MMOD CNN: finds profile faces, ~60x slower) and 'hog+cnn' (the CNN only
 where HOG finds nothing).
 
+ArcFace's crop (`ArcFaceAligner`, align kind 'arcface_5pt'), what insightface-style models such as the converted
+TensorFlow.js MobileFaceNet read: the same detector and no-face policy, dlib's 68-point landmarks reduced to
+insightface's five points (eye centres, nose tip, mouth corners; dlib's 5-point model has no mouth), the
+least-squares similarity onto `ARCFACE_TEMPLATE` (112x112) and a bilinear warp (OpenCV).
+
 Only this module imports dlib (`dlib-bin` on PyPI); the models ship in `face-recognition-models`.
 
 The policy of launch.evaluate / embed / verify (`resolve_align`, `align_photo`; `pair_chips.aligned_chips`). A
@@ -54,6 +59,14 @@ FALLBACK_BOX = (0.27, 0.32, 0.70, 0.75)
 BOX_CHIP = (0.037, 0.022, 1.143)
 RECOGNITION_MODEL = 'dlib_face_recognition_resnet_model_v1.dat'
 SHAPE_PREDICTOR = 'shape_predictor_5_face_landmarks.dat'
+SHAPE_PREDICTOR_68 = 'shape_predictor_68_face_landmarks.dat'
+# Alignment kinds a model can ask for (model.json "align"): dlib's chips, or insightface's ArcFace crop.
+ALIGN_KINDS = ('dlib_5pt', 'arcface_5pt')
+# insightface's five-point template for 112x112 crops (face_align.arcface_dst): the centres of the subject's right
+# and left eye (left and right in the image), the nose tip and the mouth corners, as (x, y) pixels.
+ARCFACE_SIZE = 112
+ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655],
+                             [70.7299, 92.2041]], np.float64)
 CNN_DETECTOR = 'mmod_human_face_detector.dat'
 INSTALL_HINT = "pip install 'facejax[align]' (dlib-bin and face-recognition-models)"
 
@@ -100,7 +113,7 @@ def as_rgb_uint8(image: Any, name: str = 'image') -> np.ndarray:
 class Face:
   box: tuple[int, int, int, int]  # left, top, right, bottom (dlib's inclusive rectangle)
   score: float  # detector confidence
-  landmarks: np.ndarray  # [5, 2] (x, y): the 5-point model's eye corners and nose
+  landmarks: np.ndarray  # [5, 2] (x, y): the 5-point model's eye corners and nose ([68, 2]: ArcFaceAligner's)
 
   @property
   def area(self) -> int:
@@ -199,14 +212,86 @@ class FaceAligner:
 
 @functools.lru_cache(maxsize=4)
 def default_aligner(detector: str = 'hog', upsample: int = 1, size: int = CHIP_SIZE,
-                    padding: float = CHIP_PADDING) -> FaceAligner:
+                    padding: float = CHIP_PADDING, kind: str = 'dlib_5pt') -> FaceAligner:
+  """The process-wide aligner of a configuration; kind 'arcface_5pt' -> ArcFaceAligner (padding unused)."""
+  if kind == 'arcface_5pt':
+    return ArcFaceAligner(detector, upsample, size)
+  if kind != 'dlib_5pt':
+    raise ValueError(f'align kind {kind!r}: expected one of {ALIGN_KINDS}')
   return FaceAligner(detector, upsample, size, padding)
 
 
 def align_face(image: Any, name: str = 'image', *, detector: str = 'hog', upsample: int = 1, size: int = CHIP_SIZE,
-               padding: float = CHIP_PADDING) -> np.ndarray:
+               padding: float = CHIP_PADDING, kind: str = 'dlib_5pt') -> np.ndarray:
   """uint8 [H, W, 3] RGB photo -> uint8 [size, size, 3] aligned chip of its largest face (NoFaceError if none)."""
-  return default_aligner(detector, upsample, size, padding).align(image, name)
+  return default_aligner(detector, upsample, size, padding, kind).align(image, name)
+
+
+# ---- ArcFace's crop: insightface's five-point template, from dlib's detector and 68-point landmarks. ----
+
+def arcface_points(landmarks: np.ndarray) -> np.ndarray:
+  """dlib's 68 landmarks [68, 2] -> the template's five points [5, 2] (x, y): the eye centres (means of the
+  eye contours 36-41 and 42-47), the nose tip (30) and the mouth corners (48, 54), in the template's order."""
+  pts = np.asarray(landmarks, np.float64)
+  if pts.shape != (68, 2):
+    raise ValueError(f'landmarks: expected dlib\'s 68 points [68, 2], got {pts.shape}')
+  return np.stack([pts[36:42].mean(0), pts[42:48].mean(0), pts[30], pts[48], pts[54]])
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+  """The least-squares similarity (rotation, uniform scale, translation; no reflection) taking points `src`
+  [N, 2] onto `dst` [N, 2] (Umeyama 1991, as insightface's skimage SimilarityTransform.estimate) -> [2, 3] matrix M,
+  dst ~ src @ M[:, :2].T + M[:, 2]."""
+  src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+  if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or len(src) < 2:
+    raise ValueError(f'similarity_transform: expected two [N >= 2, 2] point sets, got {src.shape} and {dst.shape}')
+  mu_s, mu_d = src.mean(0), dst.mean(0)
+  s, d = src - mu_s, dst - mu_d
+  cov = d.T @ s / len(src)
+  u, sig, vt = np.linalg.svd(cov)
+  sign = np.diag([1.0, -1.0 if np.linalg.det(u) * np.linalg.det(vt) < 0 else 1.0])
+  rot = u @ sign @ vt
+  var = (s ** 2).sum() / len(src)
+  if var == 0:
+    raise ValueError('similarity_transform: the source points coincide')
+  scale = np.trace(np.diag(sig) @ sign) / var
+  return np.concatenate([scale * rot, (mu_d - scale * rot @ mu_s)[:, None]], axis=1)
+
+
+def warp_chip(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+  """uint8 [H, W, 3] photo, [2, 3] photo -> chip matrix -> uint8 [size, size, 3]: bilinear, black outside the
+  photo (insightface's norm_crop: cv2.warpAffine with borderValue 0)."""
+  try:
+    import cv2
+  except ImportError as e:
+    raise ImportError(f'the ArcFace crop warps with OpenCV, which is not installed: {INSTALL_HINT}') from e
+  return cv2.warpAffine(np.ascontiguousarray(image), np.asarray(matrix, np.float64), (int(size), int(size)),
+                        flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def arcface_matrix(face: Face, size: int = ARCFACE_SIZE) -> np.ndarray:
+  """A face with 68 landmarks -> the [2, 3] photo -> chip similarity onto ARCFACE_TEMPLATE * size / 112."""
+  return similarity_transform(arcface_points(face.landmarks), ARCFACE_TEMPLATE * (size / ARCFACE_SIZE))
+
+
+class ArcFaceAligner(FaceAligner):
+  """insightface's ArcFace crop with dlib's detector (and its no-face policy): the 68-point shape predictor
+  (`shape_predictor_68_face_landmarks.dat`, in face-recognition-models) gives the eye centres, nose tip and mouth
+  corners (`arcface_points`; dlib's 5-point model has no mouth), then the least-squares similarity onto
+  ARCFACE_TEMPLATE (scaled by size / 112) and a bilinear warp. Detection, the largest-face rule and `fallback_face`
+  are FaceAligner's."""
+
+  def __init__(self, detector: str = 'hog', upsample: int = 1, size: int = ARCFACE_SIZE,
+               predictor_path: str | None = None):
+    super().__init__(detector, upsample, size, 0.0, predictor_path or packaged_model_path(SHAPE_PREDICTOR_68))
+
+  def chip_of(self, image: np.ndarray, face: Face) -> np.ndarray:
+    return warp_chip(image, arcface_matrix(face, self.size), self.size)
+
+  def chip_side(self, face: Face) -> float:
+    """Side of the photo square the chip covers: size over the transform's scale."""
+    m = arcface_matrix(face, self.size)
+    return float(self.size / np.hypot(m[0, 0], m[1, 0]))
 
 
 def align_images(images, names=None, **kwargs) -> np.ndarray:
@@ -256,8 +341,8 @@ def _read_rgb(path: str) -> np.ndarray | None:
 
 
 def _align_chunk(args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  paths, detector, upsample, size, padding = args
-  aligner = default_aligner(detector, upsample, size, padding)
+  paths, detector, upsample, size, padding, kind = args
+  aligner = default_aligner(detector, upsample, size, padding, kind)
   chips = np.zeros((len(paths), size, size, 3), np.uint8)
   found, readable = np.zeros(len(paths), bool), np.zeros(len(paths), bool)
   for k, path in enumerate(paths):
@@ -302,13 +387,17 @@ def _map_chunks(fn, chunks: list, workers: int, progress: str = ''):
 
 
 def align_files(paths: list[str], *, detector: str = 'hog', upsample: int = 1, size: int = CHIP_SIZE,
-                padding: float = CHIP_PADDING, workers: int = 1, chunk: int = 32, progress: str = '') -> dict:
+                padding: float = CHIP_PADDING, workers: int = 1, chunk: int = 32, progress: str = '',
+                kind: str = 'dlib_5pt') -> dict:
   """Photos -> {'chips': uint8 [N, size, size, 3], 'found': bool [N] (False: `FALLBACK_BOX` chip),
-  'readable': bool [N] (False: the file could not be decoded; its chip is black)}, in the order of `paths`."""
+  'readable': bool [N] (False: the file could not be decoded; its chip is black)}, in the order of `paths`.
+  kind: 'dlib_5pt' (dlib's chips) or 'arcface_5pt' (ArcFaceAligner)."""
   if detector not in DETECTORS:
     raise ValueError(f'detector={detector!r}: expected one of {DETECTORS}')
+  if kind not in ALIGN_KINDS:
+    raise ValueError(f'align kind {kind!r}: expected one of {ALIGN_KINDS}')
   require_dlib()
-  chunks = [(list(paths[i:i + chunk]), detector, int(upsample), int(size), float(padding))
+  chunks = [(list(paths[i:i + chunk]), detector, int(upsample), int(size), float(padding), kind)
             for i in range(0, len(paths), chunk)]
   parts = _map_chunks(_align_chunk, chunks, workers, progress)
   if not parts:
@@ -370,8 +459,8 @@ def resolve_align(mode: str, desc: dict, photos: bool = True, detector: str = 'h
     return None
   spec = {'kind': 'dlib_5pt', 'size': desc['image_size'] or CHIP_SIZE, 'padding': CHIP_PADDING, **(spec or {}),
           'detector': detector, 'upsample': int(upsample)}
-  if spec['kind'] != 'dlib_5pt':
-    raise ValueError(f'align kind {spec["kind"]!r} of the model: expected "dlib_5pt"')
+  if spec['kind'] not in ALIGN_KINDS:
+    raise ValueError(f'align kind {spec["kind"]!r} of the model: expected one of {ALIGN_KINDS}')
   try:
     require_dlib()
   except ImportError as e:
@@ -386,11 +475,15 @@ def align_photo(image: np.ndarray, name: str, spec: dict | None) -> np.ndarray:
   if spec is None:
     return image
   return align_face(image, name, size=int(spec['size']), padding=float(spec['padding']),
-                    detector=spec.get('detector', 'hog'), upsample=int(spec.get('upsample', 1)))
+                    detector=spec.get('detector', 'hog'), upsample=int(spec.get('upsample', 1)),
+                    kind=spec.get('kind', 'dlib_5pt'))
 
 
 def describe_align(spec: dict | None) -> str:
   if spec is None:
     return 'none (center crop)'
+  if spec.get('kind') == 'arcface_5pt':
+    return (f'ArcFace five-point crops ({spec.get("size")} px; dlib 68-point landmarks, detector '
+            f'{spec.get("detector", "hog")}, upsample {spec.get("upsample", 1)})')
   return (f'dlib 5-point chips ({spec.get("size")} px, padding {spec.get("padding")}, detector '
           f'{spec.get("detector", "hog")}, upsample {spec.get("upsample", 1)})')

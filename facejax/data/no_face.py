@@ -192,8 +192,8 @@ def landmark_scale(face, aligner) -> float:
 
 def _rescue_chunk(args) -> tuple[np.ndarray, list[str]]:
   from facejax.data.align import _read_rgb, default_aligner
-  items, policy, upsample, size, padding = args
-  aligner, rescuer = default_aligner('hog', upsample, size, padding), NoFaceRescue(policy, upsample)
+  items, policy, upsample, size, padding, kind = args
+  aligner, rescuer = default_aligner('hog', upsample, size, padding, kind), NoFaceRescue(policy, upsample)
   chips, kinds = np.zeros((len(items), size, size, 3), np.uint8), []
   for k, (name, image) in enumerate(items):
     image = _read_rgb(image) if isinstance(image, str) else image
@@ -203,12 +203,12 @@ def _rescue_chunk(args) -> tuple[np.ndarray, list[str]]:
 
 
 def rescue_all(items: list, policy: str, *, upsample: int = 1, size: int, padding: float, workers: int = 1,
-               chunk: int = 8) -> tuple[np.ndarray, list[str]]:
+               chunk: int = 8, kind: str = 'dlib_5pt') -> tuple[np.ndarray, list[str]]:
   """[(name, path or uint8 RGB photo)] HOG found no face in -> (uint8 [N, size, size, 3] chips by `policy`,
   [what found each face]), in `workers` processes (the MMOD CNN takes ~1 s a photo on one core)."""
   from facejax.data.align import _map_chunks
   check_policy(policy)
-  chunks = [(items[i:i + chunk], policy, int(upsample), int(size), float(padding))
+  chunks = [(items[i:i + chunk], policy, int(upsample), int(size), float(padding), kind)
             for i in range(0, len(items), chunk)]
   parts = _map_chunks(_rescue_chunk, chunks, workers)
   if not parts:

@@ -66,6 +66,8 @@ def aligned_chips(pairs, spec: dict, no_face: str = DEFAULT_NO_FACE, cache_dir: 
   paths = _image_paths(pairs.images)
   size, args = int(spec['size']), dict(detector=spec.get('detector', 'hog'), upsample=int(spec.get('upsample', 1)),
                                        size=int(spec['size']), padding=float(spec['padding']))
+  if spec.get('kind', 'dlib_5pt') != 'dlib_5pt':  # dlib's chips keep the cache key of earlier runs
+    args['kind'] = spec['kind']
   key = {'photos': [os.path.abspath(p) for p in paths] if paths else None, 'align': args, 'version': 1}
 
   def compute() -> dict:
@@ -73,7 +75,8 @@ def aligned_chips(pairs, spec: dict, no_face: str = DEFAULT_NO_FACE, cache_dir: 
     if paths is not None:
       out = align_files(paths, workers=workers, progress='align' if progress else '', **args)
     else:  # in-memory images (synthetic pairs): one process
-      aligner = default_aligner(args['detector'], args['upsample'], size, args['padding'])
+      aligner = default_aligner(args['detector'], args['upsample'], size, args['padding'],
+                                *([args['kind']] if 'kind' in args else []))
       chips, found = zip(*(aligner.align_or_fallback(as_rgb_array(pairs.images[k]), pairs.names[k])
                            for k in range(len(pairs.images))))
       out = {'chips': np.stack(chips), 'found': np.array(found), 'readable': np.ones(len(chips), bool)}
@@ -91,7 +94,7 @@ def aligned_chips(pairs, spec: dict, no_face: str = DEFAULT_NO_FACE, cache_dir: 
     def rescue() -> dict:
       t0 = time.perf_counter()
       chips, kinds = rescue_all(items, no_face, upsample=args['upsample'], size=size, padding=args['padding'],
-                                workers=workers)
+                                workers=workers, **({'kind': args['kind']} if 'kind' in args else {}))
       return {'chips': chips, 'found_by': np.array(kinds, '<U12'), 'seconds': np.float64(time.perf_counter() - t0)}
 
     rescued = _cached(_cache_file(cache_dir, 'no_face', rkey) if cache_dir and paths else '', rescue)
