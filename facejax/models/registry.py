@@ -14,6 +14,8 @@ from facejax.models.heads import Classifier, FaceNet
 from facejax.models.mobilenet import EfficientNetLite0, EfficientNetLite1, EfficientNetLite2, MobileNetV2
 from facejax.models.resnet import ResNet18, ResNet50
 from facejax.models.students import MobileFaceNet
+from facejax.models.tfjs_graph import NAME as TFJS_GRAPH
+from facejax.models.tfjs_graph import build_tfjs_model
 from facejax.models.vgg import VGG
 
 
@@ -63,6 +65,11 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+# Whole networks (head included) that come from a converted file, rebuilt from model.json's kwargs: not in MODELS,
+# which lists what a name alone builds. 'tfjs_graph': a TensorFlow.js graph model (facejax.convert.tfjs_run).
+CONVERTED_MODELS: dict[str, Callable[..., nn.Module]] = {TFJS_GRAPH: build_tfjs_model}
+
+
 def _spec(name: str) -> ModelSpec:
   if name not in MODELS:
     raise ValueError(f'unknown model {name!r}; expected one of: {", ".join(sorted(MODELS))}')
@@ -84,7 +91,9 @@ def build_model(name: str, num_classes: int, embed_dim: int = 128, dropout: floa
                 **overrides) -> FaceNet:
   """Face model: backbone + embedding head + identity classifier (num_classes=0: embedding only; `classifier`:
   'softmax' or 'cosine', see FaceNet). `bn_axis` (the pmap axis name, training only) makes BatchNorm statistics
-  cross-device."""
+  cross-device. CONVERTED_MODELS build from their `overrides` (model.json kwargs)."""
+  if name in CONVERTED_MODELS:
+    return CONVERTED_MODELS[name](num_classes=num_classes, embed_dim=embed_dim, dtype=dtype, **overrides)
   backbone = build_backbone(name, dtype, **overrides, **({'bn_axis': bn_axis} if bn_axis else {}))
   return FaceNet(backbone, num_classes, embed_dim, dropout, bn_axis, dtype, classifier, cosine_scale)
 

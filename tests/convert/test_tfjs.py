@@ -216,10 +216,12 @@ def test_launch_convert_tiny_graph_round_trips(tmp_path):
   from tests.cli_process import launch
   path, _ = _write_tiny_model(tmp_path)
   out = tmp_path / 'run'
-  proc = launch('convert', '--from=tfjs', f'--src={path}', f'--out={out}')
+  open_size = launch('convert', '--from=tfjs', f'--src={path}', f'--out={out}')
+  assert open_size.returncode != 0 and '--image_size' in open_size.stderr  # the tiny graph's input has no shape
+  proc = launch('convert', '--from=tfjs', f'--src={path}', f'--out={out}', '--image_size=6')
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert (out / 'tfjs.json').is_file() and (out / 'checkpoints' / '0' / 'state').is_dir()
-  again = launch('convert', '--from=tfjs', f'--src={path}', f'--out={out}')
+  again = launch('convert', '--from=tfjs', f'--src={path}', f'--out={out}', '--image_size=6')
   assert again.returncode != 0 and 'already holds' in again.stderr
   fn, params, meta = load_tfjs_run(str(out))
   assert meta['ops']['_FusedConv2D'] == 1 and meta['params'] == 3 * 3 * 3 * 4 + 4 + 4 * 5
@@ -241,3 +243,61 @@ def test_converted_mobilefacenet_matches_source(tmp_path):
   got = np.asarray(jax.jit(fn)(params, x)['embeddings'])
   np.testing.assert_array_equal(got, np.asarray(jax.jit(direct_fn)(direct_params, x)['embeddings']))
   np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A converted graph is a run like any other: load_run, the embedder, the inference rewrites, launch.evaluate.
+
+
+def test_converted_run_loads_like_any_run(tmp_path):
+  """model.json rebuilds the graph (GraphFaceNet) without the source files; its embedding is the graph's output,
+  L2-normalised; the convs and the MatMul are flax layers (counted as FLOPs, rewritten by optimize_for_inference,
+  equal within its float32 tolerance); launch.evaluate scores it (synthetic pairs at an 8 px input)."""
+  from facejax.convert.tfjs_run import convert_tfjs
+  from facejax.inference.benchmark import benchmark_model
+  from facejax.inference.embed import make_embed_fn
+  from facejax.inference.embedder import describe_model, load_embedder
+  from facejax.models.tfjs_graph import GraphFaceNet
+  from facejax.runs import load_run, read_model_info
+  from tests.cli_process import launch
+  path, w = _write_tiny_model(tmp_path)
+  run = tmp_path / 'run'
+  convert_tfjs(path, str(run), image_size=8)
+  for name in os.listdir(tmp_path):  # the run needs none of the source files
+    if name != 'run':
+      os.remove(tmp_path / name)
+  info = read_model_info(str(run))
+  assert info['name'] == 'tfjs_graph' and info['embed_dim'] == 5 and info['image_size'] == 8
+  assert info['align'] == {'kind': 'arcface_5pt', 'size': 8, 'padding': 0.0}
+  assert info['preprocessing'] == {'mean': [0.0, 0.0, 0.0], 'std': [1.0, 1.0, 1.0], 'bgr': False}
+  model, variables, loaded = load_run(str(run))
+  assert isinstance(model, GraphFaceNet)
+  assert set(variables['params']['backbone']) == {'conv', 'out'}  # the conv (with its bias) and the MatMul
+  images = np.random.RandomState(3).randint(0, 256, (2, 8, 8, 3)).astype(np.uint8)
+  x = images.astype(np.float32) / 255
+  pre = np.asarray(jax.jit(_tiny_reference)(x, w))
+  want = pre / np.linalg.norm(pre, axis=1, keepdims=True)
+  embed, size = load_embedder(str(run))
+  assert size == 8 and describe_model(str(run))['align']['kind'] == 'arcface_5pt'
+  np.testing.assert_allclose(np.asarray(embed(images)), want, rtol=1e-5, atol=1e-6)
+  fast = make_embed_fn(model, variables, loaded['preprocessing_obj'], 8, optimize=True)
+  np.testing.assert_allclose(np.asarray(fast(images)), want, atol=1e-4)
+  record = benchmark_model(model, variables, image_size=8, warmup=0, runs=1)
+  # the conv: 4x4 outputs x 4 channels x 27 taps, the dense 4x5: 2 x 1748 multiply-adds
+  assert record['gflops'] * 1e9 == pytest.approx(2 * (16 * 4 * 27 + 4 * 5)) and record['params'] == 132
+  proc = launch('evaluate', '--config=configs/lfw_eval.py:synthetic', f'--workdir={run}',
+                '--config.data.synthetic.num_identities=6', '--config.data.synthetic.images_per_identity=2',
+                '--config.data.synthetic.num_folds=2', '--config.data.synthetic.pairs_per_fold=4',
+                '--config.batch_size=4')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert (run / 'eval' / 'synthetic_pairs' / 'results.json').is_file()
+
+
+def _tiny_reference(x, w):
+  """The tiny graph in jax.numpy: SAME 3x3 stride-2 conv + bias, ReLU, the 'act' op (Relu), mean, matmul."""
+  import jax.numpy as jnp
+  from jax import lax
+  y = lax.conv_general_dilated(x, w['conv/w'], (2, 2), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                               precision=lax.Precision.HIGHEST)
+  y = jnp.maximum(jnp.maximum(y + w['conv/b'].astype(np.float32), 0), 0)
+  return jnp.matmul(y.mean((1, 2)), w['dense/w'], precision=lax.Precision.HIGHEST)
