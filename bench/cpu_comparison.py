@@ -81,11 +81,16 @@ def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, emb
   from facejax.models import build_model, default_image_size
   threads, cpu = num_threads(), cpu_info()
   torch.set_num_threads(threads)
-  size = default_image_size(name)
-  model = build_model(name, num_classes=0, embed_dim=embed_dim)
-  variables = random_variables(model, size)
+  if os.path.isdir(name):  # a run directory (trained, or converted such as a tfjs graph): its weights and size
+    from facejax.runs import load_run
+    model, variables, info = load_run(name)
+    size = int(info['image_size'])
+  else:
+    size = default_image_size(name)
+    model = build_model(name, num_classes=0, embed_dim=embed_dim)
+    variables = random_variables(model, size)
   flops = layer_flops(trace_layers(model, variables, size))
-  tmpdir = tempfile.mkdtemp(prefix=f'compare_{name}_')
+  tmpdir = tempfile.mkdtemp(prefix=f'compare_{os.path.basename(os.path.normpath(name))}_')
   no_twin = type(model.backbone).__name__ not in TWINS  # e.g. dlib's ResNet: the runtimes read facejax's export
   if no_twin:
     dropped = [v for v in variants if v in TWIN_VARIANTS]
@@ -108,7 +113,7 @@ def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, emb
   if uses_onnx or any(v.startswith('torch') for v in variants):
     net = torch_twin(model, variables, size)
   if uses_onnx:  # the ONNX graph is the torch twin's export
-    onnx_path = os.path.join(tmpdir, f'{name}.onnx')
+    onnx_path = os.path.join(tmpdir, 'model.onnx')
     export_onnx(net, size, onnx_path)
   if 'ort_facejax' in variants or (no_twin and any(v.startswith('openvino') for v in variants)):
     # facejax's own export (BN folded), fed the same float NHWC input
@@ -116,7 +121,7 @@ def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, emb
     from facejax.inference.onnx_export import export_onnx as facejax_onnx
     as_is = type('AsIs', (), {'apply': staticmethod(lambda x: x)})  # the inputs are model inputs already
     fn, _ = embedding_function(model, variables, as_is, size, optimize={'conv': 'xla'})
-    facejax_onnx_path = os.path.join(tmpdir, f'{name}.facejax.onnx')
+    facejax_onnx_path = os.path.join(tmpdir, 'model.facejax.onnx')
     facejax_onnx(fn, size, facejax_onnx_path, dtype='float32')
   precision = {}
   records = []
@@ -155,7 +160,7 @@ def compare_model(name: str, batch_sizes, variants, rounds: int, calls: int, emb
         fns[v] = lambda r=request, x=(x_nhwc if nhwc else x_nchw): r.infer({0: x})[0]
       elif v == 'ort_int8':
         from onnxruntime.quantization import QuantType, quantize_dynamic
-        q = os.path.join(tmpdir, f'{name}.int8.onnx')
+        q = os.path.join(tmpdir, 'model.int8.onnx')
         if not os.path.exists(q):
           quantize_dynamic(onnx_path, q, weight_type=QuantType.QInt8)
         sess = onnx_session(q, threads)

@@ -15,7 +15,8 @@ from launch import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('models', ['resnet50', 'vgg16', 'vgg_small', 'student_vgg', 'mobilefacenet', 'resnet18',
-                             'resnet18_w050'], 'Registry models (each at its default input size).')
+                             'resnet18_w050'], 'Registry models (each at its default input size, random '
+                  'weights) or run directories (their own weights and size, e.g. a converted tfjs graph).')
 flags.DEFINE_list('batch_sizes', ['1', '8'], 'Batch sizes (the table shows batch 1 and ms/image at the largest).')
 flags.DEFINE_list('variants', ['jax_plain', 'jax_opt', 'jax_onednn', 'jax_bf16', 'jax_int8', 'jax_int8_static',
                                 'ort', 'ort_facejax', 'openvino', 'openvino_f32', 'torch', 'torch_1t'],

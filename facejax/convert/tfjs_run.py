@@ -34,7 +34,8 @@ INPUTS = {'unit': {'mean': [0.0, 0.0, 0.0], 'std': [1.0, 1.0, 1.0], 'bgr': False
           'unit_bgr': {'mean': [0.0, 0.0, 0.0], 'std': [1.0, 1.0, 1.0], 'bgr': True},
           'pixels': {'mean': [0.0, 0.0, 0.0], 'std': [1 / 255] * 3, 'bgr': False},  # RGB 0..255
           'pixels_bgr': {'mean': [0.0, 0.0, 0.0], 'std': [1 / 255] * 3, 'bgr': True},
-          'symmetric': {'mean': [0.5, 0.5, 0.5], 'std': [0.5, 0.5, 0.5], 'bgr': False}}  # RGB in [-1, 1]
+          'symmetric': {'mean': [0.5, 0.5, 0.5], 'std': [0.5, 0.5, 0.5], 'bgr': False},  # RGB in [-1, 1]
+          'symmetric_bgr': {'mean': [0.5, 0.5, 0.5], 'std': [0.5, 0.5, 0.5], 'bgr': True}}
 ALIGNS = ('arcface_5pt', 'dlib_5pt', 'none')
 KNOWN = {'mobilefacenet': {'input': 'unit', 'align': 'arcface_5pt'},
          'mobileface': {'input': 'pixels', 'align': 'arcface_5pt'},

@@ -126,16 +126,22 @@ def _matmul(node, a, b):
   return jnp.matmul(a, b, precision=_HIGHEST)
 
 
+def _scalar(v, like):
+  """A constant in the activations' dtype: a bare Python number would export to ONNX as a double (jax2onnx traces
+  with x64 on) beside float tensors."""
+  return jnp.asarray(v, like.dtype)
+
+
 def _activation(name: str, node, x, alpha=None):
   if name == 'Relu':
-    return jnp.maximum(x, 0)
+    return jnp.maximum(x, _scalar(0, x))
   if name == 'Relu6':
-    return jnp.clip(x, 0, 6)
+    return jnp.clip(x, _scalar(0, x), _scalar(6, x))
   if name == 'Prelu':
     return jnp.where(x >= 0, x, alpha * x)
   if name == 'LeakyRelu':
     a = attr(node, 'leakyrelu_alpha', attr(node, 'alpha', 0.2))
-    return jnp.where(x >= 0, x, a * x)
+    return jnp.where(x >= 0, x, _scalar(a, x) * x)
   if name == 'Elu':
     return jax.nn.elu(x)
   if name == 'Sigmoid':
@@ -185,9 +191,9 @@ def _pool(kind):
     pad = _padding(node)
     x = args[0]
     if kind == 'max':
-      return lax.reduce_window(x, -np.inf, lax.max, ks, st, pad)
-    total = lax.reduce_window(x, 0.0, lax.add, ks, st, pad)
-    count = lax.reduce_window(np.ones((1,) + x.shape[1:], x.dtype), 0.0, lax.add, ks, st, pad)
+      return lax.reduce_window(x, _scalar(-np.inf, x), lax.max, ks, st, pad)
+    total = lax.reduce_window(x, _scalar(0, x), lax.add, ks, st, pad)
+    count = lax.reduce_window(np.ones((1,) + x.shape[1:], x.dtype), _scalar(0, x), lax.add, ks, st, pad)
     return total / count  # TF's AvgPool excludes SAME padding from the count
   return op
 
@@ -196,13 +202,13 @@ def _batch_norm(node, args):
   x, scale, offset, mean, var = args[:5]
   _nhwc(node)
   eps = attr(node, 'epsilon', 1e-3)
-  return (x - mean) * (scale / jnp.sqrt(var + eps)) + offset
+  return (x - mean) * (scale / jnp.sqrt(var + _scalar(eps, var))) + offset
 
 
 def _pad(node, args):
   pads = _static(node, args[1], 'paddings').astype(int)
   value = float(args[2]) if len(args) > 2 else 0.0
-  return jnp.pad(args[0], [tuple(p) for p in pads], constant_values=value)
+  return jnp.pad(args[0], [tuple(p) for p in pads], constant_values=_scalar(value, args[0]))
 
 
 def _reshape(node, args):
@@ -240,8 +246,8 @@ OP_FUNCTIONS = {
     'SquaredDifference': _binary(lambda x, y: jnp.square(x - y)),
     'Abs': _unary(jnp.abs), 'Neg': _unary(jnp.negative), 'Square': _unary(jnp.square), 'Sqrt': _unary(jnp.sqrt),
     'Rsqrt': _unary(lax.rsqrt), 'Exp': _unary(jnp.exp), 'Sigmoid': _unary(jax.nn.sigmoid),
-    'Tanh': _unary(jnp.tanh), 'Relu': _unary(lambda x: jnp.maximum(x, 0)),
-    'Relu6': _unary(lambda x: jnp.clip(x, 0, 6)), 'Elu': _unary(jax.nn.elu),
+    'Tanh': _unary(jnp.tanh), 'Relu': lambda n, a: _activation('Relu', n, a[0]),
+    'Relu6': lambda n, a: _activation('Relu6', n, a[0]), 'Elu': _unary(jax.nn.elu),
     'Softmax': _unary(lambda x: jax.nn.softmax(x, axis=-1)),
     'Prelu': lambda n, a: _activation('Prelu', n, a[0], a[1]),
     'LeakyRelu': lambda n, a: _activation('LeakyRelu', n, a[0]),

@@ -301,3 +301,22 @@ def _tiny_reference(x, w):
                                precision=lax.Precision.HIGHEST)
   y = jnp.maximum(jnp.maximum(y + w['conv/b'].astype(np.float32), 0), 0)
   return jnp.matmul(y.mean((1, 2)), w['dense/w'], precision=lax.Precision.HIGHEST)
+
+
+def test_compare_cpu_times_a_converted_run_and_onnx_runs_its_export(tmp_path):
+  """launch.compare_cpu takes a run directory: its own weights and input size; with no torch twin, ONNX Runtime runs
+  facejax's own ONNX export of the graph (ort_facejax), which must agree with jax."""
+  pytest.importorskip('onnxruntime', reason="ONNX Runtime is in the bench extra (pip install -e '.[bench]')")
+  pytest.importorskip('jax2onnx', reason="jax2onnx is in the bench extra (pip install -e '.[bench]')")
+  pytest.importorskip('torch', reason="bench.cpu_comparison imports torch (pip install -e '.[bench]')")
+  from bench.cpu_comparison import compare_model
+  from facejax.convert.tfjs_run import convert_tfjs
+  path, _ = _write_tiny_model(tmp_path)
+  run = str(tmp_path / 'run')
+  convert_tfjs(path, run, image_size=8)
+  records = compare_model(run, [2], ['jax_plain', 'jax_opt', 'ort_facejax'], rounds=1, calls=2, embed_dim=16,
+                          opt_variants={'jax_opt': {}}, ort_int8=False, log=lambda r: None, pause=0.0)
+  timed = {r['variant']: r for r in records if 'ms_median' in r}
+  assert set(timed) == {'jax_plain', 'jax_opt', 'ort_facejax'}
+  assert all(r['image_size'] == 8 and r['params'] == 132 for r in timed.values())
+  assert timed['ort_facejax']['max_abs_diff_vs_jax_plain'] < 1e-4 and timed['jax_opt']['max_abs_diff_vs_jax_plain'] < 1e-4
