@@ -235,11 +235,14 @@ def align_once(manual_dir: str, out_dir: str, *, detector: str, upsample: int = 
   'chips', 'report', 'aligned', 'no_face', 'unreadable'} (the last two are counts; the paths are in the report).
 
   An interrupted run has no marker and aligns again (chips are overwritten); a marker for other settings is an
-  error, not a silent re-alignment.
+  error, not a silent re-alignment. The marker's paths are absolute, and read back as out_dir's own (markers
+  once stored them relative to the working directory of the run that aligned, which another directory then
+  misread as no chips).
   """
   from facejax.data.align import align_folder  # pylint: disable=g-import-not-at-top  (dlib is optional)
   source = os.path.abspath(manual_dir)
   settings = {'detector': detector, 'upsample': int(upsample), 'size': int(size), 'padding': float(padding)}
+  out_dir = os.path.abspath(out_dir)
   done = os.path.join(out_dir, ALIGN_DONE)
   if os.path.exists(done):
     with open(done) as f:
@@ -248,7 +251,7 @@ def align_once(manual_dir: str, out_dir: str, *, detector: str, upsample: int = 
     if stored != {'source': source, **settings}:
       raise ValueError(f'{out_dir}: already aligned with {stored}, asked for {settings} from {source}; delete it to '
                        f'align again, or choose another --name')
-    return marker
+    return dict(marker, chips=os.path.join(out_dir, 'chips'), report=os.path.join(out_dir, ALIGN_REPORT))
   if not os.path.isdir(manual_dir):
     raise FileNotFoundError(f'identity-folder root {manual_dir} does not exist (expected '
                             f'{manual_dir}/<identity>/<image>.jpg)')
