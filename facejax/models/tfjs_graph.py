@@ -14,7 +14,10 @@ and 'weights' ({float constant: shape}).
 Each conv (Conv2D, DepthwiseConv2dNative and their fused forms) and each MatMul by a float constant runs as an
 `nn.Conv` / `nn.Dense` (a fused BiasAdd as its bias), so facejax's inference rewrites (`optimize_for_inference`:
 conv lowering, casts) and FLOP counts see the graph's layers as they see any registry model's; every other op maps
-to jax.numpy / lax. An op outside `OPS` raises `TfjsFormatError` naming the op and the node.
+to jax.numpy / lax. An op outside `OPS` raises `TfjsFormatError` naming the op and the node. Depthwise convs
+(channel multiplier 1, no dilation) run as `facejax.models.mobilenet.depthwise_taps`, k*k shifted multiply-adds:
+XLA's CPU backend runs its grouped convolution one to two orders of magnitude slower (MobileFaceNet's 17 depthwise
+convs made it slower than dlib's net at a tenth of the FLOPs; docs/installable_models.md).
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from jax import lax
 
 from facejax.models.common import Dtype
 from facejax.models.heads import FaceNet
+from facejax.models.mobilenet import depthwise_taps
 
 NAME = 'tfjs_graph'  # model.json "name" of a converted graph model
 _HIGHEST = lax.Precision.HIGHEST
@@ -113,9 +117,16 @@ def _conv(node, x, w, depthwise: bool):
   if depthwise:  # [kh, kw, C, M] -> [kh, kw, 1, C * M], one group per input channel
     kh, kw, c, m = w.shape
     w, groups = w.reshape(kh, kw, 1, c * m), c
-  return lax.conv_general_dilated(x, w, tuple(strides[1:3]), _padding(node), rhs_dilation=tuple(dil[1:3]),
-                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups,
-                                  precision=_HIGHEST)
+  return _conv_impl(depthwise and w.shape[-1] == groups, dil)(
+      x, w, tuple(strides[1:3]), _padding(node), rhs_dilation=tuple(dil[1:3]),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups, precision=_HIGHEST)
+
+
+def _conv_impl(depthwise: bool, dilations):
+  """depthwise_taps for a depthwise conv with channel multiplier 1 and no dilation, else lax's convolution."""
+  if depthwise and all(d == 1 for d in dilations):
+    return depthwise_taps
+  return lax.conv_general_dilated
 
 
 def _matmul(node, a, b):
@@ -438,7 +449,8 @@ class TfjsGraphNet(nn.Module):
       groups = args[0].shape[-1] if layer['depthwise'] else 1
       y = nn.Conv(kernel_shape[-1], tuple(kernel_shape[:2]), tuple(strides[1:3]), _padding(node),
                   kernel_dilation=tuple(dil[1:3]), feature_group_count=groups, use_bias=use_bias, dtype=self.dtype,
-                  precision=_HIGHEST, name=name)(args[0])
+                  precision=_HIGHEST, name=name,
+                  conv_general_dilated=_conv_impl(groups > 1 and kernel_shape[-1] == groups, dil))(args[0])
     return fused_epilogue(node, y.astype(jnp.float32), args[2:], skip_bias=use_bias)
 
   def _kernel_shape(self, layer) -> list[int]:

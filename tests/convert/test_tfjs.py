@@ -82,9 +82,10 @@ def relative_error(got: np.ndarray, want: np.ndarray) -> float:
 
 
 def _check_against_tfjs(model_json: str, size: int, scale: float, tmp_path) -> float:
+  """The graph exactly as TensorFlow.js runs it (repair=False: tfjs runs the converter's PReLU fusion as is)."""
   images = _real_photos(size, scale)
   want = _tfjs_reference(model_json, images, tmp_path)
-  graph = read_tfjs_graph(model_json)
+  graph = read_tfjs_graph(model_json, repair=False)
   fn, params = tfjs_function(graph)
   got = jax.jit(fn)(params, images)
   # tfjs names outputs by node ('global_pooling/Mean'); the signature may add ':0'.
@@ -194,6 +195,46 @@ def test_tiny_graph_matches_numpy(tmp_path):
   np.testing.assert_allclose(got, act.mean((1, 2)) @ w['dense/w'], rtol=1e-5, atol=1e-5)
 
 
+def _write_fused_prelu_model(tmp_path) -> tuple[str, dict]:
+  """A depthwise conv + bias whose PReLU is written out as MobileFaceNet_TF writes it, relu(y) + a * (y - |y|)
+  (a: alpha / 2), after tfjs-converter fused the Relu into the conv and left Abs / Sub reading the fused output
+  (what mobilefacenet.json ships)."""
+  rng = np.random.RandomState(4)
+  w = {'dw/w': rng.randn(3, 3, 4, 1).astype(np.float32), 'dw/b': rng.randn(4).astype(np.float32),
+       'half_alpha': rng.uniform(-1, 1, 4).astype(np.float32)}
+  b64 = lambda s: __import__('base64').b64encode(s.encode()).decode()
+  nodes = [{'name': 'x', 'op': 'Placeholder'}] + [{'name': k, 'op': 'Const'} for k in w] + [
+      {'name': 'dw', 'op': 'FusedDepthwiseConv2dNative', 'input': ['x', 'dw/w', 'dw/b'],
+       'attr': {'strides': {'list': {'i': ['1', '1', '1', '1']}}, 'padding': {'s': b64('SAME')},
+                'fused_ops': {'list': {'s': [b64('BiasAdd'), b64('Relu')]}}}},
+      {'name': 'abs', 'op': 'Abs', 'input': ['dw']}, {'name': 'sub', 'op': 'Sub', 'input': ['dw', 'abs']},
+      {'name': 'neg', 'op': 'Mul', 'input': ['sub', 'half_alpha']}, {'name': 'out', 'op': 'Add', 'input': ['dw', 'neg']}]
+  specs = [{'name': k, 'shape': list(v.shape), 'dtype': 'float32'} for k, v in w.items()]
+  model = {'format': 'graph-model', 'modelTopology': {'node': nodes},
+           'weightsManifest': [{'paths': ['w.bin'], 'weights': specs}]}
+  (tmp_path / 'w.bin').write_bytes(b''.join(v.tobytes() for v in w.values()))
+  (tmp_path / 'prelu.json').write_text(json.dumps(model))
+  return str(tmp_path / 'prelu.json'), w
+
+
+def test_fused_prelu_is_repaired(tmp_path):
+  """As shipped, y - |y| reads the ReLU'd conv output and is 0: the PReLU is a ReLU (what made mobilefacenet score
+  63 % on LFW). The reader restores relu(y) + alpha * min(y, 0) = PReLU(y); repair=False keeps tfjs's graph."""
+  path, w = _write_fused_prelu_model(tmp_path)
+  x = np.random.RandomState(5).randn(2, 5, 5, 4).astype(np.float32)
+  xp = np.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)]).astype(np.float64)
+  y = sum(xp[:, i:i + 5, j:j + 5, :] * w['dw/w'][i, j, :, 0] for i in range(3) for j in range(3)) + w['dw/b']
+  prelu = np.where(y >= 0, y, 2 * w['half_alpha'] * y)
+  repaired = read_tfjs_graph(path)
+  assert repaired.meta['repaired'] == ['dw']
+  fn, params = tfjs_function(repaired)
+  np.testing.assert_allclose(np.asarray(jax.jit(fn)(params, x)['out']), prelu, rtol=1e-5, atol=1e-5)
+  shipped = read_tfjs_graph(path, repair=False)
+  assert shipped.meta['repaired'] == []
+  fn, params = tfjs_function(shipped)
+  np.testing.assert_allclose(np.asarray(jax.jit(fn)(params, x)['out']), np.maximum(y, 0), rtol=1e-5, atol=1e-5)
+
+
 def test_unsupported_op_names_op_and_node(tmp_path):
   path, _ = _write_tiny_model(tmp_path, op='Erf')
   with pytest.raises(TfjsFormatError, match=r"node 'act': op 'Erf' is not supported"):
@@ -237,6 +278,9 @@ def test_converted_mobilefacenet_matches_source(tmp_path):
   src = os.path.join(_models_dir(), 'mobilefacenet.json')
   meta = convert_tfjs(src, str(tmp_path / 'run'))
   assert meta['params'] == 1292993 and meta['input_shape'] == [-1, 112, 112, 3]
+  # the 16 depthwise convs whose PReLU tfjs-converter fused into a ReLU (the 17th, the GDConv, has no activation)
+  assert len(meta['repaired']) == 16 and all(n.endswith('SeparableConv2d/depthwise') for n in meta['repaired'])
+  assert meta['input'] == 'symmetric'
   fn, params, _ = load_tfjs_run(str(tmp_path / 'run'))
   x = _real_photos(112, 1 / 255)
   direct_fn, direct_params = tfjs_function(read_tfjs_graph(src))
