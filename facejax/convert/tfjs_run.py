@@ -18,7 +18,8 @@ pixels itself ('pixels'); mobilefacenet is sirius-ai/MobileFaceNet_TF, trained o
 ('symmetric'). The reader repairs the PReLUs that tfjs-converter's activation fusion turned into ReLUs
 (facejax.convert.tfjs.unfuse_prelu_activations; tfjs.json lists the convs under 'repaired'). ArcFace's 112 px
 five-point crop (facejax.data.align.ArcFaceAligner) is the alignment these insightface-style models were trained
-on. faceres is human's age / gender / descriptor net: its embedding is the 1024-d 'global_pooling/Mean'.
+on. faceres is human's age / gender / descriptor net (HSE_FaceRec_tf): its embedding is the 1024-d
+'global_pooling/Mean', and human feeds it 0..255 RGB (src/face/faceres.ts multiplies its [0, 1] crop by 255).
 """
 from __future__ import annotations
 
@@ -41,8 +42,8 @@ INPUTS = {'unit': {'mean': [0.0, 0.0, 0.0], 'std': [1.0, 1.0, 1.0], 'bgr': False
 ALIGNS = ('arcface_5pt', 'dlib_5pt', 'none')
 KNOWN = {'mobilefacenet': {'input': 'symmetric', 'align': 'arcface_5pt'},
          'mobileface': {'input': 'pixels', 'align': 'arcface_5pt'},
-         'faceres': {'input': 'unit', 'align': 'arcface_5pt', 'embedding': 'global_pooling/Mean'},
-         'faceres-deep': {'input': 'unit', 'align': 'arcface_5pt', 'embedding': 'global_pooling/Mean'}}
+         'faceres': {'input': 'pixels', 'align': 'arcface_5pt', 'embedding': 'global_pooling/Mean'},
+         'faceres-deep': {'input': 'pixels', 'align': 'arcface_5pt', 'embedding': 'global_pooling/Mean'}}
 
 
 def _input_shape(graph) -> list[int] | None:
