@@ -77,6 +77,8 @@ def convert_tfjs(src: str, out: str, overwrite: bool = False, *, input_format: s
     raise FileExistsError(f'{out}: already holds a run (model.json); pass overwrite=True (--overwrite) to replace')
   graph = read_tfjs_graph(src)
   embedding = embedding or known.get('embedding') or (next(iter(graph.outputs)) if len(graph.outputs) == 1 else '')
+  if embedding not in graph.outputs and f'{embedding}:0' in graph.outputs:
+    embedding = f'{embedding}:0'  # signatures name a tensor with or without its ':0' (faceres-deep does)
   if embedding not in graph.outputs:
     raise TfjsFormatError(f'{src}: --embedding={embedding!r}: expected one of the graph\'s outputs '
                           f'{sorted(graph.outputs)}')
