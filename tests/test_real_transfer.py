@@ -38,6 +38,9 @@ def test_stage_references_resolve_and_unknown_sets_are_named(tmp_path):
   assert plan['siamese'].init.path == str(tmp_path / 'student')
   assert (plan['teacher'].data.kwargs.name, plan['teacher'].data.kwargs.data_dir) == ('identities_abc', '/d')
   assert c.student.distill.teacher_workdir == 'stage:teacher'  # the config itself is not changed
+  from facejax.lineage import report_runs  # a stage that does not train has no report row
+  assert report_runs(c, str(tmp_path), plan) == {name: str(tmp_path / stage) for name, stage in (
+      ('teacher', 'teacher'), ('student', 'student'), ('student_siamese', 'siamese'))}
   c.student.data.kwargs.name = 'prepared:mimic'
   with pytest.raises(ValueError, match=r"config.student.data.kwargs.name='prepared:mimic': expected one of "
                                        r"\['prepared:identities'\]"):

@@ -87,13 +87,14 @@ def chip_files(root: str) -> tuple[list[str], list[str]]:
 
 
 def identity_set(sources: dict[str, str], data_dir: str, name: str, *, exclude=frozenset(), max_identities: int = 0,
-                 seed: int = 0, min_images: int = 2) -> dict:
+                 seed: int = 0, min_images: int = 2, mirror: bool = False, jittered: int = 0) -> dict:
   """Chips trees (`sources`: prefix -> root of <identity>/<chip>) -> one prepared identity set under `data_dir`
   (`facejax.data.folders.prepare_folders`, ArrayRecord, no validation split) through a linked tree. Identities
   in `exclude` ('<prefix>/<identity>') and those with fewer than `min_images` chips are left out; with
   `max_identities`, all but that many of the rest, drawn with `seed` (a data-efficiency point). The prepared
-  set's name carries a digest of what was left out, so a changed exclusion prepares a new set, never a stale one.
-  -> {'name', 'data_dir', 'identities', 'images', 'excluded_identities', 'max_identities'}."""
+  set's name carries a digest of what was left out (and of the views: `mirror`, `jittered`, as `link_tree`), so a
+  changed exclusion prepares a new set, never a stale one.
+  -> {'name', 'data_dir', 'tree', 'identities', 'images', 'excluded_identities', 'max_identities'}."""
   import hashlib
   from facejax.data.folders import prepare_folders
   everyone = {f'{prefix}/{identity}': len(os.listdir(os.path.join(root, identity)))
@@ -107,9 +108,11 @@ def identity_set(sources: dict[str, str], data_dir: str, name: str, *, exclude=f
                        f'chips are left after the exclusions')
     keep = set(np.random.default_rng(seed).choice(eligible, max_identities, replace=False).tolist())
     left_out |= set(eligible) - keep
-  digest = hashlib.sha1(json.dumps(sorted(left_out)).encode()).hexdigest()[:8]
-  tree = os.path.join(data_dir, 'trees', f'{name}_{digest}')
-  counts = link_tree(sources, tree, left_out)
+  views = [bool(mirror), int(jittered)] if mirror or jittered else []  # none: the names sets had before views
+  digest = hashlib.sha1(json.dumps([sorted(left_out)] + views if views else sorted(left_out)).encode()).hexdigest()[:8]
   prepared = f'{name}_{digest}'
+  tree = os.path.join(data_dir, 'trees', prepared)
+  counts = link_tree(sources, tree, left_out, mirror=mirror, jittered=jittered)
   prepare_folders(tree, data_dir, name=prepared, val_fraction=0.0, min_images=min_images)
-  return {'name': prepared, 'data_dir': os.path.abspath(data_dir), 'max_identities': int(max_identities), **counts}
+  return {'name': prepared, 'data_dir': os.path.abspath(data_dir), 'tree': os.path.abspath(tree),
+          'max_identities': int(max_identities), **counts}
