@@ -120,7 +120,8 @@ def convert_tfjs(src: str, out: str, overwrite: bool = False, *, input_format: s
           'embedding': embedding, 'input_shape': shape, 'params': params, 'input': input_format}
   info = {'name': NAME, 'num_classes': 0, 'embed_dim': int(emb.shape[1]), 'dropout': 0.0,
           'kwargs': {'structure': structure}, 'image_size': image_size, 'preprocessing': INPUTS[input_format],
-          'task': 'convert', 'source': {'format': 'tfjs', 'src': meta['src'], 'embedding': embedding, 'input': input_format},
+          'task': 'convert',
+          'source': {'format': 'tfjs', 'src': meta['src'], 'embedding': embedding, 'input': input_format},
           **({'align': {'kind': align, 'size': image_size, 'padding': 0.0 if align == 'arcface_5pt' else 0.25}}
              if align != 'none' else {})}
   with open(os.path.join(out, 'config.json'), 'w') as f:

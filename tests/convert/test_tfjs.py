@@ -209,7 +209,8 @@ def _write_fused_prelu_model(tmp_path) -> tuple[str, dict]:
        'attr': {'strides': {'list': {'i': ['1', '1', '1', '1']}}, 'padding': {'s': b64('SAME')},
                 'fused_ops': {'list': {'s': [b64('BiasAdd'), b64('Relu')]}}}},
       {'name': 'abs', 'op': 'Abs', 'input': ['dw']}, {'name': 'sub', 'op': 'Sub', 'input': ['dw', 'abs']},
-      {'name': 'neg', 'op': 'Mul', 'input': ['sub', 'half_alpha']}, {'name': 'out', 'op': 'Add', 'input': ['dw', 'neg']}]
+      {'name': 'neg', 'op': 'Mul', 'input': ['sub', 'half_alpha']},
+      {'name': 'out', 'op': 'Add', 'input': ['dw', 'neg']}]
   specs = [{'name': k, 'shape': list(v.shape), 'dtype': 'float32'} for k, v in w.items()]
   model = {'format': 'graph-model', 'modelTopology': {'node': nodes},
            'weightsManifest': [{'paths': ['w.bin'], 'weights': specs}]}
