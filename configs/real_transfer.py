@@ -18,8 +18,8 @@ place; everything prepared goes under --workdir (facejax.lineage.prepare_faces):
 Stages (each a normal training run in <workdir>/<stage>, its sources named in its own config):
   teacher         classify: the ImageNet backbone, a new 128-d embedding and identity softmax, fine-tuned
   teacher_scratch the same net and steps from random initialisation: the control of the transfer claim
-  student         distil: MobileNetV2 x0.25 with a 256-wide head (>= 9x fewer parameters), the teacher's soft
-                  targets and embedding, and the labels
+  student         distil: MobileNetV2 x0.3 with a 192-wide head (9.3x fewer parameters than MobileNetV2's), the
+                  teacher's soft targets and embedding, and the labels
   siamese         the student continued with a contrastive loss on P x K identity batches
 Reports: teacher, teacher_scratch, student, student_siamese, and dlib's net as a reference row, on both yardsticks.
 Args: teacher=ARCH (mobilenet_v2 | efficientnet_lite0 | efficientnet_lite1 | efficientnet_lite2), identities=N
@@ -42,7 +42,9 @@ IMAGE_SIZE = 64
 TEACHERS = ('mobilenet_v2', 'efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2')
 PREPROCESSING = {'efficientnet_lite0': 'efficientnet_lite', 'efficientnet_lite1': 'efficientnet_lite',
                  'efficientnet_lite2': 'efficientnet_lite'}  # the rest: torchvision's mean and std
-STUDENT = dict(width=0.25, head=256)  # MobileNetV2 x0.25, head 1280 -> 256: 187K params with the 128-d embedding
+# MobileNetV2 x0.3, head 1280 -> 192: 256K params with the 128-d embedding, 9.3x fewer than the teacher's 2.39M.
+# Chosen on the held-out pairs over x0.25 with a 256 head (187K, 12.8x): +0.88 +- 0.36 pp (p = 0.038).
+STUDENT = dict(width=0.3, head=192)
 TINY_BLOCKS = ((1, 8, 1, 1, 3), (6, 16, 1, 2, 3))  # tiny: two inverted-residual blocks (compiles in seconds)
 
 
