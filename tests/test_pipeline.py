@@ -100,3 +100,33 @@ def test_mimic_tree_views_are_deterministic_and_rebuilt_when_asked_for_others(tm
   assert not os.path.exists(tmp_path / 'tree' / 'ids_a' / '0_jitter0.png')
   link_tree(sources, out, exclude={'ids/b'}, mirror=True, jittered=2)
   np.testing.assert_array_equal(read('0_jitter0.png'), jittered)  # the same draws again
+
+
+def test_link_tree_is_swapped_in_whole(tmp_path, monkeypatch):
+  """A rebuild leaves the old tree whole until the new one is complete, and when another run finishes the same
+  tree first, that one is kept (two pipelines preparing one data_dir at once used to delete each other's files:
+  FileNotFoundError)."""
+  from PIL import Image
+  from facejax.data.faces import link_tree
+  for person in ('a', 'b'):
+    os.makedirs(tmp_path / 'chips' / person)
+    Image.new('RGB', (8, 8)).save(tmp_path / 'chips' / person / '0.png')
+  sources, out = {'ids': str(tmp_path / 'chips')}, str(tmp_path / 'tree')
+  link_tree(sources, out, exclude={'ids/b'})
+  symlink, seen = os.symlink, []
+
+  def another_run_meanwhile(src, dst):
+    seen.append(sorted(os.listdir(out)))  # what a reader of `out` sees while this rebuild runs
+    if len(seen) == 1:
+      monkeypatch.setattr(os, 'symlink', symlink)
+      link_tree(sources, out)  # the other run: the same tree, finished first
+      monkeypatch.setattr(os, 'symlink', another_run_meanwhile)
+      os.makedirs(os.path.join(out, 'theirs'))  # (a mark on the other run's tree)
+    symlink(src, dst)
+
+  monkeypatch.setattr(os, 'symlink', another_run_meanwhile)
+  counts = link_tree(sources, out)
+  assert seen == [['ids_a'], ['ids_a', 'ids_b', 'theirs']]
+  assert counts == {'identities': 2, 'images': 2, 'excluded_identities': 0}
+  assert sorted(os.listdir(out)) == ['ids_a', 'ids_b', 'theirs']  # the other run's tree kept, this one dropped
+  assert sorted(os.listdir(tmp_path)) == ['chips', 'tree', 'tree.json']  # nothing half-built left behind

@@ -19,8 +19,12 @@ def link_tree(sources: dict[str, str], out: str, exclude=frozenset(), mirror: bo
   through the trainer's `Augment` (crop, flip, colour), drawn from a seed of the file name: the teacher's cached
   outputs then cover 1 + mirror + J views of every chip). `sources`: prefix -> chips root; identities are named
   `<prefix>/<identity>` -> '<prefix>_<identity>'. A resumed run reuses the tree when `<out>.json` records the same
-  sources, exclusions and views; otherwise it is rebuilt, so a changed exclusion list takes effect. -> counts."""
+  sources, exclusions and views; otherwise it is rebuilt, so a changed exclusion list takes effect. The tree is built
+  in a private folder and swapped in when complete, so another run reading `out` never sees it half-built, and two
+  runs preparing the same tree at once do not delete each other's files. -> counts."""
+  import errno
   import shutil
+  import tempfile
   import zlib
   from PIL import Image
   from facejax.data.loader import Augment
@@ -28,22 +32,18 @@ def link_tree(sources: dict[str, str], out: str, exclude=frozenset(), mirror: bo
           'mirror': bool(mirror)}
   if jittered:
     spec['jittered'] = int(jittered)  # absent when 0: trees built before jittering existed stay valid
-  if os.path.isfile(out + '.json') and os.path.isdir(out):
-    with open(out + '.json') as f:
-      stored = json.load(f)
-    if stored['spec'] == spec:
-      return stored['counts']
-  if os.path.exists(out + '.json'):
-    os.remove(out + '.json')
-  if os.path.isdir(out):
-    shutil.rmtree(out)
+  stored = _stored_counts(out, spec)
+  if stored is not None:
+    return stored
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  build = tempfile.mkdtemp(prefix=os.path.basename(out) + '.building-', dir=os.path.dirname(os.path.abspath(out)))
   counts = {'identities': 0, 'images': 0, 'excluded_identities': 0}
   for prefix, root in sources.items():
     for identity in sorted(os.listdir(root)):
       if f'{prefix}/{identity}' in exclude:
         counts['excluded_identities'] += 1
         continue
-      dst = os.path.join(out, f'{prefix}_{identity}')
+      dst = os.path.join(build, f'{prefix}_{identity}')
       os.makedirs(dst)
       counts['identities'] += 1
       for name in sorted(os.listdir(os.path.join(root, identity))):
@@ -62,10 +62,37 @@ def link_tree(sources: dict[str, str], out: str, exclude=frozenset(), mirror: bo
           rng = np.random.default_rng([zlib.crc32(f'{prefix}/{identity}/{name}'.encode()), j])
           Image.fromarray(augment({'image': image}, rng)['image']).save(f'{stem}_jitter{j}.png')
         counts['images'] += bool(mirror) + jittered
-  with open(out + '.json.tmp', 'w') as f:
+  theirs = _stored_counts(out, spec)
+  if theirs is not None:  # another run finished the same tree meanwhile (and may be reading it): keep that one
+    shutil.rmtree(build)
+    return theirs
+  if os.path.exists(out + '.json'):
+    os.remove(out + '.json')
+  old = build + '.old'
+  if os.path.isdir(out):
+    os.rename(out, old)  # out's name is free only for an instant
+  try:
+    os.rename(build, out)
+  except OSError as e:  # another run swapped in its tree in that instant: `out` names one spec (identity_set)
+    if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+      raise
+    shutil.rmtree(build)
+  if os.path.isdir(old):
+    shutil.rmtree(old)
+  tmp = build + '.json'
+  with open(tmp, 'w') as f:
     json.dump({'spec': spec, 'counts': counts}, f, indent=2)
-  os.replace(out + '.json.tmp', out + '.json')  # written last: a tree without it is rebuilt
+  os.replace(tmp, out + '.json')  # written last: a tree without it is rebuilt
   return counts
+
+
+def _stored_counts(out: str, spec: dict) -> dict | None:
+  """The counts of a finished tree at `out` built to `spec`, or None."""
+  if not (os.path.isfile(out + '.json') and os.path.isdir(out)):
+    return None
+  with open(out + '.json') as f:
+    stored = json.load(f)
+  return stored['counts'] if stored['spec'] == spec else None
 
 
 def unpaired_lfw_people(lfw_dir: str, pairs_path: str, out: str) -> int:
