@@ -314,14 +314,10 @@ def _dlib_ms_per_chip(runs: int = 20) -> float:
   """dlib's own compute_face_descriptor, ms per aligned chip at batch 1 (median of `runs` calls, one thread)."""
   import numpy as np
   from facejax.data.align import CHIP_SIZE, dlib_descriptors
+  from facejax.inference.benchmark_dlib import median_ms
   chip = np.random.default_rng(0).integers(0, 256, (1, CHIP_SIZE, CHIP_SIZE, 3), dtype=np.uint8)
   dlib_descriptors(chip)  # loads the net
-  times = []
-  for _ in range(runs):
-    t0 = time.perf_counter()
-    dlib_descriptors(chip)
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times) * 1e3)
+  return median_ms(lambda: dlib_descriptors(chip), runs)
 
 
 # config.references: report name -> one of these, each (eval_config, workdir) -> {'run', 'evaluation', 'result',

@@ -111,7 +111,8 @@ def unfuse_prelu_activations(nodes: list[dict]) -> tuple[list[dict], list[str]]:
   """-> (nodes, repaired): each fused conv / MatMul F whose fused_ops end in a plain activation (Relu, Relu6) and
   which feeds both `A = Abs(F)` and `Sub(F, A)` (a PReLU's `x - |x|`, identically 0 on an activated x) becomes F
   without that activation, plus a node `F/unfused_<act>` that the other consumers of F read. F keeps its name, so
-  its weights (and a converted run's param keys) stay where they were. `repaired`: the names of the F changed."""
+  its weights (and a converted run's param keys) stay where they were. `repaired`: the names of the F changed.
+  The node dicts of `nodes` are edited in place (F's fused_ops, its consumers' inputs)."""
   consumers: dict[str, list[dict]] = {}
   for n in nodes:
     for i in n.get('input', []):
@@ -132,9 +133,8 @@ def unfuse_prelu_activations(nodes: list[dict]) -> tuple[list[dict], list[str]]:
       continue
     pre = set(subs) | set(subs.values())  # the Sub and Abs nodes: they read the pre-activation
     act = f'{n["name"]}/unfused_{fused[-1].lower()}'
-    conv = json.loads(json.dumps(n))
-    conv['attr']['fused_ops']['list']['s'] = conv['attr']['fused_ops']['list']['s'][:-1]
-    out += [conv, {'name': act, 'op': fused[-1], 'input': [n['name']], 'attr': {}}]
+    n['attr']['fused_ops']['list']['s'] = n['attr']['fused_ops']['list']['s'][:-1]
+    out += [n, {'name': act, 'op': fused[-1], 'input': [n['name']], 'attr': {}}]
     repaired.append(n['name'])
     for u in users:
       if u['name'] not in pre:
@@ -160,7 +160,7 @@ def read_tfjs_graph(path: str, repair: bool = True) -> TfjsGraph:
   if model.get('format', 'graph-model') != 'graph-model' or 'node' not in model.get('modelTopology', {}):
     raise TfjsFormatError(f'{path}: expected a tfjs graph model (format "graph-model", modelTopology.node), got '
                           f'format {model.get("format")!r} (layers models are not supported)')
-  nodes = json.loads(json.dumps(model['modelTopology']['node']))  # a copy: the repair rewires inputs
+  nodes = model['modelTopology']['node']
   repaired = []
   if repair:
     nodes, repaired = unfuse_prelu_activations(nodes)

@@ -35,8 +35,9 @@ def link_tree(sources: dict[str, str], out: str, exclude=frozenset(), mirror: bo
   stored = _stored_counts(out, spec)
   if stored is not None:
     return stored
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  build = tempfile.mkdtemp(prefix=os.path.basename(out) + '.building-', dir=os.path.dirname(os.path.abspath(out)))
+  parent = os.path.dirname(os.path.abspath(out))
+  os.makedirs(parent, exist_ok=True)
+  build = tempfile.mkdtemp(prefix=os.path.basename(out) + '.building-', dir=parent)
   counts = {'identities': 0, 'images': 0, 'excluded_identities': 0}
   for prefix, root in sources.items():
     for identity in sorted(os.listdir(root)):

@@ -50,7 +50,8 @@ def _chips(n: int):
   return np.stack(chips[:max(n, 2)])
 
 
-def _median_ms(fn, calls: int) -> float:
+def median_ms(fn, calls: int) -> float:
+  """Wall time of `fn()` in ms, the median of `calls` calls."""
   times = []
   for _ in range(calls):
     t0 = time.perf_counter()
@@ -112,7 +113,7 @@ def benchmark_dlib(batch_sizes: Sequence[int], variants: Sequence[str] | None = 
     per_round = {k: [] for k in timed}
     for _ in range(rounds):
       for k, f in timed.items():
-        per_round[k].append(_median_ms(f, runs))
+        per_round[k].append(median_ms(f, runs))
     ms = {k: float(np.median(v)) for k, v in per_round.items()}
     row['dlib_ms_per_face'] = round(ms['dlib'] / b, 3)
     for name in variants:
