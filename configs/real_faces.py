@@ -111,6 +111,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.references = ml_collections.ConfigDict({'dlib_native': 'dlib'})  # dlib's own pipeline (facejax.lineage)
   c.comparisons = [('student', 'teacher'), ('student_siamese', 'teacher'), ('student_siamese', 'student'),
                    ('teacher_finetuned', 'teacher'), ('teacher', 'dlib_native')]
+  c.keep_better = ('student', 'student_siamese')  # by held-out accuracy: <workdir>/kept (facejax.pipeline)
 
   c.student = _stage('distill', 3000, 0.02, 'mimic')  # from the cut teacher: a tenth of a from-scratch rate
   c.student.init.path, c.student.init.mode = 'prune:dlib', 'all'  # the teacher's most-used channels

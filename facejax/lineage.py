@@ -14,7 +14,9 @@ names them in its own config:
                                        pip package ships, converted once: facejax.convert), 'dlib' (dlib's face
                                        ResNet, converted once), or a path
   init.path only                       'prune:TEACHER': the stage's model cut from TEACHER (a reference above:
-                                       facejax.convert.prune, dlib's net only), calibrated on the stage's set
+                                       dlib's net, or a MobileNet / EfficientNet-Lite stage such as
+                                       'prune:stage:teacher'; facejax.convert.prune), calibrated on the stage's
+                                       set, by cut_init when the stage is about to train
   data.kwargs.name                     'prepared:SET' (a set `prepare_faces` built; data_dir is filled in)
 config.report names each reported model's run: a stage of config.stages (left out when that stage does not train)
 or a reference; config.references adds rows from a reference evaluator (REFERENCES: 'dlib', dlib's own pipeline).
@@ -85,9 +87,7 @@ def stage_plan(config: ml_collections.ConfigDict, workdir: str, prepared: dict) 
         if chosen is None:
           raise ValueError(f'config.{name}.init.path={stage.init.path!r} calibrates the cut on the stage\'s '
                            f"prepared set: expected config.{name}.data.kwargs.name='prepared:SET'")
-        teacher = resolve(stage.init.path[len(REF_PRUNE):], workdir)
-        stage.init.path = pruned_init(stage.model, teacher, chosen['tree'], os.path.join(workdir, f'{name}_init'),
-                                      f'config.{name}')
+        stage.init.path = os.path.join(workdir, f'{name}_init')  # cut there by cut_init, before the stage trains
       else:
         stage.init.path = resolve(stage.init.path, workdir)
     plan[name] = stage
@@ -101,38 +101,66 @@ def report_runs(config: ml_collections.ConfigDict, workdir: str, plan: dict) -> 
           for name, ref in config.report.items() if ref in plan or ref not in config.stages}
 
 
+def cut_init(name: str, config: ml_collections.ConfigDict, plan: dict, workdir: str, prepared: dict) -> None:
+  """Before stage `name` of `plan` (stage_plan's) trains: a 'prune:TEACHER' init (config.<name>.init.path) is cut
+  into the plan's init.path, calibrated on the stage's prepared set. TEACHER may be an earlier stage
+  ('prune:stage:teacher'), trained by now. Anything else is left as it is."""
+  ref = config[name].init.path
+  if not ref.startswith(REF_PRUNE):
+    return
+  tree = prepared['sets'][config[name].data.kwargs.name[len(REF_PREPARED):]]['tree']
+  pruned_init(plan[name].model, resolve(ref[len(REF_PRUNE):], workdir), tree, plan[name].init.path, f'config.{name}')
+
+
 def pruned_init(model: ml_collections.ConfigDict, teacher: str, chips_root: str, out: str, where: str,
                 calibration_images: int = 256) -> str:
-  """A stage's initial weights cut from the dlib teacher run `teacher` (facejax.convert.prune) to the stage's
-  `model` (channels / blocks / width in model.kwargs), its BatchNorms re-expressed on `calibration_images` chips
-  spread over `chips_root`, saved as converted weights in `out` (kept: a resumed run reuses them) -> `out`."""
+  """A stage's initial weights cut from the teacher run `teacher` (facejax.convert.prune: dlib's net, or a
+  MobileNet / EfficientNet-Lite run) to the stage's `model` (channels / blocks / width / head in model.kwargs), its
+  BatchNorms calibrated on `calibration_images` chips spread over `chips_root`, saved as converted weights in `out`
+  (kept: a resumed run reuses them) -> `out`."""
   import numpy as np
-  from facejax.convert.prune import prune_dlib
+  from facejax.convert.prune import prune_dlib, prune_mobilenet
   from facejax.data.faces import chip_files
   from facejax.inference.embedder import read_image
+  from facejax.models import PREPROCESSING
   from facejax.models import dlib_resnet as dr
-  from facejax.runs import restore_variables, save_converted
-  if (model.name, model.image_size, model.preprocessing, model.embed_dim) != (
-      'dlib_resnet', dr.IMAGE_SIZE, 'dlib', dr.DESCRIPTOR_DIM):
-    raise ValueError(f"{where}.init.path='prune:...' cuts the stage's model from dlib's net: it needs "
-                     f"{where}.model name='dlib_resnet', image_size={dr.IMAGE_SIZE}, preprocessing='dlib', "
-                     f'embed_dim={dr.DESCRIPTOR_DIM}; got {model.name!r}, {model.image_size}, '
-                     f"{model.preprocessing!r}, {model.embed_dim} (or set {where}.init.path='' for a random init)")
-  width = float(model.kwargs.get('width', 1.0))
-  blocks, channels = ([int(v) for v in model.kwargs[k]] if model.kwargs.get(k) is not None else None
-                      for k in ('blocks', 'channels'))
-  spec = {'width': width, 'blocks': blocks, 'channels': channels, 'teacher': os.path.abspath(teacher)}
+  from facejax.runs import build_from_info, read_model_info, restore_variables, save_converted
+  from facejax.train.tasks import model_input
+  info = read_model_info(teacher)
+  kwargs = json.loads(json.dumps(jsonable(model.kwargs.to_dict())))  # as the metadata stores it
+  pre = PREPROCESSING.get(model.preprocessing) if isinstance(model.preprocessing, str) else None
+  if info['name'] == 'dlib_resnet':
+    if (model.name, model.image_size, model.preprocessing, model.embed_dim) != (
+        'dlib_resnet', dr.IMAGE_SIZE, 'dlib', dr.DESCRIPTOR_DIM):
+      raise ValueError(f"{where}.init.path='prune:...' cuts the stage's model from dlib's net: it needs "
+                       f"{where}.model name='dlib_resnet', image_size={dr.IMAGE_SIZE}, preprocessing='dlib', "
+                       f'embed_dim={dr.DESCRIPTOR_DIM}; got {model.name!r}, {model.image_size}, '
+                       f"{model.preprocessing!r}, {model.embed_dim} (or set {where}.init.path='' for a random init)")
+  else:
+    t_model, t_pre, _ = build_from_info(info)
+    if (model.name, pre, model.embed_dim) != (info['name'], t_pre, info['embed_dim']):
+      raise ValueError(f"{where}.init.path='prune:...' cuts the stage's model from {teacher}: it needs "
+                       f"{where}.model name={info['name']!r}, the teacher's preprocessing and embed_dim="
+                       f"{info['embed_dim']}; got {model.name!r}, {model.preprocessing!r}, {model.embed_dim} (or "
+                       f"set {where}.init.path='' for a random init)")
+  spec = {'kwargs': kwargs, 'teacher': os.path.abspath(teacher)}
   meta = cut_metadata(out)
   if meta and {k: meta.get(k) for k in spec} == spec:
     return out
-  print(f'== cut {where} from {teacher} (width {width}, channels {channels or "scaled"}, blocks '
-        f'{blocks or "all"}) -> {out}', flush=True)
+  print(f'== cut {where} from {teacher} ({kwargs}) -> {out}', flush=True)
   paths, _ = chip_files(chips_root)
   step = max(1, len(paths) // calibration_images)
   chips = np.stack([read_image(p) for p in paths[::step][:calibration_images]])  # aligned 150 px chips
-  variables, report = prune_dlib(restore_variables(teacher), width,
-                                 np.asarray(dr.dlib_preprocessing().apply(chips)), blocks, channels)
-  meta = {'arch': 'dlib_resnet', 'source': 'prune', **spec, 'summary': report.summary(),
+  if info['name'] == 'dlib_resnet':
+    blocks, channels = ([int(v) for v in kwargs[k]] if kwargs.get(k) is not None else None
+                        for k in ('blocks', 'channels'))
+    variables, report = prune_dlib(restore_variables(teacher), float(kwargs.get('width', 1.0)),
+                                   np.asarray(pre.apply(chips)), blocks, channels)
+  else:
+    s_model, _, _ = build_from_info(dict(info, kwargs=kwargs))
+    variables, report = prune_mobilenet(restore_variables(teacher), t_model, s_model,
+                                        np.asarray(model_input(chips, pre, model.image_size)))
+  meta = {'arch': model.name, 'source': 'prune', **spec, 'summary': report.summary(),
           'calibration_images': len(chips), 'kept': report.kept, 'params': report.student_params,
           'stage_channels': report.stage_channels}
   save_converted(out, variables, jsonable(meta), overwrite=True)
@@ -153,10 +181,10 @@ def cut_metadata(path: str) -> dict | None:
 
 
 def cut_inits(plan: dict) -> dict:
-  """{stage: what its init cut kept ('summary', 'width', 'blocks', 'channels', 'calibration_images', 'params')} for
-  the stages of `plan` (stage_plan's) that start from a cut ('prune:...')."""
+  """{stage: what its init cut kept ('summary', 'kwargs': the stage's model.kwargs, 'calibration_images', 'params')}
+  for the stages of `plan` (stage_plan's) that start from a cut ('prune:...')."""
   cuts = {name: cut_metadata(stage.init.path) for name, stage in plan.items()}
-  keys = ('summary', 'width', 'blocks', 'channels', 'calibration_images', 'params')
+  keys = ('summary', 'kwargs', 'calibration_images', 'params')
   return {name: {'path': plan[name].init.path, **{k: m.get(k) for k in keys}} for name, m in cuts.items() if m}
 
 

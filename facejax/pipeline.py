@@ -24,7 +24,7 @@ from facejax.evaluation.report import plot_roc, results_markdown, summary_row
 from facejax.evaluation.verification import compare
 from facejax.inference.benchmark import benchmark_model
 from facejax.inference.hardware import cpu_info, cpu_text
-from facejax.lineage import REFERENCES, cut_inits, prepare_faces, report_runs, stage_plan
+from facejax.lineage import REFERENCES, cut_init, cut_inits, prepare_faces, report_runs, stage_plan
 from facejax.runs import jsonable, load_run
 from facejax.train import train
 
@@ -91,6 +91,8 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info('stage %s -> %s', name, os.path.join(workdir, name))
     print(f'== stage {name}: {stage.task} {stage.model.name}, {stage.total_steps} steps', flush=True)
     t0 = time.perf_counter()
+    if faces:
+      cut_init(name, config, stages, workdir, faces)  # a student cut from its teacher, trained by now
     train(stage, os.path.join(workdir, name))
     timings[f'train {name}'] = time.perf_counter() - t0
 
@@ -151,6 +153,8 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
         'models': {name: summary_row(results['holdout'][name], threshold=results['holdout'][name]['threshold'])
                    for name in rows},
         'comparisons': comparisons(results['holdout'], pairs)}
+  if config.get('keep_better') and 'holdout' in results:
+    report['kept'] = keep_better(results['holdout'], tuple(config.keep_better), runs, workdir)
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
     json.dump(jsonable(report), f, indent=2)
   table = results_markdown(rows)
@@ -165,6 +169,8 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
     summary += ''.join(f'\n{name} init, cut from its teacher: {cut["summary"]}\n'
                        for name, cut in report['data']['inits'].items())
   summary += ''.join(texts)
+  if report.get('kept'):
+    summary += f"\n{report['kept']['summary']}\n"
   if 'holdout' in report:
     h = faces['holdout']
     summary += (f"\nHeld-out identities ({len(h['identities'])} people, {h['num_folds']} folds of "
@@ -207,6 +213,25 @@ def compression(rows: dict) -> dict | None:
 def comparisons(results: dict, pairs) -> dict:
   """Paired per-fold comparisons of the (a, b) in `pairs` that both have results."""
   return {f'{a} vs {b}': compare(results[a], results[b], a, b) for a, b in pairs if a in results and b in results}
+
+
+def keep_better(holdout: dict, names: tuple, runs: dict, workdir: str) -> dict | None:
+  """The better of the models `names` (e.g. the student and its Siamese continuation) by accuracy on the held-out
+  pairs, never on LFW View 2 (the test set); the earlier name wins a tie. `<workdir>/kept` links to its run, the one
+  to embed and verify with. -> {'kept', 'run', 'holdout_accuracy': {name: accuracy}, 'summary'} (None when a model
+  has no result)."""
+  if any(n not in holdout for n in names):
+    return None
+  accuracy = {n: holdout[n]['accuracy'] for n in names}
+  kept = max(names, key=lambda n: (accuracy[n], -names.index(n)))
+  link = os.path.join(workdir, 'kept')
+  if os.path.islink(link):
+    os.remove(link)
+  os.symlink(os.path.relpath(runs[kept]['workdir'], workdir), link)
+  others = ', '.join(f"{n}'s {100 * accuracy[n]:.2f}" for n in names if n != kept)
+  return {'kept': kept, 'run': runs[kept]['workdir'], 'holdout_accuracy': accuracy,
+          'summary': f'kept: {kept} ({100 * accuracy[kept]:.2f} % on the held-out pairs, against {others}), linked '
+                     f'as {link}'}
 
 
 def faces_eval_config(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:

@@ -130,3 +130,20 @@ def test_link_tree_is_swapped_in_whole(tmp_path, monkeypatch):
   assert counts == {'identities': 2, 'images': 2, 'excluded_identities': 0}
   assert sorted(os.listdir(out)) == ['ids_a', 'ids_b', 'theirs']  # the other run's tree kept, this one dropped
   assert sorted(os.listdir(tmp_path)) == ['chips', 'tree', 'tree.json']  # nothing half-built left behind
+
+
+def test_keep_better_chooses_on_the_held_out_pairs_and_links_the_run(tmp_path):
+  """The better student by held-out accuracy (the earlier name on a tie) is what <workdir>/kept links to; a model
+  without a held-out result leaves the choice unmade."""
+  from facejax.pipeline import keep_better
+  runs = {n: {'workdir': str(tmp_path / n)} for n in ('student', 'siamese')}
+  for r in runs.values():
+    os.makedirs(r['workdir'])
+  names = ('student', 'siamese')
+  kept = keep_better({'student': {'accuracy': 0.70}, 'siamese': {'accuracy': 0.72}}, names, runs, str(tmp_path))
+  assert (kept['kept'], kept['run']) == ('siamese', str(tmp_path / 'siamese'))
+  assert os.path.realpath(tmp_path / 'kept') == str(tmp_path / 'siamese')
+  assert kept['summary'].startswith("kept: siamese (72.00 % on the held-out pairs, against student's 70.00)")
+  kept = keep_better({'student': {'accuracy': 0.72}, 'siamese': {'accuracy': 0.72}}, names, runs, str(tmp_path))
+  assert kept['kept'] == 'student' and os.path.realpath(tmp_path / 'kept') == str(tmp_path / 'student')
+  assert keep_better({'student': {'accuracy': 0.72}}, names, runs, str(tmp_path)) is None

@@ -173,11 +173,12 @@ def test_real_pipeline_tiny(tiny_real, tmp_path, monkeypatch):
 
 
 def test_the_student_is_cut_from_dlib_by_its_init_reference(tmp_path):
-  """init.path='prune:dlib' (configs/real_faces.py's student) resolves to dlib's net cut to the stage's model,
-  calibrated on the stage's prepared set, kept for a resumed plan; a model it cannot cut is named."""
+  """init.path='prune:dlib' (configs/real_faces.py's student) resolves to dlib's net cut to the stage's model by
+  cut_init (when the stage is about to train), calibrated on the stage's prepared set, kept for a resumed plan; a
+  model it cannot cut is named."""
   from PIL import Image
   from configs.real_faces import get_config
-  from facejax.lineage import cut_inits, stage_plan
+  from facejax.lineage import cut_init, cut_inits, stage_plan
   from facejax.runs import load_converted
   rng = np.random.default_rng(0)
   tree = tmp_path / 'tree'
@@ -192,19 +193,21 @@ def test_the_student_is_cut_from_dlib_by_its_init_reference(tmp_path):
   init = str(tmp_path / 'student_init')
   assert plan['student'].init.path == init and plan['student'].distill.teacher_workdir == str(tmp_path / 'weights' /
                                                                                                'dlib')
+  assert not os.path.exists(init)  # cut when the stage trains: its teacher may be an earlier stage
+  cut_init('student', c, plan, str(tmp_path), prepared)
   meta = load_converted(init)[2]
-  assert meta['source'] == 'prune' and meta['channels'] == list(c.student.model.kwargs.channels)
+  assert meta['source'] == 'prune' and meta['kwargs']['channels'] == list(c.student.model.kwargs.channels)
   assert meta['calibration_images'] == 4 and meta['teacher'] == str(tmp_path / 'weights' / 'dlib')
   cut = cut_inits(plan)['student']  # what the report says of it
   assert (cut['path'], cut['summary'], cut['params']) == (init, meta['summary'], meta['params'])
   assert cut_inits({'s': ml_collections.ConfigDict({'init': {'path': str(tmp_path / 'weights' / 'dlib')}})}) == {}
   stamp = os.path.getmtime(os.path.join(init, os.listdir(init)[0]))
-  stage_plan(c, str(tmp_path), prepared)  # kept
+  cut_init('student', c, stage_plan(c, str(tmp_path), prepared), str(tmp_path), prepared)  # kept
   assert os.path.getmtime(os.path.join(init, os.listdir(init)[0])) == stamp
   c.student.model.name = 'student_vgg'
   with pytest.raises(ValueError, match=r"config.student.init.path='prune:...' cuts the stage's model from dlib's "
                                        r"net: it needs config.student.model name='dlib_resnet'"):
-    stage_plan(c, str(tmp_path), prepared)
+    cut_init('student', c, stage_plan(c, str(tmp_path), prepared), str(tmp_path), prepared)
 
 
 def test_identity_threshold_is_calibrated_on_the_test_people():

@@ -74,6 +74,9 @@ def test_tiny_transfer_pipeline(tiny_faces, tmp_path):
   assert (workdir / 'student' / 'eval' / 'holdout' / 'results.json').exists()
   text = (workdir / 'results.md').read_text()
   assert 'Held-out identities (6 people, 2 folds of 60 pairs)' in text
+  kept = report['kept']  # the better student on the held-out pairs, linked as <workdir>/kept
+  assert kept['kept'] in ('student', 'student_siamese') and f"kept: {kept['kept']} (" in text
+  assert os.path.realpath(workdir / 'kept') == report['runs'][kept['kept']]['workdir']
 
 
 def test_tiny_data_efficiency_curve(tiny_faces, tmp_path):

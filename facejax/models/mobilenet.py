@@ -118,13 +118,18 @@ class MobileNet(nn.Module):
         specs.append((t, round_channels(c * self.width), k, s if j == 0 else 1))
     return specs
 
+  def stem_head(self) -> tuple[int, int]:
+    """(stem channels, head channels) at this width."""
+    if self.fixed_stem_head:
+      return self.stem, self.head
+    return round_channels(self.stem * self.width), round_channels(self.head * max(1.0, self.width))
+
   @nn.compact
   def __call__(self, x, train: bool = False):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=self.bn_eps,
                              dtype=self.dtype, axis_name=self.bn_axis)
-    stem = self.stem if self.fixed_stem_head else round_channels(self.stem * self.width)
-    head = self.head if self.fixed_stem_head else round_channels(self.head * max(1.0, self.width))
+    stem, head = self.stem_head()
     x = conv(stem, (3, 3), (2, 2), padding='SAME' if self.same_padding else pad(3), name='stem_conv')(
         x.astype(self.dtype))
     x = nn.relu6(norm(name='stem_bn')(x))
