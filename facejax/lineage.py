@@ -95,10 +95,10 @@ def stage_plan(config: ml_collections.ConfigDict, workdir: str, prepared: dict) 
 
 
 def report_runs(config: ml_collections.ConfigDict, workdir: str, plan: dict) -> dict[str, str]:
-  """config.report -> {report name: run directory}: a stage of config.stages (left out when it does not train) or
-  a reference (`resolve`)."""
-  return {name: os.path.join(workdir, ref) if ref in config.stages else resolve(ref, workdir)
-          for name, ref in config.report.items() if ref in plan or ref not in config.stages}
+  """config.report -> {report name: run directory}: a stage that trains (in `plan`), or a reference (`resolve`). A
+  stage section that does not train (not in config.stages, or 0 steps) has no row."""
+  return {name: os.path.join(workdir, ref) if ref in plan else resolve(ref, workdir)
+          for name, ref in config.report.items() if ref in plan or ref not in config}
 
 
 def cut_init(name: str, config: ml_collections.ConfigDict, plan: dict, workdir: str, prepared: dict) -> None:

@@ -41,6 +41,8 @@ def test_stage_references_resolve_and_unknown_sets_are_named(tmp_path):
   from facejax.lineage import report_runs  # a stage that does not train has no report row
   assert report_runs(c, str(tmp_path), plan) == {name: str(tmp_path / stage) for name, stage in (
       ('teacher', 'teacher'), ('student', 'student'), ('student_siamese', 'siamese'))}
+  c.stages = ('teacher', 'student')  # a stage left out of config.stages has no row either
+  assert set(report_runs(c, str(tmp_path), stage_plan(c, str(tmp_path), prepared))) == {'teacher', 'student'}
   c.student.data.kwargs.name = 'prepared:mimic'
   with pytest.raises(ValueError, match=r"config.student.data.kwargs.name='prepared:mimic': expected one of "
                                        r"\['prepared:identities'\]"):
