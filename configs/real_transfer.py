@@ -18,8 +18,9 @@ place; everything prepared goes under --workdir (facejax.lineage.prepare_faces):
 Stages (each a normal training run in <workdir>/<stage>, its sources named in its own config):
   teacher         classify: the ImageNet backbone, a new 128-d embedding and identity softmax, fine-tuned
   teacher_scratch the same net and steps from random initialisation: the control of the transfer claim
-  student         distil: MobileNetV2 x0.3 with a 192-wide head (9.3x fewer parameters than MobileNetV2's), the
-                  teacher's soft targets and embedding, and the labels
+  student         distil: MobileNetV2 x0.3 with a 192-wide head (9.3x fewer parameters than MobileNetV2's), cut
+                  from the trained teacher (init 'prune:stage:teacher': its most-used channels), the teacher's soft
+                  targets and embedding, and the labels
   siamese         the student continued with a contrastive loss on P x K identity batches
 Reports: teacher, teacher_scratch, student, student_siamese, and dlib's net as a reference row, on both yardsticks.
 Args: teacher=ARCH (mobilenet_v2 | efficientnet_lite0 | efficientnet_lite1 | efficientnet_lite2), identities=N
@@ -92,6 +93,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The paper's three claims, then the rest, each a paired per-fold comparison on both yardsticks.
   c.comparisons = [('teacher', 'teacher_scratch'), ('student', 'teacher'), ('student_siamese', 'teacher'),
                    ('student_siamese', 'student'), ('teacher', 'dlib')]
+  # The Siamese stage has lowered the student as often as not: the better of the two on the held-out pairs is the
+  # one <workdir>/kept links to (facejax.pipeline.keep_better).
+  c.keep_better = ('student', 'student_siamese')
 
   # 1,500 steps (6 epochs of the ~15,700 chips): where the held-out accuracy of a 3,000-step run flattened
   # (docs/real_faces.md, learning curves); the student and the Siamese stage as in that run.
@@ -110,6 +114,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.student = _stage('distill', 'mobilenet_v2', 1500, 0.1)
   c.student.model.kwargs = ml_collections.ConfigDict(STUDENT)
   c.student.distill.teacher_workdir = 'stage:teacher'
+  # Cut from the trained teacher (facejax.convert.prune.prune_mobilenet), not random init: docs/real_faces.md.
+  c.student.init.path, c.student.init.mode = 'prune:stage:teacher', 'all'
   c.student.distill.embed_weight = 1.0
   c.student.distill.soft_weight = 1.0
   c.student.distill.hard_weight = 0.5
