@@ -132,6 +132,23 @@ def test_link_tree_is_swapped_in_whole(tmp_path, monkeypatch):
   assert sorted(os.listdir(tmp_path)) == ['chips', 'tree', 'tree.json']  # nothing half-built left behind
 
 
+def test_a_killed_runs_half_built_tree_is_removed_by_the_next_build(tmp_path):
+  """`<tree>.building-<pid>-*` of a process that is gone is deleted when the tree is next built; a live one (a run
+  building the same tree now) is left alone."""
+  from PIL import Image
+  from facejax.data.faces import link_tree
+  os.makedirs(tmp_path / 'chips' / 'a')
+  Image.new('RGB', (8, 8)).save(tmp_path / 'chips' / 'a' / '0.png')
+  proc = subprocess.Popen(['true'])  # a process that has exited: its pid names no one
+  proc.wait()
+  dead, alive = tmp_path / f'tree.building-{proc.pid}-x1', tmp_path / f'tree.building-{os.getpid()}-x2'
+  for d in (dead, alive):
+    os.makedirs(d / 'ids_a')
+  link_tree({'ids': str(tmp_path / 'chips')}, str(tmp_path / 'tree'))
+  assert not dead.exists() and alive.exists()
+  assert sorted(os.listdir(tmp_path / 'tree')) == ['ids_a']
+
+
 def test_keep_better_chooses_on_the_held_out_pairs_and_links_the_run(tmp_path):
   """The better student by held-out accuracy (the earlier name on a tie) is what <workdir>/kept links to; a model
   without a held-out result leaves the choice unmade."""

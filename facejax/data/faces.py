@@ -21,7 +21,8 @@ def link_tree(sources: dict[str, str], out: str, exclude=frozenset(), mirror: bo
   `<prefix>/<identity>` -> '<prefix>_<identity>'. A resumed run reuses the tree when `<out>.json` records the same
   sources, exclusions and views; otherwise it is rebuilt, so a changed exclusion list takes effect. The tree is built
   in a private folder and swapped in when complete, so another run reading `out` never sees it half-built, and two
-  runs preparing the same tree at once do not delete each other's files. -> counts."""
+  runs preparing the same tree at once do not delete each other's files; the half-built folder of a run that was
+  killed is deleted by the next build. -> counts."""
   import errno
   import shutil
   import tempfile
@@ -37,7 +38,8 @@ def link_tree(sources: dict[str, str], out: str, exclude=frozenset(), mirror: bo
     return stored
   parent = os.path.dirname(os.path.abspath(out))
   os.makedirs(parent, exist_ok=True)
-  build = tempfile.mkdtemp(prefix=os.path.basename(out) + '.building-', dir=parent)
+  _remove_abandoned_builds(out)
+  build = tempfile.mkdtemp(prefix=f'{os.path.basename(out)}.building-{os.getpid()}-', dir=parent)
   counts = {'identities': 0, 'images': 0, 'excluded_identities': 0}
   for prefix, root in sources.items():
     for identity in sorted(os.listdir(root)):
@@ -85,6 +87,22 @@ def link_tree(sources: dict[str, str], out: str, exclude=frozenset(), mirror: bo
     json.dump({'spec': spec, 'counts': counts}, f, indent=2)
   os.replace(tmp, out + '.json')  # written last: a tree without it is rebuilt
   return counts
+
+
+def _remove_abandoned_builds(out: str) -> None:
+  """Deletes `<out>.building-<pid>-*` folders whose building process is gone (a killed run's half-built tree)."""
+  import shutil
+  parent, base = os.path.split(os.path.abspath(out))
+  for name in os.listdir(parent):
+    pid = name[len(base) + len('.building-'):].split('-', 1)[0]
+    if not (name.startswith(base + '.building-') and pid.isdigit()):
+      continue
+    try:
+      os.kill(int(pid), 0)
+    except ProcessLookupError:
+      shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+    except PermissionError:  # alive, another user's
+      pass
 
 
 def _stored_counts(out: str, spec: dict) -> dict | None:
