@@ -3,14 +3,16 @@ CelebA identities as the yardsticks.
 
   make real-dlib    # = the command below with FACEJAX_DATA=../shared/data (make real: configs/real_transfer.py)
   python -m launch.pipeline --config=configs/real_faces.py --workdir=runs/real_dlib \\
-      --config.faces.lfw_dir=DATA/lfw --config.faces.identities.celeba299=DATA/celeba299
+      --config.faces.lfw_dir=DATA/lfw --config.faces.identities.celeba299=DATA/celeba299 \\
+      --config.faces.identities.celeba=DATA/celeba
   python -m launch.pipeline --config=configs/real_faces.py:tiny --workdir=/tmp/real_tiny   # minutes: the test variant
 
 Data paths default to $FACEJAX_DATA/{lfw,celeba299,celeba} (FACEJAX_DATA defaults to ../shared/data); they are read
 in place, and everything prepared goes under --workdir (or config.faces.data_dir), by facejax.lineage.prepare_faces:
   holdout   300 of celeba/'s identities (never trained on): 10 folds of pairs in LFW's format, every model's second
             yardstick
-  data      the identity photos (celeba299) and LFW's people in no View 2 pair aligned with dlib's HOG detector +
+  data      the identity photos (celeba299, and celeba/'s other identities) and LFW's people in no View 2 pair
+            aligned with dlib's HOG detector +
             5-point predictor (photos without a face skipped and counted); identities dlib's net (the judge) finds
             among View 2's people dropped; two sets: `identities` (labelled) and `mimic` (every chip and its mirror
             image, no labels needed: faces.mimic.folders adds any folder of face photos)
@@ -87,15 +89,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.faces = ml_collections.ConfigDict(dict(
       lfw_dir=os.path.join(root, 'lfw'), pairs='',  # <lfw_dir>/<Name>/<Name>_0001.jpg; '' -> <lfw_dir>/pairs.txt
-      identities=ml_collections.ConfigDict({'celeba299': os.path.join(root, 'celeba299')}),  # the identity set
+      # The identity set; celeba/'s held-out identities (below) train nowhere, its others join both sets.
+      identities=ml_collections.ConfigDict({'celeba299': os.path.join(root, 'celeba299'),
+                                            'celeba': os.path.join(root, 'celeba')}),
       mimic=ml_collections.ConfigDict(dict(
           folders=(),  # more face photos, no labels needed: (DIR, ...), each <DIR>/<any>/<photo>
           lfw_unpaired=True,  # LFW people in no View 2 pair join the (label-free) mimic set
           mirror=True,  # every chip and its mirror image (two cached teacher views)
           jittered=0)),  # and this many randomly cropped, flipped and colour-jittered copies of every chip
-      # Identities no training set reads (celeba/ is disjoint from celeba299/): the held-out pairs.
-      holdout=ml_collections.ConfigDict(dict(source=os.path.join(root, 'celeba'), identities=300, folds=10,
-                                             seed=0)),  # identities 0: none
+      # 300 of celeba/'s identities (disjoint from celeba299/'s), in no training set: the held-out pairs.
+      holdout=ml_collections.ConfigDict(dict(source='celeba', identities=300, folds=10, seed=0)),  # 0: none
       data_dir='',  # prepared data; '' -> <workdir>/data
       detector='hog', upsample=1,  # facejax.data.align
       max_identities=0, seed=0,

@@ -123,7 +123,7 @@ def test_real_pipeline_tiny(tiny_real, tmp_path, monkeypatch):
   monkeypatch.setattr(pipeline, 'evaluate_run', counted)
   c = get_config('tiny')
   c.faces.lfw_dir = str(tiny_real / 'lfw')
-  c.faces.identities.celeba299 = str(tiny_real / 'ids')
+  c.faces.identities = ml_collections.ConfigDict({'celeba299': str(tiny_real / 'ids')})
   c.faces.holdout.source = str(tiny_real / 'heldout')
   workdir = tmp_path / 'real'
   report = pipeline.run_pipeline(c, str(workdir))
