@@ -23,7 +23,7 @@ Stages (each a normal training run in <workdir>/<stage>, its sources named in it
             facejax.convert.prune); then embedding mimic only on the mimic set, the teacher's outputs cached once
             for every chip and its mirror image
   siamese   the student continued with a contrastive loss on P x K identity batches of the identity set, still
-            mimicking the teacher (siamese.mimic_weight) so 289 identities do not pull it off the teacher's geometry
+            mimicking the teacher (siamese.mimic_weight) so a restricted set does not pull it off the teacher's geometry
   finetune  optional (--config.finetune.total_steps=N; 0 skips it): the paper's transfer step, dlib's whole net
             fine-tuned as identity classification on the identity set (its 128-d layer the embedding, a new
             classifier on it), reported as teacher_finetuned beside the teacher
