@@ -225,6 +225,9 @@ def keep_better(holdout: dict, names: tuple, runs: dict, workdir: str) -> dict |
   accuracy = {n: holdout[n]['accuracy'] for n in names}
   kept = max(names, key=lambda n: (accuracy[n], -names.index(n)))
   link = os.path.join(workdir, 'kept')
+  if os.path.lexists(link) and not os.path.islink(link):
+    raise FileExistsError(f'{link}: expected the link to the kept model (config.keep_better), found a file or folder: '
+                          'move it away')
   if os.path.islink(link):
     os.remove(link)
   os.symlink(os.path.relpath(runs[kept]['workdir'], workdir), link)

@@ -164,3 +164,8 @@ def test_keep_better_chooses_on_the_held_out_pairs_and_links_the_run(tmp_path):
   kept = keep_better({'student': {'accuracy': 0.72}, 'siamese': {'accuracy': 0.72}}, names, runs, str(tmp_path))
   assert kept['kept'] == 'student' and os.path.realpath(tmp_path / 'kept') == str(tmp_path / 'student')
   assert keep_better({'student': {'accuracy': 0.72}}, names, runs, str(tmp_path)) is None
+  os.remove(tmp_path / 'kept')
+  os.makedirs(tmp_path / 'kept')
+  with pytest.raises(FileExistsError, match=r'kept: expected the link to the kept model \(config.keep_better\), '
+                                            r'found a file or folder'):
+    keep_better({'student': {'accuracy': 0.7}, 'siamese': {'accuracy': 0.7}}, names, runs, str(tmp_path))
