@@ -85,6 +85,23 @@ def _l1_in(kernel: np.ndarray) -> np.ndarray:
   return k.reshape(-1, k.shape[-2], k.shape[-1]).sum(axis=(0, 2))
 
 
+def _top(score: np.ndarray, n: int) -> np.ndarray:
+  """The indices of the `n` highest scores, in index order."""
+  return np.sort(np.argsort(-score, kind='stable')[:n]).astype(int)
+
+
+def _misfit(student: nn.Module, variables: dict, image_shape) -> tuple[str, list] | None:
+  """(collection, differing paths) where a cut's `variables` do not fit the tree `student` (a FaceNet) initialises
+  for `image_shape` inputs (the paths are empty when only shapes differ), or None."""
+  expected = jax.eval_shape(lambda: student.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)),
+                                                 method='forward'))
+  for col in expected:
+    got, want = flatten(dict(variables[col])), flatten(dict(expected[col]))
+    if set(got) != set(want) or any(got[p].shape != want[p].shape for p in want):
+      return col, sorted(set(got) ^ set(want))[:5]
+  return None
+
+
 def select_blocks(params: dict, blocks, stages=dr.DLIB_STAGES) -> list[int]:
   """-> the teacher blocks a student with `blocks[s]` blocks in stage s keeps, in order: each stage's first block
   (it changes the width and resolution) and its strongest others, by how much they add to the stream
@@ -127,7 +144,7 @@ def select_channels(params: dict, counts, kept_blocks=None, stages=dr.DLIB_STAGE
   for i in kept_blocks:
     blk = b[f'block{i}']
     score = np.abs(np.asarray(blk['bn1']['scale'])) * _l1_in(np.asarray(blk['conv2']['kernel']))
-    keep[f'block{i}'] = np.sort(np.argsort(-score, kind='stable')[:counts[groups[i]]])
+    keep[f'block{i}'] = _top(score, counts[groups[i]])
   return keep
 
 
@@ -231,14 +248,10 @@ def prune_dlib(teacher_variables: dict, width: float, images, blocks=None,
   student = dr.build_dlib_model(width=width, blocks=None if blocks is None else tuple(blocks),
                                 channels=None if channels is None else tuple(counts))
   variables = _cut(teacher_variables, keep, kept_blocks)
-  expected = jax.eval_shape(lambda: student.init(jax.random.PRNGKey(0), jnp.zeros((1, dr.IMAGE_SIZE, dr.IMAGE_SIZE, 3)),
-                                                 method='forward'))
-  for col in expected:
-    got = flatten(dict(variables[col]))
-    want = flatten(dict(expected[col]))
-    if set(got) != set(want) or any(got[p].shape != want[p].shape for p in want):  # a bug here, not bad input
-      raise AssertionError(f'{col}: the cut tree does not match the {counts}-channel net: '
-                           f'{sorted(set(got) ^ set(want))[:5]} or shapes differ')
+  misfit = _misfit(student, variables, (dr.IMAGE_SIZE, dr.IMAGE_SIZE, 3))
+  if misfit:  # a bug here, not bad input
+    raise AssertionError(f'{misfit[0]}: the cut tree does not match the {counts}-channel net: {misfit[1]} or shapes '
+                         'differ')
   variables = recalibrate_batchnorm(student, variables, images)
   groups, widths = dr.stream_groups()
   kept = {k: (len(v), widths[int(k[6:])] if k.startswith('stream') else None) for k, v in keep.items()}
@@ -260,10 +273,6 @@ def mobilenet_streams(net: MobileNet) -> tuple[list[int], list[int], list[bool]]
     groups.append(len(widths) - 1)
     adds.append(add)
   return groups, widths, adds
-
-
-def _top(score: np.ndarray, n: int) -> np.ndarray:
-  return np.sort(np.argsort(-score, kind='stable')[:n]).astype(int)
 
 
 def select_mobilenet_channels(params: dict, teacher: MobileNet, student: MobileNet) -> dict[str, np.ndarray]:
@@ -348,13 +357,10 @@ def prune_mobilenet(teacher_variables: dict, teacher: nn.Module, student: nn.Mod
       raise ValueError(f'the {name} is a {type(net.backbone).__name__}: prune_mobilenet cuts MobileNet backbones')
   keep = select_mobilenet_channels(teacher_variables['params'], teacher.backbone, student.backbone)
   variables = _cut_mobilenet(teacher_variables, keep, teacher.backbone)
-  expected = jax.eval_shape(lambda: student.init(jax.random.PRNGKey(0), jnp.zeros((1, *images.shape[1:])),
-                                                 method='forward'))
-  for col in expected:
-    got, want = flatten(dict(variables[col])), flatten(dict(expected[col]))
-    if set(got) != set(want) or any(got[p].shape != want[p].shape for p in want):
-      raise ValueError(f'{col}: the cut does not fit the student: {sorted(set(got) ^ set(want))[:5]} or shapes '
-                       f'differ (the classifiers need the same number of classes)')
+  misfit = _misfit(student, variables, images.shape[1:])
+  if misfit:
+    raise ValueError(f'{misfit[0]}: the cut does not fit the student: {misfit[1]} or shapes differ (the classifiers '
+                     'need the same number of classes)')
   variables = renormalise_batchnorm(student, variables, images)
   _, t_widths, _ = mobilenet_streams(teacher.backbone)
   of = {**{f'stream{g}': w for g, w in enumerate(t_widths)}, 'head': teacher.backbone.stem_head()[1]}
