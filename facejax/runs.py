@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from facejax.data.align import CHIP_PADDING, CHIP_SIZE
+from facejax.data.align import chip_spec
 
 THRESHOLD_FILE = 'threshold.json'
 EXPORT_SUFFIX = '.jaxexport'
@@ -100,7 +100,7 @@ def model_info(config) -> dict:
           'kwargs': m.kwargs.to_dict(), 'image_size': int(m.image_size),
           'preprocessing': PREPROCESSING[m.preprocessing].to_dict() if isinstance(m.preprocessing, str)
                            else dict(m.preprocessing), 'task': config.task,
-          **({'align': {'kind': m.align, 'size': CHIP_SIZE, 'padding': CHIP_PADDING}} if m.get('align') else {}),
+          **({'align': chip_spec(m.align)} if m.get('align') else {}),
           **({'classifier': m.classifier, 'cosine_scale': float(m.cosine_scale)}
              if m.get('classifier', 'softmax') != 'softmax' else {})}
 

@@ -36,6 +36,7 @@ import os
 
 import numpy as np
 
+from facejax.data.align import chip_spec
 from facejax.models import dlib_resnet as dr
 
 INPUT_LAYERS = ('input_rgb_image_sized',)
@@ -416,7 +417,7 @@ def model_info(net: DlibNet) -> dict:
           'image_size': dr.IMAGE_SIZE, 'preprocessing': dr.dlib_preprocessing(net.input['means']).to_dict(),
           'task': 'convert',
           # Inputs are aligned chips (facejax.data.align.align_face); dlib's own rule on raw descriptors.
-          'align': {'kind': 'dlib_5pt', 'size': dr.IMAGE_SIZE, 'padding': 0.25},
+          'align': chip_spec('dlib_5pt', dr.IMAGE_SIZE),
           'descriptor': {'normalised': False, 'distance': 'euclidean',
                          'threshold': float(net.loss['distance_threshold'])}}
 

@@ -30,6 +30,7 @@ import os
 import numpy as np
 
 from facejax.convert.tfjs import TfjsFormatError, read_tfjs_graph
+from facejax.data.align import chip_spec
 from facejax.models.tfjs_graph import NAME, graph_structure, graph_variables
 
 META = 'tfjs.json'
@@ -122,8 +123,7 @@ def convert_tfjs(src: str, out: str, overwrite: bool = False, *, input_format: s
           'kwargs': {'structure': structure}, 'image_size': image_size, 'preprocessing': INPUTS[input_format],
           'task': 'convert',
           'source': {'format': 'tfjs', 'src': meta['src'], 'embedding': embedding, 'input': input_format},
-          **({'align': {'kind': align, 'size': image_size, 'padding': 0.0 if align == 'arcface_5pt' else 0.25}}
-             if align != 'none' else {})}
+          **({'align': chip_spec(align, image_size)} if align != 'none' else {})}
   with open(os.path.join(out, 'config.json'), 'w') as f:
     json.dump({'task': 'convert', 'source': 'tfjs', 'src': meta['src'], 'sha256': digests}, f, indent=2)
   with open(os.path.join(out, META), 'w') as f:

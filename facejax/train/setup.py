@@ -8,6 +8,8 @@ import functools
 import os
 from typing import Any, Callable
 
+from absl import logging
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -68,7 +70,21 @@ def load_teacher(config):
   variables = runs.restore_variables(wd)
   # The frozen teacher's weights are cast once here, not in every step (BN statistics stay float32).
   variables['params'] = jax.tree_util.tree_map(lambda x: np.asarray(x, dtype), variables['params'])
-  return ModelIO(model, pre, size), variables
+  return ModelIO(model, pre, size, teacher_frame(config, info)), variables
+
+
+def teacher_frame(config, info: dict):
+  """The fixed map (facejax.data.align.chip_frame) through which a teacher aligned unlike the student's data reads
+  the student's chips (config.model.align: their alignment); None when the two agree or one is unaligned."""
+  from facejax.data.align import chip_frame, chip_spec
+  kind, spec = config.model.get('align', ''), info.get('align')
+  if not (kind and spec):
+    return None
+  frame = chip_frame(chip_spec(kind), spec, int(info['image_size']))
+  if frame is not None:
+    logging.info('teacher %s reads the %s chips through a fixed map to %s (%s px): %s', config.distill.teacher_workdir,
+                 kind, spec['kind'], info['image_size'], ', '.join(f'{v:.2f}' for v in frame))
+  return frame
 
 
 @dataclasses.dataclass

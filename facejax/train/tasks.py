@@ -17,9 +17,16 @@ from facejax import losses, runs
 from facejax.models import FaceNet, Preprocessing
 
 
-def model_input(images, preprocessing: Preprocessing, image_size: int):
-  """uint8 [B, H, W, 3] RGB -> normalised float32 [B, S, S, 3], resized in-graph when H != S."""
+def model_input(images, preprocessing: Preprocessing, image_size: int, frame: tuple[float, float, float] | None = None):
+  """uint8 [B, H, W, 3] RGB -> normalised float32 [B, S, S, 3], resized in-graph when H != S. `frame` (a, bx, by):
+  the images are another alignment's chips, placed so that relative position v lands on output pixel a * v + b
+  (facejax.data.align.chip_frame; black outside them)."""
   x = preprocessing.apply(images)
+  if frame is not None:
+    a, bx, by = frame
+    scale = jnp.array([a / x.shape[1], a / x.shape[2]], jnp.float32)
+    return jax.image.scale_and_translate(x, (x.shape[0], image_size, image_size, 3), (1, 2), scale,
+                                         jnp.array([by, bx], jnp.float32), 'linear', antialias=True)
   if x.shape[1] != image_size or x.shape[2] != image_size:
     x = jax.image.resize(x, (x.shape[0], image_size, image_size, 3), 'linear', antialias=True)
   return x
@@ -31,13 +38,14 @@ class ModelIO:
   model: FaceNet
   preprocessing: Preprocessing
   image_size: int
+  frame: tuple[float, float, float] | None = None  # it reads another alignment's chips (model_input)
 
   def __call__(self, params, batch_stats, images, *, train: bool, rng=None, update_stats: bool = True,
                stages: bool = False):
     """-> (outputs dict from FaceNet.forward, new batch_stats). `stages`: the outputs also hold 'stages', the
     backbone's stage outputs (a tuple of [B, h, w, C], from the input up) where the backbone sows them."""
     variables = {'params': params, 'batch_stats': batch_stats}
-    x = model_input(images, self.preprocessing, self.image_size)
+    x = model_input(images, self.preprocessing, self.image_size, self.frame)
     mutable = (['batch_stats'] if train else []) + (['intermediates'] if stages else [])
     if not mutable:
       return self.model.apply(variables, x, train=False, method='forward'), batch_stats

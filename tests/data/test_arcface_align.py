@@ -121,3 +121,73 @@ def _has_dlib() -> bool:
     return True
   except ImportError:
     return False
+
+
+# ---- One alignment's chips read as another's (align.chip_frame, applied by tasks.model_input). ----
+
+def _render(pattern, size: int, padding: float) -> np.ndarray:
+  """A dlib chip of side `size` and `padding` of a picture given in dlib's unit face frame: pixel index i shows
+  unit point i * (1 + 2 p) / size - p (get_face_chip's placement, align.chip_points)."""
+  u = np.arange(size) * (1 + 2 * padding) / size - padding
+  return pattern(u[None, :], u[:, None])  # [y, x]
+
+
+def test_chip_frame_reads_a_dlib_chip_as_one_of_another_padding():
+  """A smooth picture rendered as a 150 px chip at padding 0.25, read through chip_frame by model_input at 100 px
+  and padding 0.5, equals the same picture rendered at 100 px and padding 0.5 where the first chip covers it (and is
+  black outside): the frame's arithmetic and jax's scale_and_translate convention together."""
+  from facejax.models import Preprocessing
+  from facejax.train.tasks import model_input
+  pattern = lambda x, y: 128 + 90 * np.sin(2.1 * x + 0.3) * np.cos(1.7 * y - 0.2)
+  src = np.repeat(_render(pattern, 150, 0.25)[None, ..., None], 3, -1)
+  frame = align.chip_frame(align.chip_spec('dlib_5pt', 150, 0.25), align.chip_spec('dlib_5pt', 100, 0.5), 100)
+  got = np.asarray(model_input(src.astype(np.uint8), Preprocessing((0.0,) * 3, (1 / 255,) * 3, False), 100,
+                               frame))[0, ..., 0]
+  want = _render(pattern, 100, 0.5)
+  inner = slice(15, 85)  # unit [-0.25, 1.25] is pixels 12.5-87.5 of the 0.5-padded chip: one pixel in from it
+  np.testing.assert_allclose(got[inner, inner], want[inner, inner], atol=1.5)  # uint8 rounding and bilinear
+  assert np.abs(got[:10]).max() < 1e-3 and np.abs(got[:, 90:]).max() < 1e-3  # outside the source chip: black
+
+
+def test_chip_frame_puts_arcface_points_of_a_dlib_chip_on_the_template():
+  frame = align.chip_frame(align.chip_spec('dlib_5pt'), align.chip_spec('arcface_5pt', 112), 112)
+  a, bx, by = frame
+  v = (align.chip_points(align.chip_spec('dlib_5pt')) + 0.5) / align.CHIP_SIZE
+  moved = a * v + [bx, by] - 0.5
+  np.testing.assert_allclose(moved.mean(0), align.ARCFACE_TEMPLATE.mean(0), atol=1e-9)  # least squares: centroid
+  # A fixed map keeps the shape: dlib's mouth corners sit 2-3 px inside the template's, the eyes within 1 px.
+  assert np.linalg.norm(moved - align.ARCFACE_TEMPLATE, axis=1).max() < 3.0
+  assert align.chip_frame(align.chip_spec('dlib_5pt'), align.chip_spec('dlib_5pt', 64), 64) is None  # a resize
+  assert align.chip_frame(align.chip_spec('arcface_5pt', 112), align.chip_spec('arcface_5pt', 96), 96) is None
+  with pytest.raises(ValueError, match=r"align kind 'mtcnn': expected one of \('dlib_5pt', 'arcface_5pt'\)"):
+    align.chip_spec('mtcnn')
+
+
+def test_arcface_points_on_real_dlib_chips_match_the_constant():
+  """dlib chips of 12 celeba299/ photos: the ArcFace points found on them average to ARCFACE_IN_DLIB_UNIT within
+  0.05 of the unit (the nose and mouth vary with pose by 0.05-0.08 per face), and a chip read through the fixed
+  map resembles the ArcFace crop of the same photo (pixel correlation inside the dlib chip's cover)."""
+  if not _has_dlib():
+    pytest.skip('dlib is not installed (pip install facejax[align])')
+  pytest.importorskip('cv2', reason='the ArcFace crop is OpenCV (pip install facejax[align])')
+  from PIL import Image
+  from facejax.models import Preprocessing
+  from facejax.train.tasks import model_input
+  root = shared_data('celeba299')
+  dlib_chips, arc_chips = [], []
+  for ident in sorted(os.listdir(root))[:12]:
+    name = os.path.join(root, ident, sorted(os.listdir(os.path.join(root, ident)))[0])
+    photo = np.asarray(Image.open(name).convert('RGB'))
+    try:
+      dlib_chips.append(align.align_face(photo, name))
+      arc_chips.append(align.align_face(photo, name, kind='arcface_5pt', size=112))
+    except align.NoFaceError:
+      continue
+  assert len(dlib_chips) >= 10
+  pts = align.arcface_points_on_chips(np.stack(dlib_chips))
+  unit = np.nanmean(pts, 0) / align.CHIP_SIZE * (1 + 2 * align.CHIP_PADDING) - align.CHIP_PADDING
+  np.testing.assert_allclose(unit, align.ARCFACE_IN_DLIB_UNIT, atol=0.05)
+  frame = align.chip_frame(align.chip_spec('dlib_5pt'), align.chip_spec('arcface_5pt', 112), 112)
+  read = np.asarray(model_input(np.stack(dlib_chips), Preprocessing((0.0,) * 3, (1 / 255,) * 3, False), 112,
+                                frame))[:, 30:100, 10:100]
+  assert np.corrcoef(read.ravel(), np.stack(arc_chips)[:, 30:100, 10:100].ravel().astype(np.float64))[0, 1] > 0.85
