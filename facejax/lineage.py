@@ -109,15 +109,17 @@ def cut_init(name: str, config: ml_collections.ConfigDict, plan: dict, workdir: 
   if not ref.startswith(REF_PRUNE):
     return
   tree = prepared['sets'][config[name].data.kwargs.name[len(REF_PREPARED):]]['tree']
-  pruned_init(plan[name].model, resolve(ref[len(REF_PRUNE):], workdir), tree, plan[name].init.path, f'config.{name}')
+  pruned_init(plan[name].model, resolve(ref[len(REF_PRUNE):], workdir), tree, plan[name].init.path, f'config.{name}',
+              backbone_only=plan[name].init.mode == 'backbone')
 
 
 def pruned_init(model: ml_collections.ConfigDict, teacher: str, chips_root: str, out: str, where: str,
-                calibration_images: int = 256) -> str:
+                calibration_images: int = 256, backbone_only: bool = False) -> str:
   """A stage's initial weights cut from the teacher run `teacher` (facejax.convert.prune: dlib's net, or a
   MobileNet / EfficientNet-Lite run) to the stage's `model` (channels / blocks / width / head in model.kwargs), its
   BatchNorms calibrated on `calibration_images` chips spread over `chips_root`, saved as converted weights in `out`
-  (kept: a resumed run reuses them) -> `out`."""
+  (kept: a resumed run reuses them) -> `out`. `backbone_only` (init.mode 'backbone': the stage takes the cut's
+  backbone and new heads): the stage's embed_dim may differ from the teacher's, e.g. to mimic another teacher."""
   import numpy as np
   from facejax.convert.prune import prune_dlib, prune_mobilenet
   from facejax.data.faces import chip_files
@@ -129,20 +131,22 @@ def pruned_init(model: ml_collections.ConfigDict, teacher: str, chips_root: str,
   info = read_model_info(teacher)
   kwargs = json.loads(json.dumps(jsonable(model.kwargs.to_dict())))  # as the metadata stores it
   pre = PREPROCESSING.get(model.preprocessing) if isinstance(model.preprocessing, str) else None
+  embed_dim = info['embed_dim'] if backbone_only else model.embed_dim  # the cut keeps the teacher's embedding
   if info['name'] == 'dlib_resnet':
-    if (model.name, model.image_size, model.preprocessing, model.embed_dim) != (
+    if (model.name, model.image_size, model.preprocessing, embed_dim) != (
         'dlib_resnet', dr.IMAGE_SIZE, 'dlib', dr.DESCRIPTOR_DIM):
       raise ValueError(f"{where}.init.path='prune:...' cuts the stage's model from dlib's net: it needs "
                        f"{where}.model name='dlib_resnet', image_size={dr.IMAGE_SIZE}, preprocessing='dlib', "
-                       f'embed_dim={dr.DESCRIPTOR_DIM}; got {model.name!r}, {model.image_size}, '
-                       f"{model.preprocessing!r}, {model.embed_dim} (or set {where}.init.path='' for a random init)")
+                       f'embed_dim={dr.DESCRIPTOR_DIM} (any with {where}.init.mode=\'backbone\'); got '
+                       f"{model.name!r}, {model.image_size}, {model.preprocessing!r}, {model.embed_dim} (or set "
+                       f"{where}.init.path='' for a random init)")
   else:
     t_model, t_pre, _ = build_from_info(info)
-    if (model.name, pre, model.embed_dim) != (info['name'], t_pre, info['embed_dim']):
+    if (model.name, pre, embed_dim) != (info['name'], t_pre, info['embed_dim']):
       raise ValueError(f"{where}.init.path='prune:...' cuts the stage's model from {teacher}: it needs "
                        f"{where}.model name={info['name']!r}, the teacher's preprocessing and embed_dim="
-                       f"{info['embed_dim']}; got {model.name!r}, {model.preprocessing!r}, {model.embed_dim} (or "
-                       f"set {where}.init.path='' for a random init)")
+                       f"{info['embed_dim']} (any with {where}.init.mode='backbone'); got {model.name!r}, "
+                       f"{model.preprocessing!r}, {model.embed_dim} (or set {where}.init.path='' for a random init)")
   spec = {'kwargs': kwargs, 'teacher': os.path.abspath(teacher)}
   meta = cut_metadata(out)
   if meta and {k: meta.get(k) for k in spec} == spec:

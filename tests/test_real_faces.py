@@ -204,6 +204,13 @@ def test_the_student_is_cut_from_dlib_by_its_init_reference(tmp_path):
   stamp = os.path.getmtime(os.path.join(init, os.listdir(init)[0]))
   cut_init('student', c, stage_plan(c, str(tmp_path), prepared), str(tmp_path), prepared)  # kept
   assert os.path.getmtime(os.path.join(init, os.listdir(init)[0])) == stamp
+  c.student.model.embed_dim = 256  # to mimic another teacher: the cut's backbone under a new embedding layer
+  with pytest.raises(ValueError, match=r"embed_dim=128 \(any with config.student.init.mode='backbone'\); got "
+                                       r"'dlib_resnet', 150, 'dlib', 256"):
+    cut_init('student', c, stage_plan(c, str(tmp_path), prepared), str(tmp_path), prepared)
+  c.student.init.mode = 'backbone'
+  cut_init('student', c, stage_plan(c, str(tmp_path), prepared), str(tmp_path), prepared)
+  assert load_converted(init)[2] == meta  # the same cut
   c.student.model.name = 'student_vgg'
   with pytest.raises(ValueError, match=r"config.student.init.path='prune:...' cuts the stage's model from dlib's "
                                        r"net: it needs config.student.model name='dlib_resnet'"):
