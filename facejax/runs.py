@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from facejax.data.align import chip_spec
+from facejax.data.chip_frames import chip_spec
 
 THRESHOLD_FILE = 'threshold.json'
 EXPORT_SUFFIX = '.jaxexport'

@@ -36,7 +36,7 @@ import os
 
 import numpy as np
 
-from facejax.data.align import chip_spec
+from facejax.data.chip_frames import chip_spec
 from facejax.models import dlib_resnet as dr
 
 INPUT_LAYERS = ('input_rgb_image_sized',)

@@ -30,7 +30,7 @@ import os
 import numpy as np
 
 from facejax.convert.tfjs import TfjsFormatError, read_tfjs_graph
-from facejax.data.align import chip_spec
+from facejax.data.chip_frames import chip_spec
 from facejax.models.tfjs_graph import NAME, graph_structure, graph_variables
 
 META = 'tfjs.json'

@@ -74,9 +74,9 @@ def load_teacher(config):
 
 
 def teacher_frame(config, info: dict):
-  """The fixed map (facejax.data.align.chip_frame) through which a teacher aligned unlike the student's data reads
+  """The fixed map (facejax.data.chip_frames.chip_frame) through which a teacher aligned unlike the student's data reads
   the student's chips (config.model.align: their alignment); None when the two agree or one is unaligned."""
-  from facejax.data.align import chip_frame, chip_spec
+  from facejax.data.chip_frames import chip_frame, chip_spec
   kind, spec = config.model.get('align', ''), info.get('align')
   if not (kind and spec):
     return None

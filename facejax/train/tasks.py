@@ -20,7 +20,7 @@ from facejax.models import FaceNet, Preprocessing
 def model_input(images, preprocessing: Preprocessing, image_size: int, frame: tuple[float, float, float] | None = None):
   """uint8 [B, H, W, 3] RGB -> normalised float32 [B, S, S, 3], resized in-graph when H != S. `frame` (a, bx, by):
   the images are another alignment's chips, placed so that relative position v lands on output pixel a * v + b
-  (facejax.data.align.chip_frame; black outside them)."""
+  (facejax.data.chip_frames.chip_frame; black outside them)."""
   x = preprocessing.apply(images)
   if frame is not None:
     a, bx, by = frame

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from facejax.data import align
+from facejax.data import chip_frames as frames
 from tests.shared_data import shared_data
 
 
@@ -123,11 +124,11 @@ def _has_dlib() -> bool:
     return False
 
 
-# ---- One alignment's chips read as another's (align.chip_frame, applied by tasks.model_input). ----
+# ---- One alignment's chips read as another's (chip_frames.chip_frame, applied by tasks.model_input). ----
 
 def _render(pattern, size: int, padding: float) -> np.ndarray:
   """A dlib chip of side `size` and `padding` of a picture given in dlib's unit face frame: pixel index i shows
-  unit point i * (1 + 2 p) / size - p (get_face_chip's placement, align.chip_points)."""
+  unit point i * (1 + 2 p) / size - p (get_face_chip's placement, frames.chip_points)."""
   u = np.arange(size) * (1 + 2 * padding) / size - padding
   return pattern(u[None, :], u[:, None])  # [y, x]
 
@@ -140,7 +141,7 @@ def test_chip_frame_reads_a_dlib_chip_as_one_of_another_padding():
   from facejax.train.tasks import model_input
   pattern = lambda x, y: 128 + 90 * np.sin(2.1 * x + 0.3) * np.cos(1.7 * y - 0.2)
   src = np.repeat(_render(pattern, 150, 0.25)[None, ..., None], 3, -1)
-  frame = align.chip_frame(align.chip_spec('dlib_5pt', 150, 0.25), align.chip_spec('dlib_5pt', 100, 0.5), 100)
+  frame = frames.chip_frame(frames.chip_spec('dlib_5pt', 150, 0.25), frames.chip_spec('dlib_5pt', 100, 0.5), 100)
   got = np.asarray(model_input(src.astype(np.uint8), Preprocessing((0.0,) * 3, (1 / 255,) * 3, False), 100,
                                frame))[0, ..., 0]
   want = _render(pattern, 100, 0.5)
@@ -150,17 +151,17 @@ def test_chip_frame_reads_a_dlib_chip_as_one_of_another_padding():
 
 
 def test_chip_frame_puts_arcface_points_of_a_dlib_chip_on_the_template():
-  frame = align.chip_frame(align.chip_spec('dlib_5pt'), align.chip_spec('arcface_5pt', 112), 112)
+  frame = frames.chip_frame(frames.chip_spec('dlib_5pt'), frames.chip_spec('arcface_5pt', 112), 112)
   a, bx, by = frame
-  v = (align.chip_points(align.chip_spec('dlib_5pt')) + 0.5) / align.CHIP_SIZE
+  v = (frames.chip_points(frames.chip_spec('dlib_5pt')) + 0.5) / align.CHIP_SIZE
   moved = a * v + [bx, by] - 0.5
   np.testing.assert_allclose(moved.mean(0), align.ARCFACE_TEMPLATE.mean(0), atol=1e-9)  # least squares: centroid
   # A fixed map keeps the shape: dlib's mouth corners sit 2-3 px inside the template's, the eyes within 1 px.
   assert np.linalg.norm(moved - align.ARCFACE_TEMPLATE, axis=1).max() < 3.0
-  assert align.chip_frame(align.chip_spec('dlib_5pt'), align.chip_spec('dlib_5pt', 64), 64) is None  # a resize
-  assert align.chip_frame(align.chip_spec('arcface_5pt', 112), align.chip_spec('arcface_5pt', 96), 96) is None
+  assert frames.chip_frame(frames.chip_spec('dlib_5pt'), frames.chip_spec('dlib_5pt', 64), 64) is None  # a resize
+  assert frames.chip_frame(frames.chip_spec('arcface_5pt', 112), frames.chip_spec('arcface_5pt', 96), 96) is None
   with pytest.raises(ValueError, match=r"align kind 'mtcnn': expected one of \('dlib_5pt', 'arcface_5pt'\)"):
-    align.chip_spec('mtcnn')
+    frames.chip_spec('mtcnn')
 
 
 def test_arcface_points_on_real_dlib_chips_match_the_constant():
@@ -184,10 +185,10 @@ def test_arcface_points_on_real_dlib_chips_match_the_constant():
     except align.NoFaceError:
       continue
   assert len(dlib_chips) >= 10
-  pts = align.arcface_points_on_chips(np.stack(dlib_chips))
+  pts = frames.arcface_points_on_chips(np.stack(dlib_chips))
   unit = np.nanmean(pts, 0) / align.CHIP_SIZE * (1 + 2 * align.CHIP_PADDING) - align.CHIP_PADDING
-  np.testing.assert_allclose(unit, align.ARCFACE_IN_DLIB_UNIT, atol=0.05)
-  frame = align.chip_frame(align.chip_spec('dlib_5pt'), align.chip_spec('arcface_5pt', 112), 112)
+  np.testing.assert_allclose(unit, frames.ARCFACE_IN_DLIB_UNIT, atol=0.05)
+  frame = frames.chip_frame(frames.chip_spec('dlib_5pt'), frames.chip_spec('arcface_5pt', 112), 112)
   read = np.asarray(model_input(np.stack(dlib_chips), Preprocessing((0.0,) * 3, (1 / 255,) * 3, False), 112,
                                 frame))[:, 30:100, 10:100]
   assert np.corrcoef(read.ravel(), np.stack(arc_chips)[:, 30:100, 10:100].ravel().astype(np.float64))[0, 1] > 0.85

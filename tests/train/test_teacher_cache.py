@@ -82,8 +82,8 @@ def test_hint_channels_come_from_the_cut_students_metadata(tmp_path):
 
 def test_a_teacher_aligned_otherwise_reads_the_students_chips_through_the_fixed_map(tmp_path):
   """A teacher whose model.json asks for ArcFace crops, taught to a student of dlib chips: load_teacher gives it
-  align.chip_frame's map, and what it computes is the teacher on the mapped images (not on a plain resize)."""
-  from facejax.data import align
+  chip_frames.chip_frame's map, and what it computes is the teacher on the mapped images (not on a plain resize)."""
+  from facejax.data import chip_frames
   from facejax.train.setup import load_teacher
   from facejax.train.tasks import model_input
   teacher = get_config()
@@ -92,7 +92,8 @@ def test_a_teacher_aligned_otherwise_reads_the_students_chips_through_the_fixed_
   c = get_config('distill')
   c.distill.teacher_workdir, c.model.align = str(tmp_path / 'teacher'), 'dlib_5pt'
   io, variables = load_teacher(c)
-  assert io.frame == align.chip_frame(align.chip_spec('dlib_5pt'), align.chip_spec('arcface_5pt'), io.image_size)
+  assert io.frame == chip_frames.chip_frame(chip_frames.chip_spec('dlib_5pt'), chip_frames.chip_spec('arcface_5pt'),
+                                           io.image_size)
   images = np.random.RandomState(0).randint(0, 256, (2, 40, 40, 3)).astype(np.uint8)
   got = io(variables['params'], variables['batch_stats'], images, train=False)[0]['embedding']
   apply = lambda x: io.model.apply(variables, x, train=False, method='forward')['embedding']
