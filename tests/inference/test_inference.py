@@ -151,6 +151,22 @@ def test_bf16_lowering_by_im2col_bytes():
   assert fc6.dtype == np.float32 and fc6.shape == (traced['backbone/fc6'].out_shape[-1], traced['backbone/fc6'].in_shape[-1])
 
 
+def test_default_compiler_options_by_network_shape():
+  """float32: YNNPACK dots with their elementwise epilogues for ResNets, XLA's own handling for nets with depthwise
+  convs (MobileFaceNet), individual dots for VGG's fc-heavy head; bf16 keeps individual dots for all."""
+  from facejax.inference.optimize.options import YNN_DOT_ELTWISE, YNN_INDIVIDUAL_DOT, default_compiler_options
+  got = {}
+  for name in ('resnet50', 'mobilefacenet', 'vgg16'):
+    model, variables = _model(name)
+    traced = trace_layers(model, variables, SIZE)
+    for dtype in ('float32', 'bfloat16'):
+      got[name, dtype] = default_compiler_options(traced, {}, dtype)
+  assert got['resnet50', 'float32'] == YNN_DOT_ELTWISE and got['mobilefacenet', 'float32'] == {}
+  assert got['vgg16', 'float32'] == YNN_INDIVIDUAL_DOT
+  assert {got[n, 'bfloat16']['xla_cpu_experimental_ynn_fusion_type'] for n in ('resnet50', 'mobilefacenet', 'vgg16')} \
+      == {YNN_INDIVIDUAL_DOT['xla_cpu_experimental_ynn_fusion_type']}
+
+
 def _dot_operand_dtypes(hlo: str) -> list[tuple[str, ...]]:
   """Operand dtypes of every dot in an optimized HLO module's text (operands resolved within their computation)."""
   out = []
