@@ -8,12 +8,11 @@ import functools
 import os
 from typing import Any, Callable
 
-from absl import logging
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from facejax import runs
 from facejax.models.registry import count_params
@@ -74,8 +73,8 @@ def load_teacher(config):
 
 
 def teacher_frame(config, info: dict):
-  """The fixed map (facejax.data.chip_frames.chip_frame) through which a teacher aligned unlike the student's data reads
-  the student's chips (config.model.align: their alignment); None when the two agree or one is unaligned."""
+  """The fixed map (facejax.data.chip_frames.chip_frame) through which a teacher aligned unlike the student's data
+  reads the student's chips (config.model.align: their alignment); None when the two agree or one is unaligned."""
   from facejax.data.chip_frames import chip_frame, chip_spec
   kind, spec = config.model.get('align', ''), info.get('align')
   if not (kind and spec):

@@ -145,6 +145,6 @@ def test_a_stage_is_cut_from_an_earlier_stage_when_it_trains(tmp_path):
   c.student.model.preprocessing = 'facejax'
   with pytest.raises(ValueError, match=r"config.student.init.path='prune:...' cuts the stage's model from .*teacher: "
                                        r"it needs config.student.model name='mobilenet_v2', the teacher's "
-                                       r"preprocessing and embed_dim=16 \(any with config.student.init.mode='backbone'\); got "
-                                       r"'mobilenet_v2', 'facejax', 16"):
+                                       r"preprocessing and embed_dim=16 \(any with "
+                                       r"config.student.init.mode='backbone'\); got 'mobilenet_v2', 'facejax', 16"):
     cut_init('student', c, stage_plan(c, str(tmp_path), prepared), str(tmp_path), prepared)
