@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from facejax.data.align import (ALIGN_KINDS, ARCFACE_SIZE, ARCFACE_TEMPLATE, CHIP_PADDING, CHIP_SIZE,
-                                SHAPE_PREDICTOR_68, arcface_points, packaged_model_path, require_dlib)
+from facejax.data.align import (ALIGN_KINDS, ARCFACE_SIZE, ARCFACE_TEMPLATE, CHIP_PADDING, CHIP_SIZE, ArcFaceAligner,
+                                arcface_points)
 
 # ArcFace's five points (arcface_points) in dlib's unit face frame, the frame a dlib chip of padding 0 and side 1
 # shows: the mean over 587 dlib chips (150 px, padding 0.25) of celeba299/ and celeba/ photos of dlib's 68-point
@@ -55,17 +55,13 @@ def chip_frame(src: dict, dst: dict, size: int) -> tuple[float, float, float] | 
 
 
 def arcface_points_on_chips(chips: np.ndarray, upsample: int = 1) -> np.ndarray:
-  """uint8 [N, S, S, 3] chips -> [N, 5, 2] ArcFace points (pixels) from dlib's HOG detector and 68-point landmarks
-  run on each chip; NaN where no face is found. Divide by S, then (x * (1 + 2 p) - p) for dlib chips of padding p,
-  to get the unit-frame points ARCFACE_IN_DLIB_UNIT holds."""
-  d = require_dlib()
-  detector = d.get_frontal_face_detector()
-  predictor = d.shape_predictor(packaged_model_path(SHAPE_PREDICTOR_68))
+  """uint8 [N, S, S, 3] chips -> [N, 5, 2] ArcFace points (pixels) of the largest face ArcFaceAligner's HOG
+  detector and 68-point landmarks find on each chip; NaN where there is none. Divide by S, then (x * (1 + 2 p) - p)
+  for dlib chips of padding p, to get the unit-frame points ARCFACE_IN_DLIB_UNIT holds."""
+  aligner = ArcFaceAligner('hog', upsample)
   out = np.full((len(chips), 5, 2), np.nan)
   for i, chip in enumerate(chips):
-    chip = np.ascontiguousarray(chip)
-    rects = detector(chip, upsample)
-    if len(rects):
-      shape = predictor(chip, max(rects, key=lambda r: r.area()))
-      out[i] = arcface_points(np.array([[shape.part(j).x, shape.part(j).y] for j in range(68)], np.float64))
+    faces = aligner.detect(chip, f'chip {i}')
+    if faces:
+      out[i] = arcface_points(faces[0].landmarks)
   return out
