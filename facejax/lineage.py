@@ -212,8 +212,9 @@ def prepare_faces(faces: ml_collections.ConfigDict, workdir: str, eval_config: m
   evaluation gives the View 2 people's embeddings); `evaluated`: run dir -> an evaluation already made with
   `eval_config` (a reference's), which the judge reuses instead of evaluating again.
 
-  faces.holdout.source names a key of faces.identities (its held-out identities then train nowhere) or a folder
-  no training set reads. faces.mimic (optional): label-free photos for the `mimic` set, `folders` (each
+  faces.holdout.source names a key of faces.identities or a folder no training set reads; the held-out identities
+  train nowhere: every training folder's identity of the same name is left out (a larger copy of the same data,
+  such as more of CelebA passed as a mimic folder, holds them under the same names). faces.mimic (optional): label-free photos for the `mimic` set, `folders` (each
   <folder>/<any>/<photo>, leakage-checked like the identities) and, with `lfw_unpaired`, LFW's people in no pair
   of View 2 (so no check); `mirror` / `jittered`: the views of every chip it holds (facejax.data.faces.link_tree).
   -> {'data_dir', 'sets': {set name: identity_set record}, 'holdout' (holdout_pairs record or None), 'aligned',
@@ -234,11 +235,12 @@ def prepare_faces(faces: ml_collections.ConfigDict, workdir: str, eval_config: m
     holdout = holdout_pairs(folder, os.path.join(data_dir, 'holdout'), num_identities=faces.holdout.identities,
                             num_folds=faces.holdout.folds, seed=faces.holdout.seed,
                             prefix=source if source in faces.identities else _folder(folder))
-    if source in faces.identities:
-      exclude = {f'{source}/{i}' for i in holdout['identities']}
   label_free = {}
   if 'mimic' in faces:
     label_free = {_folder(f): f for f in faces.mimic.folders}
+  if holdout:
+    exclude = {f'{k}/{i}' for k in {**faces.identities, **label_free} for i in holdout['identities']}
+  if 'mimic' in faces:
     if faces.mimic.lfw_unpaired:
       label_free['lfw_unpaired'] = os.path.join(data_dir, 'lfw_unpaired_photos')
       unpaired_lfw_people(faces.lfw_dir, eval_config.data.pairs, label_free['lfw_unpaired'])

@@ -125,6 +125,13 @@ def test_real_pipeline_tiny(tiny_real, tmp_path, monkeypatch):
   c.faces.lfw_dir = str(tiny_real / 'lfw')
   c.faces.identities = ml_collections.ConfigDict({'celeba299': str(tiny_real / 'ids')})
   c.faces.holdout.source = str(tiny_real / 'heldout')
+  # A mimic folder holding one of the held-out identities under its name (a larger copy of the same data): left out.
+  more = tiny_real / 'more'
+  more.mkdir(exist_ok=True)
+  held = sorted(os.listdir(tiny_real / 'heldout'))[0]
+  if not (more / held).exists():
+    os.symlink(os.readlink(tiny_real / 'heldout' / held), more / held)
+  c.faces.mimic.folders = (str(more),)
   workdir = tmp_path / 'real'
   report = pipeline.run_pipeline(c, str(workdir))
   assert sorted(evaluated) == sorted((y, run) for y in ('lfw', 'holdout')
@@ -143,6 +150,7 @@ def test_real_pipeline_tiny(tiny_real, tmp_path, monkeypatch):
   assert report['holdout']['pairs']['num_folds'] == 2 and report['holdout']['pairs']['photos'] == 30
   # The sets: labelled identities, and the mimic set of every chip and its mirror image.
   sets = report['data']['sets']
+  assert report['data']['aligned']['more']['aligned'] >= 4  # aligned, then left out as a held-out identity
   assert sets['identities']['identities'] == sets['mimic']['identities'] == 6
   assert sets['mimic']['images'] == 2 * sets['identities']['images']
   # Each stage trained from what its config named: the teacher is dlib's net converted once, shared by the
