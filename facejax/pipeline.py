@@ -23,6 +23,7 @@ from facejax.evaluation.leakage import leakage_text
 from facejax.evaluation.report import plot_roc, results_markdown, summary_row
 from facejax.evaluation.verification import compare
 from facejax.inference.benchmark import benchmark_model
+from facejax.inference.embed import flip_mode
 from facejax.inference.hardware import cpu_info, cpu_text
 from facejax.lineage import REFERENCES, cut_init, cut_inits, prepare_faces, report_runs, stage_plan
 from facejax.runs import jsonable, load_run
@@ -239,6 +240,12 @@ def keep_better(holdout: dict, names: tuple, runs: dict, workdir: str) -> dict |
 
 def faces_eval_config(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
   """A `faces` lineage's config with config.eval pointed at its LFW View 2 and a cache under `workdir`."""
+  if config.get('references') and flip_mode(config.eval.get('flip')):
+    raise ValueError(
+        f'config.eval.flip={config.eval.flip!r}: the reference rows ({", ".join(config.references)}) are single-view '
+        'descriptors, compared fold by fold with every model, so the pipeline evaluates single views; after it, '
+        'evaluate a run with flip TTA: python -m launch.evaluate --config=configs/lfw_eval.py:lfw --workdir=RUN '
+        '--config.data.lfw_dir=DATA/lfw --config.flip=sum --config.name=lfw_flip')
   config = copy.deepcopy(config)  # ConfigDict(x) would share x's sections
   with config.unlocked():
     config.eval.data.lfw_dir = config.faces.lfw_dir

@@ -71,6 +71,19 @@ def test_unknown_model_and_bad_workdir_errors(tmp_path):
     load_run(str(tmp_path))
 
 
+def test_a_lineage_with_single_view_references_refuses_flip_tta_before_any_work(tmp_path):
+  from configs import real_faces
+  from facejax.pipeline import run_pipeline
+  c = real_faces.get_config('tiny')
+  c.eval.flip = 'sum'
+  with pytest.raises(ValueError, match=r"config.eval.flip='sum': the reference rows \(dlib_native\) are single-view"):
+    run_pipeline(c, str(tmp_path / 'run'))
+  assert os.listdir(tmp_path / 'run') == []  # nothing aligned, converted or trained
+  c.eval.flip = 'none'  # the same as ''
+  from facejax.pipeline import faces_eval_config
+  assert faces_eval_config(c, str(tmp_path)).eval.cache_dir == os.path.join(str(tmp_path), 'cache')
+
+
 def test_mimic_tree_views_are_deterministic_and_rebuilt_when_asked_for_others(tmp_path):
   """link_tree: each chip, its exact mirror image and J jittered copies (same size, different pixels), drawn
   from the file name so a rebuild writes the same bytes; the same spec is reused, another one rebuilt."""
