@@ -116,7 +116,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                    ('teacher_finetuned', 'teacher'), ('teacher', 'dlib_native')]
   c.keep_better = ('student', 'student_siamese')  # by held-out accuracy: <workdir>/kept (facejax.pipeline)
 
-  # 6,000 steps: +1.0 pp over 3,000 on LFW, and make real-dlib still fits an hour on 2 cores (docs/real_faces.md)
+  # 6,000 steps: +1.0 pp over 3,000 on LFW; make real-dlib took 55 min on 2 AMX Xeon cores (docs/real_faces.md)
   c.student = _stage('distill', 6000, 0.02, 'mimic')  # from the cut teacher: a tenth of a from-scratch rate
   c.student.init.path, c.student.init.mode = 'prune:dlib', 'all'  # the teacher's most-used channels
   c.student.distill.teacher_workdir = 'dlib'
