@@ -216,7 +216,8 @@ def prepare_faces(faces: ml_collections.ConfigDict, workdir: str, eval_config: m
   train nowhere: every training folder's identity of the same name is left out (a larger copy of the same data,
   such as more of CelebA passed as a mimic folder, holds them under the same names). faces.mimic (optional):
   label-free photos for the `mimic` set, `folders` (each <folder>/<any>/<photo>, leakage-checked like the
-  identities) and, with `lfw_unpaired`, LFW's people in no pair of View 2 (so no check); `mirror` / `jittered`: the views of every chip it holds (facejax.data.faces.link_tree).
+  identities) and, with `lfw_unpaired`, LFW's people in no pair of View 2 (so no check); `mirror` / `jittered`:
+  the views of every chip it holds (facejax.data.faces.link_tree).
   -> {'data_dir', 'sets': {set name: identity_set record}, 'holdout' (holdout_pairs record or None), 'aligned',
   'leakage' (or None), 'judge' (run dir or None), 'evaluations': {the judge's run dir: its LFW evaluation}}."""
   from facejax.data.faces import identity_set, unpaired_lfw_people
