@@ -239,15 +239,15 @@ def prepare_faces(faces: ml_collections.ConfigDict, workdir: str, eval_config: m
   label_free = {}
   if 'mimic' in faces:
     label_free = {_folder(f): f for f in faces.mimic.folders}
-  if holdout:
-    exclude = {f'{k}/{i}' for k in {**faces.identities, **label_free} for i in holdout['identities']}
-  if 'mimic' in faces:
     if faces.mimic.lfw_unpaired:
       label_free['lfw_unpaired'] = os.path.join(data_dir, 'lfw_unpaired_photos')
       unpaired_lfw_people(faces.lfw_dir, eval_config.data.pairs, label_free['lfw_unpaired'])
+  training = {**faces.identities, **label_free}  # every folder a training set reads
+  if holdout:
+    exclude = {f'{k}/{i}' for k in training for i in holdout['identities']}
   print('== align the training photos', flush=True)
   aligned = {k: align_once(v, os.path.join(data_dir, 'aligned', k), detector=faces.detector,
-                           upsample=faces.upsample) for k, v in {**faces.identities, **label_free}.items()}
+                           upsample=faces.upsample) for k, v in training.items()}
   timings['align training photos'] = time.perf_counter() - t0
   chips = {k: v['chips'] for k, v in aligned.items()}
   labelled = {k: chips[k] for k in faces.identities}
