@@ -102,3 +102,35 @@ def test_a_teacher_aligned_otherwise_reads_the_students_chips_through_the_fixed_
   for student_align in ('arcface_5pt', ''):  # the same alignment, or a student of unaligned images: a resize
     c.model.align = student_align
     assert load_teacher(c)[0].frame is None
+
+
+def test_an_embedding_teacher_is_cached_through_onednn_as_its_flax_forward_computes_it():
+  """A teacher with no classifier (dlib's net) is cached through its BN-folded oneDNN forward: the embeddings
+  equal the flax forward's (random BatchNorm statistics, so the fold is exercised); with hints, the flax path."""
+  import jax
+  from facejax.inference.optimize import onednn
+  from facejax.train import tasks
+  from facejax.train.setup import model_io
+  if onednn.unavailable():
+    pytest.skip(f'oneDNN custom call: {onednn.unavailable()}')
+  c = get_config()
+  _small_dlib(c)
+  io = model_io(c, 0)
+  assert not io.model.num_classes
+  variables = io.model.init({'params': jax.random.PRNGKey(0)}, np.zeros((1, 48, 48, 3), np.float32),
+                            method='forward')
+  rng = np.random.default_rng(0)
+  stats = jax.tree_util.tree_map_with_path(
+      lambda p, v: (rng.uniform(0.5, 2.0, v.shape) if p[-1].key == 'var' else rng.normal(0, 0.5, v.shape)
+                    ).astype(np.float32), variables['batch_stats'])
+  variables = {'params': variables['params'], 'batch_stats': stats}
+  images = rng.integers(0, 256, (10, 48, 48, 3), dtype=np.uint8)
+  source = [{'image': im} for im in images]
+  assert tasks._optimized_embedding(io, variables) is not None
+  got = tasks.teacher_outputs(io, variables, source, 48, batch_size=4)
+  want = io(variables['params'], variables['batch_stats'], images, train=False)[0]['embedding']
+  assert set(got) == {'embedding'}
+  np.testing.assert_allclose(got['embedding'], want, atol=1e-5)
+  hinted = tasks.teacher_outputs(io, variables, source, 48, batch_size=4, hint_channels=())
+  assert set(hinted) == {'embedding', 'stages'}
+  np.testing.assert_allclose(hinted['embedding'], want, atol=1e-6)
