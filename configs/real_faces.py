@@ -21,7 +21,8 @@ Stages (each a normal training run in <workdir>/<stage>, its sources named in it
   student   dlib's net with 8/24/48/96 stream channels and 8 of its 14 residual blocks (10x fewer parameters),
             cut from the teacher (init 'prune:dlib': its strongest blocks and most-used channels,
             facejax.convert.prune); then embedding mimic only on the mimic set, the teacher's outputs cached once
-            for every chip and its mirror image
+            for every chip and its mirror image (through oneDNN where built), the chips decoded once and held in
+            memory (data.resident)
   siamese   the student continued with a contrastive loss on P x K identity batches of the identity set, still
             mimicking the teacher (siamese.mimic_weight) so a restricted set does not pull it off the teacher's geometry
   finetune  optional (--config.finetune.total_steps=N; 0 skips it): the paper's transfer step, dlib's whole net
@@ -116,8 +117,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                    ('teacher_finetuned', 'teacher'), ('teacher', 'dlib_native')]
   c.keep_better = ('student', 'student_siamese')  # by held-out accuracy: <workdir>/kept (facejax.pipeline)
 
-  # 6,000 steps: +1.0 pp over 3,000 on LFW; make real-dlib took 55 min on 2 AMX Xeon cores (docs/real_faces.md)
-  c.student = _stage('distill', 6000, 0.02, 'mimic')  # from the cut teacher: a tenth of a from-scratch rate
+  # 7,500 steps fit make real-dlib in an hour on 2 Zen 5 cores with the set resident (docs/real_faces.md); more
+  # steps give more accuracy (6,000: +1.0 pp over 3,000 on LFW)
+  c.student = _stage('distill', 7500, 0.02, 'mimic')  # from the cut teacher: a tenth of a from-scratch rate
   c.student.init.path, c.student.init.mode = 'prune:dlib', 'all'  # the teacher's most-used channels
   c.student.distill.teacher_workdir = 'dlib'
   c.student.distill.embed_weight = 1.0
@@ -127,6 +129,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.student.distill.cache_teacher = True
   c.student.distill.hint_weight = 0.0  # stage hints (FitNets) did not help this student: docs/real_faces.md
   c.student.data.augment = False  # the cache holds the teacher's outputs of each chip (and its mirror)
+  # The chips decoded once and held in memory (34K views at 150 px: 2.3 GB), no JPEG decoding beside the step on
+  # 2 cores; the measured hour used it (docs/real_faces.md; resident=False: the loader)
+  c.student.data.resident = True
 
   if a.fm or a.fm_gpu:
     _function_matching(c.student, gpu=a.fm_gpu)

@@ -223,8 +223,8 @@ def test_the_gpu_schedule_runs_at_tiny_size_on_cpu(tmp_path):
   assert full.batch_size * full.total_steps >= 10_000_000 and full.half_precision and full.data.resident
   assert full.distill.mode == 'function_matching' and not full.distill.cache_teacher and full.data.augment
   assert (default.distill.mode, default.distill.cache_teacher, default.data.augment, default.data.resident,
-          default.half_precision, default.total_steps, default.batch_size) == ('plain', True, False, False, False,
-                                                                              6000, 64)
+          default.half_precision, default.total_steps, default.batch_size) == ('plain', True, False, True, False,
+                                                                              7500, 64)
   assert real_faces.get_config('fm').student.distill.mode == 'function_matching'
   teacher = get_config()
   teacher.total_steps = 2
