@@ -272,13 +272,12 @@ def _optimized_embedding(teacher: ModelIO, variables: dict):
   """jitted fn(uint8 images) -> {'embedding'} through oneDNN's float32 convolutions, or None where they are not
   built (or off the CPU)."""
   from facejax.inference import optimize
-  from facejax.models.heads import l2_normalize
   if optimize.onednn.unavailable():
     return None
-  raw_fn = optimize.inference_forward(teacher.model, variables, image_size=teacher.image_size, conv='onednn')
-  return jax.jit(lambda images: {'embedding': l2_normalize(raw_fn(model_input(
-      images, teacher.preprocessing, teacher.image_size, teacher.frame)))},
-                 compiler_options=raw_fn.compiler_options or None)
+  embed = optimize.optimize_for_inference(teacher.model, variables, image_size=teacher.image_size, conv='onednn')
+  return jax.jit(lambda images: {'embedding': embed(model_input(images, teacher.preprocessing, teacher.image_size,
+                                                                teacher.frame))},
+                 compiler_options=embed.compiler_options or None)
 
 
 def hint_channels(config: ml_collections.ConfigDict) -> tuple | None:

@@ -107,7 +107,7 @@ def test_a_teacher_aligned_otherwise_reads_the_students_chips_through_the_fixed_
 def test_an_embedding_teacher_is_cached_through_onednn_as_its_flax_forward_computes_it():
   """A teacher with no classifier (dlib's net) is cached through its BN-folded oneDNN forward: the embeddings
   equal the flax forward's (random BatchNorm statistics, so the fold is exercised); with hints, the flax path."""
-  import jax
+  from facejax.inference.benchmark import random_variables
   from facejax.inference.optimize import onednn
   from facejax.train import tasks
   from facejax.train.setup import model_io
@@ -117,14 +117,8 @@ def test_an_embedding_teacher_is_cached_through_onednn_as_its_flax_forward_compu
   _small_dlib(c)
   io = model_io(c, 0)
   assert not io.model.num_classes
-  variables = io.model.init({'params': jax.random.PRNGKey(0)}, np.zeros((1, 48, 48, 3), np.float32),
-                            method='forward')
-  rng = np.random.default_rng(0)
-  stats = jax.tree_util.tree_map_with_path(
-      lambda p, v: (rng.uniform(0.5, 2.0, v.shape) if p[-1].key == 'var' else rng.normal(0, 0.5, v.shape)
-                    ).astype(np.float32), variables['batch_stats'])
-  variables = {'params': variables['params'], 'batch_stats': stats}
-  images = rng.integers(0, 256, (10, 48, 48, 3), dtype=np.uint8)
+  variables = random_variables(io.model, 48, method='forward')  # BatchNorm statistics other than the identity
+  images = np.random.default_rng(0).integers(0, 256, (10, 48, 48, 3), dtype=np.uint8)
   source = [{'image': im} for im in images]
   assert tasks._optimized_embedding(io, variables) is not None
   got = tasks.teacher_outputs(io, variables, source, 48, batch_size=4)
