@@ -281,7 +281,8 @@ def judge_leakage(judge: str, evaluation: dict, paths: list[str], ids: list[str]
   from facejax.evaluation.leakage import identity_threshold, leakage_check, leakage_text
   from facejax.inference.embed import embed_images
   from facejax.inference.embedder import load_embedder, read_image
-  embed_fn, size = load_embedder(judge)
+  from facejax.inference.optimize import onednn_options
+  embed_fn, size = load_embedder(judge, optimize=onednn_options())
   train_emb = embed_images(embed_fn, [read_image(p) for p in paths], size, batch_size=batch_size)
   people = [n.replace('\\', '/').split('/')[0] for n in evaluation['names']]
   calibration = None if cfg.threshold else identity_threshold(evaluation['embeddings'], people, cfg.far)

@@ -154,7 +154,9 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, step: int | No
   if config.reference == 'dlib' and (align is None or int(align['size']) != 150):
     raise ValueError('config.reference=dlib runs dlib on 150 px dlib 5-point chips: expected an aligning model '
                      '(dlib\'s converted net) or config.align=on with a 150 px model')
-  embed_fn, image_size = load_embedder(workdir, flip, raw=raw, step=step)
+  from facejax.inference.optimize import onednn_options
+  embed_fn, image_size = load_embedder(workdir, flip, raw=raw, step=step,
+                                       optimize=config.optimize and onednn_options())
   pairs, described = load_pairs(config.data, image_size)
   name = config.name or described['source']
   out_dir = eval_dir(workdir, name) if step is None else os.path.join(eval_dir(workdir, name), f'step_{step}')

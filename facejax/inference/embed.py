@@ -55,16 +55,22 @@ def flip_tta(raw_fn: Callable[[jnp.ndarray], jnp.ndarray], x: jnp.ndarray, flip:
 
 
 def make_embed_fn(model, variables, preprocessing, image_size: int, flip: str | None = None, *,
-                  optimize: bool | dict = False) -> Callable[[Any], jnp.ndarray]:
+                  optimize: bool | dict = False, raw: bool = False) -> Callable[[Any], jnp.ndarray]:
   """-> jitted fn(uint8 [B, image_size, image_size, 3] RGB) -> float32 [B, D] L2-normalised ([B, 2D] for
-  flip='concat').
+  flip='concat'); raw=True: the embedding head's output before L2 normalisation (dlib's descriptors for its
+  converted net), single images only.
 
   `optimize=False` runs the reference flax forward (variables passed as arguments); `optimize=True` (or a dict
-  of `optimize_for_inference` options) runs the BN-folded, rewritten inference forward from
-  `facejax.inference.optimize`, numerically equal within the tolerances stated there.
+  of `optimize_for_inference` options, e.g. `optimize.onednn_options()`) runs the BN-folded, rewritten inference
+  forward from `facejax.inference.optimize`, numerically equal within the tolerances stated there.
   """
   if flip not in FLIP_MODES:
     raise ValueError(f'flip={flip!r}: expected one of {FLIP_MODES}')
+  if raw and flip:
+    raise ValueError(f'flip={flip!r}: raw embeddings are single-image descriptors; expected no flip TTA')
+
+  def head(raw_fn, x):
+    return raw_fn(x).astype(jnp.float32) if raw else flip_tta(raw_fn, x, flip)
 
   def check(images):
     if images.ndim != 4 or images.shape[1:] != (image_size, image_size, 3):
@@ -74,7 +80,7 @@ def make_embed_fn(model, variables, preprocessing, image_size: int, flip: str | 
     from facejax.inference import optimize as opt
     options = dict(optimize) if isinstance(optimize, dict) else {}
     raw_fn = opt.inference_forward(model, variables, image_size=image_size, **options)
-    fn = jax.jit(lambda images: flip_tta(raw_fn, preprocessing.apply(images), flip),
+    fn = jax.jit(lambda images: head(raw_fn, preprocessing.apply(images)),
                  compiler_options=raw_fn.compiler_options or None)
 
     def embed(images):
@@ -85,7 +91,7 @@ def make_embed_fn(model, variables, preprocessing, image_size: int, flip: str | 
 
   @jax.jit
   def fn(variables, images):
-    return flip_tta(raw_embed_forward(model, variables), preprocessing.apply(images), flip)
+    return head(raw_embed_forward(model, variables), preprocessing.apply(images))
 
   variables = jax.device_put(variables)  # once: numpy leaves would be copied to the device on every call
 

@@ -2,7 +2,7 @@
 
 A model is a run directory RUN (model.json + checkpoints/; `facejax.runs`) or an exported artifact `M.jaxexport`
 (`launch.export`; its JSON sidecar `M.jaxexport.json` describes it).
-`load_embedder(path, flip, step, raw) -> (embed_fn, image_size)` is the one place that turns a path into a
+`load_embedder(path, flip, step, raw, optimize) -> (embed_fn, image_size)` is the one place that turns a path into a
 function uint8 [B, S, S, 3] RGB -> float32 [B, D] L2-normalised embeddings (raw=True: the un-normalised
 embeddings, run directories only); `describe_model(path)` reads what is known without loading weights.
 `embed_paths` (launch.embed) embeds every image under a directory or glob; `calibration_images` picks the faces
@@ -49,14 +49,15 @@ def describe_model(path: str) -> dict:
           'flip': None, 'align': info.get('align'), 'descriptor': info.get('descriptor'), 'info': info}
 
 
-def load_embedder(path: str, flip: str | None = '', step: int | None = None,
-                  raw: bool = False) -> tuple[Callable[[Any], Any], int]:
+def load_embedder(path: str, flip: str | None = '', step: int | None = None, raw: bool = False,
+                  optimize: bool | dict = False) -> tuple[Callable[[Any], Any], int]:
   """Run directory, `*.jaxexport` or `*.onnx` (run by ONNX Runtime) -> (embed_fn, image_size): embed_fn(uint8
   [B, S, S, 3] RGB) -> [B, D] L2-normalised ([B, 2D] for flip='concat'); S = image_size. `step`: checkpoint step
   (default the latest).
 
   raw=True: the un-normalised embeddings, `FaceNet.forward(x)['raw_embedding']` (dlib's descriptors for its
   converted net); run directories only, no flip. An export's flip mode is baked in: `flip` must match it.
+  `optimize`: a run directory's forward, as `make_embed_fn` takes it (exports run as exported).
   This is the only place the CLIs turn a path into a model.
   """
   flip = flip_mode(flip)
@@ -80,29 +81,7 @@ def load_embedder(path: str, flip: str | None = '', step: int | None = None,
   describe_model(path)  # errors naming what is missing
   model, variables, info = load_run(path, step)
   image_size, preprocessing = int(info['image_size']), info['preprocessing_obj']
-  if not raw:
-    return make_embed_fn(model, variables, preprocessing, image_size, flip=flip), image_size
-  if flip:
-    raise ValueError(f'flip={flip!r}: raw embeddings are single-image descriptors; expected no flip TTA')
-  return _raw_embed_fn(model, variables, preprocessing, image_size), image_size
-
-
-def _raw_embed_fn(model, variables, preprocessing, image_size: int) -> Callable[[Any], Any]:
-  """-> jitted fn(uint8 [B, S, S, 3]) -> float32 [B, D], the embedding head's output before L2 normalisation."""
-  import jax
-
-  @jax.jit
-  def fn(variables, images):
-    return model.apply(variables, preprocessing.apply(images), method='forward')['raw_embedding']
-
-  variables = jax.device_put(variables)
-
-  def embed(images):
-    if images.ndim != 4 or images.shape[1:] != (image_size, image_size, 3):
-      raise ValueError(f'images: expected [B, {image_size}, {image_size}, 3], got {tuple(images.shape)}')
-    return fn(variables, images)
-
-  return embed
+  return make_embed_fn(model, variables, preprocessing, image_size, flip=flip, optimize=optimize, raw=raw), image_size
 
 
 def _decode_file(path: str) -> np.ndarray:

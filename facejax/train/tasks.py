@@ -272,9 +272,10 @@ def _optimized_embedding(teacher: ModelIO, variables: dict):
   """jitted fn(uint8 images) -> {'embedding'} through oneDNN's float32 convolutions, or None where they are not
   built (or off the CPU)."""
   from facejax.inference import optimize
-  if optimize.onednn.unavailable():
+  options = optimize.onednn_options()
+  if not options:
     return None
-  embed = optimize.optimize_for_inference(teacher.model, variables, image_size=teacher.image_size, conv='onednn')
+  embed = optimize.optimize_for_inference(teacher.model, variables, image_size=teacher.image_size, **options)
   return jax.jit(lambda images: {'embedding': embed(model_input(images, teacher.preprocessing, teacher.image_size,
                                                                 teacher.frame))},
                  compiler_options=embed.compiler_options or None)

@@ -319,6 +319,22 @@ def test_make_embed_fn_flip_modes_and_optimized_path():
     make_embed_fn(model, variables, FACEJAX, SIZE)(images[:, :16])
 
 
+def test_make_embed_fn_raw_equals_the_heads_output_on_every_forward():
+  """raw=True: FaceNet.forward's 'raw_embedding' through the flax forward, and the BN-folded forward with the
+  options the evaluator takes (`onednn_options`: oneDNN's convolutions where built, else the flax forward)."""
+  from facejax.inference.optimize import onednn_options
+  model, variables = _model('student_vgg')
+  images = np.random.default_rng(1).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
+  ref = np.asarray(model.apply(variables, FACEJAX.apply(images), method='forward')['raw_embedding'])
+  assert np.abs(np.linalg.norm(ref, axis=-1) - 1).max() > 1e-2  # not normalised: the test can tell
+  np.testing.assert_allclose(make_embed_fn(model, variables, FACEJAX, SIZE, raw=True)(images), ref, atol=1e-5)
+  for optimize in (True, onednn_options()):
+    np.testing.assert_allclose(make_embed_fn(model, variables, FACEJAX, SIZE, raw=True, optimize=optimize)(images),
+                               ref, atol=F32_TOL * np.abs(ref).max())
+  with pytest.raises(ValueError, match='raw embeddings are single-image'):
+    make_embed_fn(model, variables, FACEJAX, SIZE, flip='sum', raw=True)
+
+
 def test_embed_images_pads_the_tail_and_resizes():
   model, variables = _model('student_vgg')
   calls = []

@@ -42,7 +42,7 @@ from facejax.inference.optimize.rewrite import rewrite_forward
 from facejax.inference.optimize.trace import TracedLayer, _path, _raw_embed, trace_layers
 from facejax.models.heads import l2_normalize
 
-__all__ = ['InferenceFn', 'inference_forward', 'optimize_for_inference', 'prepare_layers']
+__all__ = ['InferenceFn', 'inference_forward', 'onednn_options', 'optimize_for_inference', 'prepare_layers']
 
 WEIGHTS = ('const', 'args')
 
@@ -125,6 +125,13 @@ class InferenceFn:
   @property
   def __name__(self):  # jax.jit and friends name the computation after the function
     return 'optimized_embed'
+
+
+def onednn_options() -> dict | bool:
+  """The fast float32 forward where it is built: {'conv': 'onednn'} (BatchNorms folded, oneDNN's convolutions;
+  equal to the flax forward within 1e-5) when oneDNN's custom call is loaded, else False (the flax forward).
+  What the teacher cache, the evaluator (config.optimize) and the leakage judge embed with."""
+  return False if onednn.unavailable() else {'conv': 'onednn'}
 
 
 def inference_forward(model, variables, *, image_size: int, **options) -> InferenceFn:
