@@ -139,6 +139,9 @@ class Distill:
   hint_channels: tuple = ()
   mode: str = 'plain'
   mixup: float = 1.0
+  # function matching without hints or soft targets: the teacher's embedding through its BN-folded oneDNN forward
+  # (`_folded_teacher`: 4x its flax forward for dlib's net on 2 cores), its folded weights in frozen['folded']
+  folded_teacher: Any = dataclasses.field(repr=False, default=None)
 
   def __post_init__(self):
     if self.mode not in DISTILL_MODES:
@@ -150,6 +153,8 @@ class Distill:
   def frozen(self) -> dict:
     if self.teacher_cache is not None:
       return {'cache': self.teacher_cache}
+    if self.folded_teacher is not None:
+      return {'folded': self.folded_teacher[1]}
     return {'teacher': self.teacher_variables}
 
   def inputs_and_targets(self, batch: dict, frozen: dict, rng) -> tuple[Any, dict, Any, Any]:
@@ -162,6 +167,8 @@ class Distill:
       return batch['image'], _teacher_outputs(self.teacher, frozen, batch, hints), None, rng
     mix_rng, rng = jax.random.split(rng)
     images, a = mixup(batch['image'], mix_rng, self.mixup)
+    if self.folded_teacher is not None:
+      return images, self.folded_teacher[0](frozen['folded'], images), a, rng
     return images, _teacher_outputs(self.teacher, frozen, {'image': images}, hints), a, rng
 
   def loss_fn(self, params, batch_stats, batch, frozen, rng):
@@ -257,8 +264,11 @@ def teacher_outputs(teacher: ModelIO, variables: dict, source, image_size: int, 
   from facejax.data import eval_batches
   from facejax.data.synthetic import SourceImages
 
-  fn = _optimized_embedding(teacher, variables) if hint_channels is None and not teacher.model.num_classes else None
-  if fn is None:
+  folded = _folded_teacher(teacher, variables) if hint_channels is None and not teacher.model.num_classes else None
+  if folded is not None:
+    forward, params = folded
+    fn = jax.jit(lambda images: forward(params, images), compiler_options=forward.compiler_options or None)
+  else:
     @jax.jit
     def fn(images):
       out = _teacher_outputs(teacher, {'teacher': variables}, {'image': images}, hint_channels)
@@ -268,17 +278,33 @@ def teacher_outputs(teacher: ModelIO, variables: dict, source, image_size: int, 
   return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts).astype(np.float32), *outs)
 
 
-def _optimized_embedding(teacher: ModelIO, variables: dict):
-  """jitted fn(uint8 images) -> {'embedding'} through oneDNN's float32 convolutions, or None where they are not
-  built (or off the CPU)."""
+@dataclasses.dataclass(frozen=True)
+class FoldedTeacher:
+  """A teacher's BN-folded inference forward with oneDNN's float32 convolutions (facejax.inference.optimize):
+  `(params, uint8 or float pixels [B, H, W, 3]) -> {'embedding'}` (L2-normalised), read through the teacher's own
+  preprocessing, input size and frame; equal to its flax forward within 1e-5."""
+  teacher: ModelIO
+  forward_fn: Any  # an InferenceFn built with weights='args'
+
+  @property
+  def compiler_options(self) -> dict:
+    return self.forward_fn.compiler_options
+
+  def __call__(self, params, images) -> dict:
+    x = model_input(images, self.teacher.preprocessing, self.teacher.image_size, self.teacher.frame)
+    return {'embedding': self.forward_fn.forward(params, x)}
+
+
+def _folded_teacher(teacher: ModelIO, variables: dict) -> tuple[FoldedTeacher, Any] | None:
+  """(FoldedTeacher, its folded weights) where oneDNN's convolutions are built (`optimize.onednn_options`), else
+  None: the teacher cache's forward, and function matching's teacher in the step (`Distill.folded_teacher`)."""
   from facejax.inference import optimize
   options = optimize.onednn_options()
   if not options:
     return None
-  embed = optimize.optimize_for_inference(teacher.model, variables, image_size=teacher.image_size, **options)
-  return jax.jit(lambda images: {'embedding': embed(model_input(images, teacher.preprocessing, teacher.image_size,
-                                                                teacher.frame))},
-                 compiler_options=embed.compiler_options or None)
+  fn = optimize.optimize_for_inference(teacher.model, variables, image_size=teacher.image_size, weights='args',
+                                       **options)
+  return FoldedTeacher(teacher, fn), fn.params
 
 
 def hint_channels(config: ml_collections.ConfigDict) -> tuple | None:
@@ -308,9 +334,14 @@ def make_task(config: ml_collections.ConfigDict, student: ModelIO, teacher: Mode
     c = config.distill
     if teacher is None:
       raise ValueError('config.task=distill needs config.distill.teacher_workdir (a finished classify run)')
+    mode, hint_weight = c.get('mode', 'plain'), c.get('hint_weight', 0.0)
+    folded = None
+    if (mode == 'function_matching' and not hint_weight and not c.soft_weight and teacher_cache is None
+        and not config.get('half_precision', False)):  # bf16: the flax forward computes in it
+      folded = _folded_teacher(teacher, teacher_variables)
     return Distill(student, teacher, teacher_variables, c.embed_weight, c.embed_kind, c.soft_weight, c.temperature,
-                   c.hard_weight, teacher_cache, c.get('hint_weight', 0.0), hint_channels(config) or (),
-                   c.get('mode', 'plain'), c.get('mixup', 1.0))
+                   c.hard_weight, teacher_cache, hint_weight, hint_channels(config) or (), mode, c.get('mixup', 1.0),
+                   folded)
   if config.task == 'siamese':
     c = config.siamese
     if c.get('mimic_weight', 0.0) and teacher is None:

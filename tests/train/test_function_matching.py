@@ -1,6 +1,7 @@
 """Function matching (config.distill.mode='function_matching'): the student's targets are the teacher run in the step
 on the augmented batch after mixup; the cached mode's targets are the cache; both resume exactly, with the loader or
 with the whole set resident on the devices (config.data.resident)."""
+import dataclasses
 import json
 import shutil
 
@@ -10,6 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from facejax.inference.optimize import onednn
 from facejax.models import PREPROCESSING
 from facejax.runs import restore_variables
 from facejax.train import train
@@ -82,6 +84,12 @@ def test_function_matching_targets_are_the_teacher_on_the_mixed_batch():
   np.testing.assert_allclose(np.linalg.norm(t_out['embedding'], axis=-1), 1.0, rtol=1e-5)
   # Not the teacher on the unmixed batch: the mixing happened before the teacher.
   assert np.abs(t_out['embedding'] - _reference_teacher(teacher, tvars, jnp.asarray(x))).max() > 1e-3
+  # Where oneDNN is built the step's teacher is its BN-folded forward (weights in frozen['folded']); the flax
+  # forward on the same mixed batch gives the same targets.
+  assert (task.folded_teacher is not None) == (onednn.unavailable() is None)
+  flax_teacher = dataclasses.replace(task, folded_teacher=None)
+  _, flax_out, _, _ = jax.jit(flax_teacher.inputs_and_targets)(batch, flax_teacher.frozen(), rng)
+  np.testing.assert_allclose(t_out['embedding'], flax_out['embedding'], rtol=1e-5, atol=1e-6)
 
   c.distill.mode = 'plain'
   plain = make_task(c, student, teacher, tvars)
@@ -224,7 +232,7 @@ def test_the_gpu_schedule_runs_at_tiny_size_on_cpu(tmp_path):
   assert full.distill.mode == 'function_matching' and not full.distill.cache_teacher and full.data.augment
   assert (default.distill.mode, default.distill.cache_teacher, default.data.augment, default.data.resident,
           default.half_precision, default.total_steps, default.batch_size) == ('plain', True, False, True, False,
-                                                                              7500, 64)
+                                                                              9000, 64)
   assert real_faces.get_config('fm').student.distill.mode == 'function_matching'
   teacher = get_config()
   teacher.total_steps = 2
