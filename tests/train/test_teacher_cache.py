@@ -120,7 +120,7 @@ def test_an_embedding_teacher_is_cached_through_onednn_as_its_flax_forward_compu
   variables = random_variables(io.model, 48, method='forward')  # BatchNorm statistics other than the identity
   images = np.random.default_rng(0).integers(0, 256, (10, 48, 48, 3), dtype=np.uint8)
   source = [{'image': im} for im in images]
-  assert tasks._optimized_embedding(io, variables) is not None
+  assert tasks._folded_teacher(io, variables) is not None
   got = tasks.teacher_outputs(io, variables, source, 48, batch_size=4)
   want = io(variables['params'], variables['batch_stats'], images, train=False)[0]['embedding']
   assert set(got) == {'embedding'}
