@@ -141,7 +141,7 @@ class Distill:
   mixup: float = 1.0
   # function matching without hints or soft targets: the teacher's embedding through its BN-folded oneDNN forward
   # (`_folded_teacher`: 4x its flax forward for dlib's net on 2 cores), its folded weights in frozen['folded']
-  folded_teacher: Any = dataclasses.field(repr=False, default=None)
+  folded_teacher: FoldedTeacher | None = dataclasses.field(repr=False, default=None)
 
   def __post_init__(self):
     if self.mode not in DISTILL_MODES:
@@ -154,7 +154,7 @@ class Distill:
     if self.teacher_cache is not None:
       return {'cache': self.teacher_cache}
     if self.folded_teacher is not None:
-      return {'folded': self.folded_teacher[1]}
+      return {'folded': self.folded_teacher.params}
     return {'teacher': self.teacher_variables}
 
   def inputs_and_targets(self, batch: dict, frozen: dict, rng) -> tuple[Any, dict, Any, Any]:
@@ -168,7 +168,7 @@ class Distill:
     mix_rng, rng = jax.random.split(rng)
     images, a = mixup(batch['image'], mix_rng, self.mixup)
     if self.folded_teacher is not None:
-      return images, self.folded_teacher[0](frozen['folded'], images), a, rng
+      return images, self.folded_teacher(frozen['folded'], images), a, rng
     return images, _teacher_outputs(self.teacher, frozen, {'image': images}, hints), a, rng
 
   def loss_fn(self, params, batch_stats, batch, frozen, rng):
@@ -266,8 +266,7 @@ def teacher_outputs(teacher: ModelIO, variables: dict, source, image_size: int, 
 
   folded = _folded_teacher(teacher, variables) if hint_channels is None and not teacher.model.num_classes else None
   if folded is not None:
-    forward, params = folded
-    fn = jax.jit(lambda images: forward(params, images), compiler_options=forward.compiler_options or None)
+    fn = jax.jit(lambda images: folded(folded.params, images), compiler_options=folded.compiler_options or None)
   else:
     @jax.jit
     def fn(images):
@@ -287,6 +286,11 @@ class FoldedTeacher:
   forward_fn: Any  # an InferenceFn built with weights='args'
 
   @property
+  def params(self):
+    """The folded weights: an argument of the forward (the step's frozen inputs), not constants in it."""
+    return self.forward_fn.params
+
+  @property
   def compiler_options(self) -> dict:
     return self.forward_fn.compiler_options
 
@@ -295,8 +299,8 @@ class FoldedTeacher:
     return {'embedding': self.forward_fn.forward(params, x)}
 
 
-def _folded_teacher(teacher: ModelIO, variables: dict) -> tuple[FoldedTeacher, Any] | None:
-  """(FoldedTeacher, its folded weights) where oneDNN's convolutions are built (`optimize.onednn_options`), else
+def _folded_teacher(teacher: ModelIO, variables: dict) -> FoldedTeacher | None:
+  """The teacher's FoldedTeacher where oneDNN's convolutions are built (`optimize.onednn_options`), else
   None: the teacher cache's forward, and function matching's teacher in the step (`Distill.folded_teacher`)."""
   from facejax.inference import optimize
   options = optimize.onednn_options()
@@ -304,7 +308,7 @@ def _folded_teacher(teacher: ModelIO, variables: dict) -> tuple[FoldedTeacher, A
     return None
   fn = optimize.optimize_for_inference(teacher.model, variables, image_size=teacher.image_size, weights='args',
                                        **options)
-  return FoldedTeacher(teacher, fn), fn.params
+  return FoldedTeacher(teacher, fn)
 
 
 def hint_channels(config: ml_collections.ConfigDict) -> tuple | None:
